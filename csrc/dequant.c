@@ -1,0 +1,70 @@
+/* The dequantization driver: picks the instruction-set path and splits large
+ * tensors across OpenMP threads. */
+#include "dequant.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many output elements a second thread costs more than it saves. */
+#define REALM_MIN_PARALLEL_ELEMS (1 << 18)
+
+int realm_best_isa(void) {
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return REALM_ISA_AVX2;
+#elif defined(__aarch64__)
+    return REALM_ISA_NEON;
+#endif
+    return REALM_ISA_SCALAR;
+}
+
+const char *realm_isa_name(int isa) {
+    switch (isa) {
+    case REALM_ISA_SCALAR: return "scalar";
+    case REALM_ISA_AVX2: return "avx2";
+    case REALM_ISA_NEON: return "neon";
+    default: return "auto";
+    }
+}
+
+static realm_to_float_fn pick(const realm_type_traits *tt, int type, int isa) {
+    realm_to_float_fn fn = NULL;
+    if (isa == REALM_ISA_AVX2) fn = realm_avx2_to_float(type);
+    else if (isa == REALM_ISA_NEON) fn = realm_neon_to_float(type);
+    return fn ? fn : tt->to_float_ref; /* formats without a SIMD row (F32: a copy) */
+}
+
+int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa) {
+    const realm_type_traits *tt = realm_get_traits(type);
+    if (!tt) return REALM_EUNSUPPORTED;
+    const int best = realm_best_isa();
+    if (isa == REALM_ISA_AUTO) isa = best;
+    else if (isa != REALM_ISA_SCALAR && isa != best) return REALM_ENOISA;
+    const realm_to_float_fn fn = pick(tt, type, isa);
+
+    int nt = 1;
+#ifdef _OPENMP
+    if (nthreads <= 0) nthreads = omp_get_num_procs();
+    if (nblocks * tt->block_size >= REALM_MIN_PARALLEL_ELEMS) nt = nthreads;
+#else
+    (void)nthreads;
+#endif
+    if (nt <= 1) {
+        fn(src, dst, nblocks);
+        return 0;
+    }
+    /* Contiguous chunks, one per thread, cut on 16-block boundaries. */
+    const int64_t per = ((nblocks + nt - 1) / nt + 15) & ~(int64_t)15;
+    const char *s = src;
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        const int64_t first = (int64_t)t * per;
+        if (first < nblocks) {
+            const int64_t count = nblocks - first < per ? nblocks - first : per;
+            fn(s + first * tt->type_size, dst + first * tt->block_size, count);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,32 @@
+/* Dequantization entry points: scalar reference rows, SIMD rows, and the
+ * threaded driver that picks a path for the running CPU. */
+#ifndef REALM_DEQUANT_H
+#define REALM_DEQUANT_H
+
+#include "quants.h"
+
+/* Instruction-set paths.  REALM_ISA_AUTO picks the best one the CPU has. */
+enum realm_isa { REALM_ISA_AUTO = 0, REALM_ISA_SCALAR = 1, REALM_ISA_AVX2 = 2, REALM_ISA_NEON = 3 };
+
+/* Error codes of the driver (negative, like the ABI's). */
+#define REALM_EUNSUPPORTED (-1) /* no kernel for this type */
+#define REALM_ENOISA (-2)       /* the requested path is not available on this CPU */
+
+/* The best path this CPU supports (never REALM_ISA_AUTO). */
+int realm_best_isa(void);
+const char *realm_isa_name(int isa);
+
+/* The SIMD row for (type, isa), or NULL where that path has none. */
+realm_to_float_fn realm_avx2_to_float(int type);
+realm_to_float_fn realm_neon_to_float(int type);
+
+/* Dequantize nblocks blocks of `type` from src to dst on up to nthreads
+ * threads (<= 0: all cores).  Small inputs stay on the calling thread.
+ * Returns 0, or REALM_EUNSUPPORTED / REALM_ENOISA.  Safe to call without the GIL. */
+int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa);
+
+/* Shared scale unpackers of the K-quants (used by the SIMD paths too). */
+void realm_q3_K_scales(const uint8_t packed[12], int8_t out[16]);
+void realm_k4_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m);
+
+#endif

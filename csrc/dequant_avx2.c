@@ -1,0 +1,271 @@
+/* AVX2/FMA/F16C dequantizers.  Each computes exactly the float operations of its
+ * scalar reference in dequant_ref.c (same products, same order, no fused
+ * multiply-adds), so the outputs are bit-identical; only the bookkeeping is
+ * vectorised.  Compiled for any x86-64 and selected at run time. */
+#include "dequant.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include "fp16.h"
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* Stores 32 consecutive floats: (int8 q[i]) * d[i / 16 among d0, d1]. */
+AVX2 static inline void put32_mul(float *y, __m256i q, __m256 d0, __m256 d1) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(y + 0, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d0));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), d0));
+    _mm256_storeu_ps(y + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d1));
+    _mm256_storeu_ps(y + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), d1));
+}
+
+/* Stores 32 floats: q[i] * d + m (the product rounded, then the sum). */
+AVX2 static inline void put32_mul_add(float *y, __m256i q, __m256 d, __m256 m) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(y + 0, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d), m));
+    _mm256_storeu_ps(y + 8, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), d), m));
+    _mm256_storeu_ps(y + 16, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d), m));
+    _mm256_storeu_ps(y + 24, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), d), m));
+}
+
+/* Stores 32 floats: d[i/16] * q[i] - m[i/16], scales per 16 as in Q2_K. */
+AVX2 static inline void put32_mul_sub2(float *y, __m256i q, __m256 d0, __m256 m0, __m256 d1, __m256 m1) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(y + 0, _mm256_sub_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))), m0));
+    _mm256_storeu_ps(y + 8, _mm256_sub_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)))), m0));
+    _mm256_storeu_ps(y + 16, _mm256_sub_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))), m1));
+    _mm256_storeu_ps(y + 24, _mm256_sub_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)))), m1));
+}
+
+/* 32 bytes: the low nibbles of 16 bytes, then their high nibbles (the order of Q4/Q5 blocks). */
+AVX2 static inline __m256i nibbles16(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+}
+
+/* 32 bytes, byte j = 0x10 if bit j of the little-endian u32 at qh is set, else 0. */
+AVX2 static inline __m256i bits32_to_0x10(const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+/* 32 bytes, byte j = `value` where bit `b` of byte j is set, else 0. */
+AVX2 static inline __m256i bitplane(__m256i bytes, int b, char value) {
+    const __m256i bit = _mm256_set1_epi8((char)(1u << b));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(value));
+}
+
+AVX2 static void f16_avx2(const void *src, float *dst, int64_t n) {
+    const uint16_t *x = src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+        _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i + 8))));
+    }
+    for (; i < n; i++) dst[i] = realm_half_to_f32(x[i]);
+}
+
+AVX2 static void bf16_avx2(const void *src, float *dst, int64_t n) {
+    const uint16_t *x = src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+        const __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i + 8)));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(a, 16));
+        _mm256_storeu_si256((__m256i *)(dst + i + 8), _mm256_slli_epi32(b, 16));
+    }
+    for (; i < n; i++) dst[i] = realm_bf16_to_f32(x[i]);
+}
+
+AVX2 static void q4_0_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q4_0 *x = src;
+    const __m256i off = _mm256_set1_epi8(8);
+    for (int64_t i = 0; i < nb; i++, dst += QK4_0) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        put32_mul(dst, _mm256_sub_epi8(nibbles16(x[i].qs), off), d, d);
+    }
+}
+
+AVX2 static void q4_1_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q4_1 *x = src;
+    for (int64_t i = 0; i < nb; i++, dst += QK4_1) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        const __m256 m = _mm256_set1_ps(realm_half_to_f32(x[i].m));
+        put32_mul_add(dst, nibbles16(x[i].qs), d, m);
+    }
+}
+
+AVX2 static void q5_0_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q5_0 *x = src;
+    const __m256i off = _mm256_set1_epi8(16);
+    for (int64_t i = 0; i < nb; i++, dst += QK5_0) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        const __m256i q = _mm256_or_si256(nibbles16(x[i].qs), bits32_to_0x10(x[i].qh));
+        put32_mul(dst, _mm256_sub_epi8(q, off), d, d);
+    }
+}
+
+AVX2 static void q5_1_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q5_1 *x = src;
+    for (int64_t i = 0; i < nb; i++, dst += QK5_1) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        const __m256 m = _mm256_set1_ps(realm_half_to_f32(x[i].m));
+        put32_mul_add(dst, _mm256_or_si256(nibbles16(x[i].qs), bits32_to_0x10(x[i].qh)), d, m);
+    }
+}
+
+AVX2 static void q8_0_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q8_0 *x = src;
+    for (int64_t i = 0; i < nb; i++, dst += QK8_0) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        for (int k = 0; k < QK8_0; k += 8) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x[i].qs + k)));
+            _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        }
+    }
+}
+
+AVX2 static void q8_K_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q8_K *x = src;
+    for (int64_t i = 0; i < nb; i++, dst += QK_K) {
+        const __m256 d = _mm256_set1_ps(x[i].d);
+        for (int k = 0; k < QK_K; k += 8) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(x[i].qs + k)));
+            _mm256_storeu_ps(dst + k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+    }
+}
+
+AVX2 static void q2_K_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q2_K *x = src;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d), dmin = realm_half_to_f32(x[i].dmin);
+        for (int half = 0; half < 2; half++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * half));
+            for (int shift = 0; shift < 8; shift += 2, dst += 32) {
+                const uint8_t *sc = x[i].scales + 8 * half + shift;
+                put32_mul_sub2(dst, _mm256_and_si256(_mm256_srli_epi16(q, shift), m3),
+                               _mm256_set1_ps(d * (float)(sc[0] & 0x0f)), _mm256_set1_ps(dmin * (float)(sc[0] >> 4)),
+                               _mm256_set1_ps(d * (float)(sc[1] & 0x0f)), _mm256_set1_ps(dmin * (float)(sc[1] >> 4)));
+            }
+        }
+    }
+}
+
+AVX2 static void q3_K_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q3_K *x = src;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        int8_t sc[16];
+        realm_q3_K_scales(x[i].scales, sc);
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);
+        for (int b = 0; b < 8; b++, dst += 32) { /* b: the hmask bit, 4 shifts per 32 q bytes */
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * (b >> 2)));
+            const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (b & 3)), m3);
+            /* lo - 4 where the high bit is clear: lo - 4 + (bit ? 4 : 0) */
+            const __m256i v = _mm256_add_epi8(_mm256_sub_epi8(lo, _mm256_set1_epi8(4)), bitplane(hm, b, 4));
+            put32_mul(dst, v, _mm256_set1_ps(d * (float)sc[2 * b]), _mm256_set1_ps(d * (float)sc[2 * b + 1]));
+        }
+    }
+}
+
+/* d * q - m for 32 unsigned bytes q, one (d, m) pair. */
+AVX2 static inline void put32_k(float *y, __m256i q, float d, float m) {
+    const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    put32_mul_sub2(y, q, vd, vm, vd, vm);
+}
+
+AVX2 static void q4_K_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q4_K *x = src;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d), dmin = realm_half_to_f32(x[i].dmin);
+        for (int is = 0; is < 8; is += 2, dst += 64) {
+            uint8_t s1, m1, s2, m2;
+            realm_k4_scale_min(is, x[i].scales, &s1, &m1);
+            realm_k4_scale_min(is + 1, x[i].scales, &s2, &m2);
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 16 * is));
+            put32_k(dst, _mm256_and_si256(q, m4), d * (float)s1, dmin * (float)m1);
+            put32_k(dst + 32, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), d * (float)s2, dmin * (float)m2);
+        }
+    }
+}
+
+AVX2 static void q5_K_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q5_K *x = src;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d), dmin = realm_half_to_f32(x[i].dmin);
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        for (int is = 0; is < 8; is += 2, dst += 64) {
+            uint8_t s1, m1, s2, m2;
+            realm_k4_scale_min(is, x[i].scales, &s1, &m1);
+            realm_k4_scale_min(is + 1, x[i].scales, &s2, &m2);
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + 16 * is));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), bitplane(qh, is, 0x10));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), bitplane(qh, is + 1, 0x10));
+            put32_k(dst, lo, d * (float)s1, dmin * (float)m1);
+            put32_k(dst + 32, hi, d * (float)s2, dmin * (float)m2);
+        }
+    }
+}
+
+AVX2 static void q6_K_avx2(const void *src, float *dst, int64_t nb) {
+    const block_q6_K *x = src;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int n = 0; n < 2; n++, dst += 128) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * n));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * n + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * n));
+            const int8_t *sc = x[i].scales + 8 * n;
+            const __m256i lows[4] = {_mm256_and_si256(ql0, m4), _mm256_and_si256(ql1, m4),
+                                     _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                     _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4)};
+            for (int k = 0; k < 4; k++) {
+                const __m256i h = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m3), 4);
+                const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lows[k], h), off);
+                put32_mul(dst + 32 * k, q, _mm256_set1_ps(d * (float)sc[2 * k]), _mm256_set1_ps(d * (float)sc[2 * k + 1]));
+            }
+        }
+    }
+}
+
+realm_to_float_fn realm_avx2_to_float(int type) {
+    switch (type) {
+    case REALM_TYPE_F16: return f16_avx2;
+    case REALM_TYPE_BF16: return bf16_avx2;
+    case REALM_TYPE_Q4_0: return q4_0_avx2;
+    case REALM_TYPE_Q4_1: return q4_1_avx2;
+    case REALM_TYPE_Q5_0: return q5_0_avx2;
+    case REALM_TYPE_Q5_1: return q5_1_avx2;
+    case REALM_TYPE_Q8_0: return q8_0_avx2;
+    case REALM_TYPE_Q2_K: return q2_K_avx2;
+    case REALM_TYPE_Q3_K: return q3_K_avx2;
+    case REALM_TYPE_Q4_K: return q4_K_avx2;
+    case REALM_TYPE_Q5_K: return q5_K_avx2;
+    case REALM_TYPE_Q6_K: return q6_K_avx2;
+    case REALM_TYPE_Q8_K: return q8_K_avx2;
+    default: return NULL;
+    }
+}
+
+#else
+
+realm_to_float_fn realm_avx2_to_float(int type) {
+    (void)type;
+    return NULL;
+}
+
+#endif

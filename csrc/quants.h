@@ -1,0 +1,142 @@
+/* Block layouts of the GGUF (ggml) tensor formats realm understands, and the
+ * table of their traits.  The layouts are byte-for-byte those of llama.cpp's
+ * ggml-common.h; each one is pinned by a _Static_assert so a padding surprise
+ * fails the build instead of corrupting tensors. */
+#ifndef REALM_QUANTS_H
+#define REALM_QUANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef uint16_t realm_half; /* IEEE binary16 bits */
+typedef uint16_t realm_bf16; /* bfloat16 bits */
+
+typedef struct {
+    realm_half d;
+    uint8_t qs[QK4_0 / 2];
+} block_q4_0;
+_Static_assert(sizeof(block_q4_0) == 2 + QK4_0 / 2, "block_q4_0 size");
+
+typedef struct {
+    realm_half d;
+    realm_half m;
+    uint8_t qs[QK4_1 / 2];
+} block_q4_1;
+_Static_assert(sizeof(block_q4_1) == 4 + QK4_1 / 2, "block_q4_1 size");
+
+typedef struct {
+    realm_half d;
+    uint8_t qh[4]; /* 5th bit of each weight, little-endian u32 */
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0;
+_Static_assert(sizeof(block_q5_0) == 2 + 4 + QK5_0 / 2, "block_q5_0 size");
+
+typedef struct {
+    realm_half d;
+    realm_half m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1;
+_Static_assert(sizeof(block_q5_1) == 4 + 4 + QK5_1 / 2, "block_q5_1 size");
+
+typedef struct {
+    realm_half d;
+    int8_t qs[QK8_0];
+} block_q8_0;
+_Static_assert(sizeof(block_q8_0) == 2 + QK8_0, "block_q8_0 size");
+
+typedef struct {
+    uint8_t scales[QK_K / 16]; /* low nibble: scale, high nibble: min */
+    uint8_t qs[QK_K / 4];
+    realm_half d;
+    realm_half dmin;
+} block_q2_K;
+_Static_assert(sizeof(block_q2_K) == QK_K / 16 + QK_K / 4 + 4, "block_q2_K size");
+
+typedef struct {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12]; /* sixteen 6-bit scales */
+    realm_half d;
+} block_q3_K;
+_Static_assert(sizeof(block_q3_K) == QK_K / 8 + QK_K / 4 + 12 + 2, "block_q3_K size");
+
+typedef struct {
+    realm_half d;
+    realm_half dmin;
+    uint8_t scales[K_SCALE_SIZE]; /* eight 6-bit scales and mins */
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+_Static_assert(sizeof(block_q4_K) == 4 + K_SCALE_SIZE + QK_K / 2, "block_q4_K size");
+
+typedef struct {
+    realm_half d;
+    realm_half dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+_Static_assert(sizeof(block_q5_K) == 4 + K_SCALE_SIZE + QK_K / 8 + QK_K / 2, "block_q5_K size");
+
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    realm_half d;
+} block_q6_K;
+_Static_assert(sizeof(block_q6_K) == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, "block_q6_K size");
+
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
+_Static_assert(sizeof(block_q8_K) == 4 + QK_K + QK_K / 8, "block_q8_K size");
+
+/* ggml_type values as stored in GGUF files. */
+enum realm_type {
+    REALM_TYPE_F32 = 0,
+    REALM_TYPE_F16 = 1,
+    REALM_TYPE_Q4_0 = 2,
+    REALM_TYPE_Q4_1 = 3,
+    REALM_TYPE_Q5_0 = 6,
+    REALM_TYPE_Q5_1 = 7,
+    REALM_TYPE_Q8_0 = 8,
+    REALM_TYPE_Q2_K = 10,
+    REALM_TYPE_Q3_K = 11,
+    REALM_TYPE_Q4_K = 12,
+    REALM_TYPE_Q5_K = 13,
+    REALM_TYPE_Q6_K = 14,
+    REALM_TYPE_Q8_K = 15,
+    REALM_TYPE_BF16 = 30,
+    REALM_TYPE_COUNT = 40 /* upper bound of ggml type ids known to realm */
+};
+
+/* Dequantize `nblocks` whole blocks from `src` into `dst`. */
+typedef void (*realm_to_float_fn)(const void *src, float *dst, int64_t nblocks);
+
+typedef struct {
+    const char *name;   /* NULL: realm has no kernels for this type id */
+    int block_size;     /* elements per block */
+    int type_size;      /* bytes per block */
+    int align;          /* the alignment the block struct needs in memory */
+    realm_to_float_fn to_float_ref;  /* scalar reference */
+} realm_type_traits;
+
+/* Indexed by enum realm_type; entries realm does not support have name == NULL. */
+extern const realm_type_traits realm_traits[REALM_TYPE_COUNT];
+
+static inline const realm_type_traits *realm_get_traits(int type) {
+    if (type < 0 || type >= REALM_TYPE_COUNT || realm_traits[type].name == NULL) return NULL;
+    return &realm_traits[type];
+}
+
+#endif

@@ -1,0 +1,63 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Thin wrapper over the C dequantizers: the caller (realm.quants) validates,
+this module checks the buffer sizes once more and runs the kernel without the GIL."""
+
+from libc.stdint cimport int64_t
+
+cdef extern from "dequant.h":
+    ctypedef struct realm_type_traits:
+        const char *name
+        int block_size
+        int type_size
+        int align
+    const realm_type_traits *realm_get_traits(int type)
+    int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst,
+                         int nthreads, int isa) nogil
+    int realm_best_isa()
+    const char *realm_isa_name(int isa)
+    int REALM_ISA_AUTO, REALM_ISA_SCALAR, REALM_ISA_AVX2, REALM_ISA_NEON
+    int REALM_EUNSUPPORTED, REALM_ENOISA
+
+ISAS = {"auto": REALM_ISA_AUTO, "scalar": REALM_ISA_SCALAR,
+        "avx2": REALM_ISA_AVX2, "neon": REALM_ISA_NEON}
+
+
+def type_traits(int qtype):
+    """(name, block_size, type_size, align) of a type realm has kernels for, else None."""
+    cdef const realm_type_traits *tt = realm_get_traits(qtype)
+    if tt == NULL:
+        return None
+    return tt.name.decode(), tt.block_size, tt.type_size, tt.align
+
+
+def best_isa():
+    """The SIMD path the running CPU gets ("avx2", "neon" or "scalar")."""
+    return realm_isa_name(realm_best_isa()).decode()
+
+
+def dequantize_into(const unsigned char[::1] src, int qtype, float[::1] dst,
+                    int threads=0, str isa="auto"):
+    """Dequantize all of `src` (whole blocks of `qtype`) into `dst`."""
+    cdef const realm_type_traits *tt = realm_get_traits(qtype)
+    if tt == NULL:
+        raise ValueError(f"no kernel for GGML type {qtype}")
+    if isa not in ISAS:
+        raise ValueError(f"unknown isa {isa!r}; expected one of {sorted(ISAS)}")
+    cdef int isa_id = ISAS[isa]
+    cdef Py_ssize_t nbytes = src.shape[0]
+    if nbytes % tt.type_size:
+        raise ValueError(f"{nbytes} bytes is not a whole number of {tt.name.decode()} blocks")
+    cdef int64_t nblocks = nbytes // tt.type_size
+    if dst.shape[0] != nblocks * tt.block_size:
+        raise ValueError(f"output holds {dst.shape[0]} floats, {nblocks * tt.block_size} needed")
+    if nblocks == 0:
+        return
+    if <size_t>&src[0] % tt.align:
+        raise ValueError(f"{tt.name.decode()} data must start at a multiple of {tt.align} bytes")
+    cdef int rc
+    with nogil:
+        rc = realm_dequantize(qtype, &src[0], nblocks, &dst[0], threads, isa_id)
+    if rc == REALM_ENOISA:
+        raise ValueError(f"this CPU cannot run the {isa} path")
+    if rc != 0:
+        raise RuntimeError(f"realm_dequantize failed with code {rc}")

@@ -1,0 +1,199 @@
+"""GGML tensor types and `dequantize`, realm's NumPy-style front end to the C kernels."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _quant
+
+
+class GGMLType(enum.IntEnum):
+    """Tensor types as numbered in GGUF files (ggml's `ggml_type`)."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    IQ1_M = 29
+    BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """Block geometry of a type: `block_size` elements are stored in `type_size` bytes,
+    at an address that is a multiple of `align`."""
+
+    qtype: GGMLType
+    name: str
+    block_size: int
+    type_size: int
+    align: int
+
+
+def _build_info() -> dict[GGMLType, QuantInfo]:
+    table = {}
+    for t in GGMLType:
+        traits = _quant.type_traits(int(t))
+        if traits is not None:
+            table[t] = QuantInfo(t, *traits)
+    return table
+
+
+_INFO = _build_info()
+
+#: The types `dequantize` accepts, in ggml's numbering order.
+SUPPORTED_TYPES: tuple[GGMLType, ...] = tuple(sorted(_INFO))
+
+def as_qtype(qtype: Any) -> GGMLType:
+    """Resolve a `GGMLType`, `gguf.GGMLQuantizationType`, int value or name (any case)."""
+    if isinstance(qtype, str):
+        try:
+            return GGMLType[qtype.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown GGML type name {qtype!r}") from None
+    if isinstance(qtype, bool) or not isinstance(qtype, (int, np.integer)):
+        raise TypeError(f"qtype must be a GGMLType, an int or a name, not {type(qtype).__name__}")
+    try:
+        return GGMLType(int(qtype))
+    except ValueError:
+        raise ValueError(f"unknown GGML type id {int(qtype)}") from None
+
+
+def quant_info(qtype: GGMLType | int | str) -> QuantInfo:
+    """Block size, bytes per block and name of a type realm can dequantize."""
+    t = as_qtype(qtype)
+    try:
+        return _INFO[t]
+    except KeyError:
+        supported = ", ".join(i.name for i in _INFO.values())
+        raise ValueError(f"{t.name} is not supported by realm (supported: {supported})") from None
+
+
+def _byte_view(data: Any) -> np.ndarray:
+    """`data` as a uint8 ndarray sharing its memory; never a copy."""
+    if isinstance(data, np.ndarray):
+        arr = data
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        arr = np.asarray(memoryview(data))  # a view with the buffer's shape and format
+    else:
+        raise TypeError(
+            f"data must be bytes, bytearray, memoryview or a uint8 numpy array, not {type(data).__name__}"
+        )
+    if arr.dtype != np.uint8:
+        raise TypeError(f"data must hold uint8 bytes, not {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError("data must be C-contiguous (pass np.ascontiguousarray(data) to copy it)")
+    return arr
+
+
+def _thread_count(threads: int | None) -> int:
+    if threads is None:
+        return 0  # the C driver takes 0 as "every core"
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, not {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def dequantize(
+    data: Any,
+    qtype: GGMLType | int | str,
+    shape: Sequence[int] | None = None,
+    *,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Dequantize GGML blocks to float32, bit-exact with llama.cpp.
+
+    data: bytes, bytearray, memoryview or a C-contiguous uint8 array, never copied;
+        it must be aligned as the block struct needs (2 bytes; 4 for F32 and Q8_K).
+        As in `gguf.quants.dequantize`, the last axis holds the bytes of whole
+        blocks and becomes that many elements; leading axes are kept.
+    qtype: a `GGMLType`, `gguf.GGMLQuantizationType`, its int value or its name.
+    shape: the element shape of the result (e.g. a GGUF tensor's shape, outermost
+        first); it must hold exactly the elements in `data`, with a last axis of
+        whole blocks.
+    out: a writable C-contiguous float32 array with exactly that many elements,
+        filled in place and returned.
+    threads: None uses every core, 1 stays on the calling thread.  The GIL is
+        released while the kernel runs.
+    """
+    info = quant_info(qtype)
+    raw = _byte_view(data)
+    nthreads = _thread_count(threads)
+
+    if raw.ndim == 0:
+        raise ValueError("data must have at least one axis")
+    row_bytes = raw.shape[-1]
+    if row_bytes % info.type_size:
+        raise ValueError(
+            f"the last axis holds {row_bytes} bytes, not a whole number of "
+            f"{info.name} blocks of {info.type_size} bytes"
+        )
+    if raw.ctypes.data % info.align:
+        raise ValueError(
+            f"{info.name} data must start at a multiple of {info.align} bytes (as GGUF tensors do); "
+            f"this buffer starts at {raw.ctypes.data % info.align} past one; copy it to align it"
+        )
+    result_shape: tuple[int, ...] = (*raw.shape[:-1], row_bytes // info.type_size * info.block_size)
+    n_elements = int(np.prod(result_shape, dtype=np.int64))
+
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"shape {shape} has a negative axis")
+        if int(np.prod(shape, dtype=np.int64)) != n_elements:
+            raise ValueError(f"shape {shape} does not hold the {n_elements} elements in data")
+        if shape and shape[-1] % info.block_size:
+            raise ValueError(f"the last axis of shape {shape} is not a whole number of {info.block_size}-element blocks")
+        result_shape = shape
+
+    if out is None:
+        out = np.empty(result_shape, dtype=np.float32)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+        if out.dtype != np.float32:
+            raise TypeError(f"out must be float32, not {out.dtype}")
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+        if out.size != n_elements:
+            raise ValueError(f"out holds {out.size} elements, {n_elements} needed")
+        if np.may_share_memory(out, raw):
+            raise ValueError("out overlaps data")
+
+    _quant.dequantize_into(raw.reshape(-1), int(info.qtype), out.reshape(-1), nthreads)
+    return out

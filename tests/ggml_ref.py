@@ -1,0 +1,84 @@
+"""llama.cpp's own quantizers and dequantizers, reached through ctypes in the
+libggml-base that llama-cpp-python installs: the reference for bit-exactness,
+shared by the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+
+import numpy as np
+
+
+class _TypeTraits(ctypes.Structure):
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_ROW_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+F32, Q8_K = 0, 15
+
+
+class GGML:
+    """The subset of libggml-base used as a reference."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        lib.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+        lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        lib.ggml_quantize_chunk.argtypes = [
+            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+        ]
+        lib.dequantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        lib.quantize_row_q8_K_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+
+    def traits(self, qtype: int) -> _TypeTraits:
+        return self.lib.ggml_get_type_traits(int(qtype)).contents
+
+    def to_float(self, data: np.ndarray, qtype: int, out: np.ndarray | None = None) -> np.ndarray:
+        """llama.cpp's dequantizer for `qtype` over a flat uint8 array of whole blocks."""
+        tr = self.traits(qtype)
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        n = data.size // tr.type_size * tr.blck_size
+        if out is None:
+            out = np.empty(n, dtype=np.float32)
+        assert out.dtype == np.float32 and out.flags.c_contiguous and out.size == n
+        if int(qtype) == Q8_K:
+            self.lib.dequantize_row_q8_K(data.ctypes.data, out.ctypes.data, n)
+        elif int(qtype) == F32:  # ggml has no converter for its native type
+            out[:] = data.view(np.float32)
+        else:
+            _ROW_FN(tr.to_float)(data.ctypes.data, out.ctypes.data, n)
+        return out
+
+    def quantize(self, values: np.ndarray, qtype: int) -> np.ndarray:
+        """llama.cpp's quantizer: float32 rows (last axis a multiple of the block) to blocks."""
+        tr = self.traits(qtype)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        n_per_row = values.shape[-1]
+        nrows = values.size // n_per_row
+        out = np.empty(nrows * (n_per_row // tr.blck_size) * tr.type_size, dtype=np.uint8)
+        if int(qtype) == Q8_K:
+            self.lib.quantize_row_q8_K_ref(values.ctypes.data, out.ctypes.data, values.size)
+        else:
+            self.lib.ggml_quantize_chunk(int(qtype), values.ctypes.data, out.ctypes.data, 0, nrows, n_per_row, None)
+        return out
+
+
+@lru_cache(maxsize=1)
+def load_ggml() -> GGML:
+    """The reference library; ImportError when llama-cpp-python is not installed."""
+    import llama_cpp
+
+    libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    return GGML(ctypes.CDLL(os.path.join(libdir, "libggml-base.so")))

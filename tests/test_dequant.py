@@ -1,0 +1,303 @@
+"""realm.dequantize against gguf-py and llama.cpp, bit for bit, and its API contract."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import realm
+from realm import GGMLType, _quant
+from conftest import ggml, require
+
+gguf = require("gguf")
+from gguf import quants as gq  # noqa: E402
+
+# gguf-py's NumPy port of llama.cpp's reference dequantizers covers all but Q8_K.
+GGUF_PY_TYPES = [t for t in realm.SUPPORTED_TYPES if t.name in gguf.GGMLQuantizationType.__members__ and t != GGMLType.Q8_K]
+QUANTIZED = [t for t in realm.SUPPORTED_TYPES if realm.quant_info(t).block_size > 1]
+
+
+def assert_same_floats(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Bit-for-bit equality, except that any NaN equals any NaN (payloads may differ)."""
+    expected = np.asarray(expected, dtype=np.float32)
+    assert actual.dtype == np.float32
+    assert actual.shape == expected.shape
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    np.testing.assert_array_equal(nan_a, nan_e)
+    bad = actual.view(np.uint32)[~nan_a] != expected.view(np.uint32)[~nan_e]
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        pytest.fail(f"{bad.sum()} elements differ; first at {i}: {actual[~nan_a][i]!r} != {expected[~nan_e][i]!r}")
+
+
+def gguf_py_dequantize(raw: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    with np.errstate(all="ignore"):  # random scales overflow to inf/NaN, as in llama.cpp
+        return gq.dequantize(raw, gguf.GGMLQuantizationType(int(qtype)))
+
+
+def blocks(qtype: GGMLType, max_blocks: int = 6) -> st.SearchStrategy[np.ndarray]:
+    """Arbitrary bytes shaped (rows, whole blocks): every bit pattern is a legal block."""
+    info = realm.quant_info(qtype)
+    return st.tuples(st.integers(1, 3), st.integers(1, max_blocks)).flatmap(
+        lambda rb: st.binary(min_size=rb[0] * rb[1] * info.type_size, max_size=rb[0] * rb[1] * info.type_size).map(
+            lambda b: np.frombuffer(b, dtype=np.uint8).reshape(rb[0], rb[1] * info.type_size)
+        )
+    )
+
+
+def floats_for(qtype: GGMLType) -> st.SearchStrategy[np.ndarray]:
+    """Float rows of whole blocks, with the scales and outliers quantizers meet in models."""
+    bs = max(realm.quant_info(qtype).block_size, 32)
+    return st.tuples(st.integers(1, 4), st.floats(1e-4, 1e3), st.integers(0, 2**32 - 1)).map(
+        lambda args: _gaussian_rows(args[0] * bs, args[1], args[2])
+    )
+
+
+def _gaussian_rows(n: int, scale: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, n)).astype(np.float32) * np.float32(scale)
+    x[0, rng.integers(0, n)] *= 8  # an outlier per row, as attention weights have
+    return x
+
+
+@pytest.mark.parametrize("qtype", GGUF_PY_TYPES, ids=lambda t: t.name)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_arbitrary_blocks_match_gguf_py(qtype, data):
+    raw = data.draw(blocks(qtype))
+    assert_same_floats(realm.dequantize(raw, qtype), gguf_py_dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", GGUF_PY_TYPES, ids=lambda t: t.name)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_quantized_floats_match_gguf_py(qtype, data):
+    x = data.draw(floats_for(qtype))
+    raw = ggml().quantize(x, qtype).reshape(x.shape[0], -1)
+    assert_same_floats(realm.dequantize(raw, qtype), gguf_py_dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", realm.SUPPORTED_TYPES, ids=lambda t: t.name)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_llama_cpp_blocks_match_llama_cpp(qtype, data):
+    x = data.draw(floats_for(qtype))
+    raw = ggml().quantize(x, qtype)
+    assert_same_floats(realm.dequantize(raw, qtype), ggml().to_float(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", realm.SUPPORTED_TYPES, ids=lambda t: t.name)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_arbitrary_blocks_match_llama_cpp(qtype, data):
+    raw = data.draw(blocks(qtype))
+    assert_same_floats(realm.dequantize(raw, qtype).reshape(-1), ggml().to_float(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+def test_every_16_bit_pattern(qtype):
+    raw = np.arange(1 << 16, dtype=np.uint16).view(np.uint8)
+    expected = ggml().to_float(raw, qtype)
+    for isa in available_isas():
+        out = np.empty(1 << 16, dtype=np.float32)
+        _quant.dequantize_into(raw, int(qtype), out, 1, isa)
+        assert_same_floats(out, expected)
+
+
+def available_isas() -> list[str]:
+    return sorted({"scalar", _quant.best_isa()})
+
+
+@pytest.mark.parametrize("qtype", realm.SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_simd_path_equals_scalar_path(qtype):
+    best = _quant.best_isa()
+    if best == "scalar":
+        pytest.skip("this CPU has no SIMD path")
+    info = realm.quant_info(qtype)
+    rng = np.random.default_rng(int(qtype))
+    # 1001 blocks: odd counts exercise the tails of the 16-element F16/BF16 loops
+    raw = rng.integers(0, 256, 1001 * info.type_size, dtype=np.uint8)
+    outs = {}
+    for isa in ("scalar", best):
+        outs[isa] = np.empty(1001 * info.block_size, dtype=np.float32)
+        _quant.dequantize_into(raw, int(qtype), outs[isa], 1, isa)
+    assert_same_floats(outs[best], outs["scalar"])
+
+
+@pytest.mark.parametrize("qtype", realm.SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_thread_count_does_not_change_results(qtype):
+    info = realm.quant_info(qtype)
+    n_blocks = (1 << 19) // info.block_size + 3  # above the parallel threshold, uneven split
+    raw = np.random.default_rng(7).integers(0, 256, n_blocks * info.type_size, dtype=np.uint8)
+    one = realm.dequantize(raw, qtype, threads=1)
+    for threads in (2, 7):
+        assert_same_floats(realm.dequantize(raw, qtype, threads=threads), one)
+    assert_same_floats(realm.dequantize(raw, qtype), one)
+
+
+def test_unsupported_formats_are_named():
+    with pytest.raises(ValueError, match="IQ2_XXS is not supported"):
+        realm.dequantize(b"\0" * 66, GGMLType.IQ2_XXS)
+    with pytest.raises(ValueError, match="unknown GGML type id 99"):
+        realm.dequantize(b"\0" * 18, 99)
+    with pytest.raises(ValueError, match="unknown GGML type name"):
+        realm.dequantize(b"\0" * 18, "q4_9")
+
+
+def test_qtype_spellings():
+    raw = ggml().quantize(np.linspace(-1, 1, 64, dtype=np.float32), GGMLType.Q4_0)
+    expected = realm.dequantize(raw, GGMLType.Q4_0)
+    for spelling in (2, np.int32(2), "q4_0", "Q4_0", gguf.GGMLQuantizationType.Q4_0):
+        assert_same_floats(realm.dequantize(raw, spelling), expected)
+    with pytest.raises(TypeError):
+        realm.dequantize(raw, 2.0)
+    with pytest.raises(TypeError):
+        realm.dequantize(raw, True)
+
+
+def test_quant_info_and_supported_types():
+    info = realm.quant_info("q4_k")
+    assert (info.qtype, info.name, info.block_size, info.type_size, info.align) == (GGMLType.Q4_K, "Q4_K", 256, 144, 2)
+    for t in realm.SUPPORTED_TYPES:
+        tr = ggml().traits(t)
+        assert (realm.quant_info(t).block_size, realm.quant_info(t).type_size) == (tr.blck_size, tr.type_size)
+    assert {t.name for t in realm.SUPPORTED_TYPES} == {
+        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+    }
+
+
+def test_every_input_kind_is_accepted_without_copy():
+    x = np.linspace(-3, 3, 4 * 64, dtype=np.float32).reshape(4, 64)
+    raw = ggml().quantize(x, GGMLType.Q8_0).reshape(4, -1)
+    expected = gguf_py_dequantize(raw, GGMLType.Q8_0)
+    for data in (raw, raw.tobytes(), bytearray(raw.tobytes()), memoryview(raw), memoryview(raw.tobytes())):
+        got = realm.dequantize(data, GGMLType.Q8_0)
+        assert_same_floats(got.reshape(expected.shape) if got.ndim == 1 else got, expected)
+    assert realm.dequantize(raw, GGMLType.Q8_0).shape == (4, 64)  # leading axes kept
+    assert realm.dequantize(raw.tobytes(), GGMLType.Q8_0).shape == (256,)
+    readonly = raw.copy()
+    readonly.flags.writeable = False
+    assert_same_floats(realm.dequantize(readonly, GGMLType.Q8_0), expected)
+
+
+def test_shape_argument():
+    x = np.arange(3 * 64, dtype=np.float32).reshape(3, 64)
+    raw = ggml().quantize(x, GGMLType.Q4_1)  # flat, as tensor data sits in a GGUF file
+    got = realm.dequantize(raw, "Q4_1", shape=(3, 64))
+    assert got.shape == (3, 64)
+    assert_same_floats(got, gguf_py_dequantize(raw.reshape(3, -1), GGMLType.Q4_1))
+    with pytest.raises(ValueError, match="does not hold"):
+        realm.dequantize(raw, "Q4_1", shape=(4, 64))
+    with pytest.raises(ValueError, match="whole number of 32-element blocks"):
+        realm.dequantize(raw, "Q4_1", shape=(6, 32, 1))
+    with pytest.raises(ValueError, match="negative"):
+        realm.dequantize(raw, "Q4_1", shape=(-3, -64))
+
+
+def test_out_argument():
+    raw = ggml().quantize(np.ones((2, 256), np.float32), GGMLType.Q6_K).reshape(2, -1)
+    out = np.full((2, 256), np.nan, dtype=np.float32)
+    assert realm.dequantize(raw, "Q6_K", out=out) is out
+    assert_same_floats(out, gguf_py_dequantize(raw, GGMLType.Q6_K))
+    flat = np.empty(512, dtype=np.float32)
+    assert realm.dequantize(raw, "Q6_K", out=flat) is flat  # any shape with the right size
+    for bad, exc, msg in [
+        (np.empty(511, np.float32), ValueError, "holds 511 elements, 512 needed"),
+        (np.empty(512, np.float64), TypeError, "float32"),
+        (np.empty((512, 2), np.float32)[:, 0], ValueError, "C-contiguous"),
+        ([0.0] * 512, TypeError, "numpy array"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            realm.dequantize(raw, "Q6_K", out=bad)
+    ro = np.empty(512, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        realm.dequantize(raw, "Q6_K", out=ro)
+    shared = np.zeros(4096, dtype=np.uint8)
+    with pytest.raises(ValueError, match="overlaps"):
+        realm.dequantize(shared[:210], "Q6_K", out=shared[64:1088].view(np.float32))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="not a whole number of Q4_0 blocks of 18 bytes"):
+        realm.dequantize(b"\0" * 19, "Q4_0")
+    with pytest.raises(ValueError, match="not a whole number"):
+        realm.dequantize(np.zeros((2, 17), np.uint8), "Q4_0")
+    with pytest.raises(TypeError, match="uint8"):
+        realm.dequantize(np.zeros(36, np.int8), "Q4_0")
+    with pytest.raises(TypeError, match="bytes, bytearray, memoryview"):
+        realm.dequantize("abc", "Q4_0")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        realm.dequantize(np.zeros((4, 36), np.uint8)[:, ::2], "Q4_0")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        realm.dequantize(memoryview(np.zeros((4, 72), np.uint8)[:, ::2]), "Q4_0")
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        realm.dequantize(b"\0" * 18, "Q4_0", threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        realm.dequantize(b"\0" * 18, "Q4_0", threads=1.5)
+    with pytest.raises(ValueError, match="at least one axis"):
+        realm.dequantize(np.array(3, dtype=np.uint8), "Q4_0")
+    assert realm.dequantize(b"", "Q4_0").shape == (0,)
+    misaligned = np.zeros(300, np.uint8)[1:293]
+    with pytest.raises(ValueError, match="multiple of 4 bytes"):
+        realm.dequantize(misaligned, "Q8_K")
+
+
+def test_low_level_wrapper_checks_sizes():
+    with pytest.raises(ValueError, match="1 floats, 32 needed"):
+        _quant.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(1, np.float32))
+    with pytest.raises(ValueError, match="unknown isa"):
+        _quant.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(32, np.float32), 1, "sse9")
+    other = "neon" if _quant.best_isa() != "neon" else "avx2"
+    with pytest.raises(ValueError, match="cannot run"):
+        _quant.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(32, np.float32), 1, other)
+    with pytest.raises(ValueError, match="multiple of 2 bytes"):
+        _quant.dequantize_into(np.zeros(19, np.uint8)[1:], 2, np.zeros(32, np.float32))
+
+
+def test_kernel_releases_the_gil():
+    """With a huge switch interval a thread keeps the GIL until it blocks or releases
+    it; if the main thread runs before the worker's call returns, the kernel let go."""
+    raw = np.random.default_rng(1).integers(0, 256, (1 << 22) // 32 * 34, dtype=np.uint8)
+    state = {}
+
+    def work():
+        state["result"] = realm.dequantize(raw, "Q8_0", threads=1)
+        state["done"] = True
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        finished_before_main_ran = state.get("done", False)
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not finished_before_main_ran
+    assert_same_floats(state["result"], realm.dequantize(raw, "Q8_0", threads=1))
+
+
+def test_concurrent_calls_from_python_threads():
+    rng = np.random.default_rng(3)
+    jobs = [(t, rng.integers(0, 256, 2000 * realm.quant_info(t).type_size, dtype=np.uint8)) for t in QUANTIZED]
+    expected = [realm.dequantize(raw, t, threads=1) for t, raw in jobs]
+    results: list = [None] * len(jobs)
+
+    def run(i):
+        t, raw = jobs[i]
+        results[i] = realm.dequantize(raw, t, threads=2)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, exp in zip(results, expected):
+        assert_same_floats(got, exp)
