@@ -7,7 +7,7 @@
 #endif
 
 /* Below this many output elements a second thread costs more than it saves. */
-#define REALM_MIN_PARALLEL_ELEMS (1 << 18)
+#define REALM_MIN_PARALLEL_ELEMS (1 << 21)
 
 int realm_best_isa(void) {
 #if defined(__x86_64__) || defined(_M_X64)

@@ -301,3 +301,21 @@ def test_concurrent_calls_from_python_threads():
         t.join()
     for got, exp in zip(results, expected):
         assert_same_floats(got, exp)
+
+
+@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
+def test_real_model_tensors_match_llama_cpp(model, request):
+    """Every tensor type of both PyPI models; at most 1M elements of each tensor, so
+    the 262,144-row Gemma 3 embedding costs no more than the others."""
+    gguf_file = realm.open_gguf(request.getfixturevalue(model))
+    seen: dict[GGMLType, int] = {}
+    for name, info in gguf_file.tensors.items():
+        tensor = realm.QuantizedTensor.from_file(gguf_file, info)
+        if seen.get(tensor.dtype, 0) >= 3:
+            continue
+        seen[tensor.dtype] = seen.get(tensor.dtype, 0) + 1
+        rows = tensor.data.reshape(-1, tensor.data.shape[-1])
+        rows = rows[: max(1, (1 << 20) // tensor.shape[-1])]
+        assert_same_floats(realm.dequantize(rows, tensor.dtype).reshape(-1), ggml().to_float(rows, tensor.dtype))
+    expected = {"smollm2_path": {"F32", "Q4_1", "Q8_0"}, "gemma3_path": {"F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"}}
+    assert {t.name for t in seen} >= expected[model]

