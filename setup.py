@@ -1,12 +1,16 @@
-"""Build of realm's C/Cython extension (and, later, of the WebAssembly guest)."""
+"""Build of realm's C/Cython extension and of the WebAssembly guest (realm/guest.wasm)."""
 
+import glob
+import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 KERNEL_SOURCES = [
     "csrc/dequant.c",
@@ -21,8 +25,55 @@ C_FLAGS = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wno-un
 EXTRA_C_FLAGS = os.environ.get("REALM_CFLAGS", "").split()  # e.g. -fsanitize=address,undefined
 
 
+# The guest: every guest/*.c, compiled by zig's clang (PyPI's ziglang) for wasm32-wasi as a
+# reactor (a library, no main), linked with wasi-libc's allocator only: the module must import
+# nothing but realm_* functions (tests/test_abi_header.py checks).  A small stack: the guest
+# keeps its data on the heap.
+HERE = os.path.dirname(os.path.abspath(__file__))
+GUEST_FLAGS = ["-target", "wasm32-wasi", "-mexec-model=reactor", "-O2", "-s", "-std=c11",
+               "-Wall", "-Wextra", "-Wl,-z,stack-size=262144"]
+
+
+def build_guest(out_path):
+    """Compile guest/*.c to out_path (skipped when it is newer than every guest source)."""
+    sources = sorted(glob.glob(os.path.join(HERE, "guest", "*.c")))
+    if not sources:
+        sys.exit("realm: guest/*.c is missing (an sdist needs them: see MANIFEST.in)")
+    inputs = sources + glob.glob(os.path.join(HERE, "guest", "*.h"))
+    if os.path.exists(out_path) and os.path.getmtime(out_path) >= max(map(os.path.getmtime, inputs)):
+        return
+    if importlib.util.find_spec("ziglang") is None:
+        sys.exit("realm: building guest.wasm needs the 'ziglang' package (pip install ziglang)")
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    tmp = f"{out_path}.{os.getpid()}.tmp"  # parallel builds must not see a half-written module
+    cmd = [sys.executable, "-m", "ziglang", "cc", *GUEST_FLAGS, "-I", os.path.join(HERE, "guest"),
+           *sources, "-o", tmp]
+    print("realm: building", out_path, file=sys.stderr)
+    subprocess.run(cmd, check=True)
+    os.replace(tmp, out_path)
+
+
+class BuildPy(build_py):
+    """Puts guest.wasm in the built package (in the source tree for editable installs)."""
+
+    def run(self):
+        super().run()
+        package_dir = os.path.join(HERE, "realm") if getattr(self, "editable_mode", False) \
+            else os.path.join(self.build_lib, "realm")
+        build_guest(os.path.join(package_dir, "guest.wasm"))
+
+    def get_outputs(self, *args, **kwargs):
+        return [*super().get_outputs(*args, **kwargs), os.path.join(self.build_lib, "realm", "guest.wasm")]
+
+
 class BuildExt(build_ext):
-    """Adds OpenMP where the compiler has it; without it the kernels run on one thread."""
+    """Adds OpenMP where the compiler has it; without it the kernels run on one thread.
+    `build_ext --inplace` also builds realm/guest.wasm, so a checkout has everything."""
+
+    def run(self):
+        super().run()
+        if self.inplace:
+            build_guest(os.path.join(HERE, "realm", "guest.wasm"))
 
     def build_extensions(self):
         openmp = self._has_flag("-fopenmp")
@@ -57,5 +108,5 @@ extensions = [
 
 setup(
     ext_modules=cythonize(extensions, language_level=3),
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -1,0 +1,196 @@
+/* realm_abi.h -- the contract between a realm guest (.wasm) and its host.
+ *
+ * This file is the single source of truth for the ABI.  The host side
+ * (realm/abi.py, realm/host.py) must agree with it, and tests/test_abi_header.py
+ * parses this file and fails on any difference, so keep its line formats:
+ *
+ *   #define REALM_<NAME> <integer> or (<negative integer>)   constants
+ *   REALM_IMPORT(<ret>, <name>, (<params>));                 host functions (module "env")
+ *   REALM_EXPORT(<ret>, <name>, (<params>));                 guest functions
+ *   struct realm_config { <type> <name>[<n>]; ... };         one field a line
+ *
+ * Value conventions
+ *   - Pointers and lengths are u32 offsets/sizes in the guest's linear memory
+ *     (wasm i32).  A (pointer, length) pair is valid when ptr + len <= the
+ *     memory's CURRENT size, computed without u32 wrap-around.  Multi-byte
+ *     values are little-endian; pointers need no alignment.
+ *   - Model ids are i64 (> 0, never reused by a host).
+ *   - Every import returns >= 0 on success (a byte count, an id, or REALM_OK)
+ *     and a negative REALM_E_* code on failure.  A failing call writes nothing.
+ *   - Output buffers: a call with out_max_len == 0 writes nothing and returns the
+ *     number of bytes it would write ("how big a buffer do I need?").
+ *   - Checks run in argument order (model id, then each pointer/length pair),
+ *     then on content (lengths, UTF-8, names), then on buffer sizes; the first
+ *     failing check's code is returned.  Each import lists its codes in that order.
+ *
+ * Models and tenants
+ *   Each guest instance is one tenant.  A model the guest stored with
+ *   realm_store_model is owned by it (it may remove it; the host removes it
+ *   when the guest goes away).  A model the host preloaded is shared: the host
+ *   grants the guest access to it by id, and the guest may read it but not
+ *   remove it.  Ids of other tenants' models are REALM_E_NO_MODEL.
+ */
+#ifndef REALM_ABI_H
+#define REALM_ABI_H
+
+#include <stdint.h>
+
+#define REALM_ABI_VERSION 1
+
+/* ---- status and error codes ---------------------------------------------- */
+#define REALM_OK 0
+#define REALM_E_BAD_POINTER (-1)      /* a pointer/length pair lies outside guest memory */
+#define REALM_E_BUFFER_TOO_SMALL (-2) /* the output buffer cannot hold the result */
+#define REALM_E_NO_MODEL (-3)         /* no model with that id is visible to this guest */
+#define REALM_E_NO_TENSOR (-4)        /* the model has no tensor of that name */
+#define REALM_E_BAD_ARGUMENT (-5)     /* a value outside its documented range */
+#define REALM_E_BAD_UTF8 (-6)         /* a name or message is not valid UTF-8 */
+#define REALM_E_INTERNAL (-7)         /* an unexpected host failure (see the host's log) */
+#define REALM_E_BAD_GGUF (-8)         /* GGUF bytes are malformed or truncated */
+#define REALM_E_NO_MEMORY (-9)        /* the guest could not allocate memory */
+#define REALM_E_DENIED (-10)          /* the model is shared: only the host may remove it */
+#define REALM_E_LIMIT (-11)           /* a per-guest limit (stored models or bytes) is reached */
+#define REALM_E_UNSUPPORTED (-12)     /* the host cannot convert this tensor type to f32 */
+#define REALM_E_TOO_LARGE (-13)       /* the result would be 2 GiB or more (does not fit an i32) */
+
+/* ---- limits ----------------------------------------------------------------- */
+#define REALM_NAME_MAX 256  /* longest tensor name, in bytes (ggml allows 63) */
+#define REALM_LOG_MAX 4096  /* longest log message, in bytes */
+
+/* ---- log levels (realm_log) ------------------------------------------------- */
+#define REALM_LOG_DEBUG 0
+#define REALM_LOG_INFO 1
+#define REALM_LOG_WARNING 2
+#define REALM_LOG_ERROR 3
+
+/* ---- tokenizer kinds (realm_config.tokenizer, from tokenizer.ggml.model) ----- */
+#define REALM_TOKENIZER_NONE 0  /* absent, or "no" */
+#define REALM_TOKENIZER_GPT2 1  /* "gpt2": byte-level BPE with merges */
+#define REALM_TOKENIZER_LLAMA 2 /* "llama": SentencePiece with scores */
+#define REALM_TOKENIZER_OTHER 3 /* any other name */
+
+/* ---- imports: host functions, wasm module "env" ----------------------------- */
+#ifdef __wasm__
+#define REALM_IMPORT(ret, name, params) \
+    __attribute__((import_module("env"), import_name(#name))) ret name params
+#else
+#define REALM_IMPORT(ret, name, params) ret name params
+#endif
+
+/* Copy gguf_len bytes of a whole GGUF file out of guest memory into the host's
+ * model store.  Returns the new model's id (owned by this guest), or
+ * BAD_POINTER, LIMIT (the guest's quota of stored models and bytes), BAD_GGUF. */
+REALM_IMPORT(int64_t, realm_store_model, (const void *gguf, uint32_t gguf_len));
+
+/* Write a tensor of a model, dequantized to f32 (little-endian, row-major in
+ * numpy order: n_elements * 4 bytes), to out.  The host serves it from its
+ * LayerCache, dequantizing on a miss.  Returns bytes written, or NO_MODEL,
+ * BAD_POINTER, BAD_ARGUMENT (name_len > REALM_NAME_MAX), BAD_UTF8, NO_TENSOR,
+ * UNSUPPORTED, TOO_LARGE, BUFFER_TOO_SMALL. */
+REALM_IMPORT(int32_t, realm_get_tensor,
+             (int64_t model_id, const char *name, uint32_t name_len, float *out, uint32_t out_max_len));
+
+/* Write the model's tensor count (u32) to *out_tensor_count and its total
+ * tensor data size in bytes (u64) to *out_total_size.  Returns REALM_OK, or
+ * NO_MODEL, BAD_POINTER, TOO_LARGE (count >= 2^32). */
+REALM_IMPORT(int32_t, realm_get_model_info,
+             (int64_t model_id, uint32_t *out_tensor_count, uint64_t *out_total_size));
+
+/* Remove a model this guest stored.  Returns REALM_OK, or NO_MODEL, DENIED
+ * (a shared model). */
+REALM_IMPORT(int32_t, realm_remove_model, (int64_t model_id));
+
+/* Copy the model's GGUF header -- the file's bytes from 0 to the start of the
+ * tensor data: metadata and tensor infos, no weights -- to out.  Returns bytes
+ * written, or NO_MODEL, BAD_POINTER, TOO_LARGE, BUFFER_TOO_SMALL. */
+REALM_IMPORT(int32_t, realm_get_metadata, (int64_t model_id, void *out, uint32_t out_max_len));
+
+/* Log a UTF-8 message at a REALM_LOG_* level through the host's logging.
+ * Returns REALM_OK, or BAD_ARGUMENT (unknown level), BAD_POINTER,
+ * BAD_ARGUMENT (msg_len > REALM_LOG_MAX), BAD_UTF8. */
+REALM_IMPORT(int32_t, realm_log, (int32_t level, const char *msg, uint32_t msg_len));
+
+/* ---- the model configuration the guest parses from a GGUF header ------------
+ * guest_config() returns a pointer to this struct in guest memory.  No padding
+ * (asserted below), little-endian.  Keys are GGUF metadata keys with {arch} =
+ * general.architecture; a value absent from the file takes the default given. */
+struct realm_config {
+    int64_t model_id;           /* the host's id of the model */
+    uint64_t n_tensors;         /* tensor infos in the header */
+    uint64_t total_size;        /* bytes of tensor data, from the host (realm_get_model_info) */
+    uint32_t header_len;        /* bytes from 0 to the start of tensor data */
+    uint32_t gguf_version;      /* 2 or 3 */
+    uint32_t n_layers;          /* {arch}.block_count, default 0 */
+    uint32_t n_embd;            /* {arch}.embedding_length, default 0 */
+    uint32_t n_ff;              /* {arch}.feed_forward_length, default 0 */
+    uint32_t n_head;            /* {arch}.attention.head_count, default 0 */
+    uint32_t n_head_kv;         /* {arch}.attention.head_count_kv, default n_head */
+    uint32_t head_dim;          /* {arch}.attention.key_length, default n_embd / n_head (0 if n_head is 0) */
+    uint32_t head_dim_v;        /* {arch}.attention.value_length, default head_dim */
+    uint32_t rope_dim;          /* {arch}.rope.dimension_count, default head_dim */
+    uint32_t n_vocab;           /* length of tokenizer.ggml.tokens, else {arch}.vocab_size, else 0 */
+    uint32_t n_ctx_train;       /* {arch}.context_length, default 0 */
+    uint32_t sliding_window;    /* {arch}.attention.sliding_window, default 0 (none) */
+    uint32_t swa_pattern;       /* {arch}.attention.sliding_window_pattern; default 6 for gemma3
+                                   (llama.cpp's fixed value), else 0.  With a window, layer i is
+                                   local iff swa_pattern == 0 or i % swa_pattern < swa_pattern - 1 */
+    float rope_freq_base;       /* {arch}.rope.freq_base, default 10000 */
+    float rope_freq_base_swa;   /* {arch}.rope.freq_base_swa (local layers); default 10000 for
+                                   gemma3 (llama.cpp's fixed value), else rope_freq_base */
+    float rope_scale;           /* {arch}.rope.scaling.factor, default 1 (0 reads as 1) */
+    float rms_eps;              /* {arch}.attention.layer_norm_rms_epsilon, default 1e-5 */
+    uint32_t tokenizer;         /* REALM_TOKENIZER_* from tokenizer.ggml.model */
+    int32_t bos_id;             /* tokenizer.ggml.bos_token_id, -1 if absent */
+    int32_t eos_id;             /* tokenizer.ggml.eos_token_id, -1 if absent */
+    int32_t unk_id;             /* tokenizer.ggml.unknown_token_id, -1 if absent */
+    int32_t pad_id;             /* tokenizer.ggml.padding_token_id, -1 if absent */
+    int32_t add_bos;            /* tokenizer.ggml.add_bos_token: 0, 1, or -1 if absent */
+    int32_t add_eos;            /* tokenizer.ggml.add_eos_token: 0, 1, or -1 if absent */
+    int32_t add_space_prefix;   /* tokenizer.ggml.add_space_prefix: 0, 1, or -1 if absent */
+    char architecture[64];      /* general.architecture (1 to 63 bytes of UTF-8), NUL-terminated */
+};
+#define REALM_CONFIG_SIZE 192
+_Static_assert(sizeof(struct realm_config) == REALM_CONFIG_SIZE, "struct realm_config has padding");
+
+/* ---- exports: guest functions ------------------------------------------------
+ * Besides these the module exports its linear memory as "memory" and wasi-libc's
+ * reactor entry point "_initialize", which the host calls once, first.
+ * A guest holds at most one model; loading or attaching another releases the
+ * current one (removing it from the host if the guest stored it). */
+#ifdef __wasm__
+#define REALM_EXPORT(ret, name, params) __attribute__((export_name(#name))) ret name params
+#else
+#define REALM_EXPORT(ret, name, params) ret name params
+#endif
+
+/* REALM_ABI_VERSION, so a host can refuse a guest built for another ABI. */
+REALM_EXPORT(uint32_t, guest_abi_version, (void));
+
+/* malloc/free for the host to pass data in; guest_alloc returns 0 on failure. */
+REALM_EXPORT(void *, guest_alloc, (uint32_t size));
+REALM_EXPORT(void, guest_free, (void *ptr));
+
+/* The seed's path: parse the GGUF file in [gguf, gguf + len), store it in the
+ * host (realm_store_model), keep the header and the config.  The caller keeps
+ * the buffer.  Returns the model id, or BAD_GGUF, NO_MEMORY, an import's code. */
+REALM_EXPORT(int64_t, guest_load_model, (const void *gguf, uint32_t len));
+
+/* Attach to a model the host loaded and shared with this guest: fetch its
+ * header with realm_get_metadata and parse it; the weights stay in the host.
+ * Returns REALM_OK, or BAD_GGUF, NO_MEMORY, an import's code. */
+REALM_EXPORT(int32_t, guest_attach_model, (int64_t model_id));
+
+/* Release the current model (realm_remove_model if this guest stored it).
+ * Returns REALM_OK, NO_MODEL (none held), or realm_remove_model's code. */
+REALM_EXPORT(int32_t, guest_unload_model, (void));
+
+/* The current model's configuration, or 0 when the guest holds none. */
+REALM_EXPORT(const struct realm_config *, guest_config, (void));
+
+/* Fetch a tensor of the current model through realm_get_tensor into out.
+ * With out_max_len == 0 returns the bytes needed (from the guest's own parse of
+ * the header).  Returns bytes written, or NO_MODEL, NO_TENSOR, TOO_LARGE,
+ * BUFFER_TOO_SMALL, or realm_get_tensor's code. */
+REALM_EXPORT(int32_t, guest_fetch_tensor, (const char *name, uint32_t name_len, float *out, uint32_t out_max_len));
+
+#endif /* REALM_ABI_H */
