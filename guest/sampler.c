@@ -1,0 +1,382 @@
+/* sampler.c -- the sampling chain of sampler.h. */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- xoshiro256** seeded by splitmix64 ---- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t xoshiro_next(uint64_t s[4])
+{
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double sampler_uniform(sampler *s)
+{
+    return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53;
+}
+
+/* ---- setup ---- */
+
+void sampler_params_default(sampler_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->temperature = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repeat_penalty = 1.0f;
+    p->penalty_last_n = 64;
+}
+
+int sampler_init(sampler *s, const sampler_params *p)
+{
+    if (!s || !p) return SAMPLER_ERR_BAD_ARG;
+    memset(s, 0, sizeof *s);
+    if (isnan(p->temperature) || isnan(p->top_p) || isnan(p->min_p) ||
+        !isfinite(p->repeat_penalty) || p->repeat_penalty <= 0.0f ||
+        !isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty) ||
+        p->penalty_last_n < 0 || p->penalty_last_n > SAMPLER_MAX_LAST_N)
+        return SAMPLER_ERR_BAD_ARG;
+    s->p = *p;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    if (p->penalty_last_n > 0) {
+        s->recent = malloc((size_t)p->penalty_last_n * sizeof *s->recent);
+        s->scratch = malloc((size_t)p->penalty_last_n * sizeof *s->scratch);
+        if (!s->recent || !s->scratch) {
+            sampler_free(s);
+            return SAMPLER_ERR_NO_MEMORY;
+        }
+    }
+    return 0;
+}
+
+void sampler_free(sampler *s)
+{
+    if (!s) return;
+    free(s->recent);
+    free(s->scratch);
+    free(s->cand);
+    memset(s, 0, sizeof *s);
+}
+
+void sampler_accept(sampler *s, int32_t token)
+{
+    uint32_t cap = s ? (uint32_t)s->p.penalty_last_n : 0;
+    if (!cap) return;
+    s->recent[s->head] = token;
+    s->head = (s->head + 1) % cap;
+    if (s->n_recent < cap) s->n_recent++;
+}
+
+/* ---- the chain ---- */
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void apply_penalties(sampler *s, float *logits, uint32_t n)
+{
+    const sampler_params *p = &s->p;
+    if (!s->n_recent || (p->repeat_penalty == 1.0f && p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f))
+        return;
+    memcpy(s->scratch, s->recent, (size_t)s->n_recent * sizeof *s->scratch);
+    qsort(s->scratch, s->n_recent, sizeof *s->scratch, cmp_i32);
+    for (uint32_t i = 0; i < s->n_recent; ) {
+        int32_t id = s->scratch[i];
+        uint32_t count = 0;
+        while (i < s->n_recent && s->scratch[i] == id) i++, count++;
+        if (id < 0 || (uint32_t)id >= n) continue;
+        float *l = &logits[id];
+        if (*l <= 0) *l *= p->repeat_penalty;
+        else *l /= p->repeat_penalty;
+        *l -= (float)count * p->frequency_penalty + p->presence_penalty;
+    }
+}
+
+/* Highest logit first, lower id first on ties. */
+static int better(sampler_candidate a, sampler_candidate b)
+{
+    return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
+/* c[0..n) as a heap with its worst candidate on top. */
+static void sift_down(sampler_candidate *c, uint32_t i, uint32_t n)
+{
+    for (;;) {
+        uint32_t worst = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && better(c[worst], c[l])) worst = l;
+        if (r < n && better(c[worst], c[r])) worst = r;
+        if (worst == i) return;
+        sampler_candidate t = c[i];
+        c[i] = c[worst];
+        c[worst] = t;
+        i = worst;
+    }
+}
+
+/* The worst-on-top heap c[0..k) in order, best first. */
+static void heap_to_sorted(sampler_candidate *c, uint32_t k)
+{
+    for (uint32_t end = k; end > 1; end--) {
+        sampler_candidate t = c[0];
+        c[0] = c[end - 1];
+        c[end - 1] = t;
+        sift_down(c, 0, end - 1);
+    }
+}
+
+/* The k best of n logits into c[0..k), sorted. */
+static void select_from_logits(sampler_candidate *c, uint32_t k, const float *logits, uint32_t n)
+{
+    for (uint32_t i = 0; i < k; i++) c[i] = (sampler_candidate){(int32_t)i, logits[i]};
+    for (uint32_t i = k / 2; i-- > 0; ) sift_down(c, i, k);
+    for (uint32_t i = k; i < n; i++) {
+        sampler_candidate x = {(int32_t)i, logits[i]};
+        if (better(x, c[0])) {
+            c[0] = x;
+            sift_down(c, 0, k);
+        }
+    }
+    heap_to_sorted(c, k);
+}
+
+static int reserve(sampler *s, uint32_t n)
+{
+    if (n <= s->cand_cap) return 0;
+    sampler_candidate *c = realloc(s->cand, (size_t)n * sizeof *c);
+    if (!c) return SAMPLER_ERR_NO_MEMORY;
+    s->cand = c;
+    s->cand_cap = n;
+    return 0;
+}
+
+/* The first highest logit (a NaN first logit wins, as in llama.cpp's greedy). */
+static uint32_t argmax(const float *logits, uint32_t n)
+{
+    uint32_t best = 0;
+    float top = logits[0];
+    for (uint32_t i = 1; i < n; i++)
+        if (logits[i] > top) {
+            top = logits[i];
+            best = i;
+        }
+    return best;
+}
+
+/* top-p over the sorted candidates c[0..k): how many to keep. */
+static uint32_t top_p_sorted(const sampler_candidate *c, uint32_t k, float top_p)
+{
+    float max = c[0].logit, sum = 0.0f, cum = 0.0f;
+    for (uint32_t i = 0; i < k; i++) sum += expf(c[i].logit - max);
+    for (uint32_t i = 0; i < k; i++) {
+        cum += expf(c[i].logit - max) / sum;
+        if (cum >= top_p) return i + 1;
+    }
+    return k;
+}
+
+/* top-p over all n logits (no top-k): the softmax runs over the vocabulary in
+ * id order, as llama.cpp's, but candidates are selected only as deep as the
+ * cumulative sum needs (256, then 8x more each time). */
+static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p, uint32_t *kept)
+{
+    float max = logits[0], sum = 0.0f, cum = 0.0f;
+    for (uint32_t i = 1; i < n; i++) max = fmaxf(max, logits[i]);
+    for (uint32_t i = 0; i < n; i++) sum += expf(logits[i] - max);
+    uint32_t depth = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (i == depth) {
+            depth = depth == 0 ? (n < 256 ? n : 256) : (depth > n / 8 ? n : depth * 8);
+            int rc = reserve(s, depth);
+            if (rc) return rc;
+            select_from_logits(s->cand, depth, logits, n);
+        }
+        cum += expf(s->cand[i].logit - max) / sum;
+        if (cum >= top_p) {
+            *kept = i + 1;
+            return 0;
+        }
+    }
+    *kept = n;
+    return 0;
+}
+
+/* The candidates of one step: either s->cand[0..n) (sorted by top-k or top-p;
+ * logits already divided by the temperature), or, when nothing asked for a
+ * sort, every token whose logit reaches `threshold` (min-p), in id order,
+ * read from the logits in place: the full vocabulary is never copied. */
+typedef struct {
+    int32_t greedy;     /* >= 0: temperature <= 0 chose this token */
+    int direct;
+    uint32_t n;         /* materialized count */
+    const float *logits;
+    uint32_t n_vocab;
+    float threshold;
+    float temperature;
+} step;
+
+static int step_next(const step *st, const sampler *s, uint32_t *i, int32_t *id, float *logit)
+{
+    if (!st->direct) {
+        if (*i >= st->n) return 0;
+        *id = s->cand[*i].id;
+        *logit = s->cand[*i].logit;
+        ++*i;
+        return 1;
+    }
+    for (; *i < st->n_vocab; ++*i)
+        if (st->logits[*i] >= st->threshold) {
+            *id = (int32_t)*i;
+            *logit = st->logits[*i] / st->temperature;
+            ++*i;
+            return 1;
+        }
+    return 0;
+}
+
+static int build(sampler *s, float *logits, uint32_t n, step *st)
+{
+    const sampler_params *p = &s->p;
+    apply_penalties(s, logits, n);
+    memset(st, 0, sizeof *st);
+    st->greedy = -1;
+    if (!(p->temperature > 0.0f)) {
+        st->greedy = (int32_t)argmax(logits, n);
+        return 0;
+    }
+    if (p->top_k <= 0 && !(p->top_p < 1.0f)) {
+        st->direct = 1;
+        st->logits = logits;
+        st->n_vocab = n;
+        st->temperature = p->temperature;
+        st->threshold = -INFINITY;
+        if (p->min_p > 0.0f) {
+            float max = logits[0];
+            for (uint32_t i = 1; i < n; i++) max = fmaxf(max, logits[i]);
+            float min_logit = max + logf(p->min_p);
+            for (uint32_t i = 0; i < n; i++)
+                if (logits[i] >= min_logit) {  /* none pass only for NaN logits: keep them all */
+                    st->threshold = min_logit;
+                    break;
+                }
+        }
+        return 0;
+    }
+    /* top-k, then top-p: the candidates come out sorted */
+    int rc;
+    uint32_t k;
+    if (p->top_k > 0) {
+        k = (uint32_t)p->top_k < n ? (uint32_t)p->top_k : n;
+        if ((rc = reserve(s, k))) return rc;
+        select_from_logits(s->cand, k, logits, n);
+        if (p->top_p < 1.0f) k = top_p_sorted(s->cand, k, p->top_p);
+    } else if ((rc = top_p_logits(s, logits, n, p->top_p, &k))) {
+        return rc;
+    }
+    sampler_candidate *c = s->cand;
+    if (p->min_p > 0.0f) {  /* sorted here: the first is the highest */
+        float min_logit = c[0].logit + logf(p->min_p);
+        uint32_t kept = 1;
+        while (kept < k && c[kept].logit >= min_logit) kept++;
+        k = kept;
+    }
+    for (uint32_t i = 0; i < k; i++) c[i].logit /= p->temperature;
+    st->n = k;
+    return 0;
+}
+
+/* The highest candidate logit and the sum of exp(logit - highest) (float terms, double sum). */
+static double softmax_sum(const step *st, const sampler *s, float *top, uint32_t *count)
+{
+    uint32_t i = 0, m = 0;
+    int32_t id;
+    float l, max = -INFINITY;
+    int any = 0;
+    while (step_next(st, s, &i, &id, &l)) {
+        max = any ? fmaxf(max, l) : l;
+        any = 1;
+        m++;
+    }
+    double sum = 0.0;
+    for (i = 0; step_next(st, s, &i, &id, &l); ) sum += expf(l - max);
+    *top = max;
+    *count = m;
+    return sum;
+}
+
+int32_t sampler_candidates(sampler *s, float *logits, uint32_t n_vocab,
+                           int32_t *ids, float *probs, uint32_t max)
+{
+    if (!s || !logits || !n_vocab || n_vocab > INT32_MAX || (max && (!ids || !probs))) return SAMPLER_ERR_BAD_ARG;
+    step st;
+    int rc = build(s, logits, n_vocab, &st);
+    if (rc) return rc;
+    if (st.greedy >= 0) {
+        if (max) {
+            ids[0] = st.greedy;
+            probs[0] = 1.0f;
+        }
+        return 1;
+    }
+    float top;
+    uint32_t m, i = 0, k = 0;
+    double sum = softmax_sum(&st, s, &top, &m);
+    int32_t id;
+    float l;
+    while (k < max && step_next(&st, s, &i, &id, &l)) {
+        ids[k] = id;
+        probs[k++] = (float)(expf(l - top) / sum);
+    }
+    return (int32_t)m;
+}
+
+int32_t sampler_sample(sampler *s, float *logits, uint32_t n_vocab)
+{
+    if (!s || !logits || !n_vocab || n_vocab > INT32_MAX) return SAMPLER_ERR_BAD_ARG;
+    step st;
+    int rc = build(s, logits, n_vocab, &st);
+    if (rc) return rc;
+    if (st.greedy >= 0) return st.greedy;
+    float top, l;
+    uint32_t m, i = 0;
+    int32_t id, last = 0;
+    double sum = softmax_sum(&st, s, &top, &m);
+    if (m == 1) {
+        step_next(&st, s, &i, &id, &l);
+        return id;
+    }
+    /* llama_sampler_dist: float probabilities, double sums, one draw */
+    double target = sum * sampler_uniform(s), run = 0.0;
+    while (step_next(&st, s, &i, &id, &l)) {
+        run += expf(l - top);
+        if (run >= target) return id;
+        last = id;
+    }
+    return last;
+}
