@@ -36,4 +36,28 @@ static inline float realm_bf16_to_f32(uint16_t h) {
     return realm_bits_to_f32((uint32_t)h << 16);
 }
 
+/* f32 -> binary16, round to nearest even, exactly as vcvtps2ph (imm 0):
+ * overflow to inf, gradual underflow, NaN made quiet keeping its top bits. */
+static inline uint16_t realm_f32_to_half(float f) {
+    const uint32_t x = realm_f32_to_bits(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return sign | 0x7e00u | (uint16_t)((ax >> 13) & 0x3ffu);
+    if (ax >= 0x477ff000u) return sign | 0x7c00u; /* >= 65520 rounds to inf */
+    uint32_t h, rem, halfway;
+    if (ax >= 0x38800000u) { /* normal half: rebias the exponent, drop 13 bits */
+        h = (ax - 0x38000000u) >> 13;
+        rem = ax & 0x1fffu;
+        halfway = 0x1000u;
+    } else { /* subnormal half (or zero): units of 2^-24 */
+        if (ax < 0x33000000u) return sign; /* below half the smallest subnormal */
+        const uint32_t shift = 126u - (ax >> 23), man = (ax & 0x7fffffu) | 0x800000u;
+        h = man >> shift;
+        rem = man & ((1u << shift) - 1u);
+        halfway = 1u << (shift - 1u);
+    }
+    if (rem > halfway || (rem == halfway && (h & 1u))) h++; /* a carry may step into the next exponent: right */
+    return sign | (uint16_t)h;
+}
+
 #endif

@@ -1,0 +1,203 @@
+/* Matrix products: argument checks, the choice of path, and the split of
+ * the work into tiles of weight rows shared out by OpenMP.
+ *
+ * A tile is a run of weight rows.  Its thread walks the token groups (4
+ * activation rows each) and, for each group, every row of the tile, so the
+ * tile's weights stay in L2 while each group's activations sit in L1 and a
+ * decoded weight block serves 4 tokens.  Each output value is computed by one
+ * kernel call whatever the split, so results do not depend on the thread
+ * count. */
+#include "matmul.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many multiply-adds a second thread costs more than it saves. */
+#define MIN_PARALLEL_MACS (1 << 16)
+/* Weight bytes per tile when token groups reuse it (kept well inside L2). */
+#define TILE_BYTES (64 * 1024)
+
+static int resolve_isa(int isa) {
+    const int best = realm_best_isa();
+    if (isa == REALM_ISA_AUTO) return best;
+    if (isa == REALM_ISA_SCALAR || isa == best) return isa;
+    return REALM_ENOISA;
+}
+
+static int resolve_threads(int nthreads) {
+#ifdef _OPENMP
+    return nthreads > 0 ? nthreads : omp_get_num_procs();
+#else
+    (void)nthreads;
+    return 1;
+#endif
+}
+
+int realm_act_type(int wtype) {
+    switch (wtype) {
+    case REALM_TYPE_F32:
+    case REALM_TYPE_F16:
+    case REALM_TYPE_BF16: return REALM_ACT_F32;
+    case REALM_TYPE_Q4_0:
+    case REALM_TYPE_Q4_1:
+    case REALM_TYPE_Q5_0:
+    case REALM_TYPE_Q5_1:
+    case REALM_TYPE_Q8_0: return REALM_ACT_Q8;
+    case REALM_TYPE_Q2_K:
+    case REALM_TYPE_Q3_K:
+    case REALM_TYPE_Q4_K:
+    case REALM_TYPE_Q5_K:
+    case REALM_TYPE_Q6_K: return REALM_ACT_Q8_K;
+    default: return REALM_EUNSUPPORTED;
+    }
+}
+
+/* Sizes beyond this are refused before any product can overflow int64. */
+#define MAX_DIM ((int64_t)1 << 40)
+
+static int check_act(int act, int64_t n_tok, int64_t n_in) {
+    if (act != REALM_ACT_F32 && act != REALM_ACT_Q8 && act != REALM_ACT_Q8_K) return REALM_EUNSUPPORTED;
+    if (n_tok < 0 || n_in <= 0 || n_tok > MAX_DIM || n_in > MAX_DIM || n_tok * (n_in / 16 + 1) > MAX_DIM)
+        return REALM_EINVAL;
+    const int64_t k = act == REALM_ACT_Q8 ? 32 : act == REALM_ACT_Q8_K ? QK_K : 1;
+    return n_in % k ? REALM_EINVAL : 0;
+}
+
+int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in) {
+    const int rc = check_act(act, n_tok, n_in);
+    return rc ? rc : realm_act_layout_of(act, n_tok, n_in).total;
+}
+
+int realm_quantize_act_ws(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int isa) {
+    int rc = check_act(act, n_tok, n_in);
+    if (rc) return rc;
+    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if (act == REALM_ACT_F32) {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tok; t++) memcpy((float *)buf + t * n_in, x + t * n_in, (size_t)n_in * sizeof(float));
+        return 0;
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n_tok; t++) {
+        if (isa == REALM_ISA_AVX2) realm_q8_rows_avx2(act, x, n_tok, n_in, buf, t, t + 1);
+        else realm_q8_rows_ref(act, x, n_tok, n_in, buf, t, t + 1);
+    }
+    return 0;
+}
+
+int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int nthreads, int isa) {
+    int rc = check_act(act, n_tok, n_in);
+    if (rc) return rc;
+    int nt = resolve_threads(nthreads);
+    if (n_tok * n_in < MIN_PARALLEL_MACS / 4) nt = 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int r = realm_quantize_act_ws(act, x, n_tok, n_in, buf, isa);
+#pragma omp master
+        rc = r;
+    }
+    return rc;
+}
+
+typedef struct {
+    realm_dot_fn fn;
+    int act;
+    int64_t nb;        /* blocks per weight row */
+    int64_t row_bytes; /* bytes per weight row */
+} plan;
+
+static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int isa, plan *p) {
+    const realm_type_traits *tt = realm_get_traits(wtype);
+    p->act = realm_act_type(wtype);
+    if (!tt || p->act < 0) return REALM_EUNSUPPORTED;
+    if (n_out < 0 || n_out > MAX_DIM) return REALM_EINVAL;
+    int rc = check_act(p->act, n_tok, n_in);
+    if (rc) return rc;
+    if (n_in % tt->block_size) return REALM_EINVAL;
+    if ((isa = resolve_isa(isa)) < 0) return isa;
+    p->fn = isa == REALM_ISA_AVX2 ? realm_dot_avx2(wtype) : NULL;
+    if (!p->fn) p->fn = realm_dot_ref(wtype);
+    p->nb = n_in / tt->block_size;
+    p->row_bytes = p->nb * tt->type_size;
+    return 0;
+}
+
+/* Rows per tile: about 8 tiles per thread for balance, no more than
+ * TILE_BYTES of weights when several token groups reuse the tile. */
+static int64_t tile_rows(const plan *p, int64_t n_out, int64_t n_tok, int nt) {
+    int64_t r = (n_out + 8 * nt - 1) / (8 * nt);
+    if (n_tok > REALM_TOK_GROUP) {
+        int64_t cap = TILE_BYTES / p->row_bytes;
+        if (cap < 4) cap = 4;
+        if (r > cap) r = cap;
+    }
+    return r < 1 ? 1 : r;
+}
+
+int realm_matmul_q_ws(int wtype, const void *w, int64_t n_out, int64_t n_in, const void *act_buf, int64_t n_tok,
+                      float *y, int isa) {
+    plan p;
+    const int rc = make_plan(wtype, n_out, n_in, n_tok, isa, &p);
+    if (rc) return rc;
+    if (n_out == 0 || n_tok == 0) return 0;
+#ifdef _OPENMP
+    const int nt = omp_get_num_threads();
+#else
+    const int nt = 1;
+#endif
+    const int64_t rows = tile_rows(&p, n_out, n_tok, nt);
+    const int64_t n_tiles = (n_out + rows - 1) / rows;
+    const int64_t n_groups = (n_tok + REALM_TOK_GROUP - 1) / REALM_TOK_GROUP;
+    const char *wb = w;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        const int64_t r0 = tile * rows, r1 = r0 + rows < n_out ? r0 + rows : n_out;
+        for (int64_t g = 0; g < n_groups; g++) {
+            const realm_act_group view = realm_act_view(p.act, act_buf, n_tok, n_in, g);
+            const int64_t left = n_tok - g * REALM_TOK_GROUP;
+            const int ntok = left < REALM_TOK_GROUP ? (int)left : REALM_TOK_GROUP;
+            float *yg = y + g * REALM_TOK_GROUP * n_out;
+            for (int64_t r = r0; r < r1; r++) p.fn(p.nb, wb + r * p.row_bytes, &view, ntok, yg + r, n_out);
+        }
+    }
+    return 0;
+}
+
+static int threads_for(int nthreads, int64_t n_out, int64_t n_in, int64_t n_tok) {
+    const int nt = resolve_threads(nthreads);
+    return n_out * n_in * n_tok < MIN_PARALLEL_MACS ? 1 : nt;
+}
+
+int realm_matmul_q(int wtype, const void *w, int64_t n_out, int64_t n_in, const void *act_buf, int64_t n_tok, float *y,
+                   int nthreads, int isa) {
+    plan p;
+    int rc = make_plan(wtype, n_out, n_in, n_tok, isa, &p);
+    if (rc) return rc;
+    const int nt = threads_for(nthreads, n_out, n_in, n_tok);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    realm_matmul_q_ws(wtype, w, n_out, n_in, act_buf, n_tok, y, isa);
+    return 0;
+}
+
+int realm_matmul(int wtype, const void *w, int64_t n_out, int64_t n_in, const float *x, int64_t n_tok, float *y,
+                 int nthreads, int isa) {
+    plan p;
+    int rc = make_plan(wtype, n_out, n_in, n_tok, isa, &p);
+    if (rc) return rc;
+    if (p.act == REALM_ACT_F32) return realm_matmul_q(wtype, w, n_out, n_in, x, n_tok, y, nthreads, isa);
+    const int64_t size = realm_act_size(p.act, n_tok, n_in);
+    void *buf = aligned_alloc(64, (size_t)(size > 0 ? size : 64));
+    if (!buf) return REALM_ENOMEM;
+    const int nt = threads_for(nthreads, n_out, n_in, n_tok);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        realm_quantize_act_ws(p.act, x, n_tok, n_in, buf, isa);
+        realm_matmul_q_ws(wtype, w, n_out, n_in, buf, n_tok, y, isa);
+    }
+    free(buf);
+    return 0;
+}

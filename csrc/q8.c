@@ -1,0 +1,232 @@
+/* Quantization of f32 activation rows to 8 bits, the input side of the
+ * quantized matrix products (see matmul.h for the buffer layout).
+ *
+ * Per block of k values (32, or 256 for the K-quants):
+ *     amax = max |x|   (NaNs skipped)
+ *     d    = amax / 127,  id = 1 / d   (both 0 when amax < 2^-100)
+ *     q    = round-to-nearest-even(x * id), clamped to [-127, 127]; NaN -> -127
+ * The scalar and AVX2 rows perform the same float operations, and the
+ * scalar code spells out what cvtps2dq + packs do at the edges, so the two
+ * are bit-identical on every input, NaN and infinity included. */
+#include "matmul.h"
+
+#include <math.h>
+#include <string.h>
+
+static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
+
+realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in) {
+    realm_act_layout l = {0, 0, 0, 0};
+    if (act == REALM_ACT_F32) {
+        l.total = n_tok * n_in * (int64_t)sizeof(float);
+        return l;
+    }
+    const int64_t groups = (n_tok + REALM_TOK_GROUP - 1) / REALM_TOK_GROUP;
+    const int64_t table = groups * realm_act_padded(act, n_in) * REALM_TOK_GROUP * 4; /* bytes */
+    int64_t off = align64(n_tok * n_in);
+    if (act == REALM_ACT_Q8_K) {
+        l.bsums = off;
+        off = align64(off + n_tok * (n_in / 16) * 2);
+    } else {
+        l.sums = off;
+        off = align64(off + table);
+    }
+    l.d = off;
+    l.total = align64(off + table);
+    return l;
+}
+
+realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t n_in, int64_t g) {
+    realm_act_group v;
+    memset(&v, 0, sizeof v);
+    v.n_in = n_in;
+    const char *p = buf;
+    const int64_t first = g * REALM_TOK_GROUP;
+    if (act == REALM_ACT_F32) {
+        v.xf = (const float *)buf + first * n_in;
+        return v;
+    }
+    const realm_act_layout l = realm_act_layout_of(act, n_tok, n_in);
+    const int64_t table = realm_act_padded(act, n_in) * REALM_TOK_GROUP;
+    v.qs = (const int8_t *)p + first * n_in;
+    if (act == REALM_ACT_Q8_K) v.bsums = (const int16_t *)(p + l.bsums) + first * (n_in / 16);
+    else v.sums = (const int32_t *)(p + l.sums) + g * table;
+    v.d = (const float *)(p + l.d) + g * table;
+    return v;
+}
+
+/* Where row t's values and per-block scalars go. */
+typedef struct {
+    int8_t *qs;
+    int16_t *bsums;
+    int32_t *sums; /* the group's tables; (t, b) at realm_act_slot(act, t4, b) */
+    float *d;
+    int t4;
+} row_out;
+
+static row_out row_at(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
+    const realm_act_layout l = realm_act_layout_of(act, n_tok, n_in);
+    const int64_t table = (t / REALM_TOK_GROUP) * realm_act_padded(act, n_in) * REALM_TOK_GROUP;
+    char *p = buf;
+    row_out r;
+    r.qs = (int8_t *)p + t * n_in;
+    r.bsums = act == REALM_ACT_Q8_K ? (int16_t *)(p + l.bsums) + t * (n_in / 16) : NULL;
+    r.sums = act == REALM_ACT_Q8 ? (int32_t *)(p + l.sums) + table : NULL;
+    r.d = (float *)(p + l.d) + table;
+    r.t4 = (int)(t % REALM_TOK_GROUP);
+    return r;
+}
+
+static void zero_slots(int act, row_out r, int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t i = realm_act_slot(act, r.t4, b);
+        r.d[i] = 0.0f;
+        if (r.sums) r.sums[i] = 0;
+    }
+}
+
+/* Zero the slots no row writes: padding blocks of row t, and, after the last
+ * row, the rows missing from its group. */
+static void zero_padding(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
+    const int64_t nb = realm_act_blocks(act, n_in), nbp = realm_act_padded(act, n_in);
+    zero_slots(act, row_at(act, buf, n_tok, n_in, t), nb, nbp);
+    if (t != n_tok - 1) return;
+    const row_out last = row_at(act, buf, n_tok, n_in, t);
+    for (int t4 = last.t4 + 1; t4 < REALM_TOK_GROUP; t4++) {
+        row_out r = last;
+        r.t4 = t4;
+        zero_slots(act, r, 0, nbp);
+    }
+}
+
+/* round-to-nearest-even, then what cvtps2dq (NaN/overflow -> INT_MIN), the
+ * saturating packs to int8 and the clamp to -127 make of it.  -128 never
+ * appears: the kernels negate activation bytes (sign trick) and -(-128)
+ * does not fit. */
+static int8_t q8_of(float v) {
+    const float r = nearbyintf(v);
+    if (!(r >= -2147483648.0f && r < 2147483648.0f)) return -127;
+    if (r > 127.0f) return 127;
+    if (r < -127.0f) return -127;
+    return (int8_t)r;
+}
+
+/* Quantizes k values; returns d. */
+static float q8_block_ref(const float *x, int k, int8_t *q) {
+    float amax = 0.0f;
+    for (int j = 0; j < k; j++) {
+        const float a = fabsf(x[j]);
+        amax = a > amax ? a : amax; /* a NaN never wins */
+    }
+    const int tiny = !(amax >= REALM_Q8_TINY);
+    const float d = tiny ? 0.0f : amax / 127.0f;
+    const float id = tiny ? 0.0f : 1.0f / d;
+    for (int j = 0; j < k; j++) q[j] = q8_of(x[j] * id);
+    return d;
+}
+
+static void q8_row_ref(int act, const float *x, int64_t n_in, row_out r) {
+    const int k = act == REALM_ACT_Q8 ? 32 : QK_K;
+    for (int64_t b = 0; b < n_in / k; b++) {
+        int8_t *q = r.qs + b * k;
+        r.d[realm_act_slot(act, r.t4, b)] = q8_block_ref(x + b * k, k, q);
+        if (act == REALM_ACT_Q8) {
+            int32_t s = 0;
+            for (int j = 0; j < k; j++) s += q[j];
+            r.sums[realm_act_slot(act, r.t4, b)] = s;
+        } else {
+            for (int g = 0; g < k / 16; g++) {
+                int s = 0;
+                for (int j = 0; j < 16; j++) s += q[16 * g + j];
+                r.bsums[b * (k / 16) + g] = (int16_t)s;
+            }
+        }
+    }
+}
+
+void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+        q8_row_ref(act, x + t * n_in, n_in, row_at(act, buf, n_tok, n_in, t));
+        zero_padding(act, buf, n_tok, n_in, t);
+    }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+/* max(|v|, m) lane-wise; a NaN in v leaves m (maxps returns its second operand). */
+AVX2 static inline __m256 absmax(__m256 v, __m256 m) {
+    return _mm256_max_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), m);
+}
+
+/* 32 values * id -> 32 int8 in order (round-to-nearest-even, clamped to +-127). */
+AVX2 static inline __m256i q8_32(const float *x, __m256 id) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i c = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 16), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i e = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 24), id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    /* packs work per 128-bit lane; the permute puts the 8 groups of 4 back in order */
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, e));
+    const __m256i v = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    return _mm256_max_epi8(v, _mm256_set1_epi8(-127));
+}
+
+AVX2 static inline float hmax(__m256 m) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static inline int32_t hsum_i8(__m256i q) {
+    const __m256i w = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+AVX2 static void q8_row_avx2(int act, const float *x, int64_t n_in, row_out r) {
+    const int k = act == REALM_ACT_Q8 ? 32 : QK_K;
+    for (int64_t b = 0; b < n_in / k; b++, x += k) {
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < k; j += 8) m = absmax(_mm256_loadu_ps(x + j), m);
+        const float amax = hmax(m);
+        const int tiny = !(amax >= REALM_Q8_TINY);
+        const float d = tiny ? 0.0f : amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(tiny ? 0.0f : 1.0f / d);
+        r.d[realm_act_slot(act, r.t4, b)] = d;
+        int8_t *q = r.qs + b * k;
+        for (int j = 0; j < k; j += 32) {
+            const __m256i v = q8_32(x + j, id);
+            _mm256_storeu_si256((__m256i *)(q + j), v);
+            if (act == REALM_ACT_Q8) {
+                r.sums[realm_act_slot(act, r.t4, b)] = hsum_i8(v);
+            } else {
+                /* two sums of 16: madd pairs -> 8 int32 sums of 4; add within each half */
+                const __m256i w = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
+                __m256i h = _mm256_hadd_epi32(w, w);
+                h = _mm256_hadd_epi32(h, h);
+                r.bsums[b * (k / 16) + j / 16] = (int16_t)_mm256_extract_epi32(h, 0);
+                r.bsums[b * (k / 16) + j / 16 + 1] = (int16_t)_mm256_extract_epi32(h, 4);
+            }
+        }
+    }
+}
+
+void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+        q8_row_avx2(act, x + t * n_in, n_in, row_at(act, buf, n_tok, n_in, t));
+        zero_padding(act, buf, n_tok, n_in, t);
+    }
+}
+
+#else
+
+void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
+    realm_q8_rows_ref(act, x, n_tok, n_in, buf, t0, t1);
+}
+
+#endif

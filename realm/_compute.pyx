@@ -1,0 +1,522 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""realm's compute kernels (csrc/matmul*.c, csrc/q8.c, csrc/ops*.c) for Python.
+
+Arguments are checked here, before any C runs: arrays must already have the
+dtype and C-contiguous layout a kernel reads (nothing is converted or copied
+behind the caller's back), sizes must agree, and a wrong one raises TypeError
+or ValueError naming it.  The kernels then run without the GIL.  `isa` picks
+the path: "auto" (the best this CPU has), "scalar" (the reference) or "avx2".
+`threads`: None or 0 = all cores."""
+
+import numpy as np
+
+from libc.stdint cimport int32_t, int64_t, uint16_t
+
+from .quants import GGMLType, as_qtype
+
+cdef extern from "dequant.h":
+    ctypedef struct realm_type_traits:
+        const char *name
+        int block_size
+        int type_size
+    const realm_type_traits *realm_get_traits(int type)
+    int REALM_ISA_AUTO, REALM_ISA_SCALAR, REALM_ISA_AVX2, REALM_ISA_NEON
+    int REALM_EUNSUPPORTED, REALM_ENOISA
+
+cdef extern from "matmul.h":
+    int REALM_EINVAL, REALM_ENOMEM
+    int REALM_ACT_F32, REALM_ACT_Q8, REALM_ACT_Q8_K, REALM_TOK_GROUP
+    ctypedef struct realm_act_layout:
+        int64_t bsums, sums, d, total
+    int realm_act_type(int wtype)
+    int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in)
+    realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in)
+    int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf,
+                           int nthreads, int isa) nogil
+    int realm_matmul_q(int wtype, const void *w, int64_t n_out, int64_t n_in, const void *act_buf,
+                       int64_t n_tok, float *y, int nthreads, int isa) nogil
+    int realm_matmul(int wtype, const void *w, int64_t n_out, int64_t n_in, const float *x, int64_t n_tok,
+                     float *y, int nthreads, int isa) nogil
+
+cdef extern from "ops.h":
+    ctypedef struct realm_attn_params:
+        int n_head, n_kv_head, head_dim
+        int kv_type
+        int64_t kv_pos_stride, kv_head_stride
+        float scale
+        int32_t window
+    int REALM_MAX_ROT
+    int realm_rmsnorm(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *y) nogil
+    int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale,
+                         float *cs) nogil
+    int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs,
+                         int neox) nogil
+    int realm_attention(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos,
+                        const void *k, const void *v, int64_t n_kv, float *out, int nthreads, int isa) nogil
+    int realm_swiglu(const float *gate, const float *up, float *out, int64_t n, int isa) nogil
+    int realm_geglu(const float *gate, const float *up, float *out, int64_t n, int isa) nogil
+    int realm_softmax(float *x, int64_t rows, int64_t n, int isa) nogil
+    void realm_add(float *y, const float *x, int64_t n) nogil
+    int realm_f32_to_f16(const float *x, uint16_t *y, int64_t n, int isa) nogil
+    int realm_exp(const float *x, float *y, int64_t n, int isa) nogil
+
+ISAS = {"auto": REALM_ISA_AUTO, "scalar": REALM_ISA_SCALAR, "avx2": REALM_ISA_AVX2, "neon": REALM_ISA_NEON}
+ACT_NAMES = {REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k"}
+TOKEN_GROUP = REALM_TOK_GROUP
+
+# ---- argument checks (plain Python: they run once per call) ----
+
+def _isa(isa):
+    if not isinstance(isa, str) or isa not in ISAS:
+        raise ValueError(f"unknown isa {isa!r}; expected one of {sorted(ISAS)}")
+    return ISAS[isa]
+
+
+def _threads(threads):
+    if threads is None:
+        return 0
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
+        raise ValueError(f"threads must be None or a non-negative int, not {threads!r}")
+    return int(threads)
+
+
+def _check(rc, what):
+    if rc >= 0:
+        return rc
+    if rc == REALM_ENOISA:
+        raise ValueError(f"{what}: this CPU cannot run the requested isa")
+    if rc == REALM_EUNSUPPORTED:
+        raise ValueError(f"{what}: unsupported type")
+    if rc == REALM_ENOMEM:
+        raise MemoryError(f"{what}: out of memory")
+    raise ValueError(f"{what}: invalid arguments (code {rc})")
+
+
+def _f32(a, name, ndim=None, writable=False):
+    """The array itself when it is float32, C-contiguous (and writable); else an error."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32, not {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, not {a.dtype}")
+    if ndim is not None and a.ndim not in ndim:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, not {a.ndim}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    return a
+
+
+def _out(out, shape, name="out"):
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    _f32(out, name, writable=True)
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+    return out
+
+
+def _weights(w, name="w"):
+    """Weight bytes as a flat uint8 view (bytes, bytearray, memoryview or uint8 array), never copied."""
+    if isinstance(w, np.ndarray):
+        if w.dtype != np.uint8:
+            raise TypeError(f"{name} must be uint8 bytes, not an array of {w.dtype}")
+        if not w.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        return w.reshape(-1)
+    if isinstance(w, (bytes, bytearray, memoryview)):
+        m = memoryview(w)
+        if not m.c_contiguous:
+            raise ValueError(f"{name} must be contiguous")
+        return np.frombuffer(m.cast("B") if m.format != "B" or m.ndim != 1 else m, dtype=np.uint8)
+    raise TypeError(f"{name} must be bytes, bytearray, memoryview or a uint8 numpy array, not {type(w).__name__}")
+
+
+def weight_type(qtype) -> GGMLType:
+    """The GGMLType of `qtype` (type, int or name) if realm has a matmul kernel for it."""
+    t = as_qtype(qtype)
+    if realm_act_type(int(t)) < 0:
+        raise ValueError(f"no matmul kernel for {t.name}")
+    return t
+
+
+def row_bytes(qtype, n_in: int) -> int:
+    """Bytes of one weight row of n_in values of `qtype`."""
+    cdef const realm_type_traits *tt = realm_get_traits(int(weight_type(qtype)))
+    if n_in <= 0 or n_in % tt.block_size:
+        raise ValueError(f"n_in={n_in} is not a positive multiple of the {tt.name.decode()} block size {tt.block_size}")
+    return n_in // tt.block_size * tt.type_size
+
+
+def act_type(qtype) -> str:
+    """What a weight type multiplies against: "f32", "q8" (blocks of 32) or "q8_k" (blocks of 256)."""
+    return ACT_NAMES[realm_act_type(int(weight_type(qtype)))]
+
+
+_ACTS = {v: k for k, v in ACT_NAMES.items()}
+
+
+def _act(act):
+    if act not in _ACTS:
+        raise ValueError(f"unknown activation type {act!r}; expected one of {sorted(_ACTS)}")
+    return _ACTS[act]
+
+
+def _rows(x, name="x"):
+    """x as [n_tok, n] (a 1-D x is one token)."""
+    _f32(x, name, ndim=(1, 2))
+    return x.reshape(1, -1) if x.ndim == 1 else x
+
+# ---- matrix products ----
+
+def quantize_act(act: str, x, *, threads=None, isa: str = "auto"):
+    """Quantize activation rows x [n_tok, n_in] for weights whose act_type is `act`.
+
+    Returns the buffer (uint8, 64-byte aligned) that matmul_q takes."""
+    cdef int a = _act(act), isa_id = _isa(isa), nt = _threads(threads)
+    x2 = _rows(x)
+    cdef int64_t n_tok = x2.shape[0], n_in = x2.shape[1]
+    cdef int64_t size = _check(realm_act_size(a, n_tok, n_in), f"activations of {n_in} values")
+    buf = _aligned(size)
+    cdef const float[:, ::1] xv = x2
+    cdef unsigned char[::1] bv = buf
+    cdef int rc
+    if n_tok:
+        with nogil:
+            rc = realm_quantize_act(a, &xv[0, 0], n_tok, n_in, &bv[0], nt, isa_id)
+        _check(rc, "quantize_act")
+    return buf
+
+
+def _aligned(int64_t size):
+    raw = np.zeros(size + 64, dtype=np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + size]
+
+
+def act_unpack(act: str, buf, n_tok: int, n_in: int):
+    """The parts of a quantize_act buffer as arrays (for tests):
+    {"qs": int8 [n_tok, n_in], "d": float32 [n_tok, n_blocks],
+     "sums": int32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)}."""
+    cdef int a = _act(act)
+    if a == REALM_ACT_F32:
+        raise ValueError("f32 activations are the rows themselves")
+    cdef int64_t size = _check(realm_act_size(a, n_tok, n_in), "act_unpack")
+    b = _weights(buf, "buf")
+    if b.shape[0] != size:
+        raise ValueError(f"buf has {b.shape[0]} bytes, expected {size}")
+    cdef realm_act_layout lay = realm_act_layout_of(a, n_tok, n_in)
+    nb = n_in // (32 if a == REALM_ACT_Q8 else 256)
+    nbp = -(-nb // 4) * 4 if a == REALM_ACT_Q8 else nb
+    groups = -(-n_tok // REALM_TOK_GROUP)
+    G = REALM_TOK_GROUP
+
+    def table(off, dtype):  # q8: [group][nb/4][token][4 blocks]; q8_k: [group][block][token]
+        t = b[off:off + groups * nbp * G * 4].view(dtype)
+        if a == REALM_ACT_Q8:
+            t = t.reshape(groups, nbp // 4, G, 4).transpose(0, 2, 1, 3)
+        else:
+            t = t.reshape(groups, nbp, G).transpose(0, 2, 1)
+        return t.reshape(groups * G, nbp)[:n_tok, :nb]
+    res = {"qs": b[:n_tok * n_in].view(np.int8).reshape(n_tok, n_in), "d": table(lay.d, np.float32)}
+    if a == REALM_ACT_Q8:
+        res["sums"] = table(lay.sums, np.int32)
+    else:
+        res["bsums"] = b[lay.bsums:lay.bsums + n_tok * (n_in // 16) * 2].view(np.int16).reshape(n_tok, n_in // 16)
+    return res
+
+
+def _check_w(wb, t, n_out, n_in):
+    need = n_out * row_bytes(t, n_in)
+    if n_out < 0:
+        raise ValueError(f"n_out must be >= 0, not {n_out}")
+    if wb.shape[0] != need:
+        raise ValueError(f"w holds {wb.shape[0]} bytes; {n_out} rows of {n_in} {t.name} values are {need}")
+
+
+def matmul(w, qtype, n_out: int, x, *, out=None, threads=None, isa: str = "auto"):
+    """y = x W^T for W [n_out, n_in] stored as `qtype` blocks (row-major bytes)
+    and x [n_tok, n_in] (or [n_in]) float32.  Returns y [n_tok, n_out] (or [n_out])."""
+    t = weight_type(qtype)
+    cdef int isa_id = _isa(isa), nt = _threads(threads)
+    x2 = _rows(x)
+    cdef int64_t n_tok = x2.shape[0], n_in = x2.shape[1], no = n_out
+    wb = _weights(w)
+    _check_w(wb, t, n_out, n_in)
+    y = _out(out, (n_tok, n_out) if x.ndim == 2 else (n_out,))
+    if n_tok == 0 or n_out == 0:
+        return y
+    cdef const unsigned char[::1] wv = wb
+    cdef const float[:, ::1] xv = x2
+    cdef float[::1] yv = y.reshape(-1)
+    cdef int rc, wt = int(t)
+    with nogil:
+        rc = realm_matmul(wt, &wv[0], no, n_in, &xv[0, 0], n_tok, &yv[0], nt, isa_id)
+    _check(rc, "matmul")
+    return y
+
+
+def matmul_q(w, qtype, n_out: int, act_buf, n_tok: int, n_in: int, *, out=None, threads=None, isa: str = "auto"):
+    """y = x W^T from activations already quantized by quantize_act(act_type(qtype), x).
+    For f32 activations act_buf is x itself (float32 [n_tok, n_in])."""
+    t = weight_type(qtype)
+    cdef int isa_id = _isa(isa), nt = _threads(threads), a = realm_act_type(int(t))
+    wb = _weights(w)
+    _check_w(wb, t, n_out, n_in)
+    cdef int64_t size = _check(realm_act_size(a, n_tok, n_in), "matmul_q")
+    if a == REALM_ACT_F32:
+        ab = _f32(act_buf, "act_buf").reshape(-1).view(np.uint8)
+    else:
+        ab = _weights(act_buf, "act_buf")
+        if ab.ctypes.data % 4:
+            raise ValueError("act_buf must be 4-byte aligned (use quantize_act's buffer)")
+    if ab.shape[0] != size:
+        raise ValueError(f"act_buf has {ab.shape[0]} bytes, {size} expected for {n_tok} x {n_in}")
+    y = _out(out, (n_tok, n_out))
+    if n_tok == 0 or n_out == 0:
+        return y
+    cdef const unsigned char[::1] wv = wb
+    cdef const unsigned char[::1] av = ab
+    cdef float[::1] yv = y.reshape(-1)
+    cdef int rc, wt = int(t)
+    cdef int64_t no = n_out, nk = n_tok, ni = n_in
+    with nogil:
+        rc = realm_matmul_q(wt, &wv[0], no, ni, &av[0], nk, &yv[0], nt, isa_id)
+    _check(rc, "matmul_q")
+    return y
+
+# ---- ops ----
+
+def rmsnorm(x, weight=None, eps: float = 1e-6, *, out=None):
+    """x / sqrt(mean(x^2, last axis) + eps) * weight."""
+    _f32(x, "x")
+    if x.ndim == 0 or x.shape[x.ndim - 1] == 0:
+        raise ValueError("x must have a non-empty last axis")
+    cdef int64_t n = x.shape[x.ndim - 1], rows = x.size // n
+    if weight is not None:
+        _f32(weight, "weight", ndim=(1,))
+        if weight.shape[0] != n:
+            raise ValueError(f"weight has {weight.shape[0]} values, x rows have {n}")
+    y = _out(out, x.shape)
+    if rows == 0:
+        return y
+    cdef const float[::1] xv = x.reshape(-1)
+    cdef float[::1] yv = y.reshape(-1)
+    cdef const float[::1] wv
+    cdef const float *wp = NULL
+    if weight is not None:
+        wv = weight
+        wp = &wv[0]
+    cdef float e = eps
+    cdef int rc
+    with nogil:
+        rc = realm_rmsnorm(&xv[0], wp, rows, n, e, &yv[0])
+    _check(rc, "rmsnorm")
+    return y
+
+
+def _positions(pos, n_tok=None):
+    if not isinstance(pos, np.ndarray) or pos.dtype != np.int32:
+        raise TypeError("pos must be a numpy int32 array")
+    if pos.ndim != 1 or not pos.flags.c_contiguous or (n_tok is not None and pos.shape[0] != n_tok):
+        want = "" if n_tok is None else f" of {n_tok} positions"
+        raise ValueError(f"pos must be a contiguous 1-D array{want}, not shape {pos.shape}")
+    return pos
+
+
+def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0):
+    """cos/sin table [n_tok, n_rot]: (cos, sin) of pos * freq_scale * base^(-2i/n_rot) per pair i."""
+    _positions(pos)
+    if not 0 < n_rot <= REALM_MAX_ROT or n_rot % 2:
+        raise ValueError(f"n_rot must be even and in 2..{REALM_MAX_ROT}, not {n_rot}")
+    if not base > 0:
+        raise ValueError(f"base must be > 0, not {base}")
+    cdef int64_t n_tok = pos.shape[0]
+    cs = np.empty((n_tok, n_rot), dtype=np.float32)
+    if n_tok == 0:
+        return cs
+    cdef const int32_t[::1] pv = pos
+    cdef float[:, ::1] cv = cs
+    cdef int nr = n_rot, rc
+    cdef float b = base, fs = freq_scale
+    with nogil:
+        rc = realm_rope_table(&pv[0], n_tok, nr, b, fs, &cv[0, 0])
+    _check(rc, "rope_table")
+    return cs
+
+
+def rope(x, pos, n_rot: int, base: float, *, neox: bool, freq_scale: float = 1.0, table=None):
+    """Rotate x [n_tok, n_head, head_dim] in place (first n_rot values of each head);
+    neox=False pairs (2i, 2i+1) (llama), True pairs (i, i + n_rot/2) (gemma3).
+    `table` (from rope_table) skips recomputing cos/sin.  Returns x."""
+    _f32(x, "x", ndim=(3,), writable=True)
+    cdef int64_t n_tok = x.shape[0]
+    cdef int n_head = x.shape[1], head_dim = x.shape[2], nr = n_rot, rc
+    if not 0 < n_rot <= head_dim or n_rot % 2:
+        raise ValueError(f"n_rot must be even and in 2..head_dim={head_dim}, not {n_rot}")
+    if table is None:
+        table = rope_table(_positions(pos, n_tok), n_rot, base, freq_scale)
+    else:
+        _f32(table, "table", ndim=(2,))
+        if table.shape != (n_tok, n_rot):
+            raise ValueError(f"table has shape {table.shape}, expected {(n_tok, n_rot)}")
+    if n_tok == 0 or n_head == 0:
+        return x
+    cdef float[:, :, ::1] xv = x
+    cdef const float[:, ::1] tv = table
+    cdef int nx = 1 if neox else 0
+    with nogil:
+        rc = realm_rope_apply(&xv[0, 0, 0], n_tok, n_head, head_dim, nr, &tv[0, 0], nx)
+    _check(rc, "rope")
+    return x
+
+
+def attention(q, k_cache, v_cache, pos, *, n_kv_head: int, scale=None, window: int = 0,
+              out=None, threads=None, isa: str = "auto"):
+    """Causal grouped-query attention over a KV cache.
+
+    q: float32 [n_tok, n_head, head_dim]; k_cache, v_cache: float32 or float16
+    [n_ctx, n_kv_head, head_dim] (row j = position j); pos: int32 [n_tok], each < n_ctx.
+    Query t attends to positions pos[t] - window < j <= pos[t] (window 0: all j <= pos[t]).
+    scale: None = 1/sqrt(head_dim).  Returns out [n_tok, n_head, head_dim]."""
+    _f32(q, "q", ndim=(3,))
+    cdef int64_t n_tok = q.shape[0]
+    cdef int n_head = q.shape[1], head_dim = q.shape[2]
+    _positions(pos, n_tok)
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(c, np.ndarray) or c.dtype not in (np.float32, np.float16):
+            raise TypeError(f"{name} must be a float32 or float16 numpy array")
+        if c.ndim != 3 or c.shape[1:] != (n_kv_head, head_dim) or not c.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous [n_ctx, {n_kv_head}, {head_dim}], not {c.shape}")
+    if k_cache.dtype != v_cache.dtype or k_cache.shape != v_cache.shape:
+        raise ValueError("k_cache and v_cache must have the same dtype and shape")
+    if n_kv_head <= 0 or n_head % n_kv_head:
+        raise ValueError(f"n_head={n_head} is not a multiple of n_kv_head={n_kv_head}")
+    cdef int64_t n_ctx = k_cache.shape[0]
+    if n_tok and (pos.min() < 0 or pos.max() >= n_ctx):
+        raise ValueError(f"positions must be in [0, {n_ctx})")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, not {window}")
+    y = _out(out, q.shape)
+    if n_tok == 0 or n_head == 0:
+        return y
+    cdef realm_attn_params p
+    p.n_head = n_head
+    p.n_kv_head = n_kv_head
+    p.head_dim = head_dim
+    p.kv_type = 1 if k_cache.dtype == np.float16 else 0
+    p.kv_pos_stride = n_kv_head * head_dim
+    p.kv_head_stride = head_dim
+    p.scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
+    p.window = window
+    cdef const float[:, :, ::1] qv = q
+    cdef const int32_t[::1] pv = pos
+    cdef const unsigned char[::1] kv = k_cache.reshape(-1).view(np.uint8)
+    cdef const unsigned char[::1] vv = v_cache.reshape(-1).view(np.uint8)
+    cdef float[:, :, ::1] yv = y
+    cdef int rc, nt = _threads(threads), isa_id = _isa(isa)
+    with nogil:
+        rc = realm_attention(&p, &qv[0, 0, 0], n_tok, &pv[0], &kv[0], &vv[0], n_ctx, &yv[0, 0, 0], nt, isa_id)
+    _check(rc, "attention")
+    return y
+
+
+def _gated(which, gate, up, out, isa):
+    _f32(gate, "gate")
+    _f32(up, "up")
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {gate.shape} and up {up.shape} differ in shape")
+    y = _out(out, gate.shape)
+    cdef int64_t n = gate.size
+    if n == 0:
+        return y
+    cdef const float[::1] gv = gate.reshape(-1)
+    cdef const float[::1] uv = up.reshape(-1)
+    cdef float[::1] yv = y.reshape(-1)
+    cdef int rc, isa_id = _isa(isa), w = which
+    with nogil:
+        if w == 0:
+            rc = realm_swiglu(&gv[0], &uv[0], &yv[0], n, isa_id)
+        else:
+            rc = realm_geglu(&gv[0], &uv[0], &yv[0], n, isa_id)
+    _check(rc, "swiglu" if which == 0 else "geglu")
+    return y
+
+
+def swiglu(gate, up, *, out=None, isa: str = "auto"):
+    """silu(gate) * up, element-wise (out may be gate or up)."""
+    return _gated(0, gate, up, out, isa)
+
+
+def geglu(gate, up, *, out=None, isa: str = "auto"):
+    """gelu(gate) * up with ggml's tanh-form GELU, element-wise."""
+    return _gated(1, gate, up, out, isa)
+
+
+def softmax(x, *, isa: str = "auto"):
+    """Softmax over the last axis, in place.  Returns x."""
+    _f32(x, "x", writable=True)
+    if x.ndim == 0 or x.shape[x.ndim - 1] == 0:
+        raise ValueError("x must have a non-empty last axis")
+    cdef int64_t n = x.shape[x.ndim - 1], rows = x.size // n
+    if rows == 0:
+        return x
+    cdef float[::1] xv = x.reshape(-1)
+    cdef int rc, isa_id = _isa(isa)
+    with nogil:
+        rc = realm_softmax(&xv[0], rows, n, isa_id)
+    _check(rc, "softmax")
+    return x
+
+
+def add(y, x):
+    """y += x (same shape), in place.  Returns y."""
+    _f32(y, "y", writable=True)
+    _f32(x, "x")
+    if x.shape != y.shape:
+        raise ValueError(f"x {x.shape} and y {y.shape} differ in shape")
+    cdef int64_t n = y.size
+    if n == 0:
+        return y
+    cdef float[::1] yv = y.reshape(-1)
+    cdef const float[::1] xv = x.reshape(-1)
+    with nogil:
+        realm_add(&yv[0], &xv[0], n)
+    return y
+
+
+def f32_to_f16(x, *, out=None, isa: str = "auto"):
+    """float32 -> float16 (round to nearest even, as F16C's vcvtps2ph)."""
+    _f32(x, "x")
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float16)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.float16:
+        raise TypeError("out must be a float16 numpy array")
+    elif out.shape != x.shape or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous float16 array of shape {x.shape}")
+    cdef int64_t n = x.size
+    if n == 0:
+        return out
+    cdef const float[::1] xv = x.reshape(-1)
+    cdef uint16_t[::1] yv = out.reshape(-1).view(np.uint16)
+    cdef int rc, isa_id = _isa(isa)
+    with nogil:
+        rc = realm_f32_to_f16(&xv[0], &yv[0], n, isa_id)
+    _check(rc, "f32_to_f16")
+    return out
+
+
+def exp(x, *, isa: str = "auto"):
+    """The kernels' exp approximation, element-wise (for tests)."""
+    _f32(x, "x")
+    y = np.empty_like(x)
+    cdef int64_t n = x.size
+    if n == 0:
+        return y
+    cdef const float[::1] xv = x.reshape(-1)
+    cdef float[::1] yv = y.reshape(-1)
+    cdef int rc, isa_id = _isa(isa)
+    with nogil:
+        rc = realm_exp(&xv[0], &yv[0], n, isa_id)
+    _check(rc, "exp")
+    return y

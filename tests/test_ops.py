@@ -1,0 +1,360 @@
+"""realm._compute's transformer ops against straightforward NumPy float64 models.
+
+Element-wise ops, softmax and f32->f16 must give the same bits on the scalar
+and AVX2 paths (they run the same float steps); attention's dot products are
+summed in a different order on each path, so both are held to the float64
+model's tolerance and to each other through it.  u = 2^-24 below."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realm import _compute, _quant
+
+ISAS = sorted({"scalar", _quant.best_isa()})
+U = 2.0**-24
+
+
+def assert_same_bits(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    np.testing.assert_array_equal(nan_a, nan_b)
+    bits = np.uint32 if a.dtype == np.float32 else np.uint16
+    np.testing.assert_array_equal(a[~nan_a].view(bits), b[~nan_b].view(bits))
+
+
+def assert_within(err: np.ndarray, tol) -> None:
+    """err < tol element-wise (tol broadcast), reporting the worst excess."""
+    tol = np.broadcast_to(tol, err.shape)
+    bad = ~(err < tol)
+    assert not bad.any(), f"{bad.sum()} values out of tolerance; worst excess {(err - tol)[bad].max():.3g}"
+
+
+def special_floats() -> np.ndarray:
+    return np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 1e-30, 3.4e38, -3.4e38,
+                     9.99, 10.0, 10.01, -9.99, -10.0, -10.01, 88.7, 88.73, -87.4, -103.9, -104.1, 1.0, -1.0],
+                    dtype=np.float32)
+
+
+# ---- RMSNorm ----
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 5), n=st.integers(1, 700), scale=st.floats(1e-3, 1e3),
+       seed=st.integers(0, 2**32 - 1), weighted=st.booleans())
+def test_rmsnorm_matches_float64(rows, n, scale, seed, weighted):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, n)) * scale).astype(np.float32)
+    w = rng.uniform(-3, 3, n).astype(np.float32) if weighted else None
+    eps = 1e-6
+    y = _compute.rmsnorm(x, w, eps)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps) * (1.0 if w is None else w.astype(np.float64))
+    assert_within(np.abs(y - ref), 8 * U * np.abs(ref) + 1e-37)
+
+
+def test_rmsnorm_in_place_and_by_head():
+    """Q/K norms of gemma3 run per head: rows of head_dim, in place."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 4, 256)).astype(np.float32)
+    w = rng.standard_normal(256).astype(np.float32)
+    expected = _compute.rmsnorm(q.copy(), w, 1e-6)
+    out = _compute.rmsnorm(q, w, 1e-6, out=q)
+    assert out is q
+    assert_same_bits(q, expected)
+
+
+# ---- RoPE ----
+
+def rope_model(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, neox: bool, freq_scale: float) -> np.ndarray:
+    """RoPE in float64, written out plainly: pairs (2i, 2i+1), or (i, i + n_rot/2) for neox."""
+    y = x.astype(np.float64)
+    half = n_rot // 2
+    i = np.arange(half)
+    theta = pos.astype(np.float64)[:, None] * freq_scale * float(base) ** (-2.0 * i / n_rot)
+    c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    ia, ib = (i, i + half) if neox else (2 * i, 2 * i + 1)
+    a, b = y[..., ia].copy(), y[..., ib].copy()
+    y[..., ia] = a * c - b * s
+    y[..., ib] = a * s + b * c
+    return y
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("head_dim,n_rot", [(64, 64), (256, 256), (80, 32), (6, 2)])
+def test_rope_matches_float64_model(neox, head_dim, n_rot):
+    rng = np.random.default_rng(head_dim + neox)
+    n_tok, n_head = 7, 3
+    x = rng.standard_normal((n_tok, n_head, head_dim)).astype(np.float32)
+    pos = np.array([0, 1, 2, 17, 511, 8191, 32767], dtype=np.int32)
+    for base, fs in ((10000.0, 1.0), (1e6, 0.125)):
+        ref = rope_model(x, pos, n_rot, base, neox, fs)
+        y = _compute.rope(x.copy(), pos, n_rot, base, neox=neox, freq_scale=fs)
+        tol = 6 * U * (np.abs(x) + np.abs(x)[..., ::-1]).max(axis=-1, keepdims=True) + 1e-30
+        assert_within(np.abs(y - ref), tol)
+        np.testing.assert_array_equal(y[..., n_rot:], x[..., n_rot:])  # the rest is untouched
+
+
+def test_rope_table_is_cos_sin_rounded():
+    pos = np.array([0, 5, 1000, 100000], dtype=np.int32)
+    cs = _compute.rope_table(pos, 64, 10000.0)
+    theta = pos[:, None].astype(np.float64) * 10000.0 ** (-2.0 * np.arange(32) / 64)
+    np.testing.assert_array_equal(cs[:, 0::2], np.cos(theta).astype(np.float32))
+    np.testing.assert_array_equal(cs[:, 1::2], np.sin(theta).astype(np.float32))
+    x = np.random.default_rng(0).standard_normal((4, 2, 64)).astype(np.float32)
+    assert_same_bits(_compute.rope(x.copy(), pos, 64, 10000.0, neox=False, table=cs),
+                     _compute.rope(x.copy(), pos, 64, 10000.0, neox=False))
+
+
+# ---- attention ----
+
+def attention_model(q, k, v, pos, n_kv_head, scale, window):
+    """softmax(scale q k^T + causal/sliding-window mask) v in float64, grouped-query heads."""
+    n_tok, n_head, d = q.shape
+    group = n_head // n_kv_head
+    k64 = np.repeat(k.astype(np.float64), group, axis=1)  # [n_ctx, n_head, d]
+    v64 = np.repeat(v.astype(np.float64), group, axis=1)
+    s = np.einsum("thd,jhd->thj", q.astype(np.float64), k64) * scale
+    j = np.arange(k.shape[0])[None, None, :]
+    p = pos[:, None, None]
+    visible = (j <= p) & ((j > p - window) if window > 0 else True)
+    s = np.where(visible, s, -np.inf)
+    w = np.exp(s - s.max(axis=-1, keepdims=True))
+    w /= w.sum(axis=-1, keepdims=True)
+    out = np.einsum("thj,jhd->thd", w, v64)
+    # tolerance: an error e in the scores moves the weights by about 2e (relative),
+    # the f32 sums add a few u per term
+    e = (d + 2) * U * scale * np.einsum("thd,jhd->thj", np.abs(q.astype(np.float64)), np.abs(k64)).max(axis=-1)
+    n = visible.sum(axis=-1)
+    tol = np.abs(v64).max(axis=(0, 2))[None, :] * (3 * e + 8 * (n + d) * U)
+    return out, tol[..., None]
+
+
+CASES = [  # n_head, n_kv_head, head_dim
+    (9, 3, 64),     # SmolLM2
+    (4, 1, 256),    # Gemma3-270M
+    (8, 8, 32),     # no grouping
+    (12, 1, 16),    # more heads per kv head than one item takes
+    (6, 2, 12),     # head_dim not a multiple of 8 (the AVX2 path defers to the reference)
+]
+
+
+@pytest.mark.parametrize("n_head,n_kv_head,head_dim", CASES)
+@pytest.mark.parametrize("kv_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("window", [0, 5, 100])
+def test_attention_matches_float64_model(n_head, n_kv_head, head_dim, kv_dtype, window):
+    rng = np.random.default_rng(n_head * 7 + head_dim + window)
+    n_ctx = 150  # more than two chunks of the online softmax
+    k = (rng.standard_normal((n_ctx, n_kv_head, head_dim)) * 2).astype(kv_dtype)
+    v = rng.standard_normal((n_ctx, n_kv_head, head_dim)).astype(kv_dtype)
+    for pos in (np.array([n_ctx - 1]), np.arange(n_ctx - 20, n_ctx), np.array([0, 3, 64, 65, 149, 100])):
+        pos = pos.astype(np.int32)
+        q = (rng.standard_normal((pos.size, n_head, head_dim)) * 2).astype(np.float32)
+        scale = 1 / np.sqrt(head_dim)
+        ref, tol = attention_model(q, k, v, pos, n_kv_head, scale, window)
+        outs = [_compute.attention(q, k, v, pos, n_kv_head=n_kv_head, window=window, isa=isa, threads=threads)
+                for isa in ISAS for threads in (1, 2, 3)]
+        for out in outs:
+            assert out.shape == q.shape
+            assert_within(np.abs(out - ref), tol)
+        for i in range(0, len(outs), 3):  # thread count never changes the bits
+            assert_same_bits(outs[i + 1], outs[i])
+            assert_same_bits(outs[i + 2], outs[i])
+
+
+def test_attention_given_scale_and_batch_invariance():
+    rng = np.random.default_rng(4)
+    k = rng.standard_normal((40, 2, 32)).astype(np.float16)
+    v = rng.standard_normal((40, 2, 32)).astype(np.float16)
+    q = rng.standard_normal((10, 4, 32)).astype(np.float32)
+    pos = np.arange(30, 40, dtype=np.int32)
+    ref, tol = attention_model(q, k, v, pos, 2, 0.0625, 0)
+    out = _compute.attention(q, k, v, pos, n_kv_head=2, scale=0.0625)
+    assert_within(np.abs(out - ref), tol)
+    for t in range(10):  # a query alone = the same query in the batch
+        alone = _compute.attention(q[t:t + 1].copy(), k, v, pos[t:t + 1].copy(), n_kv_head=2, scale=0.0625)
+        assert_same_bits(alone[0], out[t])
+
+
+# ---- element-wise ----
+
+def gelu_model(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), with ggml's cut-offs at +-10.
+    Evaluated as x / (1 + exp(-2u)) (the same function: (1 + tanh u) / 2 = 1 / (1 + e^-2u)),
+    since 1 + tanh u cancels catastrophically in float64 for negative x."""
+    x = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+    with np.errstate(all="ignore"):
+        y = x / (1 + np.exp(-2 * u))
+    return np.where(x >= 10, x, np.where(x <= -10, 0.0, y))
+
+
+def test_gelu_model_is_the_tanh_form():
+    x = np.linspace(-4, 4, 1001)
+    tanh_form = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(gelu_model(x), tanh_form, rtol=1e-12, atol=1e-15)
+
+
+def silu_model(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        return x / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("op,model,rel", [("swiglu", silu_model, 8 * U), ("geglu", gelu_model, 4e-5)])
+def test_gated_activations_match_float64(op, model, rel):
+    """GELU's relative error grows with |u| = |0.798 x (1 + 0.0447 x^2)| (up to ~44
+    at x = -10), as any f32 evaluation of exp(-2u); it stays below 4e-5."""
+    rng = np.random.default_rng(2)
+    gate = np.concatenate([rng.standard_normal(5000) * 4, np.linspace(-12, 12, 4801)]).astype(np.float32)
+    up = rng.standard_normal(gate.size).astype(np.float32)
+    ref = model(gate) * up.astype(np.float64)
+    outs = [getattr(_compute, op)(gate, up, isa=isa) for isa in ISAS]
+    for out in outs:
+        assert_within(np.abs(out - ref), rel * np.abs(ref) + 1e-35)
+        assert_same_bits(out, outs[0])
+
+
+@pytest.mark.parametrize("op", ["swiglu", "geglu"])
+def test_gated_activations_special_values_and_aliasing(op):
+    gate = np.tile(special_floats(), 3)[:67]  # odd length: a vector tail
+    up = np.linspace(-2, 2, gate.size).astype(np.float32)
+    outs = [getattr(_compute, op)(gate, up, isa=isa) for isa in ISAS]
+    for out in outs:
+        assert_same_bits(out, outs[0])
+    g = gate.copy()
+    assert getattr(_compute, op)(g, up, out=g) is g  # out may alias an input
+    assert_same_bits(g, outs[0])
+
+
+def test_exp_accuracy_and_edges():
+    x = np.concatenate([np.linspace(-110, 95, 200_001), special_floats()]).astype(np.float32)
+    outs = [_compute.exp(x, isa=isa) for isa in ISAS]
+    for y in outs:
+        assert_same_bits(y, outs[0])
+    y = outs[0]
+    with np.errstate(all="ignore"):
+        ref = np.exp(x.astype(np.float64))
+    finite = np.isfinite(x)
+    normal = finite & (x > -87.3) & (x < 88.72)
+    assert_within(np.abs(y[normal] - ref[normal]), 2 * U * ref[normal])  # ~1 ulp
+    sub = finite & (x >= -103.97) & (x <= -87.3)  # results below FLT_MIN keep absolute accuracy
+    assert_within(np.abs(y[sub] - ref[sub]), 2.0**-149 + 2 * U * ref[sub])
+    assert (y[x < -103.98] == 0).all() and (y[x > 88.73] == np.inf).all()
+    assert np.isnan(y[np.isnan(x)]).all()
+
+
+def test_softmax_matches_float64():
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((5, 301)) * 20).astype(np.float32)
+    x[2, 7] = -np.inf
+    ref = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    ref /= ref.sum(axis=-1, keepdims=True)
+    outs = [_compute.softmax(x.copy(), isa=isa) for isa in ISAS]
+    # exp(x - max) takes the rounding of x - max, relative u |x - max|, on top of its own
+    arg = np.abs(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    for y in outs:
+        assert_within(np.abs(y - ref), (6 + np.nan_to_num(arg, posinf=0)) * U * ref + 1e-44)
+        assert_same_bits(y, outs[0])
+    assert outs[0][2, 7] == 0
+
+
+def test_add():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal((3, 77)).astype(np.float32)
+    x = rng.standard_normal((3, 77)).astype(np.float32)
+    expected = y + x
+    assert _compute.add(y, x) is y
+    assert_same_bits(y, expected)
+
+
+# ---- f32 -> f16 ----
+
+def f16_cases() -> np.ndarray:
+    """Every half value, the midpoints between neighbours (ties) and one f32 ulp either
+    side, the overflow and underflow edges, f32 subnormals, and random bit patterns."""
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = np.sort(halves[np.isfinite(halves)].astype(np.float64))
+    mids = ((finite[1:] + finite[:-1]) / 2).astype(np.float32)  # exact in f32
+    up, down = np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf))
+    edges = np.array([65504, 65519.996, 65520, 65536, 1e10, 3.4e38, 2.0**-24, 2.0**-25, 2.0**-25 * 1.0000001,
+                      1.5 * 2.0**-24, 2.0**-14, 2.0**-14 * (1 - 2.0**-11), 1e-40, 1e-45, 0.0, -0.0, np.inf, -np.inf],
+                     dtype=np.float32)
+    rand = np.random.default_rng(0).integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([halves.astype(np.float32), mids, up, down, edges, -edges, rand])
+    return x[~np.isnan(x)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f32_to_f16_matches_numpy(isa):
+    x = f16_cases()
+    out = _compute.f32_to_f16(x, isa=isa)
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16)
+    np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
+
+
+def test_f32_to_f16_nans_are_quieted_like_f16c():
+    """NumPy keeps a signalling NaN's payload as is (0x7c01 for 0x7f800001); F16C sets the
+    quiet bit.  Both paths follow F16C: sign | 0x7e00 | top 10 payload bits."""
+    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7F802000, 0x7FFFE000],
+                    dtype=np.uint32)
+    outs = [_compute.f32_to_f16(bits.view(np.float32), isa=isa).view(np.uint16) for isa in ISAS]
+    expected = ((bits >> 16) & 0x8000) | 0x7E00 | ((bits >> 13) & 0x3FF)
+    for out in outs:
+        np.testing.assert_array_equal(out, expected.astype(np.uint16))
+    quiet = bits[(bits & 0x400000) != 0].view(np.float32)  # where NumPy agrees
+    np.testing.assert_array_equal(_compute.f32_to_f16(quiet).view(np.uint16), quiet.astype(np.float16).view(np.uint16))
+
+
+# ---- bad input ----
+
+def test_bad_arguments_are_refused():
+    x = np.ones((2, 8), dtype=np.float32)
+    with pytest.raises(TypeError):
+        _compute.rmsnorm(x.astype(np.float64))
+    with pytest.raises(ValueError, match="weight"):
+        _compute.rmsnorm(x, np.ones(7, dtype=np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        _compute.rmsnorm(np.ones((8, 2), dtype=np.float32).T)
+    with pytest.raises(ValueError, match="shape"):
+        _compute.rmsnorm(x, out=np.empty((8, 2), dtype=np.float32))
+    q = np.ones((2, 4, 8), dtype=np.float32)
+    pos = np.array([0, 1], dtype=np.int32)
+    with pytest.raises(ValueError, match="n_rot"):
+        _compute.rope(q, pos, 9, 10000.0, neox=False)
+    with pytest.raises(ValueError, match="n_rot"):
+        _compute.rope(q, pos, 10, 10000.0, neox=False)
+    with pytest.raises(TypeError, match="int32"):
+        _compute.rope(q, pos.astype(np.int64), 8, 10000.0, neox=True)
+    with pytest.raises(ValueError, match="positions"):
+        _compute.rope(q, pos[:1].copy(), 8, 10000.0, neox=True)
+    with pytest.raises(ValueError, match="base"):
+        _compute.rope_table(pos, 8, 0.0)
+    with pytest.raises(ValueError, match="writable"):
+        ro = q.copy()
+        ro.flags.writeable = False
+        _compute.rope(ro, pos, 8, 10000.0, neox=True)
+    k = np.ones((4, 2, 8), dtype=np.float16)
+    with pytest.raises(ValueError, match=r"positions must be in \[0, 4\)"):
+        _compute.attention(q, k, k, np.array([0, 4], dtype=np.int32), n_kv_head=2)
+    with pytest.raises(ValueError, match="multiple"):
+        _compute.attention(q, np.ones((4, 3, 8), np.float16), np.ones((4, 3, 8), np.float16), pos, n_kv_head=3)
+    with pytest.raises(ValueError, match="k_cache"):
+        _compute.attention(q, k[:, :1].copy(), k, pos, n_kv_head=2)
+    with pytest.raises(ValueError, match="same dtype"):
+        _compute.attention(q, k, k.astype(np.float32), pos, n_kv_head=2)
+    with pytest.raises(TypeError):
+        _compute.attention(q, k.astype(np.float64), k.astype(np.float64), pos, n_kv_head=2)
+    with pytest.raises(ValueError, match="window"):
+        _compute.attention(q, k, k, pos, n_kv_head=2, window=-1)
+    with pytest.raises(ValueError, match="differ"):
+        _compute.swiglu(x, x[:1].copy())
+    with pytest.raises(ValueError, match="isa"):
+        _compute.geglu(x, x, isa="neon9")
+    with pytest.raises(TypeError, match="float16"):
+        _compute.f32_to_f16(x, out=np.empty((2, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="differ"):
+        _compute.add(x, x[:, :4].copy())
