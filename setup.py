@@ -107,10 +107,11 @@ extensions = [
     Extension(  # quantized matmul and the transformer ops (csrc/matmul.h, csrc/ops.h)
         "realm._compute",
         sources=["realm/_compute.pyx", *KERNEL_SOURCES, "csrc/q8.c", "csrc/matmul.c", "csrc/matmul_ref.c",
-                 "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c"],
+                 "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c"],
         include_dirs=["csrc"],
         libraries=["m"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/matmul.h", "csrc/ops.h"],
+        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/matmul.h", "csrc/ops.h",
+                 "csrc/forward.h", "realm/_forward.pxi"],
     ),
 ]
 

@@ -8,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generate.h"
 #include "gguf_meta.h"
 #include "model_config.h"
 #include "realm_abi.h"
+#include "vocab.h"
 
 struct model {
     int64_t id;              /* host model id; -1 when the guest holds none */
@@ -142,6 +144,7 @@ int32_t guest_attach_model(int64_t model_id)
 int32_t guest_unload_model(void)
 {
     if (current.id < 0) return REALM_E_NO_MODEL;
+    generate_release();  /* the tokenizer reads the header: it goes first */
     int32_t rc = current.owned ? realm_remove_model(current.id) : REALM_OK;
     model_close(&current);
     return rc;
@@ -150,6 +153,11 @@ int32_t guest_unload_model(void)
 const struct realm_config *guest_config(void)
 {
     return current.id < 0 ? NULL : &current.config;
+}
+
+const struct gguf_file *guest_current_gguf(void)
+{
+    return current.id < 0 ? NULL : &current.gguf;
 }
 
 int32_t guest_fetch_tensor(const char *name, uint32_t name_len, float *out, uint32_t out_max_len)

@@ -50,8 +50,10 @@
 #define REALM_E_NO_MEMORY (-9)        /* the guest could not allocate memory */
 #define REALM_E_DENIED (-10)          /* the model is shared: only the host may remove it */
 #define REALM_E_LIMIT (-11)           /* a per-guest limit (stored models or bytes) is reached */
-#define REALM_E_UNSUPPORTED (-12)     /* the host cannot convert this tensor type to f32 */
+#define REALM_E_UNSUPPORTED (-12)     /* the host cannot do this for this tensor type or model */
 #define REALM_E_TOO_LARGE (-13)       /* the result would be 2 GiB or more (does not fit an i32) */
+#define REALM_E_NO_KV_CACHE (-14)     /* no KV cache with that id belongs to this guest */
+#define REALM_E_CONTEXT_FULL (-15)    /* the tokens would not fit in the KV cache */
 
 /* ---- limits ----------------------------------------------------------------- */
 #define REALM_NAME_MAX 256  /* longest tensor name, in bytes (ggml allows 63) */
@@ -109,6 +111,72 @@ REALM_IMPORT(int32_t, realm_get_metadata, (int64_t model_id, void *out, uint32_t
  * Returns REALM_OK, or BAD_ARGUMENT (unknown level), BAD_POINTER,
  * BAD_ARGUMENT (msg_len > REALM_LOG_MAX), BAD_UTF8. */
 REALM_IMPORT(int32_t, realm_log, (int32_t level, const char *msg, uint32_t msg_len));
+
+/* ---- forward pass: the host computes, the weights never enter the guest -----
+ * Hidden states are n_tokens rows of n_embd f32 values, row-major.  Lengths in
+ * these imports count VALUES (f32 or i32), not bytes; the spans checked against
+ * memory are 4 * length bytes.  tokens, hidden and out must be 4-byte aligned.
+ * A model that realm's forward pass cannot run (an architecture other than
+ * llama or gemma3, tensors it does not know) answers UNSUPPORTED.  A KV cache
+ * belongs to the guest that created it and to one model; it holds K and V rows
+ * of every layer for positions 0 .. n_ctx-1 (f16, as llama.cpp). */
+
+/* Embedding rows of n_tokens token ids (i32) into out [n_tokens][n_embd]
+ * (gemma3: scaled by sqrt(n_embd)).  out must hold n_tokens * n_embd values
+ * and may overlap tokens.  Returns the number of f32 values written, or
+ * NO_MODEL, UNSUPPORTED, BAD_POINTER, BAD_ARGUMENT (n_tokens == 0, a pointer
+ * not 4-byte aligned, a token id outside [0, n_vocab)). */
+REALM_IMPORT(int32_t, realm_forward_embedding,
+             (int64_t model_id, const int32_t *tokens, uint32_t n_tokens, float *out));
+
+/* Transformer layer layer_idx for hidden_len / n_embd tokens at positions
+ * position, position + 1, ...: reads hidden, writes the layer's output to out
+ * (hidden_len values; out may be hidden), and stores the tokens' K and V in
+ * the KV cache, dropping the layer's later positions.  A prompt is one call
+ * per layer; decoding is one token per call.  Returns hidden_len, or NO_MODEL,
+ * UNSUPPORTED, NO_KV_CACHE, BAD_POINTER, BAD_ARGUMENT (layer_idx >= n_layer,
+ * hidden_len not a positive multiple of n_embd, a pointer not 4-byte aligned,
+ * a KV cache made for another model), CONTEXT_FULL (position + n_tokens >
+ * the cache's n_ctx), BAD_ARGUMENT (position beyond the positions the layer
+ * holds: no gaps). */
+REALM_IMPORT(int32_t, realm_forward_layer,
+             (int64_t model_id, uint32_t layer_idx, const float *hidden, uint32_t hidden_len, uint32_t position,
+              int32_t kv_cache_id, float *out));
+
+/* Logits of each of the hidden_len / n_embd rows of hidden (final norm and
+ * output projection) into out [n_rows][n_vocab]; pass only the rows you need
+ * (usually the last token's).  out_max_len counts f32 values; with 0 the call
+ * writes nothing and returns n_rows * n_vocab.  Returns the number of values
+ * written, or NO_MODEL, UNSUPPORTED, BAD_POINTER, BAD_ARGUMENT (hidden_len not
+ * a positive multiple of n_embd, a pointer not 4-byte aligned), TOO_LARGE,
+ * BUFFER_TOO_SMALL. */
+REALM_IMPORT(int32_t, realm_forward_lm_head,
+             (int64_t model_id, const float *hidden, uint32_t hidden_len, float *out, uint32_t out_max_len));
+
+/* A KV cache of n_ctx positions for a model.  Returns its id (> 0, never
+ * reused by a host), or NO_MODEL, UNSUPPORTED, BAD_ARGUMENT (n_ctx == 0 or
+ * above the model's training context), LIMIT (the guest's quota of KV caches,
+ * in count or bytes, would be exceeded). */
+REALM_IMPORT(int32_t, realm_kv_create, (int64_t model_id, uint32_t n_ctx));
+
+/* Free a KV cache.  Returns REALM_OK, or NO_KV_CACHE. */
+REALM_IMPORT(int32_t, realm_kv_free, (int32_t kv_cache_id));
+
+/* Forget positions >= n_tokens in every layer, so they can be recomputed.
+ * Returns the number of positions every layer still holds (>= 0), or
+ * NO_KV_CACHE. */
+REALM_IMPORT(int32_t, realm_kv_truncate, (int32_t kv_cache_id, uint32_t n_tokens));
+
+/* ---- text out: the generation loop streams its text to the host ------------- */
+#define REALM_TEXT_MAX 65536 /* longest text one realm_emit_text call takes, in bytes */
+#define REALM_EMIT_STOP 1    /* realm_emit_text's answer when the host wants no more text */
+
+/* Hand len bytes of generated text to the host: valid UTF-8, whole characters
+ * (the guest holds back a character split across tokens, and text that may
+ * begin a stop string).  Returns REALM_OK to go on, or REALM_EMIT_STOP when
+ * the host wants the generation to end (the guest then stops without emitting
+ * more), or BAD_POINTER, BAD_ARGUMENT (len > REALM_TEXT_MAX), BAD_UTF8. */
+REALM_IMPORT(int32_t, realm_emit_text, (const char *text, uint32_t len));
 
 /* ---- the model configuration the guest parses from a GGUF header ------------
  * guest_config() returns a pointer to this struct in guest memory.  No padding
@@ -192,5 +260,115 @@ REALM_EXPORT(const struct realm_config *, guest_config, (void));
  * the header).  Returns bytes written, or NO_MODEL, NO_TENSOR, TOO_LARGE,
  * BUFFER_TOO_SMALL, or realm_get_tensor's code. */
 REALM_EXPORT(int32_t, guest_fetch_tensor, (const char *name, uint32_t name_len, float *out, uint32_t out_max_len));
+
+/* ---- tokenizer and text generation --------------------------------------------
+ * The guest tokenizes with the current model's vocabulary (tokenizer.ggml.*:
+ * "gpt2" byte-level BPE or "llama" SentencePiece, token ids as llama.cpp's),
+ * built on first use and kept with the model (Gemma 3's 262,144 tokens: 4 MiB).
+ * It generates one text at a time, in the steps the host calls in order:
+ *
+ *   guest_generate_start    tokenize the prompt, check the context, allocate
+ *   guest_generate_prefill  a KV cache, then the prompt: one batch per layer
+ *   guest_generate_run      sample, stream text (realm_emit_text), decode
+ *                           token by token (realm_forward_*) until a stop
+ *   guest_generate_result   counts, token ids and why it stopped
+ *   guest_generate_end      free the KV cache and the buffers
+ *
+ * The sampler is llama.cpp's chain: penalties, top-k, top-p, min-p,
+ * temperature, then a draw from a seeded xoshiro256** stream (guest/sampler.h). */
+
+/* flags of guest_tokenize and realm_generate_params.flags */
+#define REALM_TOKENIZE_ADD_SPECIAL 1   /* BOS / EOS where the vocabulary asks for them */
+#define REALM_TOKENIZE_PARSE_SPECIAL 2 /* the text of control tokens ("<|im_start|>") becomes them */
+#define REALM_GENERATE_IGNORE_EOG 4    /* go on past end-of-generation tokens (benchmarks) */
+/* flags of guest_detokenize */
+#define REALM_DETOKENIZE_SPECIAL 1     /* control tokens render as their text, else as nothing */
+
+/* why a generation stopped: realm_generate_result.stop_reason */
+#define REALM_STOP_NONE 0   /* not run, or ended by an error */
+#define REALM_STOP_EOG 1    /* an end-of-generation token (not part of the completion) */
+#define REALM_STOP_STRING 2 /* a stop string: the text ends before it */
+#define REALM_STOP_LENGTH 3 /* max_tokens reached, or the context is full */
+#define REALM_STOP_HOST 4   /* realm_emit_text answered REALM_EMIT_STOP */
+
+#define REALM_STOP_STRINGS_MAX 16  /* stop strings one generation takes */
+#define REALM_STOP_STRING_MAX 1024 /* longest stop string, in bytes */
+#define REALM_BATCH_DEFAULT 512    /* prompt tokens per forward call when n_batch is 0 */
+
+/* What guest_generate_start reads.  No padding (asserted by the guest). */
+struct realm_generate_params {
+    uint64_t seed;              /* of the sampler's random stream */
+    uint32_t n_ctx;             /* prompt + completion at most; 0: the model's n_ctx_train */
+    int32_t max_tokens;         /* tokens to generate at most; <= 0: until the context is full */
+    float temperature;          /* <= 0: greedy (the highest logit, the lowest id on ties) */
+    int32_t top_k;              /* <= 0: off */
+    float top_p;                /* >= 1: off */
+    float min_p;                /* <= 0: off */
+    float repeat_penalty;       /* 1: off */
+    float frequency_penalty;    /* 0: off */
+    float presence_penalty;     /* 0: off */
+    int32_t penalty_last_n;     /* tokens (the prompt's too) the penalties look back on; 0: off */
+    uint32_t flags;             /* REALM_TOKENIZE_* for the prompt, REALM_GENERATE_IGNORE_EOG */
+    uint32_t n_batch;           /* prompt tokens per forward call; 0: REALM_BATCH_DEFAULT */
+};
+#define REALM_GENERATE_PARAMS_SIZE 56
+
+/* What guest_generate_result points to.  No padding (asserted by the guest). */
+struct realm_generate_result {
+    uint32_t tokens;            /* guest address of n_prompt + n_completion token ids (i32) */
+    uint32_t n_prompt;          /* prompt tokens */
+    uint32_t n_completion;      /* tokens generated (an end-of-generation token is not counted) */
+    uint32_t n_decoded;         /* single-token forward passes guest_generate_run made */
+    uint32_t n_ctx;             /* prompt + completion at most: the KV cache's positions */
+    uint32_t stop_reason;       /* REALM_STOP_* */
+};
+#define REALM_GENERATE_RESULT_SIZE 24
+
+/* Tokenize text_len bytes of text (flags: REALM_TOKENIZE_*) into out, which
+ * holds out_max_len i32 values; with 0 only count.  Any bytes are accepted
+ * (invalid UTF-8 is handled as llama.cpp does).  Returns the number of
+ * tokens, or BAD_ARGUMENT (unknown flags), NO_MODEL, UNSUPPORTED (no
+ * tokenizer, or one realm does not implement), BAD_GGUF (a malformed
+ * vocabulary), NO_MEMORY, TOO_LARGE (text over 256 KiB), BUFFER_TOO_SMALL. */
+REALM_EXPORT(int32_t, guest_tokenize,
+             (const char *text, uint32_t text_len, uint32_t flags, int32_t *out, uint32_t out_max_len));
+
+/* The bytes of n_tokens token ids, concatenated (llama.cpp's pieces: not
+ * always valid UTF-8 on their own), into out, which holds out_max_len bytes;
+ * with 0 only measure.  Returns the length, or BAD_ARGUMENT (unknown flags),
+ * NO_MODEL, UNSUPPORTED, BAD_GGUF, NO_MEMORY, BAD_ARGUMENT (an id outside the
+ * vocabulary), TOO_LARGE, BUFFER_TOO_SMALL. */
+REALM_EXPORT(int32_t, guest_detokenize,
+             (const int32_t *tokens, uint32_t n_tokens, uint32_t flags, char *out, uint32_t out_max_len));
+
+/* Begin a generation (ending any previous one): tokenize the prompt (an empty
+ * one becomes [BOS]), check that prompt + max_tokens fits n_ctx, allocate.
+ * stops: up to REALM_STOP_STRINGS_MAX stop strings, each a u32 length then
+ * that many bytes of UTF-8, stops_len bytes in all.  Returns the prompt's
+ * token count, or NO_MODEL, BAD_ARGUMENT (params out of range, a malformed
+ * stops list, an empty prompt without BOS, no context known), BAD_UTF8 (a
+ * stop string), the tokenizer's codes (UNSUPPORTED, BAD_GGUF, NO_MEMORY,
+ * TOO_LARGE), CONTEXT_FULL (prompt + max_tokens > n_ctx, or no room left). */
+REALM_EXPORT(int32_t, guest_generate_start,
+             (const struct realm_generate_params *params, const char *prompt, uint32_t prompt_len,
+              const void *stops, uint32_t stops_len));
+
+/* Create the KV cache and run the prompt through every layer (n_batch tokens
+ * a call), then the last token's logits.  Returns REALM_OK, or BAD_ARGUMENT
+ * (not right after guest_generate_start), the forward imports' codes. */
+REALM_EXPORT(int32_t, guest_generate_prefill, (void));
+
+/* Generate until an end-of-generation token, a stop string, max_tokens, a
+ * full context or the host's REALM_EMIT_STOP, streaming the text through
+ * realm_emit_text.  Returns the number of tokens generated, or BAD_ARGUMENT
+ * (not right after guest_generate_prefill), NO_MEMORY, the imports' codes. */
+REALM_EXPORT(int32_t, guest_generate_run, (void));
+
+/* The current generation's result (valid until guest_generate_end), or 0. */
+REALM_EXPORT(const struct realm_generate_result *, guest_generate_result, (void));
+
+/* End the generation: free its KV cache (realm_kv_free) and buffers.  Returns
+ * REALM_OK (also when none is going on), or realm_kv_free's code. */
+REALM_EXPORT(int32_t, guest_generate_end, (void));
 
 #endif /* REALM_ABI_H */

@@ -520,3 +520,6 @@ def exp(x, *, isa: str = "auto"):
         rc = realm_exp(&xv[0], &yv[0], n, isa_id)
     _check(rc, "exp")
     return y
+
+
+include "_forward.pxi"

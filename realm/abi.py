@@ -38,6 +38,8 @@ class Err(enum.IntEnum):
     LIMIT = -11
     UNSUPPORTED = -12
     TOO_LARGE = -13
+    NO_KV_CACHE = -14
+    CONTEXT_FULL = -15
 
 
 ERROR_TEXT: Mapping[Err, str] = MappingProxyType({
@@ -52,8 +54,10 @@ ERROR_TEXT: Mapping[Err, str] = MappingProxyType({
     Err.NO_MEMORY: "the guest is out of memory",
     Err.DENIED: "the model is shared: only the host may remove it",
     Err.LIMIT: "a per-guest limit is reached",
-    Err.UNSUPPORTED: "the host cannot convert this tensor type to f32",
+    Err.UNSUPPORTED: "the host cannot do this for this tensor type or model",
     Err.TOO_LARGE: "the result would be 2 GiB or more",
+    Err.NO_KV_CACHE: "no such KV cache (or not this guest's)",
+    Err.CONTEXT_FULL: "the tokens would not fit in the KV cache",
 })
 
 
@@ -104,6 +108,13 @@ IMPORTS: Mapping[str, Signature] = MappingProxyType({
     "realm_remove_model": _sig("i64", "i32"),
     "realm_get_metadata": _sig("i64 i32 i32", "i32"),
     "realm_log": _sig("i32 i32 i32", "i32"),
+    "realm_forward_embedding": _sig("i64 i32 i32 i32", "i32"),
+    "realm_forward_layer": _sig("i64 i32 i32 i32 i32 i32 i32", "i32"),
+    "realm_forward_lm_head": _sig("i64 i32 i32 i32 i32", "i32"),
+    "realm_kv_create": _sig("i64 i32", "i32"),
+    "realm_kv_free": _sig("i32", "i32"),
+    "realm_kv_truncate": _sig("i32 i32", "i32"),
+    "realm_emit_text": _sig("i32 i32", "i32"),
 })
 
 #: Guest functions: name -> wasm signature.  The module also exports "memory"
@@ -117,6 +128,13 @@ EXPORTS: Mapping[str, Signature] = MappingProxyType({
     "guest_unload_model": _sig("", "i32"),
     "guest_config": _sig("", "i32"),
     "guest_fetch_tensor": _sig("i32 i32 i32 i32", "i32"),
+    "guest_tokenize": _sig("i32 i32 i32 i32 i32", "i32"),
+    "guest_detokenize": _sig("i32 i32 i32 i32 i32", "i32"),
+    "guest_generate_start": _sig("i32 i32 i32 i32 i32", "i32"),
+    "guest_generate_prefill": _sig("", "i32"),
+    "guest_generate_run": _sig("", "i32"),
+    "guest_generate_result": _sig("", "i32"),
+    "guest_generate_end": _sig("", "i32"),
 })
 
 
@@ -181,3 +199,45 @@ CONFIG_LAYOUT: tuple[tuple[str, str], ...] = (
 _CONFIG_STRUCT = struct.Struct("<" + "".join(fmt for _, fmt in CONFIG_LAYOUT))
 CONFIG_SIZE = _CONFIG_STRUCT.size
 assert [f.name for f in fields(ModelConfig)] == [name for name, _ in CONFIG_LAYOUT]
+
+
+# -- tokenizer and text generation (the last section of realm_abi.h) ----------------------
+
+TEXT_MAX = 65536  #: longest text one realm_emit_text call takes, in bytes
+EMIT_STOP = 1  #: realm_emit_text's answer when the host wants no more text
+STOP_STRINGS_MAX = 16  #: stop strings one generation takes
+STOP_STRING_MAX = 1024  #: longest stop string, in bytes
+BATCH_DEFAULT = 512  #: prompt tokens per forward call when n_batch is 0
+
+
+TOKENIZE_ADD_SPECIAL = 1  #: BOS / EOS where the vocabulary asks for them
+TOKENIZE_PARSE_SPECIAL = 2  #: the text of control tokens ("<|im_start|>") becomes them
+GENERATE_IGNORE_EOG = 4  #: generation goes on past end-of-generation tokens
+DETOKENIZE_SPECIAL = 1  #: guest_detokenize: control tokens render as their text
+
+
+class StopReason(enum.IntEnum):
+    """Why a generation stopped (REALM_STOP_* in the header)."""
+
+    NONE = 0
+    EOG = 1
+    STRING = 2
+    LENGTH = 3
+    HOST = 4
+
+
+#: `struct realm_generate_params`, what guest_generate_start reads: (field, struct format).
+GENERATE_PARAMS_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("seed", "Q"), ("n_ctx", "I"), ("max_tokens", "i"), ("temperature", "f"), ("top_k", "i"),
+    ("top_p", "f"), ("min_p", "f"), ("repeat_penalty", "f"), ("frequency_penalty", "f"),
+    ("presence_penalty", "f"), ("penalty_last_n", "i"), ("flags", "I"), ("n_batch", "I"),
+)
+#: `struct realm_generate_result`, what guest_generate_result points to.
+GENERATE_RESULT_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("tokens", "I"), ("n_prompt", "I"), ("n_completion", "I"), ("n_decoded", "I"), ("n_ctx", "I"),
+    ("stop_reason", "I"),
+)
+GENERATE_PARAMS_STRUCT = struct.Struct("<" + "".join(fmt for _, fmt in GENERATE_PARAMS_LAYOUT))
+GENERATE_RESULT_STRUCT = struct.Struct("<" + "".join(fmt for _, fmt in GENERATE_RESULT_LAYOUT))
+GENERATE_PARAMS_SIZE = GENERATE_PARAMS_STRUCT.size
+GENERATE_RESULT_SIZE = GENERATE_RESULT_STRUCT.size

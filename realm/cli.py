@@ -316,10 +316,145 @@ def add_pull(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pull)
 
 
+# -- realm generate / realm chat -------------------------------------------------------
+
+#: The model `realm generate` and `realm chat` use without --model (pulled on first use).
+DEFAULT_MODEL = "smollm2"
+
+
+def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(max_tokens=args.max_tokens or None, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
+                stop=args.stop or None, n_ctx=args.n_ctx)
+
+
+def _stream_out(stream: Any, out, pieces: list[str]) -> None:
+    """Write a TextStream's pieces as they come, keeping them in `pieces`; an interrupt stops it."""
+    with stream:
+        for piece in stream:
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+
+
+def _print_stats(completion: Any) -> None:
+    u = completion.usage
+    print(f"realm: {u.prompt_tokens} prompt tokens at {u.prefill_tokens_per_second:.1f} tok/s, "
+          f"{u.completion_tokens} generated at {u.decode_tokens_per_second:.1f} tok/s "
+          f"(stopped: {completion.stop_reason}); guest memory {format_bytes(u.guest_memory)}", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .runtime import Realm
+
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    with Realm(threads=args.threads) as rt:
+        rt.load_model(args.model)
+        stream, pieces = rt.generate(prompt, stream=True, **_sampling_options(args)), []
+        _stream_out(stream, sys.stdout, pieces)
+        if not "".join(pieces).endswith("\n"):
+            print()
+        sys.stdout.flush()
+        if args.stats:
+            _print_stats(stream.completion)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .runtime import Realm
+
+    template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
+    interactive = sys.stdin.isatty()
+    with Realm(threads=args.threads) as rt:
+        model = rt.load_model(args.model)
+        messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+        rt.render_chat(messages or [{"role": "user", "content": ""}], model, chat_template=template)  # fail early
+        if interactive:
+            print(f"realm chat with {model.path.name}: /exit or Ctrl-D ends, /reset forgets", file=sys.stderr)
+        while True:
+            if interactive:
+                print("> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.rstrip("\n")
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if line.strip() == "/reset":
+                messages = messages[:1] if args.system else []
+                continue
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            stream, pieces = rt.chat(messages, model, chat_template=template, stream=True,
+                                     **_sampling_options(args)), []
+            try:
+                _stream_out(stream, sys.stdout, pieces)
+            except KeyboardInterrupt:  # ends this reply, not the chat
+                pass
+            print(flush=True)
+            messages.append({"role": "assistant", "content": "".join(pieces)})
+            if args.stats and stream.completion:
+                _print_stats(stream.completion)
+    return 0
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError("must be a finite number")
+    return x
+
+
+def _add_sampling(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"a GGUF file or a model realm pulls: {', '.join(MODELS)} (default {DEFAULT_MODEL})")
+    p.add_argument("--max-tokens", "-n", type=_count, default=max_tokens,
+                   help=f"tokens to generate at most; 0: until the end or a full context (default {max_tokens})")
+    p.add_argument("--temperature", "-t", type=_finite, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="<= 0 is off (default 40)")
+    p.add_argument("--top-p", type=_finite, default=0.95, help="1 is off (default 0.95)")
+    p.add_argument("--min-p", type=_finite, default=0.05, help="0 is off (default 0.05)")
+    p.add_argument("--repeat-penalty", type=_finite, default=1.0, help="1 is off (default 1.0)")
+    p.add_argument("--seed", "-s", type=_count, default=None, help="sampler seed (default: random)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="a stop string (repeatable)")
+    p.add_argument("--n-ctx", type=_threads, default=None, help="context: prompt + completion tokens "
+                   "(default: 4096 or the model's, the smaller)")
+    p.add_argument("--threads", type=_threads, default=None, help="forward-pass threads (default: all cores)")
+    p.add_argument("--stats", action="store_true", help="print token counts, speeds and guest memory to stderr")
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="continue a prompt, streaming the text",
+                       description="Continue PROMPT (or stdin) with a model run in the WebAssembly guest; "
+                                   "the text streams to stdout.")
+    p.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    _add_sampling(p, max_tokens=256)
+    p.set_defaults(func=cmd_generate)
+
+
+def add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="talk to a model (interactive; keeps the conversation)",
+                       description="A chat with a model, one line per message, through its chat template; "
+                                   "/exit or end of input ends it, /reset starts over.")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--chat-template", metavar="FILE", help="a jinja2 chat template (default: the model's)")
+    _add_sampling(p, max_tokens=512)
+    p.set_defaults(func=cmd_chat)
+
+
 # -- entry point --------------------------------------------------------------------
 
 #: Parser registrations, in the order `realm --help` lists them.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_info, add_dequantize, add_pull]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_chat, add_info,
+                                                                    add_dequantize, add_pull]
 
 
 def build_parser() -> argparse.ArgumentParser:

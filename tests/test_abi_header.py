@@ -57,8 +57,8 @@ def _constants() -> dict[str, int]:
     return {name: int(value) for name, value in pattern.findall(_source())}
 
 
-def _config_fields() -> list[tuple[str, str]]:
-    body = re.search(r"struct\s+realm_config\s*\{(.*?)\};", _source(), re.S).group(1)
+def _config_fields(struct_name: str = "realm_config") -> list[tuple[str, str]]:
+    body = re.search(r"struct\s+" + struct_name + r"\s*\{(.*?)\};", _source(), re.S).group(1)
     fields = []
     for decl in filter(None, (d.strip() for d in body.split(";"))):
         m = re.fullmatch(r"(\w+)\s+(\w+)\s*(?:\[(\d+)\])?", decl)
@@ -80,6 +80,11 @@ def test_constants_match():
     expected |= {f"REALM_E_{e.name}": int(e) for e in abi.Err}
     expected |= {f"REALM_LOG_{lv.name}": int(lv) for lv in abi.LogLevel}
     expected |= {f"REALM_TOKENIZER_{t.name}": int(t) for t in abi.Tokenizer}
+    expected |= {f"REALM_STOP_{s.name}": int(s) for s in abi.StopReason}
+    expected |= {f"REALM_{name}": getattr(abi, name) for name in (
+        "TEXT_MAX", "EMIT_STOP", "TOKENIZE_ADD_SPECIAL", "TOKENIZE_PARSE_SPECIAL", "GENERATE_IGNORE_EOG",
+        "DETOKENIZE_SPECIAL", "STOP_STRINGS_MAX", "STOP_STRING_MAX", "BATCH_DEFAULT",
+        "GENERATE_PARAMS_SIZE", "GENERATE_RESULT_SIZE")}
     assert _constants() == expected
 
 
@@ -101,6 +106,15 @@ def test_config_struct_matches():
     fields = _config_fields()
     assert fields == list(abi.CONFIG_LAYOUT)
     assert struct.calcsize("<" + "".join(f for _, f in fields)) == _constants()["REALM_CONFIG_SIZE"]
+
+
+@pytest.mark.parametrize("name,layout", [("realm_generate_params", abi.GENERATE_PARAMS_LAYOUT),
+                                         ("realm_generate_result", abi.GENERATE_RESULT_LAYOUT)])
+def test_generate_structs_match(name, layout):
+    fields = _config_fields(name)
+    assert fields == list(layout)
+    size = _constants()[f"REALM_{name[6:].upper()}_SIZE"]
+    assert struct.calcsize("<" + "".join(f for _, f in fields)) == size
 
 
 def _module() -> tuple[wasmtime.Engine, wasmtime.Module]:

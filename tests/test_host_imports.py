@@ -101,7 +101,7 @@ def _small_gguf() -> bytes:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A store holding: a tiny llama (to share), another tenant's model, a model with an
+    """A store holding: two tiny llamas (to share), another tenant's model, a model with an
     I32 tensor (no f32 conversion) and one with a 2 GiB-as-f32 tensor (a sparse file)."""
     require("gguf")
     from gguf_helpers import write_tiny_llama
@@ -109,6 +109,7 @@ def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     store = ModelStore(LayerCache(64 << 20))
     tiny = store.load(write_tiny_llama(tmp / "tiny.gguf"))
+    tiny2 = store.load(write_tiny_llama(tmp / "tiny2.gguf", seed=1))
     other = store.store_bytes(_small_gguf())
 
     raw, _ = build_gguf([("general.architecture", VT.STRING, "llama")],
@@ -123,13 +124,13 @@ def models(tmp_path_factory):
         f.write(raw)
         f.truncate(layout.data_offset + tensor_bytes(GGMLType.Q8_0, (n,)))
     huge = store.load(path)
-    yield {"store": store, "tiny": tiny, "other": other, "ints": ints, "huge": huge}
+    yield {"store": store, "tiny": tiny, "tiny2": tiny2, "other": other, "ints": ints, "huge": huge}
     store.close()
 
 
 @pytest.fixture
 def guest(models):
-    g = Hostile(models["store"], shared=[models["tiny"], models["ints"], models["huge"]])
+    g = Hostile(models["store"], shared=[models["tiny"], models["tiny2"], models["ints"], models["huge"]])
     yield g
     g.host.close()
 
@@ -139,6 +140,7 @@ def _expected_f32(models, name: str) -> bytes:
 
 
 NAME_AT, OUT_AT = 256, 4096
+TINY_EMBD = 256  # n_embd of gguf_helpers.write_tiny_llama
 
 
 def _tensor_args(models, name: bytes = b"output_norm.weight", *, model=None, out_len=PAGE - OUT_AT):
@@ -152,6 +154,10 @@ MODEL_CALLS = {
     "realm_get_model_info": lambda mid: (mid, 0, 8),
     "realm_remove_model": lambda mid: (mid,),
     "realm_get_metadata": lambda mid: (mid, OUT_AT, 1024),
+    "realm_forward_embedding": lambda mid: (mid, NAME_AT, 2, OUT_AT),
+    "realm_forward_layer": lambda mid: (mid, 0, OUT_AT, TINY_EMBD, 0, 1, OUT_AT),
+    "realm_forward_lm_head": lambda mid: (mid, OUT_AT, TINY_EMBD, OUT_AT, 0),
+    "realm_kv_create": lambda mid: (mid, 16),
 }
 
 
@@ -173,21 +179,33 @@ SPAN_CALLS = {  # import -> builders placing a bad (ptr, len) in each pointer ar
                          lambda p, n, m: (m["tiny"], NAME_AT, 18, p, n)],
     "realm_get_metadata": [lambda p, n, m: (m["tiny"], p, n)],
     "realm_log": [lambda p, n, m: (abi.LogLevel.INFO, p, n)],
+    # forward: lengths count 4-byte values (m["kv"] is a KV cache the test made first)
+    "realm_forward_embedding": [lambda p, n, m: (m["tiny"], p, n, OUT_AT)],
+    "realm_forward_layer": [lambda p, n, m: (m["tiny"], 0, p, n, 0, m["kv"], OUT_AT)],
+    "realm_forward_lm_head": [lambda p, n, m: (m["tiny"], p, n, OUT_AT, 1024),
+                              lambda p, n, m: (m["tiny"], OUT_AT, TINY_EMBD, p, n)],
+    "realm_emit_text": [lambda p, n, m: (p, n)],
+}
+
+KV_CALLS = {  # imports taking a KV cache id (and nothing else to attack)
+    "realm_kv_free": lambda kv: (kv,),
+    "realm_kv_truncate": lambda kv: (kv, 0),
 }
 
 
 def test_every_import_is_attacked_here():
     """A new import must bring its hostile cases to this file."""
-    assert set(MODEL_CALLS) | set(SPAN_CALLS) == set(abi.IMPORTS)
+    assert set(MODEL_CALLS) | set(SPAN_CALLS) | set(KV_CALLS) == set(abi.IMPORTS)
 
 
 @pytest.mark.parametrize("name,which", [(n, i) for n, b in SPAN_CALLS.items() for i in range(len(b))])
 def test_out_of_bounds_spans(guest, models, name, which):
+    ctx = dict(models, kv=guest.call("realm_kv_create", models["tiny"], 16))
     guest.fill()
     guest.put(NAME_AT, b"output_norm.weight")
     before = guest.snapshot()
     for ptr, length in BAD_SPANS:
-        args = SPAN_CALLS[name][which](ptr, length, models)
+        args = SPAN_CALLS[name][which](ptr, length, ctx)
         assert guest.call(name, *args) == Err.BAD_POINTER, (ptr, length)
     assert_only(before, guest.snapshot())
 
@@ -460,3 +478,230 @@ def test_one_host_serves_one_linker_per_tenant(models):
     assert b.call("realm_remove_model", mine) == Err.NO_MODEL
     a.host.close()
     b.host.close()
+
+
+# -- the forward pass and KV caches -------------------------------------------------------------
+# The tiny llama: 2 layers, n_embd 256, n_vocab 64, context 256.  Lengths count 4-byte values.
+
+TOK_AT, HID_AT, LOGITS_AT = 1024, 8192, 40960
+
+
+@pytest.fixture(scope="module")
+def tiny_host(models):
+    from realm.forward import HostModel
+
+    with HostModel(models["store"], models["tiny"], threads=2) as host_model:
+        yield host_model
+
+
+def _f32_at(guest, ptr: int, count: int) -> np.ndarray:
+    return np.frombuffer(guest.snapshot()[ptr:ptr + 4 * count], dtype="<f4").reshape(-1, TINY_EMBD)
+
+
+@pytest.mark.parametrize("name", sorted(KV_CALLS))
+def test_unknown_and_foreign_kv_ids(guest, models, name):
+    other = Hostile(models["store"], shared=[models["tiny"]])
+    foreign = other.call("realm_kv_create", models["tiny"], 16)
+    assert foreign > 0
+    before = guest.fill()
+    for kv in [0, -1, 2**31 - 1, -(2**31), foreign, foreign + 1000]:
+        assert guest.call(name, *KV_CALLS[name](kv)) == Err.NO_KV_CACHE, kv
+    assert guest.call("realm_forward_layer", models["tiny"], 0, HID_AT, TINY_EMBD, 0, foreign, HID_AT) \
+        == Err.NO_KV_CACHE
+    assert_only(before, guest.snapshot())
+    other.host.close()
+
+
+def test_forward_through_imports_equals_host_model(guest, models, tiny_host):
+    """A 5-token prompt as one batch per layer, then a decoded token: the guest's memory gets
+    exactly HostModel's hidden states and logits, and nothing else changes."""
+    tiny, tokens = models["tiny"], [1, 17, 5, 63, 2]
+    kv = guest.call("realm_kv_create", tiny, 32)
+    assert kv > 0
+    before = guest.fill()
+    guest.put(TOK_AT, np.array(tokens, dtype="<i4").tobytes())
+    n = len(tokens) * TINY_EMBD
+    assert guest.call("realm_forward_embedding", tiny, TOK_AT, len(tokens), HID_AT) == n
+    np.testing.assert_array_equal(_f32_at(guest, HID_AT, n), tiny_host.embed(tokens))
+    for il in range(2):  # in place: out == hidden
+        assert guest.call("realm_forward_layer", tiny, il, HID_AT, n, 0, kv, HID_AT) == n
+    assert guest.call("realm_forward_lm_head", tiny, HID_AT + 4 * (n - TINY_EMBD), TINY_EMBD, LOGITS_AT, 0) == 64
+    assert guest.call("realm_forward_lm_head", tiny, HID_AT + 4 * (n - TINY_EMBD), TINY_EMBD, LOGITS_AT, 64) == 64
+    guest.put(TOK_AT, np.array([9], dtype="<i4").tobytes())
+    assert guest.call("realm_forward_embedding", tiny, TOK_AT, 1, HID_AT) == TINY_EMBD
+    nxt = HID_AT + 4 * n  # layer 0 writes elsewhere, layer 1 works there in place
+    assert guest.call("realm_forward_layer", tiny, 0, HID_AT, TINY_EMBD, 5, kv, nxt) == TINY_EMBD
+    assert guest.call("realm_forward_layer", tiny, 1, nxt, TINY_EMBD, 5, kv, nxt) == TINY_EMBD
+    assert guest.call("realm_forward_lm_head", tiny, HID_AT + 4 * n, TINY_EMBD, LOGITS_AT + 256, 64) == 64
+    assert guest.call("realm_kv_truncate", kv, 1000) == 6
+
+    after = guest.snapshot()
+    cache = tiny_host.new_kv_cache(32)
+    want = tiny_host.forward(tokens, cache, last_only=True)
+    want_next = tiny_host.forward([9], cache)
+    got = np.frombuffer(after[LOGITS_AT:LOGITS_AT + 512], dtype="<f4").reshape(2, 64)
+    np.testing.assert_array_equal(got, np.concatenate([want, want_next]))
+    # changed: the tokens we put, the hidden rows (prompt + 1 token), the two logit rows
+    for lo, hi in [(0, TOK_AT), (TOK_AT + 4 * len(tokens), HID_AT),
+                   (HID_AT + 4 * (n + TINY_EMBD), LOGITS_AT), (LOGITS_AT + 512, len(before))]:
+        assert after[lo:hi] == before[lo:hi], (lo, hi)
+
+
+def test_forward_layer_refusals(guest, models, tiny_host):
+    tiny, n = models["tiny"], TINY_EMBD
+    kv = guest.call("realm_kv_create", tiny, 8)
+    other_model = guest.call("realm_kv_create", models["tiny2"], 8)
+    before = guest.fill()
+    cases = [
+        ((tiny, 2, HID_AT, n, 0, kv, HID_AT), Err.BAD_ARGUMENT),  # layer out of range
+        ((tiny, 0xFFFF_FFFF, HID_AT, n, 0, kv, HID_AT), Err.BAD_ARGUMENT),
+        ((tiny, 0, HID_AT, n + 1, 0, kv, HID_AT), Err.BAD_ARGUMENT),  # not whole rows
+        ((tiny, 0, HID_AT, n - 1, 0, kv, HID_AT), Err.BAD_ARGUMENT),
+        ((tiny, 0, HID_AT, 0, 0, kv, HID_AT), Err.BAD_ARGUMENT),  # no rows
+        ((tiny, 0, HID_AT + 2, n, 0, kv, HID_AT), Err.BAD_ARGUMENT),  # misaligned
+        ((tiny, 0, HID_AT, n, 0, kv, HID_AT + 1), Err.BAD_ARGUMENT),
+        ((tiny, 0, HID_AT, n, 0, other_model, HID_AT), Err.BAD_ARGUMENT),  # another model's cache
+        ((tiny, 0, HID_AT, n, 8, kv, HID_AT), Err.CONTEXT_FULL),  # position past the KV size
+        ((tiny, 0, HID_AT, 2 * n, 7, kv, HID_AT), Err.CONTEXT_FULL),
+        ((tiny, 0, HID_AT, 9 * n, 0, kv, HID_AT), Err.CONTEXT_FULL),
+        ((tiny, 0, HID_AT, n, 0xFFFF_FFFF, kv, HID_AT), Err.CONTEXT_FULL),
+        ((tiny, 0, HID_AT, n, 1, kv, HID_AT), Err.BAD_ARGUMENT),  # a gap: nothing at position 0 yet
+    ]
+    for args, code in cases:
+        assert guest.call("realm_forward_layer", *args) == code, args
+    assert_only(before, guest.snapshot())
+    assert guest.call("realm_kv_truncate", kv, 8) == 0  # nothing was stored
+
+    # after 3 positions of layer 0 only: layer 1 has a gap at 1, layer 0 may rewrite 0..3
+    assert guest.call("realm_forward_layer", tiny, 0, HID_AT, 3 * n, 0, kv, HID_AT) == 3 * n
+    before = guest.snapshot()
+    assert guest.call("realm_forward_layer", tiny, 1, HID_AT, n, 1, kv, HID_AT) == Err.BAD_ARGUMENT
+    assert guest.call("realm_forward_layer", tiny, 0, HID_AT, n, 4, kv, HID_AT) == Err.BAD_ARGUMENT
+    assert_only(before, guest.snapshot())
+    assert guest.call("realm_kv_truncate", kv, 8) == 0  # layer 1 holds nothing yet
+    assert guest.call("realm_forward_layer", tiny, 0, HID_AT, n, 3, kv, HID_AT) == n
+
+
+def test_forward_embedding_and_lm_head_refusals(guest, models, tiny_host):
+    tiny = models["tiny"]
+    before = guest.fill()
+    for tokens in ([64], [0, -1], [2**31 - 1], [5, 5, 1000]):
+        guest.put(TOK_AT, np.array(tokens, dtype="<i4").tobytes())
+        before = guest.snapshot()
+        assert guest.call("realm_forward_embedding", tiny, TOK_AT, len(tokens), HID_AT) == Err.BAD_ARGUMENT
+        assert_only(before, guest.snapshot())
+    guest.put(TOK_AT, np.array([3, 4], dtype="<i4").tobytes())
+    before = guest.snapshot()
+    assert guest.call("realm_forward_embedding", tiny, TOK_AT, 0, HID_AT) == Err.BAD_ARGUMENT
+    assert guest.call("realm_forward_embedding", tiny, TOK_AT + 1, 2, HID_AT) == Err.BAD_ARGUMENT
+    assert guest.call("realm_forward_embedding", tiny, TOK_AT, 2, HID_AT + 2) == Err.BAD_ARGUMENT
+    assert guest.call("realm_forward_embedding", tiny, TOK_AT, 2, PAGE - 4 * 2 * TINY_EMBD + 4) == Err.BAD_POINTER
+    for args, code in [((tiny, HID_AT, TINY_EMBD + 1, LOGITS_AT, 64), Err.BAD_ARGUMENT),
+                       ((tiny, HID_AT, 0, LOGITS_AT, 64), Err.BAD_ARGUMENT),
+                       ((tiny, HID_AT + 1, TINY_EMBD, LOGITS_AT, 64), Err.BAD_ARGUMENT),
+                       ((tiny, HID_AT, TINY_EMBD, LOGITS_AT + 3, 64), Err.BAD_ARGUMENT),
+                       ((tiny, HID_AT, TINY_EMBD, LOGITS_AT, 63), Err.BUFFER_TOO_SMALL),
+                       ((tiny, HID_AT, 2 * TINY_EMBD, LOGITS_AT, 64), Err.BUFFER_TOO_SMALL),
+                       ((tiny, HID_AT, TINY_EMBD, PAGE - 4 * 63, 64), Err.BAD_POINTER)]:
+        assert guest.call("realm_forward_lm_head", *args) == code, args
+    assert_only(before, guest.snapshot())
+    assert guest.call("realm_forward_lm_head", tiny, HID_AT, 3 * TINY_EMBD, LOGITS_AT, 0) == 3 * 64
+    # the output may overlap the input: every row is normalized first
+    guest.put(HID_AT, np.random.default_rng(1).standard_normal(TINY_EMBD).astype("<f4").tobytes())
+    want = tiny_host.lm_head(np.frombuffer(guest.snapshot()[HID_AT:HID_AT + 4 * TINY_EMBD], dtype="<f4").copy())
+    assert guest.call("realm_forward_lm_head", tiny, HID_AT, TINY_EMBD, HID_AT, 64) == 64
+    np.testing.assert_array_equal(np.frombuffer(guest.snapshot()[HID_AT:HID_AT + 256], dtype="<f4"), want[0])
+
+
+def test_forward_out_spans(guest, models):
+    """Output buffers sized by the input (embedding, layer) are checked too."""
+    tiny = models["tiny"]
+    kv = guest.call("realm_kv_create", tiny, 8)
+    guest.put(TOK_AT, np.array([3], dtype="<i4").tobytes())
+    before = guest.fill()
+    guest.put(TOK_AT, np.array([3], dtype="<i4").tobytes())
+    before = guest.snapshot()
+    for out in (PAGE - 4 * TINY_EMBD + 4, PAGE, 0xFFFF_FFFC, 0x8000_0000):
+        assert guest.call("realm_forward_embedding", tiny, TOK_AT, 1, out) == Err.BAD_POINTER
+        assert guest.call("realm_forward_layer", tiny, 0, HID_AT, TINY_EMBD, 0, kv, out) == Err.BAD_POINTER
+    assert_only(before, guest.snapshot())
+
+
+def test_unsupported_models_answer_unsupported(guest, models):
+    before = guest.fill()
+    for name, args in [("realm_forward_embedding", (TOK_AT, 1, HID_AT)), ("realm_kv_create", (8,)),
+                       ("realm_forward_layer", (0, HID_AT, TINY_EMBD, 0, 1, HID_AT)),
+                       ("realm_forward_lm_head", (HID_AT, TINY_EMBD, LOGITS_AT, 64))]:
+        assert guest.call(name, models["ints"], *args) == Err.UNSUPPORTED, name
+    assert_only(before, guest.snapshot())
+
+
+def test_kv_create_limits(models):
+    tiny = models["tiny"]
+    g = Hostile(models["store"], shared=[tiny], max_kv_caches=2)
+    assert g.call("realm_kv_create", tiny, 0) == Err.BAD_ARGUMENT
+    assert g.call("realm_kv_create", tiny, 257) == Err.BAD_ARGUMENT  # the tiny model's context is 256
+    assert g.call("realm_kv_create", tiny, 0xFFFF_FFFF) == Err.BAD_ARGUMENT
+    a, b = g.call("realm_kv_create", tiny, 256), g.call("realm_kv_create", tiny, 1)
+    assert 0 < a < b
+    assert g.call("realm_kv_create", tiny, 1) == Err.LIMIT  # count
+    assert g.call("realm_kv_free", a) == abi.OK
+    assert g.call("realm_kv_free", a) == Err.NO_KV_CACHE
+    assert g.call("realm_kv_create", tiny, 1) > b  # room again; ids are not reused
+    g.host.close()
+    assert g.call("realm_kv_truncate", b, 0) == Err.NO_KV_CACHE  # close frees them
+    assert g.call("realm_kv_create", tiny, 1) == Err.NO_MODEL
+
+    one = 2 * 2 * 16 * 128 * 2 + 2 * 8  # 16 positions: K and V, 2 layers, 128 values, f16 + bookkeeping
+    g = Hostile(models["store"], shared=[tiny], max_kv_bytes=one + 100)
+    assert g.call("realm_kv_create", tiny, 16) > 0
+    assert g.call("realm_kv_create", tiny, 1) == Err.LIMIT  # bytes
+    g.host.close()
+
+
+def test_removed_model_stops_forwarding(models):
+    """A model the guest stored and removed answers NO_MODEL; its KV caches stay valid to free."""
+    store = models["store"]
+    g = Hostile(store)
+    data = store.get(models["tiny"]).path.read_bytes()
+    g.exports["grow"](g.wasm, len(data) // PAGE + 2)
+    g.put(PAGE, data)
+    mine = g.call("realm_store_model", PAGE, len(data))
+    assert mine > 0
+    kv = g.call("realm_kv_create", mine, 8)
+    assert kv > 0
+    g.put(TOK_AT, np.array([3], dtype="<i4").tobytes())
+    assert g.call("realm_forward_embedding", mine, TOK_AT, 1, HID_AT) == TINY_EMBD
+    assert g.call("realm_remove_model", mine) == abi.OK
+    assert g.call("realm_forward_embedding", mine, TOK_AT, 1, HID_AT) == Err.NO_MODEL
+    assert g.call("realm_forward_layer", mine, 0, HID_AT, TINY_EMBD, 0, kv, HID_AT) == Err.NO_MODEL
+    assert g.call("realm_kv_free", kv) == abi.OK
+    g.host.close()
+
+
+# -- realm_emit_text ------------------------------------------------------------------------------
+
+def test_emit_text(guest):
+    """Text goes to the host's sink as str; a true answer from the sink is REALM_EMIT_STOP; bad
+    spans, over-long and non-UTF-8 text are refused without calling the sink."""
+    got: list[str] = []
+    text = "héllo 😀 wörld".encode()
+    assert guest.exports["grow"](guest.wasm, 1) == 1  # room for more than REALM_TEXT_MAX bytes
+    guest.fill()
+    guest.put(OUT_AT, text)
+    before = guest.snapshot()
+    assert guest.call("realm_emit_text", OUT_AT, len(text)) == abi.OK  # no sink: dropped
+    guest.host.text_sink = lambda piece: got.append(piece) or piece == "stop"
+    assert guest.call("realm_emit_text", OUT_AT, len(text)) == abi.OK
+    assert guest.call("realm_emit_text", OUT_AT, 0) == abi.OK
+    guest.put(NAME_AT, b"stop")
+    assert guest.call("realm_emit_text", NAME_AT, 4) == abi.EMIT_STOP
+    assert got == ["héllo 😀 wörld", "", "stop"]
+    guest.put(NAME_AT, before[NAME_AT:NAME_AT + 4])
+    assert guest.call("realm_emit_text", 0, abi.TEXT_MAX + 1) == Err.BAD_ARGUMENT
+    for bad in [*NOT_UTF8, "😀".encode()[:3]]:
+        guest.put(OUT_AT, bad)
+        assert guest.call("realm_emit_text", OUT_AT, len(bad)) == Err.BAD_UTF8, bad
+    assert len(got) == 3
+    guest.put(OUT_AT, before[OUT_AT:OUT_AT + 64])
+    assert_only(before, guest.snapshot())

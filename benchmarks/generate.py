@@ -1,0 +1,175 @@
+"""End-to-end generation through the guest vs llama.cpp: prefill and decode tok/s.
+
+    python benchmarks/generate.py [--threads 2] [--tokens 64] [--repeat 5] [--models smollm2 gemma3]
+
+For each model, the same ~100-token prompt, greedy, the logits of the last token only:
+  * realm: `Realm.complete` -- a fresh guest per generation that tokenizes, prefills the
+    prompt in one batch per layer through realm_forward_*, then samples and decodes a token at
+    a time (embedding + one call per layer + lm_head = layers + 2 import calls a token);
+    prefill is the guest_generate_prefill call, decode the guest_generate_run call;
+  * host only: realm's forward pass driven from Python without a guest (HostModel.forward),
+    to show what the guest adds;
+  * llama.cpp (llama-cpp-python, same threads, n_batch 512): eval of the prompt, then eval
+    of one token at a time with an argmax over the last logits.
+Medians of --repeat runs after one warm-up.  The last table is the guest's cost per decoded
+token: measured (guest - host only) and estimated as (layers + 2) import calls at the cost of
+one realm import call, measured from a wasm loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import wasmtime
+
+from realm import Realm
+from realm.forward import HostModel
+from realm.host import add_realm_imports
+from realm.models import pull
+
+PROMPT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based inks and a wooden press adapted from those used to make "
+    "wine. Within a few decades, print shops had spread from Mainz to more than two hundred cities "
+    "across Europe, and the price of books fell so far that ordinary merchants and craftsmen could "
+    "afford them. Scholars argue about how much the press changed the way people thought, but few "
+    "doubt that it"
+)
+
+CALL_WAT = """
+(module
+  (import "env" "realm_get_model_info" (func $info (param i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "loop") (param $n i32) (param $id i64)
+    (loop $again
+      (drop (call $info (local.get $id) (i32.const 0) (i32.const 8)))
+      (br_if $again (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))))
+"""
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def bench_realm(rt: Realm, model, tokens: int, repeat: int) -> dict:
+    runs = []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        c = rt.complete(PROMPT, model, max_tokens=tokens, temperature=0, ignore_eos=True)
+        wall = time.perf_counter() - t0
+        if i:  # the first run warms the page cache and the kernels
+            u = c.usage
+            runs.append((u.prompt_tokens / u.prefill_seconds, u.decoded_tokens / u.decode_seconds,
+                         wall - u.prefill_seconds - u.decode_seconds, u.guest_memory))
+    return {"n_prompt": c.usage.prompt_tokens, "prompt_tokens": c.prompt_tokens,
+            "prefill": median([r[0] for r in runs]), "decode": median([r[1] for r in runs]),
+            "setup_ms": median([r[2] for r in runs]) * 1e3, "memory": runs[-1][3]}
+
+
+def bench_host(rt: Realm, model, prompt_tokens: list[int], tokens: int, repeat: int, threads: int) -> dict:
+    runs = []
+    with HostModel(rt.store, model.id, threads=threads) as host:
+        for i in range(repeat + 1):
+            kv = host.new_kv_cache(len(prompt_tokens) + tokens)
+            t0 = time.perf_counter()
+            logits = host.forward(prompt_tokens, kv, last_only=True)
+            t1 = time.perf_counter()
+            for _ in range(tokens - 1):
+                logits = host.forward([int(logits[0].argmax())], kv, last_only=True)
+            t2 = time.perf_counter()
+            if i:
+                runs.append((len(prompt_tokens) / (t1 - t0), (tokens - 1) / (t2 - t1)))
+    return {"prefill": median([r[0] for r in runs]), "decode": median([r[1] for r in runs])}
+
+
+def bench_llama(path: Path, prompt_tokens: list[int], tokens: int, repeat: int, threads: int) -> dict | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
+    n_vocab = llm.n_vocab()
+    runs = []
+    for i in range(repeat + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt_tokens)
+        t1 = time.perf_counter()
+        for _ in range(tokens - 1):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+            llm.eval([int(logits.argmax())])
+        t2 = time.perf_counter()
+        if i:
+            runs.append((len(prompt_tokens) / (t1 - t0), (tokens - 1) / (t2 - t1)))
+    llm.close()
+    return {"prefill": median([r[0] for r in runs]), "decode": median([r[1] for r in runs])}
+
+
+def import_call_us(rt: Realm, model, calls: int = 20000, repeat: int = 5) -> float:
+    """Microseconds per call of a validated realm import from a wasm loop."""
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    host = add_realm_imports(linker, rt.store, shared=[model.id])
+    wasm = wasmtime.Store(engine)
+    loop = linker.instantiate(wasm, wasmtime.Module(engine, CALL_WAT)).exports(wasm)["loop"]
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        loop(wasm, calls, model.id)
+        times.append(time.perf_counter() - t0)
+    host.close()
+    return median(times) / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64, help="tokens to generate per run")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    args = ap.parse_args()
+
+    rows, overhead = [], []
+    with Realm(threads=args.threads) as rt:
+        for name in args.models:
+            path = Path(name) if Path(name).exists() else pull(name)
+            model = rt.load_model(path)
+            r = bench_realm(rt, model, args.tokens, args.repeat)
+            h = bench_host(rt, model, r["prompt_tokens"], args.tokens, args.repeat, args.threads)
+            ll = bench_llama(path, r["prompt_tokens"], args.tokens, args.repeat, args.threads)
+            rows.append((path.stem, r, h, ll))
+            n_layers = rt.store.get(model.id).metadata[f"{model.architecture}.block_count"]
+            per_call = import_call_us(rt, model)
+            measured = (1 / r["decode"] - 1 / h["decode"]) * 1e3
+            overhead.append((path.stem, n_layers + 2, per_call, (n_layers + 2) * per_call / 1e3, measured,
+                             1e3 / r["decode"]))
+
+    nan = float("nan")
+    print(f"\ngeneration, {args.threads} threads, greedy, {args.tokens} tokens, median of {args.repeat} "
+          f"(tok/s; ratio = realm / llama.cpp)")
+    head = ("model", "prompt", "prefill realm", "host only", "llama.cpp", "ratio",
+            "decode realm", "host only", "llama.cpp", "ratio", "setup ms", "guest MiB")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
+    for stem, r, h, ll in rows:
+        lp, ld = (ll["prefill"], ll["decode"]) if ll else (nan, nan)
+        print(f"| {stem} | {r['n_prompt']} | {r['prefill']:.1f} | {h['prefill']:.1f} | {lp:.1f} | "
+              f"{r['prefill'] / lp:.2f}x | {r['decode']:.1f} | {h['decode']:.1f} | {ld:.1f} | "
+              f"{r['decode'] / ld:.2f}x | {r['setup_ms']:.1f} | {r['memory'] / (1 << 20):.1f} |")
+    print("\nthe guest's cost per decoded token (ms)")
+    head = ("model", "calls/token", "us/call", "calls x us/call", "measured (guest - host only)", "ms/token")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
+    for stem, calls, per_call, estimate, measured, per_token in overhead:
+        print(f"| {stem} | {calls} | {per_call:.1f} | {estimate:.3f} | {measured:.3f} | {per_token:.2f} |")
+    print("setup: a fresh guest per generation (instantiate, attach, build the tokenizer, tokenize); "
+          "guest MiB: its linear memory after the run")
+
+
+if __name__ == "__main__":
+    main()

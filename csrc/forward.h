@@ -1,0 +1,166 @@
+/* The transformer forward pass over quantized weights, one piece at a time:
+ * embedding rows, one layer for a run of tokens, and the LM head.
+ *
+ * The model is described by plain structs (as llama2.c's run.c): a config, a
+ * weights table holding (type, data pointer, dims) per tensor, a KV cache per
+ * sequence and a scratch (run state) per sequence.  The caller (realm/_forward.pxi)
+ * reads the GGUF metadata and tensor table, fills these structs and checks them
+ * with realm_model_check; the weights stay where they are (the file mapping) and
+ * are never expanded to f32 -- the matrix products read the blocks directly.
+ *
+ * Architectures (the math follows llama.cpp's graphs for them):
+ *   llama   attn_norm -> q,k,v -> rope (pairs 2i, 2i+1) -> attention(scale 1/sqrt(head_dim))
+ *           -> wo -> +residual -> ffn_norm -> silu(gate) * up -> down -> +residual
+ *   gemma3  embeddings * sqrt(n_embd); attn_norm -> q,k,v -> rmsnorm per head of q and k
+ *           -> rope (pairs i, i + n_rot/2; local layers use rope_base_swa) -> q * attn_scale
+ *           -> attention (sliding window on local layers) -> wo -> post-attention norm
+ *           -> +residual -> ffn_norm -> gelu(gate) * up -> down -> post-FFN norm -> +residual
+ * Both end with output_norm and the output projection (tied to token_embd when
+ * the file has no output.weight).
+ *
+ * Threads: each layer (each chunk of at most REALM_FWD_CHUNK tokens) runs in ONE
+ * OpenMP parallel region of model->nthreads threads, calling the kernels' work-
+ * sharing (_ws) variants, so an op costs one barrier rather than a thread-team
+ * start.  Functions return 0 or a negative REALM_E* code (matmul.h) and, on
+ * failure, leave their outputs and the KV cache as they were. */
+#ifndef REALM_FORWARD_H
+#define REALM_FORWARD_H
+
+#include "ops.h"
+
+/* Besides matmul.h's codes (REALM_EINVAL: an index, position, token id or
+ * size out of range, or a KV cache made for another model shape): */
+#define REALM_EKV_FULL (-5) /* the tokens would not fit in the KV cache */
+
+enum realm_arch { REALM_ARCH_LLAMA = 1, REALM_ARCH_GEMMA3 = 2 };
+
+/* Tokens one parallel region handles: a longer run is cut into chunks of this
+ * many (the results do not depend on the cut: every token's arithmetic is the
+ * same in any batch), which bounds the scratch memory. */
+#define REALM_FWD_CHUNK 256
+
+typedef struct {
+    int arch;                  /* enum realm_arch */
+    int n_layer, n_embd, n_ff;
+    int n_head, n_head_kv, head_dim;
+    int n_rot;                 /* leading values of each head that RoPE rotates */
+    int n_vocab;
+    float rms_eps;
+    float rope_base;           /* global layers */
+    float rope_base_swa;       /* local (sliding-window) layers */
+    float rope_freq_scale;     /* 1 / linear scaling factor */
+    int rope_neox;             /* 0: pairs (2i, 2i+1); 1: pairs (i, i + n_rot/2) */
+    int sliding_window;        /* keys a local layer's query sees (0: no local layers) */
+    int swa_pattern;           /* layer il is local iff il % swa_pattern < swa_pattern - 1 (0: all) */
+    float attn_scale;          /* llama: the softmax scale; gemma3: q is multiplied by it after RoPE */
+    float embd_scale;          /* embedding rows are multiplied by it (1: not at all) */
+} realm_config;
+
+/* One weight tensor as stored: `rows` rows of `cols` values of `type` blocks,
+ * row-major.  A vector has rows == 1.  Norm weights must be F32. */
+typedef struct {
+    int type; /* enum realm_type */
+    const void *data;
+    int64_t rows, cols;
+} realm_tensor;
+
+typedef struct {
+    realm_tensor attn_norm, wq, wk, wv, wo;
+    realm_tensor attn_q_norm, attn_k_norm, attn_post_norm; /* gemma3 only (data NULL otherwise) */
+    realm_tensor ffn_norm, ffn_gate, ffn_up, ffn_down;
+    realm_tensor ffn_post_norm;                            /* gemma3 only */
+} realm_layer_weights;
+
+typedef struct {
+    realm_config c;
+    realm_tensor tok_embd, output_norm, output; /* output may be tok_embd's data (tied) */
+    realm_layer_weights *layers;                /* [n_layer] */
+    int nthreads;                               /* threads per parallel region (>= 1) */
+    int isa;                                    /* a resolved REALM_ISA_* (not AUTO) */
+    int profile;                                /* time each op into realm_scratch.prof */
+} realm_model;
+
+/* 0 when the config and every tensor's type and dims agree (so no kernel can
+ * read outside a tensor), else REALM_EINVAL / REALM_EUNSUPPORTED.  `what` gets a
+ * short description of the first problem (may be NULL). */
+int realm_model_check(const realm_model *m, char *what, int what_len);
+
+/* Whether layer il uses sliding-window attention (and rope_base_swa). */
+int realm_layer_is_local(const realm_config *c, int il);
+
+/* ---- KV cache: K and V rows of every layer for positions 0 .. n_ctx-1 ---- */
+typedef struct {
+    int type;          /* REALM_TYPE_F16 or REALM_TYPE_F32 */
+    int n_layer;
+    int64_t n_ctx;     /* positions */
+    int64_t row;       /* values per position and layer: n_head_kv * head_dim */
+    int64_t *n_filled; /* [n_layer]: positions 0 .. n_filled-1 hold this layer's K and V */
+    void *k, *v;       /* [n_layer][n_ctx][row] */
+} realm_kv_cache;
+
+/* Bytes a cache of n_ctx positions takes (K, V and bookkeeping), or a negative
+ * code for a bad size/type.  Computed without overflow for any n_ctx. */
+int64_t realm_kv_bytes(const realm_config *c, int64_t n_ctx, int type);
+/* A zeroed cache, or NULL (bad arguments or out of memory). */
+realm_kv_cache *realm_kv_new(const realm_config *c, int64_t n_ctx, int type);
+void realm_kv_free(realm_kv_cache *kv);
+/* Forget positions >= n in every layer (they will be recomputed). */
+void realm_kv_truncate(realm_kv_cache *kv, int64_t n);
+/* Positions every layer holds: the smallest n_filled. */
+int64_t realm_kv_length(const realm_kv_cache *kv);
+
+/* ---- per-sequence scratch: activations of up to REALM_FWD_CHUNK tokens ---- */
+enum realm_op {
+    REALM_OP_ATTN_NORM, /* attn_norm */
+    REALM_OP_QKV,       /* quantize + q, k, v projections */
+    REALM_OP_ROPE,      /* q/k norms, RoPE, q scale, K/V into the cache */
+    REALM_OP_ATTN,      /* attention over the cache */
+    REALM_OP_WO,        /* quantize + output projection */
+    REALM_OP_FFN_NORM,  /* post-attention norm, residual add, ffn_norm (one pass per row) */
+    REALM_OP_FFN_UP,    /* quantize + gate and up projections */
+    REALM_OP_GATE,      /* silu/gelu(gate) * up */
+    REALM_OP_FFN_DOWN,  /* quantize + down projection */
+    REALM_OP_RESIDUAL,  /* post-FFN norm, residual add */
+    REALM_OP_COUNT
+};
+
+typedef struct {
+    int64_t cap;                  /* tokens it has room for */
+    float *xn;                    /* normed input [cap][n_embd] */
+    float *q, *k, *v, *att;       /* [cap][n_head|n_head_kv * head_dim] */
+    float *gate, *up;             /* [cap][n_ff] */
+    float *proj;                  /* wo / ffn_down output [cap][n_embd] */
+    float *rope[2];               /* cos/sin tables [cap][n_rot] of global (0) and local (1) layers */
+    int64_t rope_pos0[2], rope_n[2]; /* the positions each table holds (n 0: none), so the layers */
+    float rope_base[2];              /* of a step share one table instead of each making its own */
+    int32_t *pos;                 /* [cap] */
+    void *act[2];                 /* quantized activations: Q8 and Q8_K (64-byte aligned) */
+    void *block;                  /* the one allocation all of the above live in */
+    double prof[REALM_OP_COUNT];  /* seconds per op, when model->profile */
+} realm_scratch;
+
+/* Make room for n_tok tokens (at most REALM_FWD_CHUNK are kept at once). */
+int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok);
+void realm_scratch_free(realm_scratch *s);
+
+/* ---- the forward pass ---- */
+
+/* out[t] = row tokens[t] of token_embd, dequantized (then * embd_scale).
+ * Token ids outside [0, n_vocab) give REALM_EINVAL and write nothing.
+ * tokens and out may overlap. */
+int realm_forward_embedding(const realm_model *m, const int32_t *tokens, int64_t n_tok, float *out);
+
+/* Layer il for n_tok tokens at positions pos .. pos+n_tok-1: reads in
+ * [n_tok][n_embd], writes out [n_tok][n_embd], writes K and V of
+ * those positions into kv and marks the layer filled up to pos + n_tok (later
+ * positions of the layer are dropped).  Needs pos + n_tok <= n_ctx
+ * (REALM_EKV_FULL) and pos <= the layer's n_filled (no gaps; REALM_EINVAL).
+ * out may be in, or overlap it. */
+int realm_forward_layer(const realm_model *m, int il, const float *in, int64_t n_tok, int64_t pos,
+                        realm_kv_cache *kv, realm_scratch *s, float *out);
+
+/* logits [n_rows][n_vocab] = output_norm(hidden [n_rows][n_embd]) W_out^T.
+ * hidden and logits may overlap (hidden is read first). */
+int realm_forward_lm_head(const realm_model *m, const float *hidden, int64_t n_rows, float *logits);
+
+#endif

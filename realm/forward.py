@@ -1,0 +1,348 @@
+"""The transformer forward pass in the host, without a guest.
+
+    store = realm.ModelStore()
+    model_id = store.load("SmolLM2-135M-Instruct.Q4_1.gguf")
+    with HostModel(store, model_id) as model:
+        kv = model.new_kv_cache(512)
+        logits = model.forward(prompt_ids, kv)               # [n_tokens, n_vocab]
+        next_logits = model.forward([next_id], kv)           # appended at kv.length
+
+The weights stay quantized where the store mapped them; the C code
+(csrc/forward.c) multiplies them block by block.  The pieces -- `embed`,
+`layer`, `lm_head` -- are what the guest's `realm_forward_*` imports call;
+`forward` runs them all in one call.  Supported architectures: `llama`
+(SmolLM2, TinyLlama-shaped files) and `gemma3`; the configuration is read from
+the GGUF metadata with llama.cpp's defaults (see `ForwardConfig`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import _compute
+from ._compute import ContextFullError, ForwardError, KVCache
+from .errors import ModelNotFoundError, RealmError
+from .store import ModelStore, QuantizedTensor, StoredModel
+
+__all__ = ["HostModel", "ForwardConfig", "KVCache", "UnsupportedModelError", "ContextFullError",
+           "ForwardError", "DEFAULT_KV_MAX_BYTES", "forward_config"]
+
+#: Largest KV cache `HostModel.new_kv_cache` makes unless told otherwise.
+DEFAULT_KV_MAX_BYTES = 2 << 30
+
+ARCHITECTURES = ("llama", "gemma3")
+
+# llama.cpp's fixed gemma3 values where the file has no key
+_GEMMA3_SWA_PATTERN = 6
+_GEMMA3_ROPE_BASE_SWA = 10000.0
+_GEMMA3_27B_LAYERS = 62  # llama.cpp scales gemma3-27B's attention by n_embd / n_head
+
+
+class UnsupportedModelError(RealmError, ValueError):
+    """The model's architecture, tensors or hyper-parameters are beyond realm's forward pass."""
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """What the forward pass needs from a GGUF's metadata ({arch} = general.architecture).
+
+    n_ff: {arch}.feed_forward_length; n_head_kv: attention.head_count_kv (default n_head);
+    head_dim: attention.key_length (default n_embd / n_head); n_rot: rope.dimension_count
+    (default head_dim); n_vocab: rows of token_embd; rope_freq_scale: 1 / rope.scaling.factor;
+    sliding_window: attention.sliding_window (gemma3 only; 0: none); swa_pattern:
+    attention.sliding_window_pattern (gemma3 default 6: layer i is local iff i % 6 < 5);
+    rope_base_swa: rope.freq_base_swa (gemma3 default 10000; llama: rope_base); attn_scale: llama
+    1/sqrt(head_dim) on the scores, gemma3 multiplies q by it (1/sqrt(head_dim), or
+    1/sqrt(n_embd / n_head) for the 62-layer 27B, as llama.cpp); embd_scale: gemma3 sqrt(n_embd).
+    """
+
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int
+    n_vocab: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_base: float
+    rope_base_swa: float
+    rope_freq_scale: float
+    rope_neox: bool
+    sliding_window: int
+    swa_pattern: int
+    attn_scale: float
+    embd_scale: float
+    tied_output: bool
+
+    def layer_is_local(self, il: int) -> bool:
+        """Whether layer il uses the sliding window (and rope_base_swa)."""
+        if self.sliding_window <= 0:
+            return False
+        return self.swa_pattern == 0 or il % self.swa_pattern < self.swa_pattern - 1
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+class _Meta:
+    """Typed reads of `{arch}.*` metadata keys with defaults."""
+
+    def __init__(self, metadata: Mapping[str, Any], arch: str):
+        self.md, self.arch = metadata, arch
+
+    def _get(self, key: str) -> Any:
+        return self.md.get(f"{self.arch}.{key}")
+
+    def int(self, key: str, default: int | None = None) -> int:
+        v = self._get(key)
+        if v is None:
+            if default is None:
+                raise UnsupportedModelError(f"the model has no {self.arch}.{key}")
+            return default
+        if isinstance(v, np.ndarray):
+            raise UnsupportedModelError(f"{self.arch}.{key} varies per layer; realm needs one value")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise UnsupportedModelError(f"{self.arch}.{key} must be a non-negative integer, not {v!r}")
+        return int(v)
+
+    def float(self, key: str, default: float | None = None) -> float:
+        v = self._get(key)
+        if v is None:
+            if default is None:
+                raise UnsupportedModelError(f"the model has no {self.arch}.{key}")
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise UnsupportedModelError(f"{self.arch}.{key} must be a finite number, not {v!r}")
+        return float(v)
+
+
+def forward_config(model: StoredModel) -> ForwardConfig:
+    """The forward pass's configuration of a stored model; UnsupportedModelError if it cannot run."""
+    arch = model.architecture
+    if arch not in ARCHITECTURES:
+        raise UnsupportedModelError(f"architecture {arch!r} is not supported (realm runs {', '.join(ARCHITECTURES)})")
+    m = _Meta(model.metadata, arch)
+    gemma = arch == "gemma3"
+    n_embd, n_head = m.int("embedding_length"), m.int("attention.head_count")
+    if n_head == 0:
+        raise UnsupportedModelError(f"{arch}.attention.head_count is 0")
+    head_dim = m.int("attention.key_length", n_embd // n_head)
+    if m.int("attention.value_length", head_dim) != head_dim:
+        raise UnsupportedModelError("attention.value_length differs from attention.key_length")
+    embd = model.tensors.get("token_embd.weight")
+    if embd is None or len(embd.shape) != 2:
+        raise UnsupportedModelError("the model has no 2-D token_embd.weight")
+    scaling = model.metadata.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none", "linear"):
+        raise UnsupportedModelError(f"RoPE scaling {scaling!r} is not supported")
+    factor = m.float("rope.scaling.factor", 0.0) or m.float("rope.scale_linear", 0.0)
+    sliding_window = m.int("attention.sliding_window", 0) if gemma else 0
+    if gemma and sliding_window == 0:
+        raise UnsupportedModelError("a gemma3 model needs gemma3.attention.sliding_window")
+    n_layer = m.int("block_count")
+    rope_base = _f32(m.float("rope.freq_base", 10000.0))
+    if gemma:
+        attn_dim = n_embd // n_head if n_layer == _GEMMA3_27B_LAYERS else head_dim
+    else:
+        attn_dim = head_dim
+    return ForwardConfig(
+        architecture=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=m.int("feed_forward_length"),
+        n_head=n_head,
+        n_head_kv=m.int("attention.head_count_kv", n_head),
+        head_dim=head_dim,
+        n_rot=m.int("rope.dimension_count", head_dim),
+        n_vocab=embd.shape[0],
+        n_ctx_train=m.int("context_length", 0),
+        rms_eps=_f32(m.float("attention.layer_norm_rms_epsilon")),
+        rope_base=rope_base,
+        rope_base_swa=_f32(m.float("rope.freq_base_swa", _GEMMA3_ROPE_BASE_SWA)) if gemma else rope_base,
+        rope_freq_scale=_f32(1.0 / factor) if factor else 1.0,
+        rope_neox=gemma,
+        sliding_window=sliding_window,
+        swa_pattern=m.int("attention.sliding_window_pattern", _GEMMA3_SWA_PATTERN) if gemma else 0,
+        attn_scale=float(np.float32(1) / np.sqrt(np.float32(attn_dim))) if attn_dim else 0.0,
+        embd_scale=float(np.sqrt(np.float32(n_embd))) if gemma else 1.0,
+        tied_output="output.weight" not in model.tensors,
+    )
+
+
+# GGUF tensor names -> roles of csrc/forward.h's realm_layer_weights
+_LAYER_TENSORS = {
+    "attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
+    "ffn_norm": "ffn_norm", "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
+}
+_GEMMA3_TENSORS = {"attn_q_norm": "attn_q_norm", "attn_k_norm": "attn_k_norm",
+                   "post_attention_norm": "attn_post_norm", "post_ffw_norm": "ffn_post_norm"}
+
+
+def _spec(t: QuantizedTensor) -> tuple[int, np.ndarray, int, int]:
+    """(type, bytes, rows, cols) of a 1-D or 2-D tensor."""
+    if len(t.shape) == 1:
+        rows, cols = 1, t.shape[0]
+    elif len(t.shape) == 2:
+        rows, cols = t.shape
+    else:
+        raise UnsupportedModelError(f"{t.name} has {len(t.shape)} dimensions; realm expects 1 or 2")
+    return int(t.dtype), t.data.reshape(-1), rows, cols
+
+
+def _tensor_table(model: StoredModel, cfg: ForwardConfig) -> tuple[dict, list[dict]]:
+    names = dict(_LAYER_TENSORS, **(_GEMMA3_TENSORS if cfg.architecture == "gemma3" else {}))
+    tensors = model.tensors
+    used = {"token_embd.weight", "output_norm.weight", "output.weight"}
+
+    def get(name: str) -> QuantizedTensor:
+        if name not in tensors:
+            raise UnsupportedModelError(f"the model has no tensor {name!r}")
+        return tensors[name]
+
+    top = {"tok_embd": _spec(get("token_embd.weight")), "output_norm": _spec(get("output_norm.weight")),
+           "output": _spec(get("token_embd.weight" if cfg.tied_output else "output.weight"))}
+    layers = []
+    for il in range(cfg.n_layer):
+        spec = {}
+        for gguf_name, role in names.items():
+            name = f"blk.{il}.{gguf_name}.weight"
+            spec[role] = _spec(get(name))
+            used.add(name)
+        layers.append(spec)
+    unknown = sorted(set(tensors) - used)
+    if unknown:  # a bias, rope factors, experts...: computing without them would be wrong
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UnsupportedModelError(f"realm's {cfg.architecture} forward pass does not use the tensors "
+                                    f"{', '.join(unknown[:5])}{more}")
+    return top, layers
+
+
+class HostModel:
+    """The forward pass of one stored model, run in the host.
+
+    Holds the model in the store (`store.retain`) until `close()` (or garbage collection),
+    so its weights stay mapped.  Thread-safe: any number of threads may run it at once,
+    each with its own KV cache.  `threads`: threads per op (None: every core this process
+    may use).  With the environment variable REALM_PROFILE=1 every KV cache times its
+    layer calls per op (`KVCache.profile()`).
+    """
+
+    def __init__(self, store: ModelStore, model_id: int, *, threads: int | None = None):
+        stored = store.retain(model_id)
+        self._release = weakref.finalize(self, _release, store, model_id)
+        try:
+            self.config: ForwardConfig = forward_config(stored)
+            top, layers = _tensor_table(stored, self.config)
+            config = asdict(self.config)
+            config["arch"] = config.pop("architecture")
+            profile = os.environ.get("REALM_PROFILE", "") not in ("", "0")
+            self._fm = _compute.ForwardModel(config, top, layers, threads=threads, profile=profile)
+        except BaseException:
+            self._release()
+            raise
+        self.store = store
+        self.model_id = model_id
+        self.model = stored
+
+    @property
+    def threads(self) -> int:
+        return self._fm.threads
+
+    @property
+    def closed(self) -> bool:
+        return not self._release.alive
+
+    # -- KV caches ------------------------------------------------------------------
+    def kv_cache_bytes(self, n_ctx: int, dtype: str = "f16") -> int:
+        """Bytes of a KV cache of n_ctx positions."""
+        size = self._fm.kv_bytes(n_ctx, dtype)
+        if size < 0:
+            raise ValueError(f"n_ctx must be in [1, 2^24], not {n_ctx}")
+        return size
+
+    def new_kv_cache(self, n_ctx: int, dtype: str = "f16", *, max_bytes: int = DEFAULT_KV_MAX_BYTES) -> KVCache:
+        """A KV cache for n_ctx positions (rows of "f16", as llama.cpp, or "f32").
+
+        Refused (ValueError) beyond the model's training context or beyond max_bytes."""
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive int, not {n_ctx!r}")
+        if self.config.n_ctx_train and n_ctx > self.config.n_ctx_train:
+            raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context of {self.config.n_ctx_train}")
+        size = self.kv_cache_bytes(n_ctx, dtype)
+        if size > max_bytes:
+            raise ValueError(f"a KV cache of {n_ctx} positions takes {size} bytes, over the cap of {max_bytes}")
+        return KVCache(self._fm, n_ctx, dtype)
+
+    # -- the pieces -----------------------------------------------------------------
+    def embed(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Hidden states [n_tokens, n_embd] of token ids (gemma3: scaled by sqrt(n_embd))."""
+        return self._fm.embed(_token_array(tokens))
+
+    def layer(self, il: int, hidden: np.ndarray, pos: int, kv: KVCache, *, out: np.ndarray | None = None
+              ) -> np.ndarray:
+        """Layer il for hidden [n_tokens, n_embd] at positions pos .. pos + n_tokens - 1;
+        writes their K and V into kv.  `out` may be `hidden` (in place)."""
+        hidden = _rows(hidden, self.config.n_embd)
+        return self._fm.layer(il, hidden, pos, kv, out)
+
+    def lm_head(self, hidden: np.ndarray) -> np.ndarray:
+        """Logits [n_rows, n_vocab] of hidden states [n_rows, n_embd] (final norm + output)."""
+        return self._fm.lm_head(_rows(hidden, self.config.n_embd))
+
+    def forward(self, tokens: Sequence[int] | np.ndarray, kv: KVCache, *, last_only: bool = False) -> np.ndarray:
+        """Logits [n_tokens, n_vocab] (or [1, n_vocab] with last_only) of tokens appended to the
+        sequence in kv at position kv.length: the prompt as one batch per layer, or one token."""
+        return self._fm.forward(_token_array(tokens), kv, None, last_only)
+
+    # -- lifetime -------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the model in the store (KV caches made from it keep the weights alive)."""
+        self._release()
+
+    def __enter__(self) -> "HostModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"HostModel(model {self.model_id}, {c.architecture}, {c.n_layer} layers, n_embd {c.n_embd}, "
+                f"{self.threads} threads)")
+
+
+def _release(store: ModelStore, model_id: int) -> None:
+    try:
+        store.release(model_id)
+    except ModelNotFoundError:  # the store was closed first
+        pass
+
+
+def _token_array(tokens: Sequence[int] | np.ndarray | Iterable[int]) -> np.ndarray:
+    if isinstance(tokens, np.ndarray):
+        if tokens.dtype.kind not in "iu":
+            raise TypeError(f"token ids must be integers, not {tokens.dtype}")
+        if tokens.size and (tokens.min() < -2**31 or tokens.max() >= 2**31):
+            raise ValueError("token ids must fit in int32")
+        return np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+    try:
+        return np.array(list(tokens), dtype=np.int32).reshape(-1)
+    except OverflowError:
+        raise ValueError("token ids must fit in int32") from None
+
+
+def _rows(hidden: np.ndarray, n_embd: int) -> np.ndarray:
+    """hidden as float32 [n, n_embd] (a 1-D vector is one row)."""
+    if isinstance(hidden, np.ndarray) and hidden.ndim == 1:
+        hidden = hidden.reshape(1, -1)
+    return hidden

@@ -1,0 +1,169 @@
+"""Helpers of the forward-pass tests: a NumPy model of the forward pass and a tiny gemma3 GGUF.
+
+RefModel is a plain NumPy model of the llama and gemma3 forward passes in float64,
+written from the architectures' definitions (llama.cpp's graphs), not from
+csrc/forward.c: weights are dequantized exactly (realm.dequantize is bit-exact with
+llama.cpp), activations stay float64 (no 8-bit activation quantization, no f16 KV
+cache), attention is a plain masked softmax over the whole sequence.  The C forward
+pass must agree with it to within the rounding those shortcuts add."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from realm import dequantize
+from realm.forward import ForwardConfig
+
+
+class RefModel:
+    """Weights are dequantized when used and not kept (a layer at a time in memory)."""
+
+    def __init__(self, stored, cfg: ForwardConfig):
+        self.t, self.cfg = stored.tensors, cfg
+
+    def w(self, name: str) -> np.ndarray:
+        return self.t[name].dequantize().astype(np.float64)
+
+    def rows(self, name: str, idx) -> np.ndarray:
+        """Rows idx of a matrix, dequantizing only those."""
+        t = self.t[name]
+        return dequantize(np.ascontiguousarray(t.data[idx]), t.dtype).astype(np.float64)
+
+    def project_out(self, h: np.ndarray, name: str, chunk: int = 16384) -> np.ndarray:
+        """h @ W^T for a large W, dequantized chunk by chunk."""
+        n_out = self.t[name].shape[0]
+        return np.concatenate([h @ self.rows(name, slice(i, i + chunk)).T for i in range(0, n_out, chunk)], axis=1)
+
+    def rmsnorm(self, x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self.cfg.rms_eps)
+        return y if w is None else y * w
+
+    def rope(self, x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
+        """x [n, heads, head_dim] rotated by position."""
+        c = self.cfg
+        half = c.n_rot // 2
+        inv = base ** (-2.0 * np.arange(half) / c.n_rot)
+        theta = pos[:, None].astype(np.float64) * c.rope_freq_scale * inv[None, :]  # [n, half]
+        cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+        y = x.copy()
+        if c.rope_neox:
+            a, b = x[..., :half], x[..., half:c.n_rot]
+            y[..., :half], y[..., half:c.n_rot] = a * cos - b * sin, a * sin + b * cos
+        else:
+            a, b = x[..., 0:c.n_rot:2], x[..., 1:c.n_rot:2]
+            y[..., 0:c.n_rot:2], y[..., 1:c.n_rot:2] = a * cos - b * sin, a * sin + b * cos
+        return y
+
+    def forward(self, tokens: list[int]) -> np.ndarray:
+        """Logits [n, n_vocab] of a whole sequence from position 0."""
+        c = self.cfg
+        gemma = c.architecture == "gemma3"
+        n = len(tokens)
+        pos = np.arange(n)
+        x = self.rows("token_embd.weight", np.asarray(tokens)) * (np.float64(np.float32(c.embd_scale)) if gemma else 1.0)
+        group = c.n_head // c.n_head_kv
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            h = self.rmsnorm(x, self.w(p + "attn_norm.weight"))
+            q = (h @ self.w(p + "attn_q.weight").T).reshape(n, c.n_head, c.head_dim)
+            k = (h @ self.w(p + "attn_k.weight").T).reshape(n, c.n_head_kv, c.head_dim)
+            v = (h @ self.w(p + "attn_v.weight").T).reshape(n, c.n_head_kv, c.head_dim)
+            if gemma:
+                q = self.rmsnorm(q, self.w(p + "attn_q_norm.weight"))
+                k = self.rmsnorm(k, self.w(p + "attn_k_norm.weight"))
+            local = c.layer_is_local(il)
+            base = c.rope_base_swa if local else c.rope_base
+            q, k = self.rope(q, pos, base), self.rope(k, pos, base)
+            scores = np.einsum("thd,shd->hts", q, np.repeat(k, group, axis=1)) * c.attn_scale
+            allowed = pos[None, :] <= pos[:, None]
+            if local:
+                allowed &= pos[:, None] - pos[None, :] < c.sliding_window
+            scores = np.where(allowed[None], scores, -np.inf)
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            scores /= scores.sum(-1, keepdims=True)
+            att = np.einsum("hts,shd->thd", scores, np.repeat(v, group, axis=1)).reshape(n, -1)
+            o = att @ self.w(p + "attn_output.weight").T
+            if gemma:
+                o = self.rmsnorm(o, self.w(p + "post_attention_norm.weight"))
+            x = x + o
+            h = self.rmsnorm(x, self.w(p + "ffn_norm.weight"))
+            g, u = h @ self.w(p + "ffn_gate.weight").T, h @ self.w(p + "ffn_up.weight").T
+            if gemma:  # tanh-form GELU, as ggml
+                act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * g * (1 + 0.044715 * g * g)))
+            else:
+                act = g / (1 + np.exp(-g))
+            d = (act * u) @ self.w(p + "ffn_down.weight").T
+            if gemma:
+                d = self.rmsnorm(d, self.w(p + "post_ffw_norm.weight"))
+            x = x + d
+        h = self.rmsnorm(x, self.w("output_norm.weight"))
+        return self.project_out(h, "token_embd.weight" if c.tied_output else "output.weight")
+
+
+def write_tiny_gemma3(path: Path, *, seed: int = 0, sliding_window: int = 4, pattern: int = 3,
+                      extra: dict[str, np.ndarray] | None = None) -> Path:
+    """A 4-layer gemma3-shaped GGUF (n_embd 128, 4 heads of 64 over 2 KV heads, a 64-token
+    vocabulary) with a short sliding window, so local layers drop keys within a few tokens.
+    Norm weights are near 1 (as Gemma's files, which hold 1 + w); `extra` tensors are added
+    as they are.  Written with gguf.GGUFWriter."""
+    import gguf
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    n_embd, n_ff, n_vocab, n_layer, n_head, n_head_kv, head_dim = 128, 256, 64, 4, 4, 2, 64
+    Q = gguf.GGMLQuantizationType
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_context_length(128)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_sliding_window(sliding_window)
+    w.add_uint32("gemma3.attention.sliding_window_pattern", pattern)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_types([1] * n_vocab)
+    w.add_token_merges(["t 1"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def tensor(name: str, shape: tuple[int, ...], qtype: Q | None, scale: float, offset: float = 0.0) -> None:
+        x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+        if qtype is None:
+            w.add_tensor(name, x)
+        else:
+            blocks = quantize(x, qtype)
+            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+
+    tensor("token_embd.weight", (n_vocab, n_embd), Q.Q8_0, 0.1)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        tensor(p + "attn_norm.weight", (n_embd,), None, 0.1, 1.0)
+        tensor(p + "attn_q.weight", (n_head * head_dim, n_embd), Q.Q5_0, 0.2)
+        tensor(p + "attn_k.weight", (n_head_kv * head_dim, n_embd), Q.Q5_0, 0.2)
+        tensor(p + "attn_v.weight", (n_head_kv * head_dim, n_embd), Q.Q8_0, 0.2)
+        tensor(p + "attn_q_norm.weight", (head_dim,), None, 0.1, 1.0)
+        tensor(p + "attn_k_norm.weight", (head_dim,), None, 0.1, 1.0)
+        tensor(p + "attn_output.weight", (n_embd, n_head * head_dim), Q.Q8_0, 0.1)
+        tensor(p + "post_attention_norm.weight", (n_embd,), None, 0.1, 1.0)
+        tensor(p + "ffn_norm.weight", (n_embd,), None, 0.1, 1.0)
+        tensor(p + "ffn_gate.weight", (n_ff, n_embd), Q.Q4_0, 0.2)
+        tensor(p + "ffn_up.weight", (n_ff, n_embd), Q.Q4_1, 0.2)
+        tensor(p + "ffn_down.weight", (n_embd, n_ff), Q.Q8_0, 0.1)
+        tensor(p + "post_ffw_norm.weight", (n_embd,), None, 0.1, 1.0)
+    tensor("output_norm.weight", (n_embd,), None, 0.1, 1.0)
+    for name, value in (extra or {}).items():
+        w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
