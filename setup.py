@@ -110,8 +110,8 @@ extensions = [
                  "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c"],
         include_dirs=["csrc"],
         libraries=["m"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/matmul.h", "csrc/ops.h",
-                 "csrc/forward.h", "realm/_forward.pxi"],
+        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
+                 "csrc/ops.h", "csrc/forward.h", "realm/_forward.pxi"],
     ),
 ]
 

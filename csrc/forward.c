@@ -246,7 +246,34 @@ int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok)
 
 void realm_scratch_free(realm_scratch *s) {
     free(s->block);
+    free(s->attn);
     memset(s, 0, sizeof *s);
+}
+
+/* Layer il's attention parameters. */
+static realm_attn_params attn_params(const realm_model *m, int il, int kv_type) {
+    const realm_config *c = &m->c;
+    const int gemma = c->arch == REALM_ARCH_GEMMA3, local = realm_layer_is_local(c, il);
+    const int64_t KV = (int64_t)c->n_head_kv * c->head_dim;
+    const realm_attn_params p = {
+        .n_head = c->n_head, .n_kv_head = c->n_head_kv, .head_dim = c->head_dim, .kv_type = kv_type,
+        .kv_pos_stride = KV, .kv_head_stride = c->head_dim, .scale = gemma ? 1.0f : c->attn_scale,
+        .window = local ? c->sliding_window : 0,
+    };
+    return p;
+}
+
+/* Room for attention over a cache of n_ctx positions on every thread. */
+static int attn_reserve(realm_scratch *s, const realm_model *m, int64_t n_ctx, int kv_type) {
+    const realm_attn_params p = attn_params(m, 0, kv_type);
+    const int64_t need = (int64_t)m->nthreads * realm_attn_scratch(&p, n_ctx);
+    if (s->attn && s->attn_floats >= need) return 0;
+    float *a = malloc((size_t)need * sizeof(float));
+    if (!a) return REALM_ENOMEM;
+    free(s->attn);
+    s->attn = a;
+    s->attn_floats = need;
+    return 0;
 }
 
 /* ---- pieces of a layer, called by every thread of the region ---- */
@@ -346,21 +373,17 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_
             realm_rmsnorm(k, L->attn_k_norm.data, c->n_head_kv, c->head_dim, c->rms_eps, k);
         }
         if (fresh_rope) realm_rope_table(&s->pos[i], 1, c->n_rot, base, c->rope_freq_scale, cs);
-        realm_rope_apply(q, 1, c->n_head, c->head_dim, c->n_rot, cs, c->rope_neox);
-        realm_rope_apply(k, 1, c->n_head_kv, c->head_dim, c->n_rot, cs, c->rope_neox);
+        realm_rope_apply(q, 1, c->n_head, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
+        realm_rope_apply(k, 1, c->n_head_kv, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
         if (gemma)
             for (int64_t j = 0; j < Q; j++) q[j] = q[j] * c->attn_scale;
         kv_store(kv, il, pos0 + i, k, s->v + i * KV, isa);
     }
     tick(m, s, REALM_OP_ROPE, &t);
-    const realm_attn_params p = {
-        .n_head = c->n_head, .n_kv_head = c->n_head_kv, .head_dim = c->head_dim, .kv_type = kv->type,
-        .kv_pos_stride = KV, .kv_head_stride = c->head_dim, .scale = gemma ? 1.0f : c->attn_scale,
-        .window = local ? c->sliding_window : 0,
-    };
+    const realm_attn_params p = attn_params(m, il, kv->type);
     if (!rc)
         rc = realm_attention_ws(&p, s->q, n, s->pos, kv_rows(kv, kv->k, il), kv_rows(kv, kv->v, il), pos0 + n,
-                                s->att, isa);
+                                s->att, s->attn, isa);
     tick(m, s, REALM_OP_ATTN, &t);
     have = 0;
     if (!rc) rc = project(&L->wo, s->att, n, s->proj, s, &have, isa);
@@ -393,6 +416,7 @@ int realm_forward_layer(const realm_model *m, int il, const float *in, int64_t n
     if (pos > kv->n_ctx - n_tok) return REALM_EKV_FULL;
     if (pos > kv->n_filled[il]) return REALM_EINVAL;
     int rc = realm_scratch_reserve(s, m, n_tok);
+    if (!rc) rc = attn_reserve(s, m, kv->n_ctx, kv->type);
     if (rc) return rc;
     const int64_t E = c->n_embd;
     memmove(out, in, (size_t)(n_tok * E) * sizeof(float));

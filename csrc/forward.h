@@ -16,7 +16,9 @@
  *           -> attention (sliding window on local layers) -> wo -> post-attention norm
  *           -> +residual -> ffn_norm -> gelu(gate) * up -> down -> post-FFN norm -> +residual
  * Both end with output_norm and the output projection (tied to token_embd when
- * the file has no output.weight).
+ * the file has no output.weight).  Every step rounds as llama.cpp's CPU backend
+ * does when it evaluates one token (matmul.h, ops.h; the KV cache f16 or f32),
+ * so the logits are its bits, whatever the batch.
  *
  * Threads: each layer (each chunk of at most REALM_FWD_CHUNK tokens) runs in ONE
  * OpenMP parallel region of model->nthreads threads, calling the kernels' work-
@@ -136,6 +138,8 @@ typedef struct {
     int32_t *pos;                 /* [cap] */
     void *act[2];                 /* quantized activations: Q8 and Q8_K (64-byte aligned) */
     void *block;                  /* the one allocation all of the above live in */
+    float *attn;                  /* attention's per-thread scratch (realm_attn_scratch each) */
+    int64_t attn_floats;          /* its size */
     double prof[REALM_OP_COUNT];  /* seconds per op, when model->profile */
 } realm_scratch;
 

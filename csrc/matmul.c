@@ -56,6 +56,14 @@ int realm_act_type(int wtype) {
     }
 }
 
+/* llama.cpp's CPU backend (x86, AVX-512 build) repacks Q4_0, Q4_K and Q2_K
+ * matrices of 8k rows into interleaved blocks whose kernels sum each block
+ * whole; the other matrices go through its vec_dot kernels. */
+int realm_whole_blocks(int wtype, int64_t n_out) {
+    const int repacked = wtype == REALM_TYPE_Q4_0 || wtype == REALM_TYPE_Q4_K || wtype == REALM_TYPE_Q2_K;
+    return repacked && n_out % 8 == 0;
+}
+
 /* Sizes beyond this are refused before any product can overflow int64. */
 #define MAX_DIM ((int64_t)1 << 40)
 
@@ -119,8 +127,9 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     if (rc) return rc;
     if (n_in % tt->block_size) return REALM_EINVAL;
     if ((isa = resolve_isa(isa)) < 0) return isa;
-    p->fn = isa == REALM_ISA_AVX2 ? realm_dot_avx2(wtype) : NULL;
-    if (!p->fn) p->fn = realm_dot_ref(wtype);
+    const int whole = realm_whole_blocks(wtype, n_out);
+    p->fn = isa == REALM_ISA_AVX2 ? realm_dot_avx2(wtype, whole) : NULL;
+    if (!p->fn) p->fn = realm_dot_ref(wtype, whole);
     p->nb = n_in / tt->block_size;
     p->row_bytes = p->nb * tt->type_size;
     return 0;

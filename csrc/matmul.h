@@ -7,20 +7,35 @@
  * kernels then take integer dot products per block (exact) and accumulate in
  * f32; F32/F16/BF16 weights take the f32 activations as they are.
  *
- * Numerics.  Each block's integer dot product (weight values x activation
- * bytes) is exact.  The float steps are fixed, so the scalar and AVX2 paths
- * give the same bits, and a token's result depends neither on the batch it
- * is in, nor on the tiling, nor on the thread count:
- *   32-value formats: block b adds (dw_b * dx_b) * (float)isum_b to partial sum
- *     b % 4 (blocks padded with zero terms to a multiple of 4; formats with a
- *     block minimum keep a second set, adding (m_b * dx_b) * (float)xsum_b);
- *     y = (s0 + s1) + (s2 + s3), where s_k = acc_k (+ accm_k).
- *   K-quants: in block order, acc = acc + (d * dx) * (float)isum and
- *     accm = accm + (dmin * dx) * (float)imin; y = acc - accm.
- *   Products are rounded separately (no fused multiply-add).
+ * Numerics: llama.cpp's.  The quantizer and the float steps are those of
+ * llama.cpp's CPU kernels for x86 (ggml's quantize_row_q8_0 / _q8_1 / _q8_K,
+ * ggml_vec_dot_*_q8_*, and the repacked ggml_gemv_*_8x8 for the matrices it
+ * repacks), so for one token y equals llama.cpp's bit for bit (tests compare
+ * with its exported kernels).  Integer sums are exact; "lane k" below is the
+ * sum of values 4k..4k+3 of each 32-value group (maddubs + madd, or VNNI's
+ * dpbusd), times the group's 16-value scale for the K-quants; fma is fused.
+ *   Q4_1, Q5_0, Q5_1, Q8_0 (and Q4_0 matrices of other row counts), 8 lanes
+ *     per token: acc_k = fma(dw_b * dx_b, lane_k, acc_k) block by block;
+ *     Q4_1 / Q5_1 also summs = fma(m_b, s_b, summs) with the activations'
+ *     block sum s_b (q8.c); y = hsum8(acc) (+ summs), hsum8 ggml's
+ *     ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)).
+ *   Q3_K, Q5_K, Q6_K (and Q2_K, Q4_K of other row counts): acc_k = fma(dx_b *
+ *     dw_b, lane_k, acc_k), each lane carrying its own values' offsets (Q6_K:
+ *     -32 * the 16-value sums of sub-blocks 2k, 2k+1); minimums: Q2_K lanes
+ *     fma(-(dx * dmin), min lane, acc_k) before the values', Q4_K 4 lanes of
+ *     fma(-(dx * dmin), ...) (32-value sub-blocks 2i, 2i+1), Q5_K one sum
+ *     summs = fma(-(dx * dmin), imin, summs); y = hsum8(acc) + the minimums'.
+ *   Q4_0, Q4_K, Q2_K matrices with a multiple of 8 rows (llama.cpp repacks
+ *     them): whole-block sums, acc = fma(isum_b, dw_b * dx_b, acc) and
+ *     accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.
+ * So the scalar and AVX2 paths give the same bits, and a token's result
+ * depends neither on the batch it is in, nor on the tiling, nor on the thread
+ * count (llama.cpp's own batched GEMMs, tinyBLAS and the tiled and repacked
+ * ones, sum in other orders: realm matches its one-token path).
  * F32/F16/BF16 weights multiply the f32 activations with FMA in four partial
  * sums of 8 lanes per token; the scalar reference sums sequentially, so those
- * agree to rounding, not bit for bit.
+ * agree to rounding, not bit for bit (and llama.cpp, which rounds the
+ * activations to f16 / bf16 for such weights, to rounding only).
  *
  * Threads.  realm_matmul / realm_matmul_q / realm_quantize_act open their own
  * OpenMP parallel region.  The *_ws variants contain only work-sharing loops:
@@ -50,14 +65,12 @@ enum realm_act_type {
  * (opaque to callers; they size it with realm_act_size):
  *   int8  qs[n_tok][n_in]                      the quantized values, row-major
  *   int16 bsums[n_tok][n_in / 16]              (Q8_K) sums of each 16 values
- *   int32 sums[n_groups][table]                (Q8) sum of each block's values
- *   float d[n_groups][table]                   block scales
- * with n_groups = ceil(n_tok / 4).  A group's table holds (token t of the
- * group, block b) at realm_act_slot(): for Q8 in 4x4 tiles [b / 4][t][b % 4]
- * (4 consecutive blocks of a token side by side, as the kernels reduce them),
- * for Q8_K as [b][t].  Slots of padding blocks (up to a multiple of 4) and of
- * a last, partial group's missing tokens are zero.  Sections start on 64-byte
- * boundaries.  For REALM_ACT_F32 the "buffer" is the f32 rows themselves. */
+ *   float s[n_groups][blocks][REALM_TOK_GROUP] (Q8) f16(d' * sum of the block's values)
+ *   float d[n_groups][blocks][REALM_TOK_GROUP] block scales
+ * with n_groups = ceil(n_tok / REALM_TOK_GROUP): a group's scalars sit token by
+ * token for each block (realm_act_slot), the slots of a last, partial group's
+ * missing tokens are zero.  Sections start on 64-byte boundaries.  For
+ * REALM_ACT_F32 the "buffer" is the f32 rows themselves. */
 
 /* Activation type for weight type `wtype`, or REALM_EUNSUPPORTED. */
 int realm_act_type(int wtype);
@@ -67,9 +80,15 @@ int realm_act_type(int wtype);
 int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in);
 
 /* Quantize x [n_tok][n_in] into buf (realm_act_size bytes).  For
- * REALM_ACT_F32 this copies x.  Per block: d = max|x| / 127 (NaNs skipped),
- * q = round-to-nearest-even(x * (1/d)) clamped to [-127, 127]; NaN inputs
- * give -127; a block with max|x| below 2^-100 is stored as zeros. */
+ * REALM_ACT_F32 this copies x.  Per block, as ggml's quantize_row_q8_0 / _q8_1
+ * (Q8) and quantize_row_q8_K (Q8_K), with amax = max|x| (NaNs skipped):
+ *   Q8:   d' = amax / 127, d = f16(d'), q = rne(x * (127 / amax)),
+ *         s = f16(d' * sum(q))  (the block sum ggml's Q8_1 keeps);
+ *   Q8_K: q = rne(x * (127 / amax)), d = 1 / (127 / amax);
+ * q clamped to [-127, 127] (NaN inputs give -127); a block with amax below
+ * 2^-100 is stored as zeros.  (ggml's Q8_K scales by -127/max, max the signed
+ * value of largest magnitude: q and d both change sign, every product the
+ * kernels form is the same.) */
 int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int nthreads, int isa);
 int realm_quantize_act_ws(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int isa);
 
@@ -92,8 +111,8 @@ int realm_matmul(int wtype, const void *w, int64_t n_out, int64_t n_in, const fl
 typedef struct {
     const int8_t *qs;     /* row 0 of the group; row t at qs + t * n_in */
     const int16_t *bsums; /* Q8_K: row 0; row t at bsums + t * (n_in / 16) */
-    const int32_t *sums;  /* Q8: the group's table (see realm_act_slot) */
-    const float *d;       /* the group's table of scales */
+    const float *s;       /* Q8: the group's block sums (see realm_act_slot) */
+    const float *d;       /* the group's block scales */
     const float *xf;      /* F32: row 0; row t at xf + t * n_in */
     int64_t n_in;
 } realm_act_group;
@@ -102,8 +121,17 @@ typedef struct {
  * (1..REALM_TOK_GROUP) rows of a group: y[t * ys] for t < ntok. */
 typedef void (*realm_dot_fn)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
-realm_dot_fn realm_dot_ref(int wtype);
-realm_dot_fn realm_dot_avx2(int wtype);
+
+/* whole: multiply as llama.cpp multiplies the matrices it repacks (see the
+ * numerics paragraph above): realm_whole_blocks(wtype, n_out). */
+realm_dot_fn realm_dot_ref(int wtype, int whole);
+realm_dot_fn realm_dot_avx2(int wtype, int whole);
+int realm_whole_blocks(int wtype, int64_t n_out);
+
+/* Whether the AVX2 kernels of the 32-value formats use AVX-512 VNNI's dpbusd
+ * (the same bits; where the CPU has it).  enable: 1 use it where available,
+ * 0 do not (tests of the plain AVX2 kernels), -1 only ask. */
+int realm_matmul_vnni(int enable);
 
 /* Row quantizers: n_tok rows into the buffer layout above, rows [t0, t1). */
 void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
@@ -112,21 +140,14 @@ void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, vo
 /* The group view of rows [4g, 4g + 4) of an activation buffer. */
 realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t n_in, int64_t g);
 
-/* Blocks of the act's type in a row of n_in, and the padded count a group's
- * table has room for. */
+/* Blocks of the act's type in a row of n_in. */
 static inline int64_t realm_act_blocks(int act, int64_t n_in) { return n_in / (act == REALM_ACT_Q8 ? 32 : 256); }
-static inline int64_t realm_act_padded(int act, int64_t n_in) {
-    const int64_t nb = realm_act_blocks(act, n_in);
-    return act == REALM_ACT_Q8 ? (nb + 3) & ~(int64_t)3 : nb;
-}
-/* Position of (token t % 4 = t4, block b) in a group's table. */
-static inline int64_t realm_act_slot(int act, int t4, int64_t b) {
-    return act == REALM_ACT_Q8 ? (b >> 2) * (4 * REALM_TOK_GROUP) + t4 * 4 + (b & 3) : b * REALM_TOK_GROUP + t4;
-}
+/* Position of (token t % REALM_TOK_GROUP = t4, block b) in a group's scalars. */
+static inline int64_t realm_act_slot(int t4, int64_t b) { return b * REALM_TOK_GROUP + t4; }
 
 /* Section offsets of an activation buffer (bytes from its start). */
 typedef struct {
-    int64_t bsums, sums, d, total;
+    int64_t bsums, s, d, total;
 } realm_act_layout;
 realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in);
 

@@ -3,14 +3,14 @@
  *
  * Each weight block is decoded once into bytes and multiplied into every
  * row of the token group with _mm256_maddubs_epi16 (unsigned weight byte x
- * signed activation byte) and _mm256_madd_epi16.  The integer sums are exact;
- * transposing hadd networks reduce several of them at once (4 consecutive
- * blocks of a 32-value format, or the tokens of a group for the K-quants), and
- * the float steps then run lane-wise exactly as the scalar reference in
- * matmul_ref.c does them, so the results are bit-identical to it.  A format
- * whose values are signed (value - offset) is computed as
- * sum(value * x) - offset * sum(x), using the activation sums the quantizer
- * stores. */
+ * signed activation byte; signed weights go through the sign trick) and
+ * _mm256_madd_epi16 (or, for the 32-value formats on CPUs with AVX-512 VNNI,
+ * one dpbusd: matmul_dot32.h), which leaves 8 exact int32 lane sums (lane k:
+ * bytes 4k..4k+3 of each 32-byte group).  The float steps then follow
+ * matmul.h (llama.cpp's x86 kernels): per block, lane-wise FMAs into 8 partial
+ * sums per token and ggml's hsum_float_8 at the end, or, for the matrices
+ * llama.cpp repacks, FMAs of whole-block sums.  The scalar reference in
+ * matmul_ref.c performs the same steps, bit for bit. */
 #include "matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -41,18 +41,17 @@ AVX2 INLINE __m128i hsum4(const __m256i *v, const int T) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-/* acc + (dw * dx) * isum, per token lane (the reference's fold). */
-AVX2 INLINE __m128 fold(__m128 acc, float dw, const float *dx, __m128i isum) {
-    const __m128 d = _mm_mul_ps(_mm_set1_ps(dw), _mm_loadu_ps(dx));
-    return _mm_add_ps(acc, _mm_mul_ps(d, _mm_cvtepi32_ps(isum)));
+/* ggml's hsum_float_8. */
+AVX2 INLINE float hsum8(__m256 x) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
 }
 
-AVX2 INLINE float half(realm_half h) { return _cvtsh_ss(h); }
-
-AVX2 INLINE void store_tokens(float *y, int64_t ys, __m128 v, const int T) {
-    float tmp[4];
-    _mm_storeu_ps(tmp, v);
-    for (int t = 0; t < T; t++) y[t * ys] = tmp[t];
+/* acc + (int lanes) * d, fused, for one token's 8 lanes. */
+AVX2 INLINE __m256 fold8(__m256 acc, float d, __m256i lanes) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
 }
 
 /* 32 bytes: the low nibbles of 16 bytes, then their high nibbles. */
@@ -62,14 +61,14 @@ AVX2 INLINE __m256i nibbles16(const uint8_t *qs) {
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
 }
 
-/* 32 bytes, byte j = 0x10 where bit j of the little-endian u32 at qh is set. */
-AVX2 INLINE __m256i bits32_to_0x10(const uint8_t *qh) {
+/* 32 bytes, byte j = 0xff where bit j of the little-endian u32 at qh is set, else 0. */
+AVX2 INLINE __m256i bits32(const uint8_t *qh) {
     uint32_t bits;
     memcpy(&bits, qh, 4);
     const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
         _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
 }
 
 /* Byte j = ((bytes[j] >> b) & 1) << s. */
@@ -80,112 +79,107 @@ AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
 
 #define TOKEN_ROW(a, t) ((a)->qs + (int64_t)(t) * (a)->n_in)
 
-/* ---- 32-element formats: 4 consecutive blocks per step ----
- * Each step decodes 4 weight blocks, takes each token's 4 block dot
- * products, reduces them with one transposing hadd network (block k in lane
- * k) and folds lane k into that token's partial sum k. */
+/* The token count as a compile-time constant. */
+#define CASE_T(n, CALL) \
+    case n: {           \
+        const int T_ = n; \
+        CALL;           \
+        break;          \
+    }
+#if REALM_TOK_GROUP == 8
+#define DISPATCH_T(ntok, CALL)                                                                       \
+    switch (ntok) {                                                                                  \
+        CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) CASE_T(4, CALL) CASE_T(5, CALL) CASE_T(6, CALL) \
+        CASE_T(7, CALL) default : { const int T_ = 8; CALL; }                                        \
+    }
+#elif REALM_TOK_GROUP == 4
+#define DISPATCH_T(ntok, CALL)                                                            \
+    switch (ntok) {                                                                       \
+        CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) default : { const int T_ = 4; CALL; } \
+    }
+#else
+#error "REALM_TOK_GROUP must be 4 or 8"
+#endif
 
+
+/* ---- 32-element formats ---- */
+
+/* A block's 32 values as bytes: signed for Q4_0, Q5_0, Q8_0; unsigned
+ * (0..15, 0..31) for Q4_1, Q5_1. */
 AVX2 INLINE __m256i decode32(const void *w, int64_t b, const int type) {
     switch (type) {
-    case REALM_TYPE_Q4_0: return nibbles16(((const block_q4_0 *)w)[b].qs);
+    case REALM_TYPE_Q4_0: return _mm256_sub_epi8(nibbles16(((const block_q4_0 *)w)[b].qs), _mm256_set1_epi8(8));
     case REALM_TYPE_Q4_1: return nibbles16(((const block_q4_1 *)w)[b].qs);
-    case REALM_TYPE_Q5_0: {
+    case REALM_TYPE_Q5_0: { /* nibble - 16 where the high bit is clear: nibble | 0xf0 */
         const block_q5_0 *x = (const block_q5_0 *)w + b;
-        return _mm256_or_si256(nibbles16(x->qs), bits32_to_0x10(x->qh));
+        return _mm256_or_si256(nibbles16(x->qs), _mm256_andnot_si256(bits32(x->qh), _mm256_set1_epi8((char)0xf0)));
     }
     case REALM_TYPE_Q5_1: {
         const block_q5_1 *x = (const block_q5_1 *)w + b;
-        return _mm256_or_si256(nibbles16(x->qs), bits32_to_0x10(x->qh));
+        return _mm256_or_si256(nibbles16(x->qs), _mm256_and_si256(bits32(x->qh), _mm256_set1_epi8(0x10)));
     }
     default: return load32(((const block_q8_0 *)w)[b].qs);
     }
 }
 
-AVX2 INLINE void scales32(const void *w, int64_t b, const int type, uint16_t *d, uint16_t *m) {
+AVX2 INLINE void scales32(const void *w, int64_t b, const int type, float *d, float *m) {
     switch (type) {
-    case REALM_TYPE_Q4_0: *d = ((const block_q4_0 *)w)[b].d; break;
-    case REALM_TYPE_Q4_1: *d = ((const block_q4_1 *)w)[b].d; *m = ((const block_q4_1 *)w)[b].m; break;
-    case REALM_TYPE_Q5_0: *d = ((const block_q5_0 *)w)[b].d; break;
-    case REALM_TYPE_Q5_1: *d = ((const block_q5_1 *)w)[b].d; *m = ((const block_q5_1 *)w)[b].m; break;
-    default: *d = ((const block_q8_0 *)w)[b].d; break;
+    case REALM_TYPE_Q4_0: *d = _cvtsh_ss(((const block_q4_0 *)w)[b].d); break;
+    case REALM_TYPE_Q4_1: *d = _cvtsh_ss(((const block_q4_1 *)w)[b].d); *m = _cvtsh_ss(((const block_q4_1 *)w)[b].m); break;
+    case REALM_TYPE_Q5_0: *d = _cvtsh_ss(((const block_q5_0 *)w)[b].d); break;
+    case REALM_TYPE_Q5_1: *d = _cvtsh_ss(((const block_q5_1 *)w)[b].d); *m = _cvtsh_ss(((const block_q5_1 *)w)[b].m); break;
+    default: *d = _cvtsh_ss(((const block_q8_0 *)w)[b].d); break;
     }
 }
 
-/* Lane k = sum of the 16 int16 of p[k].  Each is a maddubs pair sum of at
- * most 2 * 31 * 127 (weights below 32, activations within +-127), so sums of
- * 4 of them still fit int16 and two 16-bit hadd levels can run before the
- * widening madd. */
-AVX2 INLINE __m128i hsum4_i16(const __m256i *p) {
-    const __m256i h = _mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3]));
-    const __m256i w = _mm256_madd_epi16(h, _mm256_set1_epi16(1)); /* per lane: [k=0, 1, 2, 3] halves */
-    return _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-}
-
-/* The same for Q8_0, whose pair sums (up to 2 * 128 * 127) only fit once. */
-AVX2 INLINE __m128i hsum4_i16_wide(const __m256i *p) {
-    __m256i w[4];
-    for (int k = 0; k < 4; k++) w[k] = _mm256_madd_epi16(p[k], _mm256_set1_epi16(1));
-    return hsum4(w, 4);
-}
-
-/* acc + (dw * dx) * isum, lane-wise: the reference's fold for 4 blocks. */
-AVX2 INLINE __m128 fold4(__m128 acc, __m128 dw, const float *dx, __m128i isum) {
-    return _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(dw, _mm_loadu_ps(dx)), _mm_cvtepi32_ps(isum)));
-}
-
-/* Blocks b0 .. b0+nk-1 (nk <= 4; the rest are zero padding) of quad qd. */
-AVX2 INLINE void quad_step(const void *w, const realm_act_group *a, int64_t qd, __m128 *acc, __m128 *accm, const int T,
-                           const int type, const int nk) {
-    const int64_t b0 = 4 * qd;
-    const int signed8 = type == REALM_TYPE_Q8_0, with_min = type == REALM_TYPE_Q4_1 || type == REALM_TYPE_Q5_1;
-    const int off_shift = type == REALM_TYPE_Q4_0 ? 3 : type == REALM_TYPE_Q5_0 ? 4 : 0; /* offset 8 or 16 */
-    __m256i u[4], au[4];
-    uint16_t dh[4] = {0, 0, 0, 0}, mh[4] = {0, 0, 0, 0};
-    for (int k = 0; k < 4; k++) {
-        if (k < nk) {
-            u[k] = decode32(w, b0 + k, type);
-            scales32(w, b0 + k, type, &dh[k], &mh[k]);
-        } else {
-            u[k] = _mm256_setzero_si256();
-        }
-        au[k] = signed8 ? _mm256_sign_epi8(u[k], u[k]) : u[k];
-    }
-    const __m128 dw = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)dh));
-    const __m128 mw = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)mh));
-    for (int t = 0; t < T; t++) {
-        const int8_t *x = TOKEN_ROW(a, t) + 32 * b0;
-        __m256i p[4];
-        for (int k = 0; k < 4; k++) {
-            if (k >= nk) p[k] = _mm256_setzero_si256();
-            else if (signed8) p[k] = _mm256_maddubs_epi16(au[k], _mm256_sign_epi8(load32(x + 32 * k), u[k]));
-            else p[k] = _mm256_maddubs_epi16(au[k], load32(x + 32 * k));
-        }
-        const int64_t slot = realm_act_slot(REALM_ACT_Q8, t, b0);
-        __m128i isum = signed8 ? hsum4_i16_wide(p) : hsum4_i16(p);
-        if (off_shift) isum = _mm_sub_epi32(isum, _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(a->sums + slot)), off_shift));
-        acc[t] = fold4(acc[t], dw, a->d + slot, isum);
-        if (with_min) accm[t] = fold4(accm[t], mw, a->d + slot, _mm_loadu_si128((const __m128i *)(a->sums + slot)));
+/* acc[h] (tokens 4h .. 4h+3 in its lanes) = fma(isum, dw * dx, acc[h]) for a
+ * block's whole integer sums, one per token (the repacked kernels' fold). */
+AVX2 INLINE void whole_fold(__m128 *acc, const __m256i *lanes, float dw, const float *dx, const int T) {
+    for (int h = 0; 4 * h < T; h++) {
+        const int n = T - 4 * h < 4 ? T - 4 * h : 4;
+        acc[h] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4(lanes + 4 * h, n)), _mm_mul_ps(_mm_set1_ps(dw), _mm_loadu_ps(dx + 4 * h)), acc[h]);
     }
 }
 
-AVX2 INLINE void dot32_k(int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys, const int T,
-                         const int type) {
-    const int with_min = type == REALM_TYPE_Q4_1 || type == REALM_TYPE_Q5_1;
-    __m128 acc[G], accm[G];
-    for (int t = 0; t < T; t++) acc[t] = accm[t] = _mm_setzero_ps();
-    const int64_t full = nb / 4;
-    for (int64_t qd = 0; qd < full; qd++) quad_step(w, a, qd, acc, accm, T, type, 4);
-    switch (nb % 4) {
-    case 1: quad_step(w, a, full, acc, accm, T, type, 1); break;
-    case 2: quad_step(w, a, full, acc, accm, T, type, 2); break;
-    case 3: quad_step(w, a, full, acc, accm, T, type, 3); break;
-    default: break;
+AVX2 INLINE void whole_store(float *y, int64_t ys, const __m128 *acc, const __m128 *accm, const int T) {
+    for (int h = 0; 4 * h < T; h++) {
+        float tmp[4];
+        _mm_storeu_ps(tmp, accm ? _mm_sub_ps(acc[h], accm[h]) : acc[h]);
+        for (int t = 4 * h; t < T && t < 4 * h + 4; t++) y[t * ys] = tmp[t - 4 * h];
     }
-    for (int t = 0; t < T; t++) { /* ((s0 + s1) + (s2 + s3)) */
-        const __m128 v = with_min ? _mm_add_ps(acc[t], accm[t]) : acc[t];
-        const __m128 pair = _mm_add_ps(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-        y[t * ys] = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehl_ps(pair, pair)));
+}
+
+#define WHOLE_ACC __m128 acc[G / 4], accm[G / 4]; for (int h = 0; h < G / 4; h++) acc[h] = accm[h] = _mm_setzero_ps()
+
+/* The 32-value kernels (matmul_dot32.h), once with maddubs + madd and once
+ * with AVX-512 VNNI's dpbusd where the CPU has it: the same exact lane sums. */
+#define DOT32_ATTR AVX2
+#define DOT32_NAME(x) x##_avx2
+#define DOT32_LANES(au, sx) _mm256_madd_epi16(_mm256_maddubs_epi16(au, sx), _mm256_set1_epi16(1))
+#include "matmul_dot32.h"
+#undef DOT32_ATTR
+#undef DOT32_NAME
+#undef DOT32_LANES
+
+#define DOT32_ATTR __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+#define DOT32_NAME(x) x##_vnni
+#define DOT32_LANES(au, sx) _mm256_dpbusd_epi32(_mm256_setzero_si256(), au, sx)
+#include "matmul_dot32.h"
+#undef DOT32_ATTR
+#undef DOT32_NAME
+#undef DOT32_LANES
+
+static int use_vnni = -1; /* -1: not decided yet */
+
+int realm_matmul_vnni(int enable) {
+    const int has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    if (enable >= 0) __atomic_store_n(&use_vnni, enable && has, __ATOMIC_RELAXED);
+    int v = __atomic_load_n(&use_vnni, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = has;
+        __atomic_store_n(&use_vnni, v, __ATOMIC_RELAXED);
     }
+    return v;
 }
 
 /* ---- K-quants (blocks of 256; per-16 activation sums in bsums) ---- */
@@ -229,59 +223,57 @@ AVX2 INLINE __m128i hsum2(__m256i a, __m256i b) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-/* One block's integer sums into the accumulators: acc += (d * dx) * isum and,
- * with minimums, accm += (dmin * dx) * imin.  Tokens 4h .. 4h+3 sit in the
- * lanes of acc[h]; one token with minimums keeps acc in lane 0 and accm in
- * lane 1 of acc[0]. */
-AVX2 INLINE void kfold(__m128 *acc, __m128 *accm, const __m256i *s, const __m256i *mm, realm_half d, realm_half dmin,
-                       const float *dx, const int T, const int with_min) {
-    if (T == 1 && with_min) {
-        const __m128 dw = _mm_cvtph_ps(_mm_set1_epi32((int)((uint32_t)d | (uint32_t)dmin << 16)));
-        acc[0] = _mm_add_ps(acc[0], _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(dx[0])), _mm_cvtepi32_ps(hsum2(s[0], mm[0]))));
-        return;
-    }
-    for (int h = 0; 4 * h < T; h++) {
-        const int n = T - 4 * h < 4 ? T - 4 * h : 4;
-        acc[h] = fold(acc[h], half(d), dx + 4 * h, hsum4(s + 4 * h, n));
-        if (with_min) accm[h] = fold(accm[h], half(dmin), dx + 4 * h, hsum4(mm + 4 * h, n));
-    }
+AVX2 INLINE void store_hsum8(float *y, int64_t ys, const __m256 *acc, const int T) {
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
 }
 
-AVX2 INLINE void kstore(float *y, int64_t ys, const __m128 *acc, const __m128 *accm, const int T, const int with_min) {
-    if (T == 1 && with_min) {
-        y[0] = _mm_cvtss_f32(_mm_sub_ss(acc[0], _mm_movehdup_ps(acc[0])));
-        return;
-    }
-    for (int h = 0; 4 * h < T; h++) {
-        const int n = T - 4 * h < 4 ? T - 4 * h : 4;
-        store_tokens(y + 4 * h * ys, ys, with_min ? _mm_sub_ps(acc[h], accm[h]) : acc[h], n);
-    }
-}
+#define LANES_ACC __m256 acc[G]; for (int t = 0; t < G; t++) acc[t] = _mm256_setzero_ps()
 
-#define KACC __m128 acc[G / 4], accm[G / 4]; for (int h = 0; h < G / 4; h++) acc[h] = accm[h] = _mm_setzero_ps()
-
-/* Q2_K: 16 sub-blocks of 16, 4-bit scale and min each; value in [0, 3]. */
-AVX2 INLINE void q2_K_k(int64_t nb, const block_q2_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
-    KACC;
+/* Q2_K: 16 sub-blocks of 16, 4-bit scale and min each; value in [0, 3].
+ * The integer lanes of a block for each token: s (values times scales) and
+ * mm (minimums times the 16-value sums). */
+AVX2 INLINE void q2_block(const block_q2_K *w, const realm_act_group *a, int64_t b, __m256i *s, __m256i *mm, const int T) {
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m128i m4 = _mm_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nb; b++) {
-        const __m128i packed = _mm_loadu_si128((const __m128i *)w[b].scales);
-        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), m4));
-        const scales16 sc = scales16_of(_mm256_cvtepu8_epi16(_mm_and_si128(packed, m4)));
-        __m256i s[G], mm[G];
-        for (int t = 0; t < T; t++) s[t] = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            const __m256i q = load32(w[b].qs + 32 * (g / 4));
-            const __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (g % 4)), m3);
-            const __m256i scale = pair16(&sc, g);
-            for (int t = 0; t < T; t++)
-                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, XROW(a, t, b, 32 * g)), scale));
-        }
-        for (int t = 0; t < T; t++) mm[t] = _mm256_madd_epi16(BSUMS(a, t, b), mins);
-        kfold(acc, accm, s, mm, w[b].d, w[b].dmin, a->d + G * b, T, 1);
+    const __m128i packed = _mm_loadu_si128((const __m128i *)w->scales);
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), m4));
+    const scales16 sc = scales16_of(_mm256_cvtepu8_epi16(_mm_and_si128(packed, m4)));
+    for (int t = 0; t < T; t++) {
+        mm[t] = _mm256_madd_epi16(BSUMS(a, t, b), mins);
+        s[t] = _mm256_setzero_si256();
     }
-    kstore(y, ys, acc, accm, T, 1);
+    for (int g = 0; g < 8; g++) {
+        const __m256i q = load32(w->qs + 32 * (g / 4));
+        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (g % 4)), m3);
+        const __m256i scale = pair16(&sc, g);
+        for (int t = 0; t < T; t++)
+            s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, XROW(a, t, b, 32 * g)), scale));
+    }
+}
+
+/* Per block the minimums' lanes go in first, then the values'. */
+AVX2 INLINE void q2_K_k(int64_t nb, const block_q2_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
+    LANES_ACC;
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s[G], mm[G];
+        q2_block(&w[b], a, b, s, mm, T);
+        const float dw = _cvtsh_ss(w[b].d), dmw = _cvtsh_ss(w[b].dmin);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) acc[t] = fold8(fold8(acc[t], -(dx[t] * dmw), mm[t]), dx[t] * dw, s[t]);
+    }
+    store_hsum8(y, ys, acc, T);
+}
+
+AVX2 INLINE void q2_K_whole_k(int64_t nb, const block_q2_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
+    WHOLE_ACC;
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s[G], mm[G];
+        q2_block(&w[b], a, b, s, mm, T);
+        const float *dx = a->d + realm_act_slot(0, b);
+        whole_fold(acc, s, _cvtsh_ss(w[b].d), dx, T);
+        whole_fold(accm, mm, _cvtsh_ss(w[b].dmin), dx, T);
+    }
+    whole_store(y, ys, acc, accm, T);
 }
 
 /* The 16 scales of a Q3_K block as int16 (as realm_q3_K_scales): the low 4
@@ -297,27 +289,31 @@ AVX2 INLINE __m256i q3_scales(const uint8_t *packed) {
     return _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)));
 }
 
-/* Q3_K: 16 signed 6-bit scales; value = low 2 bits + 4 * hmask bit - 4. */
+/* Q3_K: 16 signed 6-bit scales; value = low 2 bits + 4 * hmask bit - 4, taken
+ * signed (each lane carries its own values' offset, as ggml's). */
 AVX2 INLINE void q3_K_k(int64_t nb, const block_q3_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
-    KACC;
+    LANES_ACC;
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int64_t b = 0; b < nb; b++) {
-        const __m256i sc16 = q3_scales(w[b].scales);
-        const scales16 sc = scales16_of(sc16);
+        const scales16 sc = scales16_of(q3_scales(w[b].scales));
         const __m256i hm = load32(w[b].hmask);
+        const float dw = _cvtsh_ss(w[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
         __m256i s[G];
-        for (int t = 0; t < T; t++) /* the -4 offset: -4 * sum_j sc_j * bsum_j */
-            s[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(BSUMS(a, t, b), sc16), 2));
+        for (int t = 0; t < T; t++) s[t] = _mm256_setzero_si256();
         for (int g = 0; g < 8; g++) {
             const __m256i q = load32(w[b].qs + 32 * (g / 4));
             const __m256i u = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * (g % 4)), m3), bitplane(hm, g, 2));
+            const __m256i v = _mm256_sub_epi8(u, _mm256_set1_epi8(4)), av = _mm256_sign_epi8(v, v);
             const __m256i scale = pair16(&sc, g);
-            for (int t = 0; t < T; t++)
-                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, XROW(a, t, b, 32 * g)), scale));
+            for (int t = 0; t < T; t++) {
+                const __m256i p = _mm256_maddubs_epi16(av, _mm256_sign_epi8(XROW(a, t, b, 32 * g), v));
+                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, scale));
+            }
         }
-        kfold(acc, accm, s, NULL, w[b].d, 0, a->d + G * b, T, 0);
+        for (int t = 0; t < T; t++) acc[t] = fold8(acc[t], dx[t] * dw, s[t]);
     }
-    kstore(y, ys, acc, accm, T, 0);
+    store_hsum8(y, ys, acc, T);
 }
 
 /* The 8 scales and 8 mins (6 bits each) of a Q4_K / Q5_K block, as int16
@@ -335,56 +331,112 @@ AVX2 INLINE void k4_scales(const uint8_t *packed, __m256i *sc, __m256i *mins) {
     *mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
 }
 
-/* Q4_K / Q5_K: 8 sub-blocks of 32, 6-bit scale and min each. */
-AVX2 INLINE void q45_K_k(int64_t nb, const void *wv, const realm_act_group *a, float *y, int64_t ys, const int T, const int five) {
-    KACC;
+/* The integer lanes of a Q4_K / Q5_K block for each token: s (values times
+ * scales) and mm (minimums times the 16-value sums). */
+AVX2 INLINE void q45_block(const uint8_t *qs, const uint8_t *qh5, const uint8_t *packed, const realm_act_group *a,
+                           int64_t b, __m256i *s, __m256i *mm, const int T) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nb; b++) {
-        const block_q4_K *w4 = (const block_q4_K *)wv + b;
-        const block_q5_K *w5 = (const block_q5_K *)wv + b;
-        __m256i sc, mins;
-        k4_scales(five ? w5->scales : w4->scales, &sc, &mins);
-        const uint8_t *qs = five ? w5->qs : w4->qs;
-        const __m256i qh = five ? load32(w5->qh) : _mm256_setzero_si256();
-        __m256i s[G], mm[G];
-        for (int t = 0; t < T; t++) s[t] = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++) {
-            const __m256i q = load32(qs + 32 * j);
-            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (five) {
-                lo = _mm256_or_si256(lo, bitplane(qh, 2 * j, 4));
-                hi = _mm256_or_si256(hi, bitplane(qh, 2 * j + 1, 4));
-            }
-            const __m256i s0 = word16(sc, 2 * j), s1 = word16(sc, 2 * j + 1);
-            for (int t = 0; t < T; t++) {
-                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, XROW(a, t, b, 64 * j)), s0);
-                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, XROW(a, t, b, 64 * j + 32)), s1);
-                s[t] = _mm256_add_epi32(s[t], _mm256_add_epi32(p0, p1));
-            }
+    __m256i sc, mins;
+    k4_scales(packed, &sc, &mins);
+    const __m256i qh = qh5 ? load32(qh5) : _mm256_setzero_si256();
+    for (int t = 0; t < T; t++) s[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        const __m256i q = load32(qs + 32 * j);
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (qh5) {
+            lo = _mm256_or_si256(lo, bitplane(qh, 2 * j, 4));
+            hi = _mm256_or_si256(hi, bitplane(qh, 2 * j + 1, 4));
         }
-        for (int t = 0; t < T; t++) mm[t] = _mm256_madd_epi16(BSUMS(a, t, b), mins);
-        kfold(acc, accm, s, mm, five ? w5->d : w4->d, five ? w5->dmin : w4->dmin, a->d + G * b, T, 1);
+        const __m256i s0 = word16(sc, 2 * j), s1 = word16(sc, 2 * j + 1);
+        for (int t = 0; t < T; t++) {
+            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, XROW(a, t, b, 64 * j)), s0);
+            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, XROW(a, t, b, 64 * j + 32)), s1);
+            s[t] = _mm256_add_epi32(s[t], _mm256_add_epi32(p0, p1));
+        }
     }
-    kstore(y, ys, acc, accm, T, 1);
+    for (int t = 0; t < T; t++) mm[t] = _mm256_madd_epi16(BSUMS(a, t, b), mins);
 }
 
+/* Q4_K as llama.cpp multiplies a repacked matrix: whole-block sums,
+ * acc = fma(isum, dw * dx, acc), accm likewise with the minimums, y = acc -
+ * accm.  One token keeps acc in lane 0 and accm in lane 1 of acc[0]. */
+AVX2 INLINE void q4_K_whole_k(int64_t nb, const block_q4_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
+    WHOLE_ACC;
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s[G], mm[G];
+        q45_block(w[b].qs, NULL, w[b].scales, a, b, s, mm, T);
+        const float *dx = a->d + realm_act_slot(0, b);
+        if (T == 1) {
+            const __m128 dw = _mm_cvtph_ps(_mm_set1_epi32((int)((uint32_t)w[b].d | (uint32_t)w[b].dmin << 16)));
+            acc[0] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum2(s[0], mm[0])), _mm_mul_ps(dw, _mm_set1_ps(dx[0])), acc[0]);
+            continue;
+        }
+        whole_fold(acc, s, _cvtsh_ss(w[b].d), dx, T);
+        whole_fold(accm, mm, _cvtsh_ss(w[b].dmin), dx, T);
+    }
+    if (T == 1) {
+        y[0] = _mm_cvtss_f32(_mm_sub_ss(acc[0], _mm_movehdup_ps(acc[0])));
+        return;
+    }
+    whole_store(y, ys, acc, accm, T);
+}
+
+/* Q4_K as ggml_vec_dot_q4_K_q8_K: value lanes as the other K-quants; the
+ * minimums in 4 lanes (lane i: 32-value sub-blocks 2i and 2i + 1) of
+ * fma(-(dx * dmin), lane, accm), y = hsum8(acc) + (accm0 + accm2) + (accm1 + accm3). */
 AVX2 INLINE void q4_K_k(int64_t nb, const block_q4_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
-    q45_K_k(nb, w, a, y, ys, T, 0);
+    LANES_ACC;
+    __m128 accm[G];
+    for (int t = 0; t < T; t++) accm[t] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s[G], mm[G];
+        q45_block(w[b].qs, NULL, w[b].scales, a, b, s, mm, T);
+        const float dw = _cvtsh_ss(w[b].d), dmw = _cvtsh_ss(w[b].dmin);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            acc[t] = fold8(acc[t], dx[t] * dw, s[t]);
+            const __m256i h = _mm256_hadd_epi32(mm[t], mm[t]); /* pairs of 32-value lanes */
+            const __m128i m4 = _mm_unpacklo_epi64(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            accm[t] = _mm_fmadd_ps(_mm_set1_ps(-(dx[t] * dmw)), _mm_cvtepi32_ps(m4), accm[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        const __m128 r = _mm_add_ps(accm[t], _mm_movehl_ps(accm[t], accm[t]));
+        y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+    }
 }
 
+/* Q5_K: lanes as the other K-quants; the minimums' whole-block sum goes to
+ * summs = fma(-(dx * dmin), imin, summs), y = hsum8(acc) + summs. */
 AVX2 INLINE void q5_K_k(int64_t nb, const block_q5_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
-    q45_K_k(nb, w, a, y, ys, T, 1);
+    LANES_ACC;
+    __m128 summs[G];
+    for (int t = 0; t < T; t++) summs[t] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s[G], mm[G];
+        q45_block(w[b].qs, w[b].qh, w[b].scales, a, b, s, mm, T);
+        const float dw = _cvtsh_ss(w[b].d), dmw = _cvtsh_ss(w[b].dmin);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            acc[t] = fold8(acc[t], dx[t] * dw, s[t]);
+            summs[t] = _mm_fmadd_ss(_mm_set_ss(-(dx[t] * dmw)), _mm_cvtepi32_ps(hsum4(&mm[t], 1)), summs[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(summs[t]);
 }
 
-/* Q6_K: 16 int8 scales per 16 values; value = 6-bit u - 32. */
+/* Q6_K: 16 int8 scales per 16 values; value = 6-bit u - 32, the offset per
+ * lane from the 16-value sums (-32 (sc_2k bsum_2k + sc_2k+1 bsum_2k+1)). */
 AVX2 INLINE void q6_K_k(int64_t nb, const block_q6_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
-    KACC;
+    LANES_ACC;
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
     for (int64_t b = 0; b < nb; b++) {
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
         const scales16 sc = scales16_of(sc16);
+        const float dw = _cvtsh_ss(w[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
         __m256i s[G];
-        for (int t = 0; t < T; t++) /* the -32 offset: -32 * sum_j sc_j * bsum_j */
+        for (int t = 0; t < T; t++)
             s[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(BSUMS(a, t, b), sc16), 5));
         for (int n = 0; n < 2; n++) {
             const __m256i ql0 = load32(w[b].ql + 64 * n), ql1 = load32(w[b].ql + 64 * n + 32);
@@ -400,9 +452,9 @@ AVX2 INLINE void q6_K_k(int64_t nb, const block_q6_K *w, const realm_act_group *
                     s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, XROW(a, t, b, 32 * g)), scale));
             }
         }
-        kfold(acc, accm, s, NULL, w[b].d, 0, a->d + G * b, T, 0);
+        for (int t = 0; t < T; t++) acc[t] = fold8(acc[t], dx[t] * dw, s[t]);
     }
-    kstore(y, ys, acc, accm, T, 0);
+    store_hsum8(y, ys, acc, T);
 }
 
 /* ---- float weights: 8-lane FMA partial sums per token ---- */
@@ -461,27 +513,6 @@ AVX2 INLINE void float_k(int64_t n, const void *w, const realm_act_group *a, flo
 
 /* ---- entry points: the token count as a compile-time constant ---- */
 
-#define CASE_T(n, CALL) \
-    case n: {           \
-        const int T_ = n; \
-        CALL;           \
-        break;          \
-    }
-#if REALM_TOK_GROUP == 8
-#define DISPATCH_T(ntok, CALL)                                                                       \
-    switch (ntok) {                                                                                  \
-        CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) CASE_T(4, CALL) CASE_T(5, CALL) CASE_T(6, CALL) \
-        CASE_T(7, CALL) default : { const int T_ = 8; CALL; }                                        \
-    }
-#elif REALM_TOK_GROUP == 4
-#define DISPATCH_T(ntok, CALL)                                                            \
-    switch (ntok) {                                                                       \
-        CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) default : { const int T_ = 4; CALL; } \
-    }
-#else
-#error "REALM_TOK_GROUP must be 4 or 8"
-#endif
-
 #define KERNEL(NAME, BLOCK)                                                                                 \
     AVX2 static void NAME##_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, \
                                  int64_t ys) {                                                              \
@@ -490,8 +521,10 @@ AVX2 INLINE void float_k(int64_t n, const void *w, const realm_act_group *a, flo
     }
 
 KERNEL(q2_K, block_q2_K)
+KERNEL(q2_K_whole, block_q2_K)
 KERNEL(q3_K, block_q3_K)
 KERNEL(q4_K, block_q4_K)
+KERNEL(q4_K_whole, block_q4_K)
 KERNEL(q5_K, block_q5_K)
 KERNEL(q6_K, block_q6_K)
 
@@ -501,35 +534,20 @@ KERNEL(q6_K, block_q6_K)
         DISPATCH_T(ntok, float_k(n, w, a, y, ys, T_, WTYPE));                                               \
     }
 
-#define DOT32_KERNEL(NAME, WTYPE)                                                                           \
-    AVX2 static void NAME##_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, \
-                                 int64_t ys) {                                                              \
-        DISPATCH_T(ntok, dot32_k(nb, w, a, y, ys, T_, WTYPE));                                              \
-    }
-
-DOT32_KERNEL(q4_0, REALM_TYPE_Q4_0)
-DOT32_KERNEL(q4_1, REALM_TYPE_Q4_1)
-DOT32_KERNEL(q5_0, REALM_TYPE_Q5_0)
-DOT32_KERNEL(q5_1, REALM_TYPE_Q5_1)
-DOT32_KERNEL(q8_0, REALM_TYPE_Q8_0)
-
 FLOAT_KERNEL(f32, REALM_TYPE_F32)
 FLOAT_KERNEL(f16, REALM_TYPE_F16)
 FLOAT_KERNEL(bf16, REALM_TYPE_BF16)
 
-realm_dot_fn realm_dot_avx2(int wtype) {
+realm_dot_fn realm_dot_avx2(int wtype, int whole) {
+    const realm_dot_fn dot32 = realm_matmul_vnni(-1) ? dot32_fn_vnni(wtype, whole) : dot32_fn_avx2(wtype, whole);
+    if (dot32) return dot32;
     switch (wtype) {
     case REALM_TYPE_F32: return f32_avx2;
     case REALM_TYPE_F16: return f16_avx2;
     case REALM_TYPE_BF16: return bf16_avx2;
-    case REALM_TYPE_Q4_0: return q4_0_avx2;
-    case REALM_TYPE_Q4_1: return q4_1_avx2;
-    case REALM_TYPE_Q5_0: return q5_0_avx2;
-    case REALM_TYPE_Q5_1: return q5_1_avx2;
-    case REALM_TYPE_Q8_0: return q8_0_avx2;
-    case REALM_TYPE_Q2_K: return q2_K_avx2;
+    case REALM_TYPE_Q2_K: return whole ? q2_K_whole_avx2 : q2_K_avx2;
     case REALM_TYPE_Q3_K: return q3_K_avx2;
-    case REALM_TYPE_Q4_K: return q4_K_avx2;
+    case REALM_TYPE_Q4_K: return whole ? q4_K_whole_avx2 : q4_K_avx2;
     case REALM_TYPE_Q5_K: return q5_K_avx2;
     case REALM_TYPE_Q6_K: return q6_K_avx2;
     default: return NULL;
@@ -538,9 +556,17 @@ realm_dot_fn realm_dot_avx2(int wtype) {
 
 #else
 
-realm_dot_fn realm_dot_avx2(int wtype) {
+realm_dot_fn realm_dot_avx2(int wtype, int whole) {
     (void)wtype;
+    (void)whole;
     return NULL;
 }
+
+int realm_matmul_vnni(int enable) {
+    (void)enable;
+    return 0;
+}
+
+
 
 #endif

@@ -1,21 +1,29 @@
 /* Scalar reference dot products: one weight row against ntok activation
- * rows.  Each block's integer dot product is exact; the float steps are the
- * ones matmul.h defines, and the AVX2 kernels repeat them bit for bit. */
+ * rows.  The float steps are the ones matmul.h defines (llama.cpp's x86
+ * kernels'), with fmaf for each fused multiply-add; the integer sums are
+ * exact, so only which values go into which lane matters, and the AVX2
+ * kernels repeat the same steps bit for bit. */
 #include "matmul.h"
 #include "fp16.h"
 
-static inline void fold(float *acc, float dw, float dx, int32_t isum) {
-    *acc = *acc + (dw * dx) * (float)isum;
-}
+#include <math.h>
 
 static inline uint32_t u32le(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* ggml's hsum_float_8: the two halves, then pairs, then the last two. */
+static inline float hsum8(const float *a) {
+    float t[4];
+    for (int k = 0; k < 4; k++) t[k] = a[k + 4] + a[k];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
 /* ---- 32-element formats against REALM_ACT_Q8 ----
  * Value j of a block: Q4/Q5 keep the low nibbles of qs[0..16) as values
  * 0..15 and the high nibbles as 16..31, with bit j of qh on top for Q5.
- * Q4_0/Q5_0/Q8_0 values are signed; Q4_1/Q5_1 add a minimum m per block. */
+ * Q4_0/Q5_0/Q8_0 values are signed (minus 8 / 16); Q4_1/Q5_1 are not and add
+ * a minimum m per block. */
 
 static inline int value32(int type, const void *w, int64_t b, int j) {
     const int lo = j < 16;
@@ -56,29 +64,27 @@ static inline void scales32(int type, const void *w, int64_t b, float *d, float 
     *m = realm_half_to_f32(hm);
 }
 
-/* Block b goes to partial sum b % 4 (blocks padded to a multiple of 4 with
- * zero terms); the four are combined as ((s0 + s1) + (s2 + s3)), each s_k
- * being acc_k + accm_k for formats with a minimum. */
+/* Lane k (of 8) holds values 4k..4k+3 of every block:
+ *     acc[k] = fma(dw * dx, lane sum, acc[k]);  summs = fma(m, s, summs)
+ *     y = hsum8(acc) (+ summs for the formats with a minimum) */
 static void dot32(int type, int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const int with_min = type == REALM_TYPE_Q4_1 || type == REALM_TYPE_Q5_1;
-    const int64_t nbp = realm_act_padded(REALM_ACT_Q8, 32 * nb);
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, accm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int64_t b = 0; b < nbp; b++) {
-            const int64_t slot = realm_act_slot(REALM_ACT_Q8, t, b);
-            int32_t isum = 0;
-            float dw = 0.0f, mw = 0.0f;
-            if (b < nb) {
-                for (int j = 0; j < 32; j++) isum += value32(type, w, b, j) * q[32 * b + j];
-                scales32(type, w, b, &dw, &mw);
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, summs = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t slot = realm_act_slot(t, b);
+            float dw, mw;
+            scales32(type, w, b, &dw, &mw);
+            const float d = dw * a->d[slot];
+            for (int k = 0; k < 8; k++) {
+                int32_t lane = 0;
+                for (int j = 4 * k; j < 4 * k + 4; j++) lane += value32(type, w, b, j) * q[32 * b + j];
+                acc[k] = fmaf(d, (float)lane, acc[k]);
             }
-            fold(&acc[b & 3], dw, a->d[slot], isum);
-            if (with_min) fold(&accm[b & 3], mw, a->d[slot], a->sums[slot]);
+            if (with_min) summs = fmaf(mw, a->s[slot], summs);
         }
-        if (with_min)
-            for (int k = 0; k < 4; k++) acc[k] = acc[k] + accm[k];
-        y[t * ys] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        y[t * ys] = with_min ? hsum8(acc) + summs : hsum8(acc);
     }
 }
 
@@ -92,29 +98,80 @@ DOT32(dot_q5_0, REALM_TYPE_Q5_0)
 DOT32(dot_q5_1, REALM_TYPE_Q5_1)
 DOT32(dot_q8_0, REALM_TYPE_Q8_0)
 
-/* K-quants: one exact integer sum per block of 256 (and one for the
- * minimums), folded in block order:
- *     acc = acc + (d * dx) * isum,  accm = accm + (dmin * dx) * imin,  y = acc - accm */
-typedef struct {
-    float acc, accm;
-} sums;
+/* Q4_0 as llama.cpp multiplies a repacked matrix: whole-block sums,
+ * acc = fma(isum, dw * dx, acc). */
+static void dot_q4_0_whole(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    for (int t = 0; t < ntok; t++) {
+        const int8_t *q = a->qs + t * a->n_in;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t isum = 0;
+            for (int j = 0; j < 32; j++) isum += value32(REALM_TYPE_Q4_0, w, b, j) * q[32 * b + j];
+            float dw, mw;
+            scales32(REALM_TYPE_Q4_0, w, b, &dw, &mw);
+            acc = fmaf((float)isum, dw * a->d[realm_act_slot(t, b)], acc);
+        }
+        y[t * ys] = acc;
+    }
+}
 
-/* ---- K-quants against REALM_ACT_Q8_K (blocks of 256, sums per 16) ---- */
+/* ---- K-quants against REALM_ACT_Q8_K (blocks of 256, sums per 16) ----
+ * A block is 8 groups of 32 values; lane k (of 8) holds values 4k..4k+3 of
+ * every group, each times its 16-value sub-block's scale (sub-block 2g or
+ * 2g + 1 of group g: k < 4 or not).  Per block, in lanes,
+ *     acc[k] = fma(dx * dw, lane sum, acc[k]),  y = hsum8(acc),
+ * with the minimums folded in first as fma(-(dx * dmin), lane, acc[k]) from
+ * the 16-value sums (Q2_K), or kept in 4 lanes (Q4_K: minimum times 32-value
+ * sum, sub-blocks 2i, 2i + 1 in lane i) or one sum (Q5_K) of
+ * fma(-(dx * dmin), imin, summs), y = hsum8(acc) + summs.  The "whole" kernels
+ * (Q2_K, Q4_K) sum each block whole instead, as llama.cpp multiplies the
+ * matrices it repacks:
+ *     acc = fma(isum, dw * dx, acc),  accm = fma(imin, dmin * dx, accm),
+ *     y = acc - accm */
 
 /* Q2_K, Q3_K: value i of group g (32 values, g = 0..7) comes from byte
- * qs[32 * (g / 4) + i] at bit 2 * (g % 4); sub-block j (16 values) is
- * values 16j..16j+15, i.e. group j / 2. */
+ * qs[32 * (g / 4) + i] at bit 2 * (g % 4). */
 static inline int crumb(const uint8_t *qs, int idx) {
     const int g = idx / 32, i = idx % 32;
     return (qs[32 * (g / 4) + i] >> (2 * (g % 4))) & 3;
 }
+
+/* Lane k's value indices of group g: 32g + 4k .. +3; sub-block 2g + k / 4. */
+#define FOR_LANE(g, k, i) for (int i = 32 * (g) + 4 * (k); i < 32 * (g) + 4 * (k) + 4; i++)
 
 static void dot_q2_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q2_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
         const int16_t *bs = a->bsums + t * (a->n_in / 16);
-        sums s = {0.0f, 0.0f};
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t b = 0; b < nb; b++, q += QK_K, bs += QK_K / 16) {
+            const float dx = a->d[realm_act_slot(t, b)];
+            const float d = dx * realm_half_to_f32(x[b].d), dmin = -(dx * realm_half_to_f32(x[b].dmin));
+            for (int k = 0; k < 8; k++) {
+                const int32_t m = (x[b].scales[2 * k] >> 4) * bs[2 * k] + (x[b].scales[2 * k + 1] >> 4) * bs[2 * k + 1];
+                acc[k] = fmaf(dmin, (float)m, acc[k]);
+            }
+            for (int k = 0; k < 8; k++) {
+                int32_t lane = 0;
+                for (int g = 0; g < 8; g++) {
+                    int32_t dot = 0;
+                    FOR_LANE(g, k, i) dot += crumb(x[b].qs, i) * q[i];
+                    lane += (x[b].scales[2 * g + k / 4] & 15) * dot;
+                }
+                acc[k] = fmaf(d, (float)lane, acc[k]);
+            }
+        }
+        y[t * ys] = hsum8(acc);
+    }
+}
+
+static void dot_q2_K_whole(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q2_K *x = w;
+    for (int t = 0; t < ntok; t++) {
+        const int8_t *q = a->qs + t * a->n_in;
+        const int16_t *bs = a->bsums + t * (a->n_in / 16);
+        float acc = 0.0f, accm = 0.0f;
         for (int64_t b = 0; b < nb; b++, q += QK_K, bs += QK_K / 16) {
             int32_t isum = 0, imin = 0;
             for (int j = 0; j < 16; j++) {
@@ -123,11 +180,11 @@ static void dot_q2_K(int64_t nb, const void *w, const realm_act_group *a, int nt
                 isum += (x[b].scales[j] & 15) * dot;
                 imin += (x[b].scales[j] >> 4) * bs[j];
             }
-            const float dx = a->d[realm_act_slot(REALM_ACT_Q8_K, t, b)];
-            fold(&s.acc, realm_half_to_f32(x[b].d), dx, isum);
-            fold(&s.accm, realm_half_to_f32(x[b].dmin), dx, imin);
+            const float dx = a->d[realm_act_slot(t, b)];
+            acc = fmaf((float)isum, realm_half_to_f32(x[b].d) * dx, acc);
+            accm = fmaf((float)imin, realm_half_to_f32(x[b].dmin) * dx, accm);
         }
-        y[t * ys] = s.acc - s.accm;
+        y[t * ys] = acc - accm;
     }
 }
 
@@ -135,49 +192,86 @@ static void dot_q3_K(int64_t nb, const void *w, const realm_act_group *a, int nt
     const block_q3_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
-        float acc = 0.0f;
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t b = 0; b < nb; b++, q += QK_K) {
             int8_t sc[16];
             realm_q3_K_scales(x[b].scales, sc);
-            int32_t isum = 0;
-            for (int j = 0; j < 16; j++) {
-                int32_t dot = 0;
-                for (int i = 16 * j; i < 16 * j + 16; i++) {
-                    const int high = (x[b].hmask[i % 32] >> (i / 32)) & 1;
-                    dot += (crumb(x[b].qs, i) - (high ? 0 : 4)) * q[i];
+            const float d = a->d[realm_act_slot(t, b)] * realm_half_to_f32(x[b].d);
+            for (int k = 0; k < 8; k++) {
+                int32_t lane = 0;
+                for (int g = 0; g < 8; g++) {
+                    int32_t dot = 0;
+                    FOR_LANE(g, k, i) {
+                        const int high = (x[b].hmask[i % 32] >> (i / 32)) & 1;
+                        dot += (crumb(x[b].qs, i) - (high ? 0 : 4)) * q[i];
+                    }
+                    lane += sc[2 * g + k / 4] * dot;
                 }
-                isum += sc[j] * dot;
+                acc[k] = fmaf(d, (float)lane, acc[k]);
             }
-            fold(&acc, realm_half_to_f32(x[b].d), a->d[realm_act_slot(REALM_ACT_Q8_K, t, b)], isum);
         }
-        y[t * ys] = acc;
+        y[t * ys] = hsum8(acc);
     }
 }
 
 /* Q4_K, Q5_K: sub-block j (32 values) is the low (j even) or high (j odd)
  * nibbles of qs[32 * (j / 2) .. + 32], with bit j of qh[0..32) on top for Q5_K. */
+static inline int k45_value(const uint8_t *qs, const uint8_t *qh, int idx) {
+    const int j = idx / 32, i = idx % 32;
+    const int v = (qs[32 * (j / 2) + i] >> (4 * (j & 1))) & 15;
+    return qh ? v | ((qh[i] >> j) & 1) << 4 : v;
+}
+
 static void dot_q4_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q4_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
         const int16_t *bs = a->bsums + t * (a->n_in / 16);
-        sums s = {0.0f, 0.0f};
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, accm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t b = 0; b < nb; b++, q += QK_K, bs += QK_K / 16) {
+            const float dx = a->d[realm_act_slot(t, b)];
+            const float d = dx * realm_half_to_f32(x[b].d), dmin = -(dx * realm_half_to_f32(x[b].dmin));
+            uint8_t sc[8], m[8];
+            for (int j = 0; j < 8; j++) realm_k4_scale_min(j, x[b].scales, &sc[j], &m[j]);
+            for (int i = 0; i < 4; i++) {
+                const int32_t lane = m[2 * i] * (bs[4 * i] + bs[4 * i + 1]) + m[2 * i + 1] * (bs[4 * i + 2] + bs[4 * i + 3]);
+                accm[i] = fmaf(dmin, (float)lane, accm[i]);
+            }
+            for (int k = 0; k < 8; k++) {
+                int32_t lane = 0;
+                for (int g = 0; g < 8; g++) {
+                    int32_t dot = 0;
+                    FOR_LANE(g, k, i) dot += k45_value(x[b].qs, NULL, i) * q[i];
+                    lane += sc[g] * dot;
+                }
+                acc[k] = fmaf(d, (float)lane, acc[k]);
+            }
+        }
+        y[t * ys] = hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+    }
+}
+
+static void dot_q4_K_whole(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q4_K *x = w;
+    for (int t = 0; t < ntok; t++) {
+        const int8_t *q = a->qs + t * a->n_in;
+        const int16_t *bs = a->bsums + t * (a->n_in / 16);
+        float acc = 0.0f, accm = 0.0f;
         for (int64_t b = 0; b < nb; b++, q += QK_K, bs += QK_K / 16) {
             int32_t isum = 0, imin = 0;
             for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
                 realm_k4_scale_min(j, x[b].scales, &sc, &m);
-                const uint8_t *qs = x[b].qs + 32 * (j / 2);
                 int32_t dot = 0;
-                for (int i = 0; i < 32; i++) dot += ((qs[i] >> (4 * (j & 1))) & 15) * q[32 * j + i];
+                for (int i = 32 * j; i < 32 * j + 32; i++) dot += k45_value(x[b].qs, NULL, i) * q[i];
                 isum += sc * dot;
                 imin += m * (bs[2 * j] + bs[2 * j + 1]);
             }
-            const float dx = a->d[realm_act_slot(REALM_ACT_Q8_K, t, b)];
-            fold(&s.acc, realm_half_to_f32(x[b].d), dx, isum);
-            fold(&s.accm, realm_half_to_f32(x[b].dmin), dx, imin);
+            const float dx = a->d[realm_act_slot(t, b)];
+            acc = fmaf((float)isum, realm_half_to_f32(x[b].d) * dx, acc);
+            accm = fmaf((float)imin, realm_half_to_f32(x[b].dmin) * dx, accm);
         }
-        y[t * ys] = s.acc - s.accm;
+        y[t * ys] = acc - accm;
     }
 }
 
@@ -186,52 +280,62 @@ static void dot_q5_K(int64_t nb, const void *w, const realm_act_group *a, int nt
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
         const int16_t *bs = a->bsums + t * (a->n_in / 16);
-        sums s = {0.0f, 0.0f};
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, summs = 0.0f;
         for (int64_t b = 0; b < nb; b++, q += QK_K, bs += QK_K / 16) {
-            int32_t isum = 0, imin = 0;
+            const float dx = a->d[realm_act_slot(t, b)];
+            const float d = dx * realm_half_to_f32(x[b].d), dmin = -(dx * realm_half_to_f32(x[b].dmin));
+            uint8_t sc[8], m[8];
+            int32_t imin = 0;
             for (int j = 0; j < 8; j++) {
-                uint8_t sc, m;
-                realm_k4_scale_min(j, x[b].scales, &sc, &m);
-                const uint8_t *qs = x[b].qs + 32 * (j / 2);
-                int32_t dot = 0;
-                for (int i = 0; i < 32; i++) {
-                    const int v = ((qs[i] >> (4 * (j & 1))) & 15) | ((x[b].qh[i] >> j) & 1) << 4;
-                    dot += v * q[32 * j + i];
-                }
-                isum += sc * dot;
-                imin += m * (bs[2 * j] + bs[2 * j + 1]);
+                realm_k4_scale_min(j, x[b].scales, &sc[j], &m[j]);
+                imin += m[j] * (bs[2 * j] + bs[2 * j + 1]);
             }
-            const float dx = a->d[realm_act_slot(REALM_ACT_Q8_K, t, b)];
-            fold(&s.acc, realm_half_to_f32(x[b].d), dx, isum);
-            fold(&s.accm, realm_half_to_f32(x[b].dmin), dx, imin);
+            summs = fmaf(dmin, (float)imin, summs);
+            for (int k = 0; k < 8; k++) {
+                int32_t lane = 0;
+                for (int g = 0; g < 8; g++) {
+                    int32_t dot = 0;
+                    FOR_LANE(g, k, i) dot += k45_value(x[b].qs, x[b].qh, i) * q[i];
+                    lane += sc[g] * dot;
+                }
+                acc[k] = fmaf(d, (float)lane, acc[k]);
+            }
         }
-        y[t * ys] = s.acc - s.accm;
+        y[t * ys] = hsum8(acc) + summs;
     }
 }
 
 /* Q6_K: value i = 128n + 32k + l (l < 32) has its low 4 bits in
  * ql[64n + l + 32 (k & 1)] (high nibble when k >= 2), its top 2 bits at bit
- * 2k of qh[32n + l]; sub-block j = i / 16 has scale scales[j]. */
+ * 2k of qh[32n + l]; sub-block j = i / 16 has scale scales[j].  The -32
+ * offset goes into lane k as -32 (sc[2k] bsum[2k] + sc[2k+1] bsum[2k+1]). */
+static inline int q6_value(const block_q6_K *x, int i) {
+    const int n = i / 128, k = (i / 32) % 4, l = i % 32;
+    const int lo = (x->ql[64 * n + l + 32 * (k & 1)] >> (4 * (k / 2))) & 15;
+    const int hi = (x->qh[32 * n + l] >> (2 * k)) & 3;
+    return lo | hi << 4;
+}
+
 static void dot_q6_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q6_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
-        float acc = 0.0f;
-        for (int64_t b = 0; b < nb; b++, q += QK_K) {
-            int32_t isum = 0;
-            for (int j = 0; j < 16; j++) {
-                int32_t dot = 0;
-                for (int i = 16 * j; i < 16 * j + 16; i++) {
-                    const int n = i / 128, k = (i / 32) % 4, l = i % 32;
-                    const int lo = (x[b].ql[64 * n + l + 32 * (k & 1)] >> (4 * (k / 2))) & 15;
-                    const int hi = (x[b].qh[32 * n + l] >> (2 * k)) & 3;
-                    dot += ((lo | hi << 4) - 32) * q[i];
+        const int16_t *bs = a->bsums + t * (a->n_in / 16);
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t b = 0; b < nb; b++, q += QK_K, bs += QK_K / 16) {
+            const float d = a->d[realm_act_slot(t, b)] * realm_half_to_f32(x[b].d);
+            const int8_t *sc = x[b].scales;
+            for (int k = 0; k < 8; k++) {
+                int32_t lane = -32 * (sc[2 * k] * bs[2 * k] + sc[2 * k + 1] * bs[2 * k + 1]);
+                for (int g = 0; g < 8; g++) {
+                    int32_t dot = 0;
+                    FOR_LANE(g, k, i) dot += q6_value(&x[b], i) * q[i];
+                    lane += sc[2 * g + k / 4] * dot;
                 }
-                isum += x[b].scales[j] * dot;
+                acc[k] = fmaf(d, (float)lane, acc[k]);
             }
-            fold(&acc, realm_half_to_f32(x[b].d), a->d[realm_act_slot(REALM_ACT_Q8_K, t, b)], isum);
         }
-        y[t * ys] = acc;
+        y[t * ys] = hsum8(acc);
     }
 }
 
@@ -267,19 +371,19 @@ static void dot_bf16(int64_t n, const void *w, const realm_act_group *a, int nto
     }
 }
 
-realm_dot_fn realm_dot_ref(int wtype) {
+realm_dot_fn realm_dot_ref(int wtype, int whole) {
     switch (wtype) {
     case REALM_TYPE_F32: return dot_f32;
     case REALM_TYPE_F16: return dot_f16;
     case REALM_TYPE_BF16: return dot_bf16;
-    case REALM_TYPE_Q4_0: return dot_q4_0;
+    case REALM_TYPE_Q4_0: return whole ? dot_q4_0_whole : dot_q4_0;
     case REALM_TYPE_Q4_1: return dot_q4_1;
     case REALM_TYPE_Q5_0: return dot_q5_0;
     case REALM_TYPE_Q5_1: return dot_q5_1;
     case REALM_TYPE_Q8_0: return dot_q8_0;
-    case REALM_TYPE_Q2_K: return dot_q2_K;
+    case REALM_TYPE_Q2_K: return whole ? dot_q2_K_whole : dot_q2_K;
     case REALM_TYPE_Q3_K: return dot_q3_K;
-    case REALM_TYPE_Q4_K: return dot_q4_K;
+    case REALM_TYPE_Q4_K: return whole ? dot_q4_K_whole : dot_q4_K;
     case REALM_TYPE_Q5_K: return dot_q5_K;
     case REALM_TYPE_Q6_K: return dot_q6_K;
     default: return NULL;

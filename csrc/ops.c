@@ -3,6 +3,8 @@
 #include "fp16.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -35,22 +37,26 @@ int realm_rmsnorm(const float *x, const float *w, int64_t rows, int64_t n, float
 int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale, float *cs) {
     if (n_tok < 0 || n_rot <= 0 || n_rot % 2 || n_rot > REALM_MAX_ROT || !(base > 0.0f) || !isfinite(freq_scale))
         return REALM_EINVAL;
-    double inv_freq[REALM_MAX_ROT / 2];
-    for (int i = 0; i < n_rot / 2; i++) inv_freq[i] = pow((double)base, -2.0 * i / n_rot);
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int64_t t = 0; t < n_tok; t++) {
-        const double p = (double)pos[t] * (double)freq_scale;
-        float *c = cs + t * n_rot;
+        float theta = (float)pos[t], *c = cs + t * n_rot;
         for (int i = 0; i < n_rot / 2; i++) {
-            const double theta = p * inv_freq[i];
-            c[2 * i] = (float)cos(theta);
-            c[2 * i + 1] = (float)sin(theta);
+            const float th = freq_scale * theta;
+            c[2 * i] = cosf(th);
+            c[2 * i + 1] = sinf(th);
+            theta = theta * theta_scale;
         }
     }
     return 0;
 }
 
-int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs, int neox) {
+int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs, int neox, int isa) {
     if (n_tok < 0 || n_head <= 0 || head_dim <= 0 || n_rot <= 0 || n_rot % 2 || n_rot > head_dim) return REALM_EINVAL;
+    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if (isa == REALM_ISA_AVX2) {
+        realm_rope_apply_avx2(x, n_tok, n_head, head_dim, n_rot, cs, neox);
+        return 0;
+    }
     const int half = n_rot / 2;
     for (int64_t t = 0; t < n_tok; t++) {
         const float *c = cs + t * n_rot;
@@ -59,9 +65,9 @@ int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_ro
             for (int i = 0; i < half; i++) {
                 float *pa = neox ? v + i : v + 2 * i;
                 float *pb = neox ? v + i + half : v + 2 * i + 1;
-                const float a = *pa, b = *pb;
-                *pa = a * c[2 * i] - b * c[2 * i + 1];
-                *pb = a * c[2 * i + 1] + b * c[2 * i];
+                const float a = *pa, b = *pb, co = c[2 * i], si = c[2 * i + 1];
+                *pa = fmaf(a, co, -(b * si));
+                *pb = fmaf(a, si, b * co);
             }
         }
     }
@@ -70,58 +76,77 @@ int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_ro
 
 /* ---- attention ---- */
 
+int64_t realm_attn_scratch(const realm_attn_params *p, int64_t n_kv) {
+    /* the head's query, and the scores of every key (from the 16-key block
+     * holding the first one to the end of the last one's) */
+    return p->head_dim + n_kv + 32;
+}
+
 static inline float kv_at(const void *base, int kv_type, int64_t idx) {
     return kv_type == REALM_TYPE_F16 ? realm_half_to_f32(((const uint16_t *)base)[idx]) : ((const float *)base)[idx];
 }
 
+/* The 4 x 16 lane accumulators a[64] of a dot product, reduced as ggml. */
+static inline float reduce64(const float *a) {
+    float x[16];
+    for (int l = 0; l < 16; l++) x[l] = (a[l] + a[32 + l]) + (a[16 + l] + a[48 + l]);
+    return realm_reduce16(x);
+}
+
 void realm_attn_heads_ref(const realm_attn_params *p, const float *q, const void *k, const void *v, int64_t lo,
-                          int64_t hi, int h0, int h1, float *out) {
-    const int D = p->head_dim, g = h0 / (p->n_head / p->n_kv_head), nh = h1 - h0;
-    const int64_t head_off = g * p->kv_head_stride;
-    float s[REALM_ATTN_HEADS][REALM_ATTN_CHUNK], m[REALM_ATTN_HEADS], l[REALM_ATTN_HEADS];
-    for (int h = 0; h < nh; h++) {
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
-        memset(out + (int64_t)(h0 + h) * D, 0, (size_t)D * sizeof(float));
-    }
-    for (int64_t c = lo; c <= hi; c += REALM_ATTN_CHUNK) {
-        const int n = hi + 1 - c < REALM_ATTN_CHUNK ? (int)(hi + 1 - c) : REALM_ATTN_CHUNK;
-        for (int j = 0; j < n; j++) {
-            const int64_t row = (c + j) * p->kv_pos_stride + head_off;
-            for (int h = 0; h < nh; h++) {
-                const float *qh = q + (int64_t)(h0 + h) * D;
-                float dot = 0.0f;
-                for (int d = 0; d < D; d++) dot += qh[d] * kv_at(k, p->kv_type, row + d);
-                s[h][j] = dot * p->scale;
+                          int64_t hi, int h0, int h1, float *out, float *scratch) {
+    const int D = p->head_dim, f16 = p->kv_type == REALM_TYPE_F16, np = D & ~63;
+    const int64_t head_off = (int64_t)(h0 / (p->n_head / p->n_kv_head)) * p->kv_head_stride;
+    const int64_t b0 = lo & ~(int64_t)15, end = (hi + 16) & ~(int64_t)15; /* whole blocks of 16 keys */
+    float *qh = scratch, *e = qh + D; /* key j's score, then weight, at e[j - b0] */
+    for (int h = h0; h < h1; h++) {
+        const float *qs = q + (int64_t)h * D;
+        for (int d = 0; d < D; d++) qh[d] = f16 ? realm_half_to_f32(realm_f32_to_half(qs[d])) : qs[d];
+        /* scores */
+        float mx = -INFINITY;
+        for (int64_t j = lo; j <= hi; j++) {
+            const int64_t row = j * p->kv_pos_stride + head_off;
+            float a[64] = {0};
+            for (int d0 = 0; d0 < np; d0 += 64)
+                for (int i = 0; i < 64; i++) a[i] = fmaf(kv_at(k, p->kv_type, row + d0 + i), qh[d0 + i], a[i]);
+            float s;
+            if (f16) {
+                double sd = reduce64(a);
+                for (int d = np; d < D; d++) sd += (double)(kv_at(k, p->kv_type, row + d) * qh[d]);
+                s = (float)sd;
+            } else {
+                s = reduce64(a);
+                for (int d = np; d < D; d++) s = fmaf(kv_at(k, p->kv_type, row + d), qh[d], s);
             }
+            e[j - b0] = s * p->scale;
+            mx = e[j - b0] > mx ? e[j - b0] : mx;
         }
-        for (int h = 0; h < nh; h++) { /* online softmax: rescale what came before */
-            float mx = m[h];
-            for (int j = 0; j < n; j++) mx = s[h][j] > mx ? s[h][j] : mx;
-            const float alpha = realm_expf(m[h] - mx);
-            m[h] = mx;
-            if (alpha != 1.0f) {
-                l[h] = l[h] * alpha;
-                float *o = out + (int64_t)(h0 + h) * D;
-                for (int d = 0; d < D; d++) o[d] = o[d] * alpha;
-            }
-            for (int j = 0; j < n; j++) {
-                s[h][j] = realm_expf(s[h][j] - mx);
-                l[h] = l[h] + s[h][j];
-            }
+        /* exp and their sum, 16 keys at a time (keys outside [lo, hi] masked: 0) */
+        for (int64_t j = b0; j < lo; j++) e[j - b0] = -INFINITY;
+        for (int64_t j = hi + 1; j < end; j++) e[j - b0] = -INFINITY;
+        double sum = 0.0;
+        for (int64_t j0 = 0; j0 < end - b0; j0 += 16) {
+            for (int64_t j = j0; j < j0 + 16; j++) e[j] = realm_expf(e[j] - mx);
+            sum += (double)realm_reduce16(e + j0);
         }
-        for (int j = 0; j < n; j++) {
-            const int64_t row = (c + j) * p->kv_pos_stride + head_off;
-            for (int h = 0; h < nh; h++) {
-                float *o = out + (int64_t)(h0 + h) * D;
-                for (int d = 0; d < D; d++) o[d] = o[d] + s[h][j] * kv_at(v, p->kv_type, row + d);
-            }
+        const float inv = (float)(1.0 / sum);
+        for (int64_t j = lo; j <= hi; j++) {
+            e[j - b0] = e[j - b0] * inv;
+            if (f16) e[j - b0] = realm_half_to_f32(realm_f32_to_half(e[j - b0]));
         }
-    }
-    for (int h = 0; h < nh; h++) {
-        const float inv = 1.0f / l[h];
-        float *o = out + (int64_t)(h0 + h) * D;
-        for (int d = 0; d < D; d++) o[d] = o[d] * inv;
+        /* out[d] = the dot over keys of p and V's column d: key j in lane j % 16
+         * of accumulator (j / 16) % 4, whose lanes are then reduced */
+        float *o = out + (int64_t)h * D;
+        for (int d = 0; d < D; d++) {
+            float x[16];
+            for (int l = 0; l < 16; l++) {
+                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int64_t j = realm_first_key(lo, l); j <= hi; j += 16)
+                    a[(j >> 4) & 3] = fmaf(kv_at(v, p->kv_type, j * p->kv_pos_stride + head_off + d), e[j - b0], a[(j >> 4) & 3]);
+                x[l] = (a[0] + a[2]) + (a[1] + a[3]);
+            }
+            o[d] = realm_reduce16(x);
+        }
     }
 }
 
@@ -135,10 +160,9 @@ static int check_attn(const realm_attn_params *p, int64_t n_tok, const int32_t *
     return 0;
 }
 
-/* Work items: (token, kv head, slice of that kv head's query heads).  Heads
- * sharing a kv head are scored together so each key is read once per slice;
- * slices are made smaller when there are too few items for the threads.
- * Every head's arithmetic is the same whatever slice it is in. */
+/* Work items: (token, kv head, slice of that kv head's query heads), so the
+ * threads have enough items even for one token.  Every head's arithmetic is
+ * the same whatever slice it is in. */
 static int heads_per_item(const realm_attn_params *p, int64_t n_tok, int nt) {
     const int group = p->n_head / p->n_kv_head;
     int slices = (group + REALM_ATTN_HEADS - 1) / REALM_ATTN_HEADS;
@@ -147,16 +171,17 @@ static int heads_per_item(const realm_attn_params *p, int64_t n_tok, int nt) {
 }
 
 int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos, const void *k,
-                       const void *v, int64_t n_kv, float *out, int isa) {
+                       const void *v, int64_t n_kv, float *out, float *scratch, int isa) {
     int rc = check_attn(p, n_tok, pos, n_kv);
     if (rc) return rc;
     if ((isa = resolve_isa(isa)) < 0) return isa;
     const realm_attn_fn fn = isa == REALM_ISA_AVX2 ? realm_attn_heads_avx2 : realm_attn_heads_ref;
 #ifdef _OPENMP
-    const int nt = omp_get_num_threads();
+    const int nt = omp_get_num_threads(), me = omp_get_thread_num();
 #else
-    const int nt = 1;
+    const int nt = 1, me = 0;
 #endif
+    float *mine = scratch + (int64_t)me * realm_attn_scratch(p, n_kv);
     const int group = p->n_head / p->n_kv_head, per = heads_per_item(p, n_tok, nt);
     const int slices = (group + per - 1) / per;
     const int64_t row = (int64_t)p->n_head * p->head_dim;
@@ -167,7 +192,7 @@ int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok
         const int g = (int)(it / slices % p->n_kv_head), sl = (int)(it % slices);
         const int h0 = g * group + sl * per, h1 = h0 + per < (g + 1) * group ? h0 + per : (g + 1) * group;
         const int64_t hi = pos[t], lo = p->window > 0 && hi - p->window + 1 > 0 ? hi - p->window + 1 : 0;
-        fn(p, q + t * row, k, v, lo, hi, h0, h1, out + t * row);
+        fn(p, q + t * row, k, v, lo, hi, h0, h1, out + t * row, mine);
     }
     return 0;
 }
@@ -183,21 +208,39 @@ int realm_attention(const realm_attn_params *p, const float *q, int64_t n_tok, c
     const int nt = 1;
     (void)nthreads;
 #endif
+    float *scratch = malloc((size_t)(nt * realm_attn_scratch(p, n_kv)) * sizeof(float));
+    if (!scratch) return REALM_ENOMEM;
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    realm_attention_ws(p, q, n_tok, pos, k, v, n_kv, out, isa);
+    realm_attention_ws(p, q, n_tok, pos, k, v, n_kv, out, scratch, isa);
+    free(scratch);
     return 0;
 }
 
 /* ---- element-wise ---- */
 
-static inline float silu(float x) { return x / (1.0f + realm_expf(-x)); }
+static inline float silu(float x) { return x / (1.0f + realm_expf(0.0f - x)); }
 
-/* The steps of ggml's tanh-form GELU argument, then x * sigmoid(2u). */
-static inline float gelu(float x) {
-    if (x >= 10.0f) return x;
+static float gelu_table[1 << 16];
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+
+/* ggml_gelu_f32 as llama.cpp's build computes it (its 1 + c x x fused). */
+static void gelu_init(void) {
+    for (int i = 0; i < (1 << 16); i++) {
+        const float x = realm_half_to_f32((uint16_t)i);
+        const float u = 0.79788456080286535587989211986876f * x * fmaf(0.044715f * x, x, 1.0f);
+        gelu_table[i] = realm_half_to_f32(realm_f32_to_half(0.5f * x * (1.0f + tanhf(u))));
+    }
+}
+
+const float *realm_gelu_table(void) {
+    pthread_once(&gelu_once, gelu_init);
+    return gelu_table;
+}
+
+static inline float gelu_mul(const float *table, float x, float up) {
     if (x <= -10.0f) return 0.0f;
-    const float u = (0.797884560802865355f * x) * (1.0f + (0.044715f * x) * x);
-    return x / (1.0f + realm_expf(-2.0f * u));
+    if (x >= 10.0f) return x * up;
+    return table[realm_f32_to_half(x)] * up;
 }
 
 int realm_swiglu(const float *gate, const float *up, float *out, int64_t n, int isa) {
@@ -212,9 +255,12 @@ int realm_swiglu(const float *gate, const float *up, float *out, int64_t n, int 
 int realm_geglu(const float *gate, const float *up, float *out, int64_t n, int isa) {
     if (n < 0) return REALM_EINVAL;
     if ((isa = resolve_isa(isa)) < 0) return isa;
-    if (isa == REALM_ISA_AVX2) realm_geglu_avx2(gate, up, out, n);
-    else
-        for (int64_t i = 0; i < n; i++) out[i] = gelu(gate[i]) * up[i];
+    if (isa == REALM_ISA_AVX2) {
+        realm_geglu_avx2(gate, up, out, n);
+    } else {
+        const float *table = realm_gelu_table();
+        for (int64_t i = 0; i < n; i++) out[i] = gelu_mul(table, gate[i], up[i]);
+    }
     return 0;
 }
 
@@ -233,12 +279,17 @@ int realm_softmax(float *x, int64_t rows, int64_t n, int isa) {
     for (int64_t r = 0; r < rows; r++, x += n) {
         float mx = -INFINITY;
         for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-        for (int64_t i = 0; i < n; i++) x[i] = x[i] - mx;
-        if (isa == REALM_ISA_AVX2) realm_exp_avx2(x, x, n);
+        const int64_t n16 = n & ~(int64_t)15;
+        for (int64_t i = 0; i < n16; i++) x[i] = x[i] - mx;
+        if (isa == REALM_ISA_AVX2) realm_exp_avx2(x, x, n16);
         else
-            for (int64_t i = 0; i < n; i++) x[i] = realm_expf(x[i]);
+            for (int64_t i = 0; i < n16; i++) x[i] = realm_expf(x[i]);
         double sum = 0.0;
-        for (int64_t i = 0; i < n; i++) sum += x[i];
+        for (int64_t i = 0; i < n16; i += 16) sum += (double)realm_reduce16(x + i);
+        for (int64_t i = n16; i < n; i++) {
+            x[i] = expf(x[i] - mx);
+            sum += (double)x[i];
+        }
         const float inv = (float)(1.0 / sum);
         for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv;
     }

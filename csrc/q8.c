@@ -1,14 +1,18 @@
 /* Quantization of f32 activation rows to 8 bits, the input side of the
- * quantized matrix products (see matmul.h for the buffer layout).
- *
- * Per block of k values (32, or 256 for the K-quants):
+ * quantized matrix products (see matmul.h for the buffer layout).  The steps
+ * are ggml's (quantize_row_q8_0 / _q8_1 for blocks of 32, quantize_row_q8_K
+ * for blocks of 256), so the integers and scales equal llama.cpp's:
  *     amax = max |x|   (NaNs skipped)
- *     d    = amax / 127,  id = 1 / d   (both 0 when amax < 2^-100)
+ *     blocks of 32:  d' = amax / 127, stored d = f16(d'), id = 127 / amax,
+ *                    s = f16(d' * sum(q))
+ *     blocks of 256: id = 127 / amax, d = 1 / id
  *     q    = round-to-nearest-even(x * id), clamped to [-127, 127]; NaN -> -127
- * The scalar and AVX2 rows perform the same float operations, and the
- * scalar code spells out what cvtps2dq + packs do at the edges, so the two
- * are bit-identical on every input, NaN and infinity included. */
+ * (d, s, id all 0 when amax < 2^-100).  The scalar and AVX2 rows perform the
+ * same float operations, and the scalar code spells out what cvtps2dq + packs
+ * do at the edges, so the two are bit-identical on every input, NaN and
+ * infinity included. */
 #include "matmul.h"
+#include "fp16.h"
 
 #include <math.h>
 #include <string.h>
@@ -22,13 +26,13 @@ realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in) {
         return l;
     }
     const int64_t groups = (n_tok + REALM_TOK_GROUP - 1) / REALM_TOK_GROUP;
-    const int64_t table = groups * realm_act_padded(act, n_in) * REALM_TOK_GROUP * 4; /* bytes */
+    const int64_t table = groups * realm_act_blocks(act, n_in) * REALM_TOK_GROUP * 4; /* bytes */
     int64_t off = align64(n_tok * n_in);
     if (act == REALM_ACT_Q8_K) {
         l.bsums = off;
         off = align64(off + n_tok * (n_in / 16) * 2);
     } else {
-        l.sums = off;
+        l.s = off;
         off = align64(off + table);
     }
     l.d = off;
@@ -47,10 +51,10 @@ realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t 
         return v;
     }
     const realm_act_layout l = realm_act_layout_of(act, n_tok, n_in);
-    const int64_t table = realm_act_padded(act, n_in) * REALM_TOK_GROUP;
+    const int64_t table = realm_act_blocks(act, n_in) * REALM_TOK_GROUP;
     v.qs = (const int8_t *)p + first * n_in;
     if (act == REALM_ACT_Q8_K) v.bsums = (const int16_t *)(p + l.bsums) + first * (n_in / 16);
-    else v.sums = (const int32_t *)(p + l.sums) + g * table;
+    else v.s = (const float *)(p + l.s) + g * table;
     v.d = (const float *)(p + l.d) + g * table;
     return v;
 }
@@ -59,43 +63,33 @@ realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t 
 typedef struct {
     int8_t *qs;
     int16_t *bsums;
-    int32_t *sums; /* the group's tables; (t, b) at realm_act_slot(act, t4, b) */
+    float *s; /* the group's tables; (t, b) at realm_act_slot(t4, b) */
     float *d;
     int t4;
 } row_out;
 
 static row_out row_at(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
     const realm_act_layout l = realm_act_layout_of(act, n_tok, n_in);
-    const int64_t table = (t / REALM_TOK_GROUP) * realm_act_padded(act, n_in) * REALM_TOK_GROUP;
+    const int64_t table = (t / REALM_TOK_GROUP) * realm_act_blocks(act, n_in) * REALM_TOK_GROUP;
     char *p = buf;
     row_out r;
     r.qs = (int8_t *)p + t * n_in;
     r.bsums = act == REALM_ACT_Q8_K ? (int16_t *)(p + l.bsums) + t * (n_in / 16) : NULL;
-    r.sums = act == REALM_ACT_Q8 ? (int32_t *)(p + l.sums) + table : NULL;
+    r.s = act == REALM_ACT_Q8 ? (float *)(p + l.s) + table : NULL;
     r.d = (float *)(p + l.d) + table;
     r.t4 = (int)(t % REALM_TOK_GROUP);
     return r;
 }
 
-static void zero_slots(int act, row_out r, int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; b++) {
-        const int64_t i = realm_act_slot(act, r.t4, b);
-        r.d[i] = 0.0f;
-        if (r.sums) r.sums[i] = 0;
-    }
-}
-
-/* Zero the slots no row writes: padding blocks of row t, and, after the last
- * row, the rows missing from its group. */
-static void zero_padding(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
-    const int64_t nb = realm_act_blocks(act, n_in), nbp = realm_act_padded(act, n_in);
-    zero_slots(act, row_at(act, buf, n_tok, n_in, t), nb, nbp);
+/* After the last row: zero the slots of the tokens missing from its group. */
+static void zero_missing(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
     if (t != n_tok - 1) return;
     const row_out last = row_at(act, buf, n_tok, n_in, t);
     for (int t4 = last.t4 + 1; t4 < REALM_TOK_GROUP; t4++) {
-        row_out r = last;
-        r.t4 = t4;
-        zero_slots(act, r, 0, nbp);
+        for (int64_t b = 0; b < realm_act_blocks(act, n_in); b++) {
+            last.d[realm_act_slot(t4, b)] = 0.0f;
+            if (last.s) last.s[realm_act_slot(t4, b)] = 0.0f;
+        }
     }
 }
 
@@ -111,34 +105,45 @@ static int8_t q8_of(float v) {
     return (int8_t)r;
 }
 
-/* Quantizes k values; returns d. */
-static float q8_block_ref(const float *x, int k, int8_t *q) {
-    float amax = 0.0f;
-    for (int j = 0; j < k; j++) {
-        const float a = fabsf(x[j]);
-        amax = a > amax ? a : amax; /* a NaN never wins */
+/* The block's scalars from amax: *id the multiplier, *d the stored scale,
+ * *dq (blocks of 32) the unrounded scale s is made with. */
+static void scales_of(int act, float amax, float *id, float *d, float *dq) {
+    if (!(amax >= REALM_Q8_TINY)) {
+        *id = *d = *dq = 0.0f;
+        return;
     }
-    const int tiny = !(amax >= REALM_Q8_TINY);
-    const float d = tiny ? 0.0f : amax / 127.0f;
-    const float id = tiny ? 0.0f : 1.0f / d;
-    for (int j = 0; j < k; j++) q[j] = q8_of(x[j] * id);
-    return d;
+    *id = 127.0f / amax;
+    if (act == REALM_ACT_Q8) {
+        *dq = amax / 127.0f;
+        *d = realm_half_to_f32(realm_f32_to_half(*dq));
+    } else {
+        *dq = 0.0f;
+        *d = 1.0f / *id;
+    }
 }
 
 static void q8_row_ref(int act, const float *x, int64_t n_in, row_out r) {
     const int k = act == REALM_ACT_Q8 ? 32 : QK_K;
-    for (int64_t b = 0; b < n_in / k; b++) {
+    for (int64_t b = 0; b < n_in / k; b++, x += k) {
+        float amax = 0.0f;
+        for (int j = 0; j < k; j++) {
+            const float a = fabsf(x[j]);
+            amax = a > amax ? a : amax; /* a NaN never wins */
+        }
+        float id, d, dq;
+        scales_of(act, amax, &id, &d, &dq);
         int8_t *q = r.qs + b * k;
-        r.d[realm_act_slot(act, r.t4, b)] = q8_block_ref(x + b * k, k, q);
+        for (int j = 0; j < k; j++) q[j] = q8_of(x[j] * id);
+        r.d[realm_act_slot(r.t4, b)] = d;
         if (act == REALM_ACT_Q8) {
-            int32_t s = 0;
-            for (int j = 0; j < k; j++) s += q[j];
-            r.sums[realm_act_slot(act, r.t4, b)] = s;
+            int32_t sum = 0;
+            for (int j = 0; j < k; j++) sum += q[j];
+            r.s[realm_act_slot(r.t4, b)] = realm_half_to_f32(realm_f32_to_half(dq * (float)sum));
         } else {
             for (int g = 0; g < k / 16; g++) {
-                int s = 0;
-                for (int j = 0; j < 16; j++) s += q[16 * g + j];
-                r.bsums[b * (k / 16) + g] = (int16_t)s;
+                int sum = 0;
+                for (int j = 0; j < 16; j++) sum += q[16 * g + j];
+                r.bsums[b * (k / 16) + g] = (int16_t)sum;
             }
         }
     }
@@ -147,7 +152,7 @@ static void q8_row_ref(int act, const float *x, int64_t n_in, row_out r) {
 void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
         q8_row_ref(act, x + t * n_in, n_in, row_at(act, buf, n_tok, n_in, t));
-        zero_padding(act, buf, n_tok, n_in, t);
+        zero_missing(act, buf, n_tok, n_in, t);
     }
 }
 
@@ -193,17 +198,15 @@ AVX2 static void q8_row_avx2(int act, const float *x, int64_t n_in, row_out r) {
     for (int64_t b = 0; b < n_in / k; b++, x += k) {
         __m256 m = _mm256_setzero_ps();
         for (int j = 0; j < k; j += 8) m = absmax(_mm256_loadu_ps(x + j), m);
-        const float amax = hmax(m);
-        const int tiny = !(amax >= REALM_Q8_TINY);
-        const float d = tiny ? 0.0f : amax / 127.0f;
-        const __m256 id = _mm256_set1_ps(tiny ? 0.0f : 1.0f / d);
-        r.d[realm_act_slot(act, r.t4, b)] = d;
+        float id, d, dq;
+        scales_of(act, hmax(m), &id, &d, &dq);
+        r.d[realm_act_slot(r.t4, b)] = d;
         int8_t *q = r.qs + b * k;
         for (int j = 0; j < k; j += 32) {
-            const __m256i v = q8_32(x + j, id);
+            const __m256i v = q8_32(x + j, _mm256_set1_ps(id));
             _mm256_storeu_si256((__m256i *)(q + j), v);
             if (act == REALM_ACT_Q8) {
-                r.sums[realm_act_slot(act, r.t4, b)] = hsum_i8(v);
+                r.s[realm_act_slot(r.t4, b)] = _cvtsh_ss(_cvtss_sh(dq * (float)hsum_i8(v), 0));
             } else {
                 /* two sums of 16: madd pairs -> 8 int32 sums of 4; add within each half */
                 const __m256i w = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
@@ -219,7 +222,7 @@ AVX2 static void q8_row_avx2(int act, const float *x, int64_t n_in, row_out r) {
 void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; t++) {
         q8_row_avx2(act, x + t * n_in, n_in, row_at(act, buf, n_tok, n_in, t));
-        zero_padding(act, buf, n_tok, n_in, t);
+        zero_missing(act, buf, n_tok, n_in, t);
     }
 }
 

@@ -27,10 +27,11 @@ cdef extern from "matmul.h":
     int REALM_EINVAL, REALM_ENOMEM
     int REALM_ACT_F32, REALM_ACT_Q8, REALM_ACT_Q8_K, REALM_TOK_GROUP
     ctypedef struct realm_act_layout:
-        int64_t bsums, sums, d, total
+        int64_t bsums, s, d, total
     int realm_act_type(int wtype)
     int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in)
     realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in)
+    int realm_matmul_vnni(int enable)
     int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf,
                            int nthreads, int isa) nogil
     int realm_matmul_q(int wtype, const void *w, int64_t n_out, int64_t n_in, const void *act_buf,
@@ -50,7 +51,7 @@ cdef extern from "ops.h":
     int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale,
                          float *cs) nogil
     int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs,
-                         int neox) nogil
+                         int neox, int isa) nogil
     int realm_attention(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos,
                         const void *k, const void *v, int64_t n_kv, float *out, int nthreads, int isa) nogil
     int realm_swiglu(const float *gate, const float *up, float *out, int64_t n, int isa) nogil
@@ -197,7 +198,7 @@ def _aligned(int64_t size):
 def act_unpack(act: str, buf, n_tok: int, n_in: int):
     """The parts of a quantize_act buffer as arrays (for tests):
     {"qs": int8 [n_tok, n_in], "d": float32 [n_tok, n_blocks],
-     "sums": int32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)}."""
+     "s": float32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)}."""
     cdef int a = _act(act)
     if a == REALM_ACT_F32:
         raise ValueError("f32 activations are the rows themselves")
@@ -207,20 +208,15 @@ def act_unpack(act: str, buf, n_tok: int, n_in: int):
         raise ValueError(f"buf has {b.shape[0]} bytes, expected {size}")
     cdef realm_act_layout lay = realm_act_layout_of(a, n_tok, n_in)
     nb = n_in // (32 if a == REALM_ACT_Q8 else 256)
-    nbp = -(-nb // 4) * 4 if a == REALM_ACT_Q8 else nb
     groups = -(-n_tok // REALM_TOK_GROUP)
     G = REALM_TOK_GROUP
 
-    def table(off, dtype):  # q8: [group][nb/4][token][4 blocks]; q8_k: [group][block][token]
-        t = b[off:off + groups * nbp * G * 4].view(dtype)
-        if a == REALM_ACT_Q8:
-            t = t.reshape(groups, nbp // 4, G, 4).transpose(0, 2, 1, 3)
-        else:
-            t = t.reshape(groups, nbp, G).transpose(0, 2, 1)
-        return t.reshape(groups * G, nbp)[:n_tok, :nb]
-    res = {"qs": b[:n_tok * n_in].view(np.int8).reshape(n_tok, n_in), "d": table(lay.d, np.float32)}
+    def table(off):  # [group][block][token]
+        t = b[off:off + groups * nb * G * 4].view(np.float32).reshape(groups, nb, G).transpose(0, 2, 1)
+        return t.reshape(groups * G, nb)[:n_tok]
+    res = {"qs": b[:n_tok * n_in].view(np.int8).reshape(n_tok, n_in), "d": table(lay.d)}
     if a == REALM_ACT_Q8:
-        res["sums"] = table(lay.sums, np.int32)
+        res["s"] = table(lay.s)
     else:
         res["bsums"] = b[lay.bsums:lay.bsums + n_tok * (n_in // 16) * 2].view(np.int16).reshape(n_tok, n_in // 16)
     return res
@@ -285,6 +281,13 @@ def matmul_q(w, qtype, n_out: int, act_buf, n_tok: int, n_in: int, *, out=None, 
     _check(rc, "matmul_q")
     return y
 
+
+def vnni(enable=None) -> bool:
+    """Whether the AVX2 kernels of the 32-value formats use AVX-512 VNNI (the same bits,
+    faster, where the CPU has it).  enable=False turns it off (to test the plain AVX2
+    kernels), True back on where available; None only asks."""
+    return bool(realm_matmul_vnni(-1 if enable is None else (1 if enable else 0)))
+
 # ---- ops ----
 
 def rmsnorm(x, weight=None, eps: float = 1e-6, *, out=None):
@@ -325,7 +328,8 @@ def _positions(pos, n_tok=None):
 
 
 def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0):
-    """cos/sin table [n_tok, n_rot]: (cos, sin) of pos * freq_scale * base^(-2i/n_rot) per pair i."""
+    """cos/sin table [n_tok, n_rot]: (cos, sin) of freq_scale * theta_i per pair i, where, as in
+    ggml's rope cache, theta_0 = pos and theta_i+1 = theta_i * powf(base, -2/n_rot) in float32."""
     _positions(pos)
     if not 0 < n_rot <= REALM_MAX_ROT or n_rot % 2:
         raise ValueError(f"n_rot must be even and in 2..{REALM_MAX_ROT}, not {n_rot}")
@@ -345,10 +349,11 @@ def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0):
     return cs
 
 
-def rope(x, pos, n_rot: int, base: float, *, neox: bool, freq_scale: float = 1.0, table=None):
+def rope(x, pos, n_rot: int, base: float, *, neox: bool, freq_scale: float = 1.0, table=None, isa: str = "auto"):
     """Rotate x [n_tok, n_head, head_dim] in place (first n_rot values of each head);
     neox=False pairs (2i, 2i+1) (llama), True pairs (i, i + n_rot/2) (gemma3).
-    `table` (from rope_table) skips recomputing cos/sin.  Returns x."""
+    `table` (from rope_table) skips recomputing cos/sin.  isa: "auto", "scalar" or the SIMD
+    path (the same bits).  Returns x."""
     _f32(x, "x", ndim=(3,), writable=True)
     cdef int64_t n_tok = x.shape[0]
     cdef int n_head = x.shape[1], head_dim = x.shape[2], nr = n_rot, rc
@@ -364,9 +369,9 @@ def rope(x, pos, n_rot: int, base: float, *, neox: bool, freq_scale: float = 1.0
         return x
     cdef float[:, :, ::1] xv = x
     cdef const float[:, ::1] tv = table
-    cdef int nx = 1 if neox else 0
+    cdef int nx = 1 if neox else 0, isa_id = _isa(isa)
     with nogil:
-        rc = realm_rope_apply(&xv[0, 0, 0], n_tok, n_head, head_dim, nr, &tv[0, 0], nx)
+        rc = realm_rope_apply(&xv[0, 0, 0], n_tok, n_head, head_dim, nr, &tv[0, 0], nx, isa_id)
     _check(rc, "rope")
     return x
 

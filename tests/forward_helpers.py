@@ -9,12 +9,30 @@ pass must agree with it to within the rounding those shortcuts add."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from realm import dequantize
 from realm.forward import ForwardConfig
+
+
+@lru_cache(maxsize=1)
+def llama_cpp_exact() -> bool:
+    """Whether realm's logits must equal llama.cpp's bit for bit.  realm's forward pass repeats
+    the float steps of llama.cpp's CPU backend built for x86 with AVX-512 (llama-cpp-python
+    builds natively, so that is the installed library on an AVX-512 machine), evaluating one
+    token at a time; builds for other CPUs (AVX2 only, ARM) sum some products in other orders
+    and use another exp, and agree with realm to rounding only."""
+    import llama_cpp
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    return x86 and all(getattr(lib, f"ggml_cpu_has_{f}")() for f in ("avx512", "avx2", "fma", "f16c"))
 
 
 class RefModel:

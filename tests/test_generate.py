@@ -5,8 +5,11 @@ pass driven from Python.
 Every expected token id comes from llama.cpp or from an independent driver: HostModel (the
 host's forward pass without a guest) with the sampler compiled natively
 (tests/guest_native.py), which must pick exactly the tokens the guest picks from the same
-logits.  Greedy continuations must equal llama.cpp's token for token, up to the first step
-where llama.cpp itself has a near tie (see tests/test_forward.py for why that is the bar).
+logits.  Greedy continuations equal llama.cpp's token for token: all 32 tokens when llama.cpp
+evaluates the prompt a token at a time, as realm's numerics do (on the llama.cpp builds whose
+kernels realm follows, forward_helpers.llama_cpp_exact); after llama.cpp's batched prompt (its
+other kernels), up to the first step where llama.cpp itself has a near tie (see
+tests/test_forward.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import require
+from forward_helpers import llama_cpp_exact
 import guest_native as gn
 from realm import Realm, abi
 from realm.abi import Err
@@ -82,11 +86,12 @@ class LlamaRef:
     def is_eog(self, token: int) -> bool:
         return bool(self.llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
-    def greedy(self, tokens: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
+    def greedy(self, tokens: list[int], n: int, one_by_one: bool = False) -> tuple[list[int], list[np.ndarray]]:
         """Greedy tokens (stopping at an end-of-generation token, which is not returned) and the
-        logits each was picked from."""
+        logits each was picked from; one_by_one evaluates the prompt a token at a time."""
         self.llm.reset()
-        self.llm.eval(tokens)
+        for part in ([[t] for t in tokens] if one_by_one else [tokens]):
+            self.llm.eval(part)
         out, rows = [], []
         for _ in range(n):
             row = self.llm.scores[self.llm.n_tokens - 1].copy()
@@ -184,6 +189,23 @@ def test_greedy_equals_llama_cpp(rt, model, llama, prompt):
     assert c.stop_reason == ("eog" if len(want) < GREEDY_STEPS else "length")
     # the text is the tokens' bytes, decoded
     assert c.text == llama.llm.detokenize(want).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("prompt", GREEDY_PROMPTS, ids=["counting", "calendar", "code", "capital"])
+def test_greedy_equals_llama_cpp_one_token_at_a_time(rt, model, llama, prompt):
+    """32 tokens through the guest, each equal to llama.cpp's when it evaluates the prompt a
+    token at a time (on other builds: up to its first near tie)."""
+    c = rt.complete(prompt, model, max_tokens=32, temperature=0)
+    want, rows = llama.greedy(c.prompt_tokens, 32, one_by_one=True)
+    if llama_cpp_exact():
+        assert c.tokens == want
+        assert c.stop_reason == ("eog" if len(want) < 32 else "length")
+        return
+    for step, (g, w) in enumerate(zip(c.tokens, want)):
+        if g != w:
+            row = rows[step]
+            assert np.partition(row, -2)[-2] > row.max() - NEAR_TIE, f"step {step}: {g} != llama.cpp's {w}"
+            return
 
 
 def test_greedy_equals_host_forward_pass(rt, model):

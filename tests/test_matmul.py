@@ -1,21 +1,32 @@
-"""realm._compute's matrix products y = x W^T against float64 references.
+"""realm._compute's matrix products y = x W^T against float64 references and against
+llama.cpp's own kernels.
 
 Weights come from llama.cpp's own quantizer (ggml_quantize_chunk) and from the
 real models' tensors; W~ below is their exact dequantization (realm.dequantize,
 itself bit-exact with llama.cpp).  For the quantized formats the kernels first
 quantize each activation row to int8 blocks (32 values, or 256 for the
-K-quants): x^ = d * q with d = max|x| / 127 per block.  Two checks follow:
+K-quants) as llama.cpp does: q = rne(x * 127 / amax), x^ = d * q with d the
+block's stored scale (f16(amax / 127) for blocks of 32, 1 / (127 / amax) for
+256); the formats with a block minimum (Q4_1, Q5_1) multiply it by the block
+sum s = f16(amax / 127 * sum q) rather than d * sum q, which the model below adds
+as corr = sum over blocks of m (s - d sum q).  Three checks follow:
 
-* tight:  |y - W~ x^| <= 8 (nb + 4) 2^-24 M, with nb the number of blocks in a
-  row and M = sum over 32-value groups g of max_g|W~| * sum_g|x^|.  Every block
-  product the kernel sums is exact in integers and then scaled in f32; each
+* bit-exact: one token's y equals llama.cpp's ggml_vec_dot_* on the same blocks, or
+  for Q4_0, Q4_K and Q2_K matrices of 8k rows (the ones llama.cpp repacks) its
+  ggml_gemv_*_8x8 on the repacked blocks, and the activation blocks equal
+  quantize_row_q8_0 / _q8_1 / _q8_K's, when the installed llama.cpp is an x86 build
+  with AVX2 (its kernels are other ones elsewhere);
+* tight:  |y - (W~ x^ + corr)| <= 8 (nb + 4) 2^-24 M, with nb the number of blocks
+  in a row and M = sum over 32-value groups g of max_g|W~| * sum_g|x^|.  Every
+  block product the kernel sums is exact in integers and then scaled in f32; each
   scaled term is at most 3 max_g|W~| sum_g|x^| (a quantized value times its scale
   is within the block's range, a block minimum within its extremes), and f32
   recursive summation of nb terms errs by at most (nb + 2) u of the sum of the
-  terms' magnitudes, plus 2u per term for the scale products.
+  terms' magnitudes, plus 2u per term for the scale products;
 * against the f32 activations: |y - W~ x| <= sum over activation blocks b of
-  0.50002 d_b sum_b|W~| + the tight bound, since |x - x^| <= d (1/2 + 127 * 2u)
-  element-wise (round to nearest of x * (1/d), both products rounded).
+  (0.50002 d'_b + 127 |d_b - d'_b|) sum_b|W~| + |corr| + the tight bound, where
+  d' = amax / 127: |x - q d'| <= d' (1/2 + 127 * 2u) element-wise (round to nearest
+  of x * (127 / amax), both steps rounded) and |q| <= 127.
 
 The scalar and AVX2 paths, any thread count and any batch split give the same
 bits for the quantized formats (matmul.h defines the float steps; the integer
@@ -32,7 +43,7 @@ from hypothesis import strategies as st
 
 from realm import GGMLType, _compute, _quant, dequantize
 from realm.reader import GGUFFile
-from conftest import ggml
+from conftest import ggml, require
 
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
@@ -59,33 +70,57 @@ def gaussian(rng, shape, scale=1.0, outliers=True) -> np.ndarray:
     return x
 
 
-def np_quantize_act(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """An independent NumPy model of the activation quantizer (matmul.h):
-    d = max|x| / 127 (NaNs skipped), q = rint(x * (1/d)) clamped to [-127, 127], NaN -> -127,
-    blocks with max|x| < 2^-100 all zero.  Returns (q int8 [n_tok, n_in], d float32 [n_tok, blocks])."""
+def f16_round(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x.astype(np.float32).astype(np.float16).astype(np.float32)
+
+
+def np_quantize_act(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """An independent NumPy model of the activation quantizer (matmul.h): amax = max|x|
+    (NaNs skipped), q = rint(x * (127 / amax)) clamped to [-127, 127], NaN -> -127; blocks of
+    32: d = f16(amax / 127), s = f16(amax / 127 * sum q); blocks of 256: d = 1 / (127 / amax);
+    blocks with amax < 2^-100 all zero.  Returns qs int8 [n_tok, n_in], d (and s) float32
+    [n_tok, blocks], bsums int16 [n_tok, n_in / 16]."""
     n_tok, n_in = x.shape
     xb = x.reshape(n_tok, n_in // k, k).astype(np.float32)
     with np.errstate(all="ignore"):
         a = np.abs(xb)
         amax = np.where(np.isnan(a), np.float32(0), a).max(axis=-1)
         tiny = ~(amax >= np.float32(2.0**-100))
-        d = np.where(tiny, np.float32(0), amax / np.float32(127)).astype(np.float32)
-        inv = np.where(tiny, np.float32(0), np.float32(1) / d).astype(np.float32)
+        inv = np.where(tiny, np.float32(0), np.float32(127) / amax).astype(np.float32)
         r = np.rint((xb * inv[..., None]).astype(np.float32))
         bad = np.isnan(r) | (r >= 2.0**31) | (r < -(2.0**31))
         q = np.where(bad, -127, np.clip(np.nan_to_num(r), -127, 127)).astype(np.int8)
-    return q.reshape(n_tok, n_in), d
+        if k == 32:
+            d0 = np.where(tiny, np.float32(0), amax / np.float32(127)).astype(np.float32)
+            d = f16_round(d0)
+            s = f16_round(d0 * q.astype(np.int32).sum(axis=-1).astype(np.float32))
+        else:
+            d = np.where(tiny, np.float32(0), np.float32(1) / inv).astype(np.float32)
+    out = {"qs": q.reshape(n_tok, n_in), "d": d}
+    if k == 32:
+        out["s"] = s
+    else:
+        out["bsums"] = q.astype(np.int32).reshape(n_tok, -1, 16).sum(axis=-1).astype(np.int16)
+    return out
 
 
-def x_hat(qtype: GGMLType, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The activations the kernels multiply (float64) and their block scales."""
+def x_hat(qtype: GGMLType, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The activations the kernels multiply (float64) and the buffer's parts."""
     act = _compute.act_type(qtype)
     if act == "f32":
-        return x.astype(np.float64), np.zeros((x.shape[0], 0))
+        return x.astype(np.float64), {}
     k = act_block(qtype)
     parts = _compute.act_unpack(act, _compute.quantize_act(act, x), *x.shape)
     d = parts["d"].astype(np.float64)
-    return parts["qs"].astype(np.float64) * np.repeat(d, k, axis=1), d
+    return parts["qs"].astype(np.float64) * np.repeat(d, k, axis=1), parts
+
+
+def block_minimums(wq: np.ndarray, qtype: GGMLType, n_out: int) -> np.ndarray:
+    """m [n_out, blocks] of Q4_1 / Q5_1 blocks (the f16 after the scale)."""
+    size = {T.Q4_1: 20, T.Q5_1: 24}[qtype]
+    blocks = np.ascontiguousarray(wq).reshape(n_out, -1, size)
+    return blocks[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
 
 
 def group_bound(w: np.ndarray, xh: np.ndarray) -> np.ndarray:
@@ -100,20 +135,28 @@ def check_product(qtype: GGMLType, wq: np.ndarray, n_out: int, x: np.ndarray, y:
     """y = x W^T within the bounds in the module docstring."""
     n_tok, n_in = x.shape
     w = dequantize(wq, qtype, (n_out, n_in)).astype(np.float64)
-    xh, d = x_hat(qtype, x)
+    xh, parts = x_hat(qtype, x)
     if qtype in FLOAT_TYPES:
         tol = (n_in + 8) * U * (np.abs(xh) @ np.abs(w).T)
         err = np.abs(y - xh @ w.T)
         assert (err <= tol).all(), f"max excess {(err - tol).max():.3g}"
         return
-    nb = n_in // act_block(qtype)
-    tight = 8 * (nb + 4) * U * group_bound(w, xh)
-    err = np.abs(y - xh @ w.T)
-    assert (err <= tight).all(), f"tight bound exceeded by {(err - tight).max():.3g} (bound {tight.max():.3g})"
     k = act_block(qtype)
-    act_err = (0.50002 * d) @ np.abs(w).reshape(n_out, -1, k).sum(axis=-1).T
+    corr = np.zeros((n_tok, n_out))
+    if qtype in (T.Q4_1, T.Q5_1):  # the block minimum times s, not times d * sum(q)
+        sumq = parts["qs"].astype(np.float64).reshape(n_tok, -1, k).sum(axis=-1)
+        corr = (parts["s"].astype(np.float64) - parts["d"].astype(np.float64) * sumq) @ block_minimums(wq, qtype, n_out).T
+    nb = n_in // k
+    tight = 8 * (nb + 4) * U * group_bound(w, xh)
+    err = np.abs(y - (xh @ w.T + corr))
+    assert (err <= tight).all(), f"tight bound exceeded by {(err - tight).max():.3g} (bound {tight.max():.3g})"
+    amax = np.abs(x.astype(np.float64)).reshape(n_tok, -1, k).max(axis=-1)
+    d_exact = amax / 127
+    e_block = 0.50002 * d_exact + 127 * np.abs(parts["d"].astype(np.float64) - d_exact)
+    act_err = e_block @ np.abs(w).reshape(n_out, -1, k).sum(axis=-1).T
     err = np.abs(y - x.astype(np.float64) @ w.T)
-    assert (err <= act_err + tight).all(), f"activation bound exceeded by {(err - act_err - tight).max():.3g}"
+    bound = act_err + np.abs(corr) + tight
+    assert (err <= bound).all(), f"activation bound exceeded by {(err - bound).max():.3g}"
 
 
 def assert_same_bits(a: np.ndarray, b: np.ndarray) -> None:
@@ -162,15 +205,18 @@ def test_quantize_act_matches_numpy_model(act, k, isa):
     x[2, :k] *= np.float32(2.0**-110)                # a block below the tiny threshold
     x[3, 5], x[3, k + 7] = np.nan, -np.inf           # NaN and infinity in their blocks
     x[4, 3] = np.float32(3.0e38)
-    x[5, :k] = np.float32(0.5) * np.arange(k, dtype=np.float32) - 3  # exact ties at x * (1/d)
-    x[6, :k] = np.float32(2.0**-99) * rng.standard_normal(k, dtype=np.float32)
+    x[5, :k] = np.float32(0.5) * np.arange(k, dtype=np.float32) - 3  # exact ties at x * (127 / amax)
+    x[6, :k] = np.float32(2.0**-99) * rng.standard_normal(k, dtype=np.float32)  # f16-subnormal scales
+    x[7, :k] = np.float32(1e-3) * rng.standard_normal(k, dtype=np.float32)
     buf = _compute.quantize_act(act, x, isa=isa)
     parts = _compute.act_unpack(act, buf, n_tok, n_in)
-    q, d = np_quantize_act(x, k)
-    np.testing.assert_array_equal(parts["qs"], q)
-    assert_same_bits(parts["d"], d)
-    sums = q.astype(np.int32).reshape(n_tok, -1, 32 if act == "q8" else 16).sum(axis=-1)
-    np.testing.assert_array_equal(parts["sums" if act == "q8" else "bsums"], sums)
+    want = np_quantize_act(x, k)
+    np.testing.assert_array_equal(parts["qs"], want["qs"])
+    assert_same_bits(parts["d"], want["d"])
+    if act == "q8":
+        assert_same_bits(parts["s"], want["s"])
+    else:
+        np.testing.assert_array_equal(parts["bsums"], want["bsums"])
 
 
 @pytest.mark.parametrize("qtype", Q32_TYPES + K_TYPES, ids=lambda t: t.name)
@@ -185,6 +231,25 @@ def test_special_activations_give_the_same_bits_on_every_path(qtype):
     for y in ys:
         assert_same_bits(y, ys[0])
     np.testing.assert_array_equal(np.isfinite(ys[0][4]), True)
+
+
+@pytest.mark.parametrize("qtype", Q32_TYPES, ids=lambda t: t.name)
+def test_vnni_kernels_give_the_same_bits(qtype):
+    """Where the CPU has AVX-512 VNNI the 32-value formats use it; without, the same bits."""
+    rng = np.random.default_rng(int(qtype) + 7)
+    for n_out in (16, 13):  # Q4_0: the repacked kernel and the other one
+        wq = ggml().quantize(gaussian(rng, (n_out, 9 * 32)), qtype)
+        x = gaussian(rng, (11, 9 * 32))
+        had = _compute.vnni()
+        try:
+            _compute.vnni(False)
+            assert not _compute.vnni()
+            plain = _compute.matmul(wq, qtype, n_out, x, isa="auto")
+        finally:
+            _compute.vnni(had)
+        assert _compute.vnni() == had
+        assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa="auto"), plain)
+        assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa="scalar"), plain)
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -216,6 +281,130 @@ def test_shared_activations(qtype):
         y = _compute.matmul_q(wq, qtype, n_out, buf, n_tok, n_in, out=out)
         assert y is out
         assert_same_bits(y, _compute.matmul(wq, qtype, n_out, x))
+
+
+# ---- bit for bit with llama.cpp's kernels ----
+
+class GGMLCPU:
+    """llama.cpp's CPU kernels (libggml-cpu, as llama-cpp-python built it), through ctypes."""
+
+    VEC_DOT = {T.Q4_0: ("q4_0_q8_0", "q8_0", 34), T.Q4_1: ("q4_1_q8_1", "q8_1", 36), T.Q5_0: ("q5_0_q8_0", "q8_0", 34),
+               T.Q5_1: ("q5_1_q8_1", "q8_1", 36), T.Q8_0: ("q8_0_q8_0", "q8_0", 34), T.Q2_K: ("q2_K_q8_K", "q8_K", 292),
+               T.Q3_K: ("q3_K_q8_K", "q8_K", 292), T.Q4_K: ("q4_K_q8_K", "q8_K", 292), T.Q5_K: ("q5_K_q8_K", "q8_K", 292),
+               T.Q6_K: ("q6_K_q8_K", "q8_K", 292)}
+
+    def __init__(self):
+        import ctypes
+        import os
+        import platform
+
+        llama_cpp = require("llama_cpp")
+        self.c = ctypes
+        self.lib = lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+        if platform.machine() not in ("x86_64", "AMD64") or not lib.ggml_cpu_has_avx2():
+            pytest.skip("llama.cpp's x86 AVX2 kernels are the ones realm's quantized products equal")
+        lib.ggml_cpu_init()
+        P = ctypes.c_void_p
+        for name in ("q8_0", "q8_1", "q8_K"):
+            getattr(lib, f"quantize_row_{name}").argtypes = [P, P, ctypes.c_int64]
+        for name, _, _ in self.VEC_DOT.values():
+            getattr(lib, f"ggml_vec_dot_{name}").argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P,
+                                                             ctypes.c_size_t, ctypes.c_int]
+
+    def quantize_row(self, name: str, x: np.ndarray, size: int) -> np.ndarray:
+        k = 256 if name == "q8_K" else 32
+        out = np.zeros(x.size // k * size, dtype=np.uint8)
+        getattr(self.lib, f"quantize_row_{name}")(x.ctypes.data, out.ctypes.data, x.size)
+        return out
+
+    def vec_dot(self, qtype: GGMLType, wq: np.ndarray, n_out: int, x: np.ndarray) -> np.ndarray:
+        """llama.cpp's y = W x for one token: quantize_row_* then ggml_vec_dot_* per row."""
+        name, act, size = self.VEC_DOT[qtype]
+        xq = self.quantize_row(act, x, size)
+        wq = np.ascontiguousarray(wq).reshape(n_out, -1)
+        y = np.zeros(n_out, dtype=np.float32)
+        fn = getattr(self.lib, f"ggml_vec_dot_{name}")
+        for r in range(n_out):
+            fn(x.size, y[r:].ctypes.data, 0, wq[r].ctypes.data, 0, xq.ctypes.data, 0, 1)
+        return y
+
+    REPACKED = {T.Q4_0: ("block_q4_0", "q4_0_8x8_q8_0", "q8_0", 34), T.Q4_K: ("block_q4_K", "q4_K_8x8_q8_K", "q8_K", 292),
+                T.Q2_K: ("block_q2_K", "q2_K_8x8_q8_K", "q8_K", 292)}
+
+    def gemv(self, qtype: GGMLType, wq: np.ndarray, n_out: int, x: np.ndarray) -> np.ndarray:
+        """llama.cpp's product of a repacked matrix (8 rows interleaved, n_out % 8 == 0):
+        ggml::cpu::repack::repack<block, 8, 8> then ggml_gemv_*_8x8."""
+        ctypes = self.c
+        block, kernel, act, size = self.REPACKED[qtype]
+        repack = getattr(self.lib, f"_ZN4ggml3cpu6repack6repackI{len(block)}{block}Ll8ELl8EEEiP11ggml_tensorPKvm")
+        repack.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        gemv = getattr(self.lib, f"ggml_gemv_{kernel}")
+        gemv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                         ctypes.c_int]
+
+        class Tensor(ctypes.Structure):  # struct ggml_tensor, up to the fields repack reads
+            _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                        ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                        ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                        ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
+                        ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8)]
+        wq = np.ascontiguousarray(wq)
+        packed = np.zeros(wq.size, dtype=np.uint8)
+        t = Tensor(type=int(qtype), data=packed.ctypes.data)
+        t.ne[:] = [x.size, n_out, 1, 1]
+        t.nb[:] = [wq.size // n_out // (x.size // weight_block(qtype)), wq.size // n_out, wq.size, wq.size]
+        assert repack(ctypes.byref(t), wq.ctypes.data, wq.size) == 0
+        xq = self.quantize_row(act, x, size)
+        y = np.zeros(n_out, dtype=np.float32)
+        gemv(x.size, y.ctypes.data, n_out, packed.ctypes.data, xq.ctypes.data, 1, n_out)
+        return y
+
+
+@pytest.fixture(scope="module")
+def ggml_cpu():
+    return GGMLCPU()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activations_equal_llama_cpp_quantizer(ggml_cpu, isa):
+    """The int8 values and scales equal quantize_row_q8_0 / _q8_1 / _q8_K's (Q8_K up to the
+    sign ggml gives q and d when the largest value is positive)."""
+    rng = np.random.default_rng(12)
+    x = gaussian(rng, (1, 8 * 256), 3.0)[0]
+    x[:32] *= np.float32(1e-6)  # an f16-subnormal scale
+    parts = _compute.act_unpack("q8", _compute.quantize_act("q8", x, isa=isa), 1, x.size)
+    b0 = ggml_cpu.quantize_row("q8_0", x, 34).reshape(-1, 34)
+    b1 = ggml_cpu.quantize_row("q8_1", x, 36).reshape(-1, 36)
+    np.testing.assert_array_equal(parts["qs"][0], b0[:, 2:].view(np.int8).reshape(-1))
+    np.testing.assert_array_equal(parts["qs"][0], b1[:, 4:].view(np.int8).reshape(-1))
+    assert_same_bits(parts["d"][0], b0[:, :2].copy().view(np.float16)[:, 0].astype(np.float32))
+    assert_same_bits(parts["d"][0], b1[:, :2].copy().view(np.float16)[:, 0].astype(np.float32))
+    assert_same_bits(parts["s"][0], b1[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float32))
+    parts = _compute.act_unpack("q8_k", _compute.quantize_act("q8_k", x, isa=isa), 1, x.size)
+    bk = ggml_cpu.quantize_row("q8_K", x, 292).reshape(-1, 292)
+    d = bk[:, :4].copy().view(np.float32)[:, 0]
+    sign = np.where(d < 0, -1, 1)
+    assert_same_bits(parts["d"][0], np.abs(d))
+    np.testing.assert_array_equal(parts["qs"][0].reshape(-1, 256), sign[:, None] * bk[:, 4:260].view(np.int8))
+    np.testing.assert_array_equal(parts["bsums"][0].reshape(-1, 16), sign[:, None] * bk[:, 260:].copy().view(np.int16))
+
+
+@pytest.mark.parametrize("qtype", Q32_TYPES + K_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_out", [24, 13])
+def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
+    """One token's y = W x, bit for bit llama.cpp's (every path, alone and in a batch):
+    repacked kernels for 8k rows of Q4_0, Q4_K, Q2_K, vec_dot kernels otherwise."""
+    rng = np.random.default_rng(int(qtype) + 100)
+    n_in = 7 * weight_block(qtype) if qtype in K_TYPES else 37 * 32
+    repacked = qtype in GGMLCPU.REPACKED and n_out % 8 == 0
+    for trial in range(3):
+        wq = ggml().quantize(gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-2, 1)), qtype)
+        x = gaussian(rng, (5, n_in), 10.0 ** rng.uniform(-2, 2))
+        for t in range(x.shape[0]):
+            want = ggml_cpu.gemv(qtype, wq, n_out, x[t]) if repacked else ggml_cpu.vec_dot(qtype, wq, n_out, x[t])
+            for isa in ISAS:
+                assert_same_bits(_compute.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want)
+                assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
 
 
 def model_tensors(path, names):
