@@ -6,11 +6,13 @@ from .reader import GGUFFile, open_gguf
 from .cache import LayerCache
 from .store import ModelStore, QuantizedTensor, StoredModel
 from .chat import ChatTemplate, ChatTemplateError
+from .forward import ContextFullError, ForwardConfig, HostModel, KVCache, UnsupportedModelError
 from .runtime import Completion, ContextWindowError, GenerationError, Model, Realm, TextStream, Usage
 
 __all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info",
            "RealmError", "GGUFError", "ModelNotFoundError", "TensorNotFoundError",
            "GGUFFile", "open_gguf", "LayerCache", "ModelStore", "QuantizedTensor", "StoredModel",
            "Realm", "Model", "Completion", "Usage", "TextStream", "ContextWindowError", "GenerationError",
-           "ChatTemplate", "ChatTemplateError"]
+           "ChatTemplate", "ChatTemplateError",
+           "HostModel", "KVCache", "ForwardConfig", "UnsupportedModelError", "ContextFullError"]
 __version__ = "0.1.0"
