@@ -57,20 +57,7 @@ int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_ro
         realm_rope_apply_avx2(x, n_tok, n_head, head_dim, n_rot, cs, neox);
         return 0;
     }
-    const int half = n_rot / 2;
-    for (int64_t t = 0; t < n_tok; t++) {
-        const float *c = cs + t * n_rot;
-        for (int h = 0; h < n_head; h++) {
-            float *v = x + (t * n_head + h) * head_dim;
-            for (int i = 0; i < half; i++) {
-                float *pa = neox ? v + i : v + 2 * i;
-                float *pb = neox ? v + i + half : v + 2 * i + 1;
-                const float a = *pa, b = *pb, co = c[2 * i], si = c[2 * i + 1];
-                *pa = fmaf(a, co, -(b * si));
-                *pb = fmaf(a, si, b * co);
-            }
-        }
-    }
+    realm_rope_rows(x, n_tok, n_head, head_dim, n_rot, cs, neox);
     return 0;
 }
 

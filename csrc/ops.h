@@ -15,6 +15,8 @@
 
 #include "matmul.h"
 
+#include <math.h>
+
 /* y = x / sqrt(mean(x^2) + eps) * w for each of `rows` rows of n values (w
  * may be NULL: no weight; y may be x).  As ggml: squares summed in double,
  * scale = 1 / sqrtf(mean + eps), then (x * scale) * w.  Gemma's GGUF norm
@@ -115,6 +117,26 @@ void realm_geglu_avx2(const float *gate, const float *up, float *out, int64_t n)
 void realm_exp_avx2(const float *x, float *y, int64_t n);
 void realm_f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n);
 void realm_rope_apply_avx2(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs, int neox);
+
+/* realm_rope_apply's loop, shared by both paths: inlined into the AVX2 one,
+ * fmaf becomes the FMA instruction instead of a libm call (the same bits). */
+static inline __attribute__((always_inline)) void realm_rope_rows(float *x, int64_t n_tok, int n_head, int head_dim,
+                                                                  int n_rot, const float *cs, int neox) {
+    const int half = n_rot / 2;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const float *c = cs + t * n_rot;
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + (t * n_head + h) * head_dim;
+            for (int i = 0; i < half; i++) {
+                float *pa = neox ? v + i : v + 2 * i;
+                float *pb = neox ? v + i + half : v + 2 * i + 1;
+                const float a = *pa, b = *pb, co = c[2 * i], si = c[2 * i + 1];
+                *pa = fmaf(a, co, -(b * si));
+                *pb = fmaf(a, si, b * co);
+            }
+        }
+    }
+}
 
 /* ggml's f16 GELU table, entry h = gelu(x) for the f16 x of bits h, as the
  * f32 value of its f16 result (65536 entries, built on first use). */

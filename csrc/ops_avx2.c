@@ -89,22 +89,8 @@ AVX2 void realm_f32_to_f16_avx2(const float *x, uint16_t *y, int64_t n) {
     for (; i < n; i++) y[i] = realm_f32_to_half(x[i]);
 }
 
-/* realm_rope_apply's steps with the FMA instruction (the scalar path calls fmaf). */
 AVX2 void realm_rope_apply_avx2(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs, int neox) {
-    const int half = n_rot / 2;
-    for (int64_t t = 0; t < n_tok; t++) {
-        const float *c = cs + t * n_rot;
-        for (int h = 0; h < n_head; h++) {
-            float *v = x + (t * n_head + h) * head_dim;
-            for (int i = 0; i < half; i++) {
-                float *pa = neox ? v + i : v + 2 * i;
-                float *pb = neox ? v + i + half : v + 2 * i + 1;
-                const __m128 a = _mm_set_ss(*pa), b = _mm_set_ss(*pb), co = _mm_set_ss(c[2 * i]), si = _mm_set_ss(c[2 * i + 1]);
-                *pa = _mm_cvtss_f32(_mm_fmadd_ss(a, co, _mm_xor_ps(_mm_mul_ss(b, si), _mm_set_ss(-0.0f))));
-                *pb = _mm_cvtss_f32(_mm_fmadd_ss(a, si, _mm_mul_ss(b, co)));
-            }
-        }
-    }
+    realm_rope_rows(x, n_tok, n_head, head_dim, n_rot, cs, neox);
 }
 
 /* ---- attention ---- */
