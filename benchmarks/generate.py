@@ -19,9 +19,9 @@ one realm import call, measured from a wasm loop.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import wasmtime
@@ -29,7 +29,7 @@ import wasmtime
 from realm import Realm
 from realm.forward import HostModel
 from realm.host import add_realm_imports
-from realm.models import pull
+from realm.models import resolve
 
 PROMPT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
@@ -49,10 +49,6 @@ CALL_WAT = """
       (drop (call $info (local.get $id) (i32.const 0) (i32.const 8)))
       (br_if $again (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))))
 """
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
 
 
 def bench_realm(rt: Realm, model, tokens: int, repeat: int) -> dict:
@@ -137,7 +133,7 @@ def main() -> None:
     rows, overhead = [], []
     with Realm(threads=args.threads) as rt:
         for name in args.models:
-            path = Path(name) if Path(name).exists() else pull(name)
+            path = resolve(name)
             model = rt.load_model(path)
             r = bench_realm(rt, model, args.tokens, args.repeat)
             h = bench_host(rt, model, r["prompt_tokens"], args.tokens, args.repeat, args.threads)

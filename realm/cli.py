@@ -25,7 +25,7 @@ from . import __version__
 from .errors import RealmError
 from .models import MODELS, pull, resolve
 from .progress import Progress, format_bytes
-from .quants import SUPPORTED_TYPES
+from .quants import can_dequantize
 from .reader import GGUFFile, StringArray, TensorInfo, open_gguf
 from .store import QuantizedTensor
 
@@ -230,11 +230,13 @@ def _pick_tensors(gguf: GGUFFile, names: list[str], take_all: bool) -> list[Tens
     if take_all:
         if names:
             raise RealmError("give tensor names or --all, not both")
-        supported = set(SUPPORTED_TYPES)
-        skipped = [t for t in gguf.tensors.values() if t.dtype not in supported]
-        for t in skipped:
-            print(f"realm: skipping {t.name}: realm cannot dequantize {t.dtype.name}", file=sys.stderr)
-        return [t for t in gguf.tensors.values() if t.dtype in supported]
+        picked = []
+        for t in gguf.tensors.values():
+            if can_dequantize(t.dtype):
+                picked.append(t)
+            else:
+                print(f"realm: skipping {t.name}: realm cannot dequantize {t.dtype.name}", file=sys.stderr)
+        return picked
     if not names:
         raise RealmError("name the tensors to dequantize, or pass --all (see `realm info --tensors`)")
     picked = []
@@ -244,7 +246,7 @@ def _pick_tensors(gguf: GGUFFile, names: list[str], take_all: bool) -> list[Tens
             close = difflib.get_close_matches(name, list(gguf.tensors), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see `realm info --tensors`"
             raise RealmError(f"the model has no tensor {name!r}{hint}")
-        if info.dtype not in set(SUPPORTED_TYPES):
+        if not can_dequantize(info.dtype):
             raise RealmError(f"tensor {name!r} is {info.dtype.name}, which realm cannot dequantize")
         picked.append(info)
     return picked

@@ -292,12 +292,12 @@ class HostModel:
               ) -> np.ndarray:
         """Layer il for hidden [n_tokens, n_embd] at positions pos .. pos + n_tokens - 1;
         writes their K and V into kv.  `out` may be `hidden` (in place)."""
-        hidden = _rows(hidden, self.config.n_embd)
+        hidden = _rows(hidden)
         return self._fm.layer(il, hidden, pos, kv, out)
 
     def lm_head(self, hidden: np.ndarray) -> np.ndarray:
         """Logits [n_rows, n_vocab] of hidden states [n_rows, n_embd] (final norm + output)."""
-        return self._fm.lm_head(_rows(hidden, self.config.n_embd))
+        return self._fm.lm_head(_rows(hidden))
 
     def forward(self, tokens: Sequence[int] | np.ndarray, kv: KVCache, *, last_only: bool = False) -> np.ndarray:
         """Logits [n_tokens, n_vocab] (or [1, n_vocab] with last_only) of tokens appended to the
@@ -341,8 +341,8 @@ def _token_array(tokens: Sequence[int] | np.ndarray | Iterable[int]) -> np.ndarr
         raise ValueError("token ids must fit in int32") from None
 
 
-def _rows(hidden: np.ndarray, n_embd: int) -> np.ndarray:
-    """hidden as float32 [n, n_embd] (a 1-D vector is one row)."""
+def _rows(hidden: np.ndarray) -> np.ndarray:
+    """A 1-D vector becomes one row (ForwardModel checks the dtype and width)."""
     if isinstance(hidden, np.ndarray) and hidden.ndim == 1:
         hidden = hidden.reshape(1, -1)
     return hidden

@@ -164,30 +164,30 @@ class Guest:
         finally:
             self.free(ptr)
 
-    def _check(self, what: str, rc: int) -> int:
-        if rc < 0:
-            raise GuestError(what, rc, self.host.last_error)
-        return rc
-
-    def _call_checked(self, what: str, name: str, *args: int) -> int:
+    def call_checked(self, name: str, *args: int, what: str | None = None) -> int:
+        """An export whose negative result is an error code: raises GuestError naming `what`
+        (default: the export) with the host's last error message."""
         self.host.last_error = None
-        return self._check(what, self.call(name, *args))
+        rc = self.call(name, *args)
+        if rc < 0:
+            raise GuestError(what or name, rc, self.host.last_error)
+        return rc
 
     # -- models ----------------------------------------------------------------------
     def load_model(self, gguf: bytes) -> int:
         """The seed's path: pass a whole GGUF through guest memory; the guest parses its header
         and stores it in the host (realm_store_model).  Returns the model id (owned by the guest)."""
         with self.buffer(gguf) as ptr:
-            return self._call_checked("guest_load_model", "guest_load_model", _i32(ptr), _i32(len(gguf)))
+            return self.call_checked("guest_load_model", _i32(ptr), _i32(len(gguf)))
 
     def attach(self, model_id: int) -> None:
         """Share a host-loaded model with the guest and have it read the model's header."""
         self.host.share(model_id)
-        self._call_checked(f"guest_attach_model({model_id})", "guest_attach_model", model_id)
+        self.call_checked("guest_attach_model", model_id, what=f"guest_attach_model({model_id})")
 
     def unload(self) -> None:
         """Release the guest's model (removing it from the store if the guest stored it)."""
-        self._call_checked("guest_unload_model", "guest_unload_model")
+        self.call_checked("guest_unload_model")
 
     @property
     def config(self) -> ModelConfig | None:
@@ -199,14 +199,14 @@ class Guest:
         """A tensor of the guest's model as the guest receives it: realm_get_tensor into guest
         memory, read back as a flat float32 array."""
         raw = name.encode("utf-8")
+        what = f"guest_fetch_tensor({name!r})"
         with self.buffer(raw) as name_ptr:
             args = (_i32(name_ptr), len(raw))
-            needed = self._call_checked(f"guest_fetch_tensor({name!r})", "guest_fetch_tensor", *args, 0, 0)
+            needed = self.call_checked("guest_fetch_tensor", *args, 0, 0, what=what)
             if needed == 0:
                 return np.empty(0, dtype="<f4")
             with self.buffer(needed) as out:
-                written = self._call_checked(f"guest_fetch_tensor({name!r})", "guest_fetch_tensor",
-                                             *args, _i32(out), _i32(needed))
+                written = self.call_checked("guest_fetch_tensor", *args, _i32(out), _i32(needed), what=what)
                 return np.frombuffer(self._memory.read(self.wasm_store, out, out + written), dtype="<f4")
 
     # -- lifetime ------------------------------------------------------------------------

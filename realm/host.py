@@ -329,8 +329,9 @@ class RealmHost:
         raise RuntimeError(f"forward pass failed with code {rc}")
 
     @staticmethod
-    def _name(mem: GuestMemory, ptr: int, length: int) -> str:
-        if length > abi.NAME_MAX:
+    def _text(mem: GuestMemory, ptr: int, length: int, max_len: int) -> str:
+        """UTF-8 text of at most max_len bytes from a range already checked against memory."""
+        if length > max_len:
             raise _Fail(Err.BAD_ARGUMENT)
         try:
             return mem.read(ptr, length).decode("utf-8")
@@ -380,7 +381,7 @@ class RealmHost:
         model = self._model(model_id)
         name_ptr, name_len = mem.check(name_ptr, name_len)
         out_ptr, out_max_len = mem.check(out_ptr, out_max_len)
-        name = self._name(mem, name_ptr, name_len)
+        name = self._text(mem, name_ptr, name_len, abi.NAME_MAX)
         tensor = model.tensors.get(name)
         if tensor is None:
             raise _Fail(Err.NO_TENSOR)
@@ -444,13 +445,7 @@ class RealmHost:
         """A guest message to the "realm.guest" logger."""
         if level not in _LOG_LEVELS:
             raise _Fail(Err.BAD_ARGUMENT)
-        msg_ptr, msg_len = mem.check(msg_ptr, msg_len)
-        if msg_len > abi.LOG_MAX:
-            raise _Fail(Err.BAD_ARGUMENT)
-        try:
-            text = mem.read(msg_ptr, msg_len).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Fail(Err.BAD_UTF8) from None
+        text = self._text(mem, *mem.check(msg_ptr, msg_len), abi.LOG_MAX)
         if level == LogLevel.ERROR:
             self.last_error = text
         guest_log.log(_LOG_LEVELS[LogLevel(level)], "%s", text)
@@ -567,13 +562,7 @@ class RealmHost:
     @_realm_import
     def realm_emit_text(self, mem: GuestMemory, text_ptr: int, text_len: int) -> int:
         """A piece of generated text, handed to `text_sink`."""
-        text_ptr, text_len = mem.check(text_ptr, text_len)
-        if text_len > abi.TEXT_MAX:
-            raise _Fail(Err.BAD_ARGUMENT)
-        try:
-            text = mem.read(text_ptr, text_len).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Fail(Err.BAD_UTF8) from None
+        text = self._text(mem, *mem.check(text_ptr, text_len), abi.TEXT_MAX)
         sink = self.text_sink
         return abi.EMIT_STOP if sink is not None and sink(text) else abi.OK
 

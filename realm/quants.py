@@ -74,6 +74,12 @@ _INFO = _build_info()
 #: The types `dequantize` accepts, in ggml's numbering order.
 SUPPORTED_TYPES: tuple[GGMLType, ...] = tuple(sorted(_INFO))
 
+
+def can_dequantize(dtype: GGMLType) -> bool:
+    """Whether `dequantize` has a kernel for `dtype`."""
+    return dtype in _INFO
+
+
 def as_qtype(qtype: Any) -> GGMLType:
     """Resolve a `GGMLType`, `gguf.GGMLQuantizationType`, int value or name (any case)."""
     if isinstance(qtype, str):

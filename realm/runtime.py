@@ -36,7 +36,7 @@ from .abi import Err, StopReason
 from .cache import LayerCache
 from .chat import ChatTemplate, special_token_texts
 from .errors import ModelNotFoundError, RealmError
-from .guest import Guest, GuestError, load_guest_module
+from .guest import Guest, GuestError, _i32, load_guest_module
 from .models import MODELS, model_path, resolve
 from .store import ModelStore
 
@@ -521,18 +521,10 @@ class _Borrowed:
 
 # -- driving the guest's exports ----------------------------------------------------------
 
-def _i32(value: int) -> int:
-    value &= _U32_MASK
-    return value - (1 << 32) if value & 0x8000_0000 else value
-
-
-def _call(g: Guest, what: str, name: str, *args: int) -> int:
-    """A guest export whose negative result is an error code."""
-    g.host.last_error = None
-    rc = g.call(name, *(_i32(a) for a in args))
-    if rc < 0:
-        raise GuestError(what, rc, g.host.last_error)
-    return rc
+def _call(g: Guest, name: str, *args: int) -> int:
+    """A guest export whose negative result is an error code (GuestError); addresses may be
+    >= 2^31, so every argument goes as the signed i32 Wasmtime takes."""
+    return g.call_checked(name, *(_i32(a) for a in args))
 
 
 def _tokenize(g: Guest, data: bytes, flags: int) -> list[int]:
@@ -541,11 +533,11 @@ def _tokenize(g: Guest, data: bytes, flags: int) -> list[int]:
         while True:
             with g.buffer(4 * cap) as out:
                 try:
-                    n = _call(g, "guest_tokenize", "guest_tokenize", text, len(data), flags, out, cap)
+                    n = _call(g, "guest_tokenize", text, len(data), flags, out, cap)
                 except GuestError as exc:
                     if exc.code != Err.BUFFER_TOO_SMALL:
                         raise
-                    cap = _call(g, "guest_tokenize", "guest_tokenize", text, len(data), flags, 0, 0)
+                    cap = _call(g, "guest_tokenize", text, len(data), flags, 0, 0)
                     continue
                 return np.frombuffer(g.read(out, 4 * n), dtype="<i4").tolist()
 
@@ -553,11 +545,11 @@ def _tokenize(g: Guest, data: bytes, flags: int) -> list[int]:
 def _detokenize(g: Guest, ids: bytes, flags: int) -> bytes:
     n = len(ids) // 4
     with g.buffer(ids) as tokens:
-        size = _call(g, "guest_detokenize", "guest_detokenize", tokens, n, flags, 0, 0)
+        size = _call(g, "guest_detokenize", tokens, n, flags, 0, 0)
         if size == 0:
             return b""
         with g.buffer(size) as out:
-            got = _call(g, "guest_detokenize", "guest_detokenize", tokens, n, flags, out, size)
+            got = _call(g, "guest_detokenize", tokens, n, flags, out, size)
             return g.read(out, got)
 
 
@@ -565,7 +557,7 @@ def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> 
     with g.buffer(request.params) as params, g.buffer(request.prompt) as prompt, \
             g.buffer(request.stops) as stops:
         try:
-            _call(g, "guest_generate_start", "guest_generate_start", params, prompt, len(request.prompt),
+            _call(g, "guest_generate_start", params, prompt, len(request.prompt),
                   stops, len(request.stops))
         except GuestError as exc:
             if exc.code == Err.CONTEXT_FULL:
@@ -577,9 +569,9 @@ def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> 
             raise GenerationError(str(exc)) from exc
         try:
             t0 = time.perf_counter()
-            _call(g, "guest_generate_prefill", "guest_generate_prefill")
+            _call(g, "guest_generate_prefill")
             t1 = time.perf_counter()
-            _call(g, "guest_generate_run", "guest_generate_run")
+            _call(g, "guest_generate_run")
             t2 = time.perf_counter()
         except GuestError as exc:
             raise GenerationError(str(exc)) from exc
@@ -588,7 +580,7 @@ def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> 
             g.read(ptr, abi.GENERATE_RESULT_SIZE))
         ids = np.frombuffer(g.read(tokens_ptr, 4 * (n_prompt + n_completion)), dtype="<i4").tolist()
         memory = g.memory_size
-        _call(g, "guest_generate_end", "guest_generate_end")
+        _call(g, "guest_generate_end")
     usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_completion, decoded_tokens=n_decoded,
                   prefill_seconds=t1 - t0, decode_seconds=t2 - t1, guest_memory=memory)
     return Completion(text="".join(pieces), tokens=ids[n_prompt:], prompt_tokens=ids[:n_prompt],

@@ -29,13 +29,11 @@ import numpy as np
 
 from .cache import LayerCache
 from .errors import ModelNotFoundError, TensorNotFoundError
-from .quants import SUPPORTED_TYPES, GGMLType, dequantize
+from .quants import GGMLType, can_dequantize, dequantize
 from .reader import GGUFFile, TensorInfo
 
 #: LayerCache budget of a store created without one.
 DEFAULT_CACHE_BYTES = 1 << 30
-
-_DEQUANTIZABLE = frozenset(SUPPORTED_TYPES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,18 +51,12 @@ class QuantizedTensor:
     shape: tuple[int, ...]
     data: np.ndarray = field(repr=False)
     offset: int = field(repr=False)
+    n_elements: int = field(repr=False)
 
     @classmethod
     def from_file(cls, file: GGUFFile, info: TensorInfo) -> "QuantizedTensor":
         """The tensor `info` of an open file, viewing its bytes in place."""
-        return cls(info.name, info.dtype, info.shape, file.view(info), info.offset)
-
-    @property
-    def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return cls(info.name, info.dtype, info.shape, file.view(info), info.offset, info.n_elements)
 
     @property
     def nbytes(self) -> int:
@@ -73,11 +65,16 @@ class QuantizedTensor:
     @property
     def dequantizable(self) -> bool:
         """Whether realm has a kernel for this tensor's type."""
-        return self.dtype in _DEQUANTIZABLE
+        return can_dequantize(self.dtype)
 
     def dequantize(self, *, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
         """The tensor as float32 of shape `shape` (see `realm.dequantize`)."""
         return dequantize(self.data, self.dtype, shape=self.shape, out=out, threads=threads)
+
+
+def _file_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies a file's contents for sharing a mapping: device, inode, size, mtime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class _Mapping:
@@ -85,12 +82,12 @@ class _Mapping:
 
     def __init__(self, file: GGUFFile):
         self.file = file
-        self.key = None if file.stat is None else (file.stat.st_dev, file.stat.st_ino,
-                                                   file.stat.st_size, file.stat.st_mtime_ns)
+        self.key = None if file.stat is None else _file_key(file.stat)
         self.tensors: Mapping[str, QuantizedTensor] = MappingProxyType({
             name: QuantizedTensor.from_file(file, info) for name, info in file.tensors.items()
         })
         self.header = file.header
+        self.total_size = file.tensor_data_size
         self.models = 0  # models (ids) using this mapping
 
     def close(self) -> None:
@@ -114,7 +111,7 @@ class StoredModel:
         self.data_offset: int = file.data_offset
         self.file_size: int = file.size
         #: bytes of tensor data (padding excluded)
-        self.total_size: int = sum(t.nbytes for t in self.tensors.values())
+        self.total_size: int = mapping.total_size
 
     @property
     def architecture(self) -> str:
@@ -187,8 +184,7 @@ class ModelStore:
         shares that mapping.  Raises `GGUFError` for a bad file, `OSError` if it
         cannot be opened.
         """
-        st = os.stat(path)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _file_key(os.stat(path))
         with self._lock:
             self._check_open()
             mapping = self._mappings.get(key)

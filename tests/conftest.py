@@ -3,6 +3,7 @@ failure, not a skip: CI must compare against the real thing."""
 
 import os
 
+import numpy as np
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -16,6 +17,19 @@ def require(module_name: str):
         if IN_CI:
             pytest.fail(f"reference {module_name!r} is required under CI=true: {exc}")
         pytest.skip(f"reference {module_name!r} not installed")
+
+
+def assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Bit-for-bit equality of float32 or float16 arrays, except that any NaN equals any NaN
+    (payloads may differ)."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    np.testing.assert_array_equal(nan_a, nan_e)
+    bits = {np.dtype(np.float32): np.uint32, np.dtype(np.float16): np.uint16}[actual.dtype]
+    bad = actual[~nan_a].view(bits) != expected[~nan_e].view(bits)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        pytest.fail(f"{bad.sum()} elements differ; first at {i}: {actual[~nan_a][i]!r} != {expected[~nan_e][i]!r}")
 
 
 def ggml():
@@ -89,6 +103,25 @@ def smollm2_quantized(smollm2_path):
 def smollm2_reference(smollm2_path):
     """gguf-py's GGUFReader on SmolLM2: seconds to open, so shared by the session."""
     return require("gguf").GGUFReader(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def rt(smollm2_path, gemma3_path):
+    """A Realm with both PyPI models loaded (SmolLM2 the default)."""
+    from realm import Realm
+
+    with Realm(threads=2) as r:
+        r.load_model(smollm2_path)
+        r.load_model(gemma3_path)
+        yield r
+
+
+@pytest.fixture(scope="session")
+def native(tmp_path_factory):
+    """The guest's C sources compiled natively (guest_native.py), once a session."""
+    import guest_native as gn
+
+    return gn.Native(gn.build(tmp_path_factory.mktemp("guest_native")))
 
 
 @pytest.fixture

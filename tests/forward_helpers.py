@@ -9,14 +9,13 @@ pass must agree with it to within the rounding those shortcuts add."""
 
 from __future__ import annotations
 
-import ctypes
-import os
 import platform
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ggml_ref import load_ggml_cpu
 from realm import dequantize
 from realm.forward import ForwardConfig
 
@@ -28,9 +27,7 @@ def llama_cpp_exact() -> bool:
     builds natively, so that is the installed library on an AVX-512 machine), evaluating one
     token at a time; builds for other CPUs (AVX2 only, ARM) sum some products in other orders
     and use another exp, and agree with realm to rounding only."""
-    import llama_cpp
-
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+    lib = load_ggml_cpu()
     x86 = platform.machine() in ("x86_64", "AMD64")
     return x86 and all(getattr(lib, f"ggml_cpu_has_{f}")() for f in ("avx512", "avx2", "fma", "f16c"))
 

@@ -75,10 +75,22 @@ class GGML:
         return out
 
 
+def _libdir() -> str:
+    import llama_cpp
+
+    return os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+
+
 @lru_cache(maxsize=1)
 def load_ggml() -> GGML:
     """The reference library; ImportError when llama-cpp-python is not installed."""
-    import llama_cpp
+    return GGML(ctypes.CDLL(os.path.join(_libdir(), "libggml-base.so")))
 
-    libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    return GGML(ctypes.CDLL(os.path.join(libdir, "libggml-base.so")))
+
+@lru_cache(maxsize=1)
+def load_ggml_cpu() -> ctypes.CDLL:
+    """llama.cpp's CPU backend (libggml-cpu, as llama-cpp-python built it), initialized;
+    ImportError when llama-cpp-python is not installed."""
+    lib = ctypes.CDLL(os.path.join(_libdir(), "libggml-cpu.so"))
+    lib.ggml_cpu_init()
+    return lib

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from realm import ChatTemplate, ChatTemplateError, Realm
+from realm import ChatTemplate, ChatTemplateError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,14 +87,6 @@ def reference(template: str, bos: str, eos: str, messages, add_generation_prompt
     fmt = llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
                                                 add_generation_prompt=add_generation_prompt)
     return fmt(messages=messages, **extra).prompt
-
-
-@pytest.fixture(scope="module")
-def rt(smollm2_path, gemma3_path):
-    with Realm(threads=2) as r:
-        r.load_model(smollm2_path)
-        r.load_model(gemma3_path)
-        yield r
 
 
 # -- rendering --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import realm
 from realm import GGMLType, _quant
-from conftest import ggml, require
+from conftest import assert_same_bits, ggml, require
 
 gguf = require("gguf")
 from gguf import quants as gq  # noqa: E402
@@ -23,16 +23,9 @@ QUANTIZED = [t for t in realm.SUPPORTED_TYPES if realm.quant_info(t).block_size 
 
 
 def assert_same_floats(actual: np.ndarray, expected: np.ndarray) -> None:
-    """Bit-for-bit equality, except that any NaN equals any NaN (payloads may differ)."""
-    expected = np.asarray(expected, dtype=np.float32)
+    """Bit-for-bit equality with expected as float32, except that any NaN equals any NaN."""
     assert actual.dtype == np.float32
-    assert actual.shape == expected.shape
-    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
-    np.testing.assert_array_equal(nan_a, nan_e)
-    bad = actual.view(np.uint32)[~nan_a] != expected.view(np.uint32)[~nan_e]
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        pytest.fail(f"{bad.sum()} elements differ; first at {i}: {actual[~nan_a][i]!r} != {expected[~nan_e][i]!r}")
+    assert_same_bits(actual, np.asarray(expected, dtype=np.float32))
 
 
 def gguf_py_dequantize(raw: np.ndarray, qtype: GGMLType) -> np.ndarray:

@@ -60,14 +60,6 @@ CORPUS = [
 
 # -- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def rt(smollm2_path, gemma3_path):
-    with Realm(threads=2) as r:
-        r.load_model(smollm2_path)
-        r.load_model(gemma3_path)
-        yield r
-
-
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
 def model(request, rt, smollm2_path, gemma3_path):
     return rt.model(smollm2_path if request.param == "smollm2" else gemma3_path)
@@ -237,11 +229,6 @@ def test_prefill_batches_give_the_same_tokens(rt, smollm2_path):
 
 
 # -- sampling --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return gn.Native(gn.build(tmp_path_factory.mktemp("sampler_native")))
-
 
 def test_sampled_tokens_equal_native_sampler_on_host_logits(rt, smollm2_path, native):
     """Seeded sampling with every stage of the chain (penalties over the prompt too): the guest's

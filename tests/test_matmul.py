@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 
 from realm import GGMLType, _compute, _quant, dequantize
 from realm.reader import GGUFFile
-from conftest import ggml, require
+from conftest import assert_same_bits, ggml, require
 
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
@@ -157,13 +157,6 @@ def check_product(qtype: GGMLType, wq: np.ndarray, n_out: int, x: np.ndarray, y:
     err = np.abs(y - x.astype(np.float64) @ w.T)
     bound = act_err + np.abs(corr) + tight
     assert (err <= bound).all(), f"activation bound exceeded by {(err - bound).max():.3g}"
-
-
-def assert_same_bits(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.shape == b.shape and a.dtype == b.dtype
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
-    np.testing.assert_array_equal(nan_a, nan_b)
-    np.testing.assert_array_equal(a[~nan_a].view(np.uint32), b[~nan_b].view(np.uint32))
 
 
 def shapes(qtype: GGMLType):
@@ -295,15 +288,15 @@ class GGMLCPU:
 
     def __init__(self):
         import ctypes
-        import os
         import platform
 
-        llama_cpp = require("llama_cpp")
+        require("llama_cpp")
+        from ggml_ref import load_ggml_cpu
+
         self.c = ctypes
-        self.lib = lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+        self.lib = lib = load_ggml_cpu()
         if platform.machine() not in ("x86_64", "AMD64") or not lib.ggml_cpu_has_avx2():
             pytest.skip("llama.cpp's x86 AVX2 kernels are the ones realm's quantized products equal")
-        lib.ggml_cpu_init()
         P = ctypes.c_void_p
         for name in ("q8_0", "q8_1", "q8_K"):
             getattr(lib, f"quantize_row_{name}").argtypes = [P, P, ctypes.c_int64]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import require
+from conftest import assert_same_bits, require
 from realm import _compute, _quant
 
 ISAS = sorted({"scalar", _quant.best_isa()})
@@ -38,13 +38,13 @@ class GGMLCPU:
 
     def __init__(self):
         import ctypes
-        import os
         import platform
 
-        llama_cpp = require("llama_cpp")
-        self.lib = lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+        require("llama_cpp")
+        from ggml_ref import load_ggml_cpu
+
+        self.lib = lib = load_ggml_cpu()
         self.x86 = platform.machine() in ("x86_64", "AMD64")
-        lib.ggml_cpu_init()
         P = ctypes.c_void_p
         lib.ggml_vec_dot_f16.argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P, ctypes.c_size_t,
                                          ctypes.c_int]
@@ -70,14 +70,6 @@ class GGMLCPU:
 @pytest.fixture(scope="module")
 def ggml_cpu():
     return GGMLCPU()
-
-
-def assert_same_bits(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.shape == b.shape and a.dtype == b.dtype
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
-    np.testing.assert_array_equal(nan_a, nan_b)
-    bits = np.uint32 if a.dtype == np.float32 else np.uint16
-    np.testing.assert_array_equal(a[~nan_a].view(bits), b[~nan_b].view(bits))
 
 
 def assert_within(err: np.ndarray, tol) -> None:

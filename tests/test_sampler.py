@@ -22,11 +22,6 @@ F32 = np.float32
 MASK64 = (1 << 64) - 1
 
 
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return gn.Native(gn.build(tmp_path_factory.mktemp("guest_native")))
-
-
 # ---- reference ----------------------------------------------------------------------------
 
 

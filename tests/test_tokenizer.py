@@ -174,11 +174,6 @@ def write_vocab_gguf(path: Path, src: Path, *, pre: str | None, drop_pre: bool =
 # ---- fixtures ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return gn.Native(gn.build(tmp_path_factory.mktemp("guest_native")))
-
-
 def load_pair(native: gn.Native, path: Path):
     from realm.reader import open_gguf
 
