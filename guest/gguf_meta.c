@@ -231,17 +231,27 @@ static int name_equal(const uint8_t *data, struct gguf_str s, const uint8_t *nam
     return s.len == len && memcmp(data + s.off, name, len) == 0;
 }
 
+/* Names are hashed with a fixed function, so a hostile file can choose names
+ * whose slots collide and make each probe run long (quadratic building).
+ * index_build refuses a name that would sit more than INDEX_MAX_PROBES slots
+ * from its hash; so no lookup needs to look further.  Real files' runs are a
+ * few slots long (the table is at most half full). */
+#define INDEX_MAX_PROBES 1024u
+
 static int64_t index_find(const struct name_index *ix, const uint8_t *data, const void *items,
                           size_t stride, const uint8_t *name, uint32_t len)
 {
-    for (uint32_t h = hash_name(name, len) & ix->mask;; h = (h + 1) & ix->mask) {
+    uint32_t h = hash_name(name, len) & ix->mask;
+    for (uint32_t probe = 0; probe < INDEX_MAX_PROBES; probe++, h = (h + 1) & ix->mask) {
         uint32_t slot = ix->slots[h];
         if (slot == 0) return -1;
         if (name_equal(data, *name_at(items, stride, slot - 1), name, len)) return slot - 1;
     }
+    return -1;
 }
 
-/* Build the index of n named items, refusing duplicate names. */
+/* Build the index of n named items, refusing duplicate names and names placed
+ * INDEX_MAX_PROBES or more slots from their hash. */
 static int index_build(struct name_index *ix, const uint8_t *data, const void *items, size_t stride,
                        uint32_t n, const char *what)
 {
@@ -252,14 +262,18 @@ static int index_build(struct name_index *ix, const uint8_t *data, const void *i
     ix->mask = size - 1;
     for (uint32_t i = 0; i < n; i++) {
         struct gguf_str s = *name_at(items, stride, i);
-        if (index_find(ix, data, items, stride, data + s.off, s.len) >= 0) {
+        const int duplicate = index_find(ix, data, items, stride, data + s.off, s.len) >= 0;
+        uint32_t h = hash_name(data + s.off, s.len) & ix->mask, probe = 0;
+        while (!duplicate && ix->slots[h] && probe < INDEX_MAX_PROBES - 1) {
+            h = (h + 1) & ix->mask;
+            probe++;
+        }
+        if (duplicate || ix->slots[h]) {
             free(ix->slots);
             ix->slots = NULL;
-            return gguf_fail(REALM_E_BAD_GGUF, "duplicate %s '%.*s'", what,
-                             (int)(s.len < SHOWN_NAME ? s.len : SHOWN_NAME), (const char *)data + s.off);
+            return gguf_fail(REALM_E_BAD_GGUF, duplicate ? "duplicate %s '%.*s'" : "%s '%.*s' collides with too many names",
+                             what, (int)(s.len < SHOWN_NAME ? s.len : SHOWN_NAME), (const char *)data + s.off);
         }
-        uint32_t h = hash_name(data + s.off, s.len) & ix->mask;
-        while (ix->slots[h]) h = (h + 1) & ix->mask;
         ix->slots[h] = i + 1;
     }
     return 0;

@@ -49,7 +49,8 @@ struct gguf_tensor {
 };
 
 /* An open-addressing hash table of names -> item index, for O(1) lookups and
- * duplicate detection however many entries a hostile file declares. */
+ * duplicate detection; a file whose names collide past a bound is refused, so
+ * a hostile one cannot make building it quadratic. */
 struct name_index {
     uint32_t *slots;  /* item index + 1; 0 is empty */
     uint32_t mask;    /* slot count - 1 (a power of two) */

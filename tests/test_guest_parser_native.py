@@ -121,3 +121,38 @@ def test_real_headers(harness, tmp_path, smollm2_path, gemma3_path):
     codes = run(harness, files)
     assert codes[str(files[0])] == 0 and codes[str(files[5])] == 0
     assert set(codes.values()) <= {0, Err.BAD_GGUF}
+
+
+def _fnv1a(name: bytes) -> int:
+    h = 2166136261
+    for b in name:
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def _names(n: int, mask: int, window: int) -> list[str]:
+    """n metadata keys whose FNV-1a hashes fall in slots [0, window) of a table of mask + 1
+    (window = mask + 1: any slot)."""
+    names, i = [], 0
+    while len(names) < n:
+        name = f"k{i}"
+        if _fnv1a(name.encode()) & mask < window:
+            names.append(name)
+        i += 1
+    return names
+
+
+def test_colliding_names_are_refused(harness, tmp_path):
+    """Names chosen to share one run of the guest's name index (a fixed hash a file can aim at)
+    would make parsing quadratic: the file is refused.  The same number of ordinary names parses."""
+    n = 1100  # > the 1024-slot probe bound; the index has 4096 slots (mask 0xFFF)
+    files = {}
+    for kind, window in (("colliding", 8), ("ordinary", 4096)):
+        kvs = [("general.architecture", VT.STRING, "llama")]
+        kvs += [(name, VT.UINT8, 1) for name in _names(n - 1, 0xFFF, window)]
+        raw, _ = build_gguf(kvs)
+        files[kind] = tmp_path / kind
+        files[kind].write_bytes(raw)
+    codes = run(harness, list(files.values()))
+    assert codes[str(files["colliding"])] == Err.BAD_GGUF
+    assert codes[str(files["ordinary"])] == 0
