@@ -26,7 +26,7 @@ static struct model current = {.id = -1};
 
 /* ---- helpers ------------------------------------------------------------------- */
 
-static void log_message(int32_t level, const char *prefix, const char *msg)
+void log_message(int32_t level, const char *prefix, const char *msg)
 {
     char line[320];
     size_t n = strlen(prefix), m = strlen(msg);

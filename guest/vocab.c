@@ -8,17 +8,6 @@
 static tokenizer tok;
 static int tok_ready;
 
-static void log_error(const char *what, const char *why)
-{
-    char line[256];
-    size_t n = strlen(what), m = strlen(why);
-    if (n > sizeof line) n = sizeof line;
-    if (m > sizeof line - n) m = sizeof line - n;
-    memcpy(line, what, n);
-    memcpy(line + n, why, m);
-    realm_log(REALM_LOG_ERROR, line, (uint32_t)(n + m));
-}
-
 int vocab_error(int tok_err)
 {
     switch (tok_err) {
@@ -136,11 +125,11 @@ int vocab_tokenizer(const tokenizer **out)
     tok_vocab v;
     int rc = fill(&v, f);
     if (rc < 0) {
-        log_error("tokenizer: ", gguf_error());
+        log_message(REALM_LOG_ERROR, "tokenizer: ", gguf_error());
         return rc;
     }
     if ((rc = tokenizer_init(&tok, &v)) != TOK_OK) {
-        log_error("tokenizer: ", tokenizer_strerror(rc));
+        log_message(REALM_LOG_ERROR, "tokenizer: ", tokenizer_strerror(rc));
         return vocab_error(rc);
     }
     tok_ready = 1;

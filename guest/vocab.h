@@ -13,6 +13,9 @@
 /* The current model's parsed header, or NULL when the guest holds none (guest.c). */
 const struct gguf_file *guest_current_gguf(void);
 
+/* realm_log(level, prefix + msg), cut to 320 bytes (guest.c). */
+void log_message(int32_t level, const char *prefix, const char *msg);
+
 /* The current model's tokenizer, built on the first call.  Returns REALM_OK
  * with *out set, or NO_MODEL, UNSUPPORTED (no tokenizer, or a kind or
  * pre-tokenizer realm does not implement), BAD_GGUF (a malformed vocabulary;
