@@ -102,7 +102,7 @@ extensions = [
         "realm._quant",
         sources=["realm/_quant.pyx", *KERNEL_SOURCES],
         include_dirs=["csrc"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h"],
+        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h"],
     ),
     Extension(  # quantized matmul and the transformer ops (csrc/matmul.h, csrc/ops.h)
         "realm._compute",
@@ -110,7 +110,7 @@ extensions = [
                  "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c"],
         include_dirs=["csrc"],
         libraries=["m"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
+        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
                  "csrc/ops.h", "csrc/forward.h", "realm/_forward.pxi"],
     ),
 ]

@@ -9,7 +9,7 @@
 /* Below this many output elements a second thread costs more than it saves. */
 #define REALM_MIN_PARALLEL_ELEMS (1 << 21)
 
-int realm_best_isa(void) {
+static int cpu_best_isa(void) {
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
@@ -18,6 +18,32 @@ int realm_best_isa(void) {
     return REALM_ISA_NEON;
 #endif
     return REALM_ISA_SCALAR;
+}
+
+int realm_best_isa(void) {
+    static int best; /* 0 (REALM_ISA_AUTO): not asked yet; threads racing here store the same value */
+    int isa = __atomic_load_n(&best, __ATOMIC_RELAXED);
+    if (isa == REALM_ISA_AUTO) {
+        isa = cpu_best_isa();
+        __atomic_store_n(&best, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+
+int realm_resolve_isa(int isa) {
+    const int best = realm_best_isa();
+    if (isa == REALM_ISA_AUTO) return best;
+    if (isa == REALM_ISA_SCALAR || isa == best) return isa;
+    return REALM_ENOISA;
+}
+
+int realm_resolve_threads(int nthreads) {
+#ifdef _OPENMP
+    return nthreads > 0 ? nthreads : omp_get_num_procs();
+#else
+    (void)nthreads;
+    return 1;
+#endif
 }
 
 const char *realm_isa_name(int isa) {
@@ -39,18 +65,9 @@ static realm_to_float_fn pick(const realm_type_traits *tt, int type, int isa) {
 int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa) {
     const realm_type_traits *tt = realm_get_traits(type);
     if (!tt) return REALM_EUNSUPPORTED;
-    const int best = realm_best_isa();
-    if (isa == REALM_ISA_AUTO) isa = best;
-    else if (isa != REALM_ISA_SCALAR && isa != best) return REALM_ENOISA;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     const realm_to_float_fn fn = pick(tt, type, isa);
-
-    int nt = 1;
-#ifdef _OPENMP
-    if (nthreads <= 0) nthreads = omp_get_num_procs();
-    if (nblocks * tt->block_size >= REALM_MIN_PARALLEL_ELEMS) nt = nthreads;
-#else
-    (void)nthreads;
-#endif
+    const int nt = nblocks * tt->block_size >= REALM_MIN_PARALLEL_ELEMS ? realm_resolve_threads(nthreads) : 1;
     if (nt <= 1) {
         fn(src, dst, nblocks);
         return 0;

@@ -12,9 +12,16 @@ enum realm_isa { REALM_ISA_AUTO = 0, REALM_ISA_SCALAR = 1, REALM_ISA_AVX2 = 2, R
 #define REALM_EUNSUPPORTED (-1) /* no kernel for this type */
 #define REALM_ENOISA (-2)       /* the requested path is not available on this CPU */
 
-/* The best path this CPU supports (never REALM_ISA_AUTO). */
+/* The best path this CPU supports (never REALM_ISA_AUTO; asked of the CPU once). */
 int realm_best_isa(void);
 const char *realm_isa_name(int isa);
+
+/* The path a caller's isa argument means: REALM_ISA_AUTO -> the best one;
+ * scalar or the best one as given; anything else REALM_ENOISA. */
+int realm_resolve_isa(int isa);
+
+/* Threads a caller's nthreads means: <= 0 -> every core (1 without OpenMP). */
+int realm_resolve_threads(int nthreads);
 
 /* The SIMD row for (type, isa), or NULL where that path has none. */
 realm_to_float_fn realm_avx2_to_float(int type);

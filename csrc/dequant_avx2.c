@@ -6,10 +6,8 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
+#include "avx2_util.h"
 #include "fp16.h"
-#include <immintrin.h>
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
 
 /* Stores 32 consecutive floats: (int8 q[i]) * d[i / 16 among d0, d1]. */
 AVX2 static inline void put32_mul(float *y, __m256i q, __m256 d0, __m256 d1) {
@@ -38,22 +36,9 @@ AVX2 static inline void put32_mul_sub2(float *y, __m256i q, __m256 d0, __m256 m0
     _mm256_storeu_ps(y + 24, _mm256_sub_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)))), m1));
 }
 
-/* 32 bytes: the low nibbles of 16 bytes, then their high nibbles (the order of Q4/Q5 blocks). */
-AVX2 static inline __m256i nibbles16(const uint8_t *qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-}
-
 /* 32 bytes, byte j = 0x10 if bit j of the little-endian u32 at qh is set, else 0. */
 AVX2 static inline __m256i bits32_to_0x10(const uint8_t *qh) {
-    uint32_t bits;
-    memcpy(&bits, qh, 4);
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+    return _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
 }
 
 /* 32 bytes, byte j = `value` where bit `b` of byte j is set, else 0. */

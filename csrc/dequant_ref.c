@@ -43,15 +43,11 @@ static void q4_1_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static uint32_t load_u32le(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 static void q5_0_ref(const void *src, float *dst, int64_t nb) {
     const block_q5_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK5_0) {
         const float d = realm_half_to_f32(x[i].d);
-        const uint32_t qh = load_u32le(x[i].qh);
+        const uint32_t qh = realm_u32le(x[i].qh);
         for (int j = 0; j < QK5_0 / 2; j++) {
             const int hi0 = (qh >> j) & 1, hi1 = (qh >> (j + 16)) & 1;
             dst[j] = (float)(((x[i].qs[j] & 0x0f) | hi0 << 4) - 16) * d;
@@ -65,7 +61,7 @@ static void q5_1_ref(const void *src, float *dst, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, dst += QK5_1) {
         const float d = realm_half_to_f32(x[i].d);
         const float m = realm_half_to_f32(x[i].m);
-        const uint32_t qh = load_u32le(x[i].qh);
+        const uint32_t qh = realm_u32le(x[i].qh);
         for (int j = 0; j < QK5_1 / 2; j++) {
             const int hi0 = (qh >> j) & 1, hi1 = (qh >> (j + 16)) & 1;
             dst[j] = (float)((x[i].qs[j] & 0x0f) | hi0 << 4) * d + m;

@@ -1,12 +1,12 @@
 /* Matrix products: argument checks, the choice of path, and the split of
  * the work into tiles of weight rows shared out by OpenMP.
  *
- * A tile is a run of weight rows.  Its thread walks the token groups (4
- * activation rows each) and, for each group, every row of the tile, so the
- * tile's weights stay in L2 while each group's activations sit in L1 and a
- * decoded weight block serves 4 tokens.  Each output value is computed by one
- * kernel call whatever the split, so results do not depend on the thread
- * count. */
+ * A tile is a run of weight rows.  Its thread walks the token groups
+ * (REALM_TOK_GROUP activation rows each) and, for each group, every row of
+ * the tile, so the tile's weights stay in L2 while each group's activations
+ * sit in L1 and a decoded weight block serves a whole group.  Each output
+ * value is computed by one kernel call whatever the split, so results do not
+ * depend on the thread count. */
 #include "matmul.h"
 
 #include <stdlib.h>
@@ -20,22 +20,6 @@
 #define MIN_PARALLEL_MACS (1 << 16)
 /* Weight bytes per tile when token groups reuse it (kept well inside L2). */
 #define TILE_BYTES (64 * 1024)
-
-static int resolve_isa(int isa) {
-    const int best = realm_best_isa();
-    if (isa == REALM_ISA_AUTO) return best;
-    if (isa == REALM_ISA_SCALAR || isa == best) return isa;
-    return REALM_ENOISA;
-}
-
-static int resolve_threads(int nthreads) {
-#ifdef _OPENMP
-    return nthreads > 0 ? nthreads : omp_get_num_procs();
-#else
-    (void)nthreads;
-    return 1;
-#endif
-}
 
 int realm_act_type(int wtype) {
     switch (wtype) {
@@ -83,7 +67,7 @@ int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in) {
 int realm_quantize_act_ws(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int isa) {
     int rc = check_act(act, n_tok, n_in);
     if (rc) return rc;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     if (act == REALM_ACT_F32) {
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tok; t++) memcpy((float *)buf + t * n_in, x + t * n_in, (size_t)n_in * sizeof(float));
@@ -100,7 +84,7 @@ int realm_quantize_act_ws(int act, const float *x, int64_t n_tok, int64_t n_in, 
 int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int nthreads, int isa) {
     int rc = check_act(act, n_tok, n_in);
     if (rc) return rc;
-    int nt = resolve_threads(nthreads);
+    int nt = realm_resolve_threads(nthreads);
     if (n_tok * n_in < MIN_PARALLEL_MACS / 4) nt = 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -126,7 +110,7 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     int rc = check_act(p->act, n_tok, n_in);
     if (rc) return rc;
     if (n_in % tt->block_size) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     const int whole = realm_whole_blocks(wtype, n_out);
     p->fn = isa == REALM_ISA_AVX2 ? realm_dot_avx2(wtype, whole) : NULL;
     if (!p->fn) p->fn = realm_dot_ref(wtype, whole);
@@ -177,7 +161,7 @@ int realm_matmul_q_ws(int wtype, const void *w, int64_t n_out, int64_t n_in, con
 }
 
 static int threads_for(int nthreads, int64_t n_out, int64_t n_in, int64_t n_tok) {
-    const int nt = resolve_threads(nthreads);
+    const int nt = realm_resolve_threads(nthreads);
     return n_out * n_in * n_tok < MIN_PARALLEL_MACS ? 1 : nt;
 }
 

@@ -137,13 +137,13 @@ int realm_matmul_vnni(int enable);
 void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
 void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
 
-/* The group view of rows [4g, 4g + 4) of an activation buffer. */
+/* The group view of rows [G g, G g + G) of an activation buffer (G = REALM_TOK_GROUP). */
 realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t n_in, int64_t g);
 
 /* Blocks of the act's type in a row of n_in. */
 static inline int64_t realm_act_blocks(int act, int64_t n_in) { return n_in / (act == REALM_ACT_Q8 ? 32 : 256); }
-/* Position of (token t % REALM_TOK_GROUP = t4, block b) in a group's scalars. */
-static inline int64_t realm_act_slot(int t4, int64_t b) { return b * REALM_TOK_GROUP + t4; }
+/* Position of (token t % REALM_TOK_GROUP = tg, block b) in a group's scalars. */
+static inline int64_t realm_act_slot(int tg, int64_t b) { return b * REALM_TOK_GROUP + tg; }
 
 /* Section offsets of an activation buffer (bytes from its start). */
 typedef struct {

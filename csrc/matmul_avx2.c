@@ -15,12 +15,9 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
+#include "avx2_util.h"
 #include "fp16.h"
-#include <immintrin.h>
-#include <string.h>
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
 #define G REALM_TOK_GROUP
 
 /* ---- shared pieces ---- */
@@ -54,23 +51,6 @@ AVX2 INLINE __m256 fold8(__m256 acc, float d, __m256i lanes) {
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
 }
 
-/* 32 bytes: the low nibbles of 16 bytes, then their high nibbles. */
-AVX2 INLINE __m256i nibbles16(const uint8_t *qs) {
-    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-}
-
-/* 32 bytes, byte j = 0xff where bit j of the little-endian u32 at qh is set, else 0. */
-AVX2 INLINE __m256i bits32(const uint8_t *qh) {
-    uint32_t bits;
-    memcpy(&bits, qh, 4);
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-}
-
 /* Byte j = ((bytes[j] >> b) & 1) << s. */
 AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
     const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(bytes, b), _mm256_set1_epi8(1));
@@ -92,13 +72,8 @@ AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
         CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) CASE_T(4, CALL) CASE_T(5, CALL) CASE_T(6, CALL) \
         CASE_T(7, CALL) default : { const int T_ = 8; CALL; }                                        \
     }
-#elif REALM_TOK_GROUP == 4
-#define DISPATCH_T(ntok, CALL)                                                            \
-    switch (ntok) {                                                                       \
-        CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) default : { const int T_ = 4; CALL; } \
-    }
 #else
-#error "REALM_TOK_GROUP must be 4 or 8"
+#error "DISPATCH_T is written for REALM_TOK_GROUP 8"
 #endif
 
 
@@ -171,12 +146,16 @@ AVX2 INLINE void whole_store(float *y, int64_t ys, const __m128 *acc, const __m1
 
 static int use_vnni = -1; /* -1: not decided yet */
 
+static int cpu_has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+}
+
 int realm_matmul_vnni(int enable) {
-    const int has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
-    if (enable >= 0) __atomic_store_n(&use_vnni, enable && has, __ATOMIC_RELAXED);
+    if (enable >= 0) __atomic_store_n(&use_vnni, enable && cpu_has_vnni(), __ATOMIC_RELAXED);
     int v = __atomic_load_n(&use_vnni, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = has;
+    if (v < 0) { /* decided once, on first use */
+        v = cpu_has_vnni();
         __atomic_store_n(&use_vnni, v, __ATOMIC_RELAXED);
     }
     return v;
@@ -459,13 +438,6 @@ AVX2 INLINE void q6_K_k(int64_t nb, const block_q6_K *w, const realm_act_group *
 
 /* ---- float weights: 8-lane FMA partial sums per token ---- */
 
-AVX2 INLINE float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 AVX2 INLINE __m256 load_w8(const void *w, int64_t i, int wtype) {
     if (wtype == REALM_TYPE_F32) return _mm256_loadu_ps((const float *)w + i);
     const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
@@ -500,7 +472,7 @@ AVX2 INLINE void float_tokens(int64_t n, const void *w, const realm_act_group *a
         for (int t = 0; t < TT; t++) acc[t][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + i), acc[t][c]);
     }
     for (int t = 0; t < TT; t++) {
-        float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+        float s = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
         for (int64_t k = i; k < n; k++) s += load_w1(w, k, wtype) * x[t][k];
         y[(t0 + t) * ys] = s;
     }

@@ -8,10 +8,6 @@
 
 #include <math.h>
 
-static inline uint32_t u32le(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* ggml's hsum_float_8: the two halves, then pairs, then the last two. */
 static inline float hsum8(const float *a) {
     float t[4];
@@ -39,12 +35,12 @@ static inline int value32(int type, const void *w, int64_t b, int j) {
     case REALM_TYPE_Q5_0: {
         const block_q5_0 *x = (const block_q5_0 *)w + b;
         const int q = lo ? x->qs[j % 16] & 15 : x->qs[j % 16] >> 4;
-        return (q | (int)((u32le(x->qh) >> j) & 1) << 4) - 16;
+        return (q | (int)((realm_u32le(x->qh) >> j) & 1) << 4) - 16;
     }
     case REALM_TYPE_Q5_1: {
         const block_q5_1 *x = (const block_q5_1 *)w + b;
         const int q = lo ? x->qs[j % 16] & 15 : x->qs[j % 16] >> 4;
-        return q | (int)((u32le(x->qh) >> j) & 1) << 4;
+        return q | (int)((realm_u32le(x->qh) >> j) & 1) << 4;
     }
     default: return ((const block_q8_0 *)w)[b].qs[j];
     }

@@ -11,13 +11,6 @@
 #include <omp.h>
 #endif
 
-static int resolve_isa(int isa) {
-    const int best = realm_best_isa();
-    if (isa == REALM_ISA_AUTO) return best;
-    if (isa == REALM_ISA_SCALAR || isa == best) return isa;
-    return REALM_ENOISA;
-}
-
 int realm_rmsnorm(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *y) {
     if (rows < 0 || n <= 0) return REALM_EINVAL;
     for (int64_t r = 0; r < rows; r++, x += n, y += n) {
@@ -52,7 +45,7 @@ int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, f
 
 int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs, int neox, int isa) {
     if (n_tok < 0 || n_head <= 0 || head_dim <= 0 || n_rot <= 0 || n_rot % 2 || n_rot > head_dim) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     if (isa == REALM_ISA_AVX2) {
         realm_rope_apply_avx2(x, n_tok, n_head, head_dim, n_rot, cs, neox);
         return 0;
@@ -161,7 +154,7 @@ int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok
                        const void *v, int64_t n_kv, float *out, float *scratch, int isa) {
     int rc = check_attn(p, n_tok, pos, n_kv);
     if (rc) return rc;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     const realm_attn_fn fn = isa == REALM_ISA_AVX2 ? realm_attn_heads_avx2 : realm_attn_heads_ref;
 #ifdef _OPENMP
     const int nt = omp_get_num_threads(), me = omp_get_thread_num();
@@ -188,13 +181,8 @@ int realm_attention(const realm_attn_params *p, const float *q, int64_t n_tok, c
                     const void *v, int64_t n_kv, float *out, int nthreads, int isa) {
     int rc = check_attn(p, n_tok, pos, n_kv);
     if (rc) return rc;
-    if ((rc = resolve_isa(isa)) < 0) return rc;
-#ifdef _OPENMP
-    const int nt = nthreads > 0 ? nthreads : omp_get_num_procs();
-#else
-    const int nt = 1;
-    (void)nthreads;
-#endif
+    if ((rc = realm_resolve_isa(isa)) < 0) return rc;
+    const int nt = realm_resolve_threads(nthreads);
     float *scratch = malloc((size_t)(nt * realm_attn_scratch(p, n_kv)) * sizeof(float));
     if (!scratch) return REALM_ENOMEM;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -232,7 +220,7 @@ static inline float gelu_mul(const float *table, float x, float up) {
 
 int realm_swiglu(const float *gate, const float *up, float *out, int64_t n, int isa) {
     if (n < 0) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     if (isa == REALM_ISA_AVX2) realm_swiglu_avx2(gate, up, out, n);
     else
         for (int64_t i = 0; i < n; i++) out[i] = silu(gate[i]) * up[i];
@@ -241,7 +229,7 @@ int realm_swiglu(const float *gate, const float *up, float *out, int64_t n, int 
 
 int realm_geglu(const float *gate, const float *up, float *out, int64_t n, int isa) {
     if (n < 0) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     if (isa == REALM_ISA_AVX2) {
         realm_geglu_avx2(gate, up, out, n);
     } else {
@@ -253,7 +241,7 @@ int realm_geglu(const float *gate, const float *up, float *out, int64_t n, int i
 
 int realm_exp(const float *x, float *y, int64_t n, int isa) {
     if (n < 0) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     if (isa == REALM_ISA_AVX2) realm_exp_avx2(x, y, n);
     else
         for (int64_t i = 0; i < n; i++) y[i] = realm_expf(x[i]);
@@ -262,15 +250,13 @@ int realm_exp(const float *x, float *y, int64_t n, int isa) {
 
 int realm_softmax(float *x, int64_t rows, int64_t n, int isa) {
     if (rows < 0 || n <= 0) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     for (int64_t r = 0; r < rows; r++, x += n) {
         float mx = -INFINITY;
         for (int64_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
         const int64_t n16 = n & ~(int64_t)15;
         for (int64_t i = 0; i < n16; i++) x[i] = x[i] - mx;
-        if (isa == REALM_ISA_AVX2) realm_exp_avx2(x, x, n16);
-        else
-            for (int64_t i = 0; i < n16; i++) x[i] = realm_expf(x[i]);
+        realm_exp(x, x, n16, isa);
         double sum = 0.0;
         for (int64_t i = 0; i < n16; i += 16) sum += (double)realm_reduce16(x + i);
         for (int64_t i = n16; i < n; i++) {
@@ -289,7 +275,7 @@ void realm_add(float *y, const float *x, int64_t n) {
 
 int realm_f32_to_f16(const float *x, uint16_t *y, int64_t n, int isa) {
     if (n < 0) return REALM_EINVAL;
-    if ((isa = resolve_isa(isa)) < 0) return isa;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     if (isa == REALM_ISA_AVX2) realm_f32_to_f16_avx2(x, y, n);
     else
         for (int64_t i = 0; i < n; i++) y[i] = realm_f32_to_half(x[i]);

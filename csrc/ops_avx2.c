@@ -6,13 +6,9 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
+#include "avx2_util.h"
 #include "fp16.h"
-#include <immintrin.h>
 #include <math.h>
-#include <string.h>
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline))
 
 /* realm_expf, 8 lanes. */
 AVX2 INLINE __m256 exp8(__m256 x) {

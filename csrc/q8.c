@@ -63,9 +63,9 @@ realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t 
 typedef struct {
     int8_t *qs;
     int16_t *bsums;
-    float *s; /* the group's tables; (t, b) at realm_act_slot(t4, b) */
+    float *s; /* the group's tables; (t, b) at realm_act_slot(tg, b) */
     float *d;
-    int t4;
+    int tg;
 } row_out;
 
 static row_out row_at(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
@@ -77,7 +77,7 @@ static row_out row_at(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t
     r.bsums = act == REALM_ACT_Q8_K ? (int16_t *)(p + l.bsums) + t * (n_in / 16) : NULL;
     r.s = act == REALM_ACT_Q8 ? (float *)(p + l.s) + table : NULL;
     r.d = (float *)(p + l.d) + table;
-    r.t4 = (int)(t % REALM_TOK_GROUP);
+    r.tg = (int)(t % REALM_TOK_GROUP);
     return r;
 }
 
@@ -85,10 +85,10 @@ static row_out row_at(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t
 static void zero_missing(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t) {
     if (t != n_tok - 1) return;
     const row_out last = row_at(act, buf, n_tok, n_in, t);
-    for (int t4 = last.t4 + 1; t4 < REALM_TOK_GROUP; t4++) {
+    for (int tg = last.tg + 1; tg < REALM_TOK_GROUP; tg++) {
         for (int64_t b = 0; b < realm_act_blocks(act, n_in); b++) {
-            last.d[realm_act_slot(t4, b)] = 0.0f;
-            if (last.s) last.s[realm_act_slot(t4, b)] = 0.0f;
+            last.d[realm_act_slot(tg, b)] = 0.0f;
+            if (last.s) last.s[realm_act_slot(tg, b)] = 0.0f;
         }
     }
 }
@@ -134,11 +134,11 @@ static void q8_row_ref(int act, const float *x, int64_t n_in, row_out r) {
         scales_of(act, amax, &id, &d, &dq);
         int8_t *q = r.qs + b * k;
         for (int j = 0; j < k; j++) q[j] = q8_of(x[j] * id);
-        r.d[realm_act_slot(r.t4, b)] = d;
+        r.d[realm_act_slot(r.tg, b)] = d;
         if (act == REALM_ACT_Q8) {
             int32_t sum = 0;
             for (int j = 0; j < k; j++) sum += q[j];
-            r.s[realm_act_slot(r.t4, b)] = realm_half_to_f32(realm_f32_to_half(dq * (float)sum));
+            r.s[realm_act_slot(r.tg, b)] = realm_half_to_f32(realm_f32_to_half(dq * (float)sum));
         } else {
             for (int g = 0; g < k / 16; g++) {
                 int sum = 0;
@@ -157,9 +157,7 @@ void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, voi
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#include "avx2_util.h"
 
 /* max(|v|, m) lane-wise; a NaN in v leaves m (maxps returns its second operand). */
 AVX2 static inline __m256 absmax(__m256 v, __m256 m) {
@@ -200,13 +198,13 @@ AVX2 static void q8_row_avx2(int act, const float *x, int64_t n_in, row_out r) {
         for (int j = 0; j < k; j += 8) m = absmax(_mm256_loadu_ps(x + j), m);
         float id, d, dq;
         scales_of(act, hmax(m), &id, &d, &dq);
-        r.d[realm_act_slot(r.t4, b)] = d;
+        r.d[realm_act_slot(r.tg, b)] = d;
         int8_t *q = r.qs + b * k;
         for (int j = 0; j < k; j += 32) {
             const __m256i v = q8_32(x + j, _mm256_set1_ps(id));
             _mm256_storeu_si256((__m256i *)(q + j), v);
             if (act == REALM_ACT_Q8) {
-                r.s[realm_act_slot(r.t4, b)] = _cvtsh_ss(_cvtss_sh(dq * (float)hsum_i8(v), 0));
+                r.s[realm_act_slot(r.tg, b)] = _cvtsh_ss(_cvtss_sh(dq * (float)hsum_i8(v), 0));
             } else {
                 /* two sums of 16: madd pairs -> 8 int32 sums of 4; add within each half */
                 const __m256i w = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));

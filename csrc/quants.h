@@ -47,6 +47,11 @@ typedef struct {
 } block_q5_1;
 _Static_assert(sizeof(block_q5_1) == 4 + 4 + QK5_1 / 2, "block_q5_1 size");
 
+/* The qh of Q5_0 / Q5_1 as the little-endian u32 it is, on any host. */
+static inline uint32_t realm_u32le(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 typedef struct {
     realm_half d;
     int8_t qs[QK8_0];

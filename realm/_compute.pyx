@@ -12,6 +12,7 @@ import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uint16_t
 
+from ._quant import ISAS
 from .quants import GGMLType, as_qtype
 
 cdef extern from "dequant.h":
@@ -20,7 +21,6 @@ cdef extern from "dequant.h":
         int block_size
         int type_size
     const realm_type_traits *realm_get_traits(int type)
-    int REALM_ISA_AUTO, REALM_ISA_SCALAR, REALM_ISA_AVX2, REALM_ISA_NEON
     int REALM_EUNSUPPORTED, REALM_ENOISA
 
 cdef extern from "matmul.h":
@@ -61,7 +61,6 @@ cdef extern from "ops.h":
     int realm_f32_to_f16(const float *x, uint16_t *y, int64_t n, int isa) nogil
     int realm_exp(const float *x, float *y, int64_t n, int isa) nogil
 
-ISAS = {"auto": REALM_ISA_AUTO, "scalar": REALM_ISA_SCALAR, "avx2": REALM_ISA_AVX2, "neon": REALM_ISA_NEON}
 ACT_NAMES = {REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k"}
 TOKEN_GROUP = REALM_TOK_GROUP
 
