@@ -305,11 +305,19 @@ static int insert_merges(tokenizer *t)
         const uint8_t *m = merge_text(t, rank, &len);
         uint32_t sp = merge_split(m, len);
         if (!sp || sp + 1 == len) continue;  /* an empty side never matches */
-        if (tok_merge_rank(t, m, sp, m + sp + 1, len - sp - 1) >= 0) continue;  /* first rank wins */
+        /* one walk finds a repeat (the same text is the same pair: first rank
+         * wins) or the free slot; tok_merge_rank hashes "l r" alike */
         uint32_t i = tok_hash_final(tok_hash_update(TOK_HASH_SEED, m, len)) & t->merge_hash_mask, probe = 0;
-        for (; t->merge_hash[i]; i = (i + 1) & t->merge_hash_mask)
+        for (;; i = (i + 1) & t->merge_hash_mask) {
+            if (!t->merge_hash[i]) {
+                t->merge_hash[i] = rank + 1;
+                break;
+            }
+            uint32_t other_len;
+            const uint8_t *other = merge_text(t, t->merge_hash[i] - 1, &other_len);
+            if (other_len == len && memcmp(other, m, len) == 0) break;
             if (++probe == MAX_PROBES) return TOK_ERR_BAD_VOCAB;
-        t->merge_hash[i] = rank + 1;
+        }
     }
     return TOK_OK;
 }

@@ -690,3 +690,14 @@ def test_wasm_build_samples_like_native(wasm, native):
         in_wasm = np.frombuffer(wasm.get(out, 4 * n), dtype=np.int32).tolist()
         s = gn.Sampler(native, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         assert in_wasm == [s.sample(logits) for _ in range(n)]
+
+
+def test_repeated_merge_keeps_its_first_rank(native):
+    """A merge listed twice keeps its first rank, as llama.cpp's bpe_ranks.emplace does: with
+    "b c" ranked before "a b", "abc" becomes a + bc (with "b c" ranked last it would be ab + c)."""
+    tokens = [b"a", b"b", b"c", b"ab", b"bc"]
+    for merges, want in (([b"b c", b"a b", b"b c"], [b"a", b"bc"]), ([b"a b", b"b c", b"a b"], [b"ab", b"c"])):
+        v, keep = make_vocab(tokens, kind=gn.TOK_KIND_BPE, merges=merges, pre=b"gpt-2")
+        tok = gn.Tokenizer(native, v, keep)
+        assert tok.error == 0
+        assert tok.encode(b"abc") == [tokens.index(t) for t in want]
