@@ -76,25 +76,6 @@ static int reserve_text(uint32_t extra)
     return REALM_OK;
 }
 
-/* Length of the UTF-8 character at s (n > 0 bytes): k > 0 when valid, -k for
- * a maximal invalid subpart of k bytes (Unicode's "best practice" for U+FFFD). */
-static int utf8_char(const uint8_t *s, uint32_t n)
-{
-    uint8_t b = s[0], lo = 0x80, hi = 0xBF;
-    uint32_t need;
-    if (b < 0x80) return 1;
-    if (b >= 0xC2 && b <= 0xDF) need = 1;
-    else if (b == 0xE0) need = 2, lo = 0xA0;
-    else if (b >= 0xE1 && b <= 0xEF) need = 2, hi = b == 0xED ? 0x9F : 0xBF;
-    else if (b == 0xF0) need = 3, lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3) need = 3;
-    else if (b == 0xF4) need = 3, hi = 0x8F;
-    else return -1;
-    for (uint32_t i = 1; i <= need; i++, lo = 0x80, hi = 0xBF)
-        if (i >= n || s[i] < lo || s[i] > hi) return -(int)i;
-    return (int)need + 1;
-}
-
 /* Append n bytes to the pending text, each invalid sequence as U+FFFD. */
 static int append_text(const char *bytes, uint32_t n)
 {
@@ -102,7 +83,7 @@ static int append_text(const char *bytes, uint32_t n)
     if (rc < 0) return rc;
     const uint8_t *s = (const uint8_t *)bytes;
     for (uint32_t i = 0; i < n;) {
-        int k = utf8_char(s + i, n - i);
+        int k = gguf_utf8_char(s + i, n - i);
         if (k > 0) {
             memcpy(g.text + g.text_len, s + i, (uint32_t)k);
             g.text_len += (uint32_t)k;

@@ -102,26 +102,29 @@ static int read_str(struct cursor *c, struct gguf_str *s, const char *what)
     return 0;
 }
 
+int gguf_utf8_char(const uint8_t *s, uint32_t n)
+{
+    uint8_t b = s[0], lo = 0x80, hi = 0xBF;
+    uint32_t need;
+    if (b < 0x80) return 1;
+    if (b >= 0xC2 && b <= 0xDF) need = 1;
+    else if (b == 0xE0) need = 2, lo = 0xA0;
+    else if (b >= 0xE1 && b <= 0xEF) need = 2, hi = b == 0xED ? 0x9F : 0xBF;
+    else if (b == 0xF0) need = 3, lo = 0x90;
+    else if (b >= 0xF1 && b <= 0xF3) need = 3;
+    else if (b == 0xF4) need = 3, hi = 0x8F;
+    else return -1;
+    for (uint32_t i = 1; i <= need; i++, lo = 0x80, hi = 0xBF)
+        if (i >= n || s[i] < lo || s[i] > hi) return -(int)i;
+    return (int)need + 1;
+}
+
 int gguf_utf8_valid(const uint8_t *s, uint32_t n)
 {
-    uint32_t i = 0;
-    while (i < n) {
-        uint8_t b = s[i];
-        uint32_t extra, cp;
-        if (b < 0x80) { i++; continue; }
-        else if (b >= 0xC2 && b <= 0xDF) { extra = 1; cp = b & 0x1F; }
-        else if (b >= 0xE0 && b <= 0xEF) { extra = 2; cp = b & 0x0F; }
-        else if (b >= 0xF0 && b <= 0xF4) { extra = 3; cp = b & 0x07; }
-        else return 0;
-        if (extra > n - i - 1) return 0;
-        for (uint32_t k = 1; k <= extra; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((extra == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-            (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
-            return 0;
-        i += extra + 1;
+    for (uint32_t i = 0; i < n;) {
+        int k = gguf_utf8_char(s + i, n - i);
+        if (k < 0) return 0;
+        i += (uint32_t)k;
     }
     return 1;
 }

@@ -96,6 +96,11 @@ int gguf_get_array_len(const struct gguf_file *f, const char *key, uint32_t elem
 /* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
 int gguf_utf8_valid(const uint8_t *s, uint32_t n);
 
+/* Length of the UTF-8 character at s (n > 0 bytes), strict as above: k > 0
+ * when valid, -k for a maximal invalid subpart of k bytes (Unicode's "best
+ * practice" for U+FFFD). */
+int gguf_utf8_char(const uint8_t *s, uint32_t n);
+
 /* True when the string s equals the NUL-terminated lit. */
 int gguf_str_eq(const struct gguf_file *f, struct gguf_str s, const char *lit);
 
