@@ -408,7 +408,7 @@ def attention(q, k_cache, v_cache, pos, *, n_kv_head: int, scale=None, window: i
     p.n_head = n_head
     p.n_kv_head = n_kv_head
     p.head_dim = head_dim
-    p.kv_type = 1 if k_cache.dtype == np.float16 else 0
+    p.kv_type = GGMLType.F16 if k_cache.dtype == np.float16 else GGMLType.F32
     p.kv_pos_stride = n_kv_head * head_dim
     p.kv_head_stride = head_dim
     p.scale = 1.0 / np.sqrt(head_dim) if scale is None else scale

@@ -72,7 +72,7 @@ cdef class KVCache
 PROFILE_OPS = ("attn_norm", "qkv", "rope", "attention", "attn_output", "ffn_norm", "ffn_up", "gate", "ffn_down",
                "residual")
 assert len(PROFILE_OPS) == REALM_OP_COUNT
-KV_DTYPES = {"f16": 1, "f32": 0}  # ggml type ids of the cache rows
+KV_DTYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}  # type ids of the cache rows
 ARCHS = {"llama": REALM_ARCH_LLAMA, "gemma3": REALM_ARCH_GEMMA3}
 #: Tokens one parallel region handles (longer runs are cut; results do not change).
 FORWARD_CHUNK = REALM_FWD_CHUNK
