@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +21,7 @@ import realm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ggml_ref import load_ggml  # noqa: E402
 
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()  # warm: page in the output, load code
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import median_seconds  # noqa: E402
 
 
 def sample_blocks(ggml, qtype: realm.GGMLType, n: int) -> np.ndarray:
@@ -42,12 +32,14 @@ def sample_blocks(ggml, qtype: realm.GGMLType, n: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--elements", type=int, default=1 << 24)
+    ap.add_argument("--elements", type=int, default=1 << 24, help="rounded down to whole rows of 4096")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--types", default=",".join(t.name for t in realm.SUPPORTED_TYPES))
     ap.add_argument("--markdown", action="store_true", help="print the rows as a Markdown table")
     args = ap.parse_args()
-    n = args.elements
+    n = args.elements // 4096 * 4096  # sample_blocks quantizes rows of 4096
+    if n <= 0:
+        ap.error("--elements must be at least 4096")
     ggml = load_ggml()
     try:
         import gguf

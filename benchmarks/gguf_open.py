@@ -13,21 +13,12 @@ and prints the ratio gguf-py / realm.  Targets (issue 3): SmolLM2 <= 50 ms, Gemm
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 from realm.models import MODELS, pull
 from realm.reader import GGUFFile
 from realm.store import ModelStore
 
-
-def median_ms(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+from _common import median_seconds, print_table
 
 
 def realm_open(path) -> None:
@@ -62,10 +53,10 @@ def main() -> None:
         realm_open(path)  # warm the page cache: every run below reads from memory
         row = {
             "model": name,
-            "realm open": median_ms(lambda: realm_open(path), args.repeat),
-            "realm open+vocab": median_ms(lambda: realm_open_vocab(path), args.repeat),
-            "store.load": median_ms(lambda: store_load(path), args.repeat),
-            "gguf-py open": (median_ms(lambda: gguf.GGUFReader(path), args.ref_repeat)
+            "realm open": median_seconds(lambda: realm_open(path), args.repeat, warm=False) * 1e3,
+            "realm open+vocab": median_seconds(lambda: realm_open_vocab(path), args.repeat, warm=False) * 1e3,
+            "store.load": median_seconds(lambda: store_load(path), args.repeat, warm=False) * 1e3,
+            "gguf-py open": (median_seconds(lambda: gguf.GGUFReader(path), args.ref_repeat, warm=False) * 1e3
                              if gguf is not None else float("nan")),
         }
         row["gguf-py / realm"] = row["gguf-py open"] / row["realm open"]
@@ -73,16 +64,7 @@ def main() -> None:
 
     cols = ["model", "realm open", "realm open+vocab", "store.load", "gguf-py open", "gguf-py / realm"]
     cells = [[r["model"]] + [f"{r[c]:.1f} ms" for c in cols[1:-1]] + [f"{r[cols[-1]]:.0f}x"] for r in rows]
-    if args.markdown:
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for c in cells:
-            print("| " + " | ".join(c) + " |")
-    else:
-        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(cols)]
-        print("  ".join(h.rjust(w) for h, w in zip(cols, widths)))
-        for c in cells:
-            print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+    print_table(cols, cells, args.markdown)
     print(f"(medians: realm of {args.repeat} runs, gguf-py of {args.ref_repeat}; file pages already cached)")
 
 

@@ -17,9 +17,7 @@ does nothing (the floor wasmtime-py sets), and to realm's validated imports.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import wasmtime
@@ -30,19 +28,11 @@ from realm.guest import Guest
 from realm.host import add_realm_imports
 from realm.store import ModelStore
 
+from _common import median_seconds
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MiB = 1 << 20
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm: the first call may page in the mapping and the output
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def default_model() -> Path:
@@ -103,13 +93,13 @@ def tensor_table(path: Path, repeat: int) -> None:
         cold_guest.attach(cold_id)
         for name in picks:
             t = tensors[name]
-            miss = median_ms(fetcher(cold_guest, name), repeat)
+            miss = 1e3 * median_seconds(fetcher(cold_guest, name), repeat)
             before = hot.cache.stats()["hits"]
-            hit = median_ms(fetcher(warm_guest, name), repeat)  # the warm-up call is the one miss
+            hit = 1e3 * median_seconds(fetcher(warm_guest, name), repeat)  # the warm-up call is the one miss
             assert hot.cache.stats()["hits"] - before == repeat
-            host = median_ms(lambda: realm.dequantize(t.data, t.dtype, t.shape), repeat)
-            ll = median_ms(lambda: to_float(t), repeat) if to_float else float("nan")
-            gp = median_ms(lambda: gguf_py(t), max(3, repeat // 3)) if gguf_py else float("nan")
+            host = 1e3 * median_seconds(lambda: realm.dequantize(t.data, t.dtype, t.shape), repeat)
+            ll = 1e3 * median_seconds(lambda: to_float(t), repeat) if to_float else float("nan")
+            gp = 1e3 * median_seconds(lambda: gguf_py(t), max(3, repeat // 3)) if gguf_py else float("nan")
             row = [name, t.dtype.name, f"{t.n_elements / 1e6:.2f}", f"{miss:.3f}", f"{hit:.3f}",
                    f"{miss / hit:.1f}x", f"{host:.3f}", f"{ll:.3f}", f"{gp:.2f}"]
             print(" ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
@@ -152,7 +142,7 @@ def call_table(path: Path, calls: int, repeat: int) -> None:
     for which, label in enumerate(["wasm -> wasm function (no host)", "wasm -> Python no-op (wasmtime-py floor)",
                                    "realm_get_model_info (validated, 12 bytes out)",
                                    "realm_get_metadata size query"]):
-        us = median_ms(lambda: loop(wasm, calls, model_id, which), repeat) * 1e3 / calls
+        us = median_seconds(lambda: loop(wasm, calls, model_id, which), repeat) * 1e6 / calls
         print(f"  {label:48s} {us:8.3f}")
     host.close()
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,8 @@ from realm import GGMLType, _compute
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ggml_ref import load_ggml  # noqa: E402
+
+from _common import median_seconds  # noqa: E402
 
 TYPES = "F32,F16,BF16,Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K"
 MODEL_WEIGHTS = 100e6
@@ -103,16 +103,6 @@ class GgmlMulMat:
         self.base.ggml_free(self.ctx)
 
 
-def median_seconds(fn, repeat: int, per_call: int) -> float:
-    fn()  # warm: caches, page-ins, thread pools
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) / per_call)
-    return statistics.median(times)
-
-
 def measure(qtype: GGMLType, wq: np.ndarray, rows: int, cols: int, n_tok: int, threads: list[int], repeat: int) -> dict:
     x = np.random.default_rng(1).standard_normal((n_tok, cols), dtype=np.float32)
     flops = 2.0 * rows * cols * n_tok
@@ -125,8 +115,8 @@ def measure(qtype: GGMLType, wq: np.ndarray, rows: int, cols: int, n_tok: int, t
             def realm_run():
                 for _ in range(reps):
                     _compute.matmul(wq, qtype, rows, x, out=y, threads=nt)
-            res[("realm", nt)] = flops / median_seconds(realm_run, repeat, reps) / 1e9
-            res[("llama", nt)] = flops / median_seconds(lambda: g.run(nt), repeat, reps) / 1e9
+            res[("realm", nt)] = flops / (median_seconds(realm_run, repeat) / reps) / 1e9
+            res[("llama", nt)] = flops / (median_seconds(lambda: g.run(nt), repeat) / reps) / 1e9
         ref = g.result()
         res["agree"] = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
     finally:

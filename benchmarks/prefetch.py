@@ -38,6 +38,8 @@ from realm.cache import LayerCache  # noqa: E402
 from realm.models import MODELS, pull  # noqa: E402
 from realm.store import ModelStore  # noqa: E402
 
+from _common import print_table  # noqa: E402
+
 
 def blocks_of(model) -> list[list[str]]:
     by_block: dict[int, list[str]] = defaultdict(list)
@@ -94,16 +96,7 @@ def main() -> None:
                          f"{base / t:.2f}x"])
 
     cols = ["model", "prefetch", "pass", "reader waits", "speed-up"]
-    if args.markdown:
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(cols)]
-        print("  ".join(h.rjust(w) for h, w in zip(cols, widths)))
-        for r in rows:
-            print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    print_table(cols, rows, args.markdown)
     print(f"(medians of {args.repeat} passes; {args.tokens} tokens per product; file pages already cached; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: prefetching helps only "
           f"when a core is free for it)")
