@@ -309,21 +309,22 @@ static void gate_rows(int gelu, float *gate, const float *up, int64_t n, int isa
     }
 }
 
-/* y = x W^T.  x is quantized for W's activation type unless `have` says this
- * input already is (matrices sharing an input share its quantization); `have`
- * is each thread's own copy, updated alike in all of them. */
-static int project(const realm_tensor *w, const float *x, int64_t n, float *y, realm_scratch *s, int *have,
+/* y = x W^T.  x is quantized into act_buf[0] (Q8) or act_buf[1] (Q8_K) for
+ * W's activation type unless `have` says that buffer already holds it
+ * (matrices sharing an input share its quantization); `have` is each
+ * thread's own copy, updated alike in all of them. */
+static int project(const realm_tensor *w, const float *x, int64_t n, float *y, void *const act_buf[2], int *have,
                    int isa) {
     const int act = realm_act_type(w->type);
     const void *a = x;
     if (act != REALM_ACT_F32) {
         const int slot = act == REALM_ACT_Q8_K;
         if (!(*have & (1 << slot))) {
-            const int rc = realm_quantize_act_ws(act, x, n, w->cols, s->act[slot], isa);
+            const int rc = realm_quantize_act_ws(act, x, n, w->cols, act_buf[slot], isa);
             if (rc) return rc;
             *have |= 1 << slot;
         }
-        a = s->act[slot];
+        a = act_buf[slot];
     }
     return realm_matmul_q_ws(w->type, w->data, w->rows, w->cols, a, n, y, isa);
 }
@@ -360,9 +361,9 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_
     }
     tick(m, s, REALM_OP_ATTN_NORM, &t);
     have = 0;
-    if (!rc) rc = project(&L->wq, s->xn, n, s->q, s, &have, isa);
-    if (!rc) rc = project(&L->wk, s->xn, n, s->k, s, &have, isa);
-    if (!rc) rc = project(&L->wv, s->xn, n, s->v, s, &have, isa);
+    if (!rc) rc = project(&L->wq, s->xn, n, s->q, s->act, &have, isa);
+    if (!rc) rc = project(&L->wk, s->xn, n, s->k, s->act, &have, isa);
+    if (!rc) rc = project(&L->wv, s->xn, n, s->v, s->act, &have, isa);
     tick(m, s, REALM_OP_QKV, &t);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; i++) {
@@ -386,20 +387,20 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_
                                 s->att, s->attn, isa);
     tick(m, s, REALM_OP_ATTN, &t);
     have = 0;
-    if (!rc) rc = project(&L->wo, s->att, n, s->proj, s, &have, isa);
+    if (!rc) rc = project(&L->wo, s->att, n, s->proj, s->act, &have, isa);
     tick(m, s, REALM_OP_WO, &t);
 
     /* feed-forward */
     residual_rows(x, s->proj, &L->attn_post_norm, &L->ffn_norm, n, E, c->rms_eps, s->xn);
     tick(m, s, REALM_OP_FFN_NORM, &t);
     have = 0;
-    if (!rc) rc = project(&L->ffn_gate, s->xn, n, s->gate, s, &have, isa);
-    if (!rc) rc = project(&L->ffn_up, s->xn, n, s->up, s, &have, isa);
+    if (!rc) rc = project(&L->ffn_gate, s->xn, n, s->gate, s->act, &have, isa);
+    if (!rc) rc = project(&L->ffn_up, s->xn, n, s->up, s->act, &have, isa);
     tick(m, s, REALM_OP_FFN_UP, &t);
     gate_rows(gemma, s->gate, s->up, n * c->n_ff, isa);
     tick(m, s, REALM_OP_GATE, &t);
     have = 0;
-    if (!rc) rc = project(&L->ffn_down, s->gate, n, s->proj, s, &have, isa);
+    if (!rc) rc = project(&L->ffn_down, s->gate, n, s->proj, s->act, &have, isa);
     tick(m, s, REALM_OP_FFN_DOWN, &t);
     residual_rows(x, s->proj, &L->ffn_post_norm, NULL, n, E, c->rms_eps, NULL);
     tick(m, s, REALM_OP_RESIDUAL, &t);
@@ -484,13 +485,9 @@ int realm_forward_lm_head(const realm_model *m, const float *hidden, int64_t n_r
         const float *x = normed + r0 * E;
 #pragma omp parallel num_threads(m->nthreads) if (m->nthreads > 1)
         {
-            int r = 0;
-            const void *a = x;
-            if (act != REALM_ACT_F32) {
-                r = realm_quantize_act_ws(act, x, n, E, abuf, m->isa);
-                a = abuf;
-            }
-            if (!r) r = realm_matmul_q_ws(m->output.type, m->output.data, V, E, a, n, logits + r0 * V, m->isa);
+            void *const bufs[2] = {abuf, abuf};
+            int have = 0;
+            const int r = project(&m->output, x, n, logits + r0 * V, bufs, &have, m->isa);
             if (thread_num() == 0) rc = r;
         }
     }
