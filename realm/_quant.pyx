@@ -2,7 +2,11 @@
 """Thin wrapper over the C dequantizers: the caller (realm.quants) validates,
 this module checks the buffer sizes once more and runs the kernel without the GIL."""
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
+
+import numpy as np
+
+from .errors import InternalError, InvalidArgumentError
 
 cdef extern from "dequant.h":
     ctypedef struct realm_type_traits:
@@ -40,24 +44,55 @@ def dequantize_into(const unsigned char[::1] src, int qtype, float[::1] dst,
     """Dequantize all of `src` (whole blocks of `qtype`) into `dst`."""
     cdef const realm_type_traits *tt = realm_get_traits(qtype)
     if tt == NULL:
-        raise ValueError(f"no kernel for GGML type {qtype}")
+        raise InvalidArgumentError(f"no kernel for GGML type {qtype}")
     if isa not in ISAS:
-        raise ValueError(f"unknown isa {isa!r}; expected one of {sorted(ISAS)}")
+        raise InvalidArgumentError(f"unknown isa {isa!r}; expected one of {sorted(ISAS)}")
     cdef int isa_id = ISAS[isa]
     cdef Py_ssize_t nbytes = src.shape[0]
     if nbytes % tt.type_size:
-        raise ValueError(f"{nbytes} bytes is not a whole number of {tt.name.decode()} blocks")
+        raise InvalidArgumentError(f"{nbytes} bytes is not a whole number of {tt.name.decode()} blocks")
     cdef int64_t nblocks = nbytes // tt.type_size
     if dst.shape[0] != nblocks * tt.block_size:
-        raise ValueError(f"output holds {dst.shape[0]} floats, {nblocks * tt.block_size} needed")
+        raise InvalidArgumentError(f"output holds {dst.shape[0]} floats, {nblocks * tt.block_size} needed")
     if nblocks == 0:
         return
     if <size_t>&src[0] % tt.align:
-        raise ValueError(f"{tt.name.decode()} data must start at a multiple of {tt.align} bytes")
+        raise InvalidArgumentError(f"{tt.name.decode()} data must start at a multiple of {tt.align} bytes")
     cdef int rc
     with nogil:
         rc = realm_dequantize(qtype, &src[0], nblocks, &dst[0], threads, isa_id)
     if rc == REALM_ENOISA:
-        raise ValueError(f"this CPU cannot run the {isa} path")
+        raise InvalidArgumentError(f"this CPU cannot run the {isa} path")
     if rc != 0:
-        raise RuntimeError(f"realm_dequantize failed with code {rc}")
+        raise InternalError(f"realm_dequantize failed with code {rc}")
+
+
+# -- the GGUF reader's walk over an array of strings (realm/reader.py) ------------------------
+
+def string_ends(const unsigned char[::1] buf, Py_ssize_t pos, Py_ssize_t count, Py_ssize_t size):
+    """Walk `count` GGUF strings (a u64 little-endian length, then that many bytes) from byte
+    `pos` of buf[:size]: the end of each as an int64 array, or None when one runs past `size`.
+    One pass in C with the GIL released and one int64 per string, so a hostile count costs
+    neither Python objects nor time proportional to anything but the bytes it spans."""
+    if size > buf.shape[0] or not 0 <= pos <= size or count < 0:
+        raise InvalidArgumentError("string_ends: a range outside the buffer")
+    ends = np.empty(count, dtype=np.int64)
+    cdef int64_t[::1] out = ends
+    cdef Py_ssize_t i
+    cdef uint64_t n, at = pos, end = size
+    cdef bint ok = True
+    with nogil:
+        for i in range(count):
+            if end - at < 8:
+                ok = False
+                break
+            n = (<uint64_t>buf[at] | <uint64_t>buf[at + 1] << 8 | <uint64_t>buf[at + 2] << 16
+                 | <uint64_t>buf[at + 3] << 24 | <uint64_t>buf[at + 4] << 32 | <uint64_t>buf[at + 5] << 40
+                 | <uint64_t>buf[at + 6] << 48 | <uint64_t>buf[at + 7] << 56)
+            at += 8
+            if n > end - at:  # compared before adding: a huge length cannot wrap
+                ok = False
+                break
+            at += n
+            out[i] = <int64_t>at
+    return ends if ok else None

@@ -1,17 +1,40 @@
-"""realm's exception types.
+"""realm's exception types: every error realm raises is a `RealmError`.
 
 Each one also derives from the built-in exception a caller would naturally
-catch (`ValueError` for bad files, `KeyError` for unknown names), so code that
-does not know about realm still handles them.
+catch (`ValueError` for bad files and arguments, `TypeError` for arguments of
+the wrong type, `KeyError` for unknown names, `TimeoutError` for a deadline),
+so code that does not know about realm still handles them.
 """
 
 
 class RealmError(Exception):
-    """Base class of every error realm raises on purpose."""
+    """Base class of every error realm raises."""
+
+
+class InvalidArgumentError(RealmError, ValueError):
+    """An argument is outside its documented range or malformed."""
+
+
+class ArgumentTypeError(RealmError, TypeError):
+    """An argument has the wrong type."""
+
+
+class OutOfRangeError(InvalidArgumentError, IndexError):
+    """An index (a layer, a position) lies outside its range."""
 
 
 class GGUFError(RealmError, ValueError):
     """A GGUF file (or buffer) is malformed, truncated, hostile or unsupported."""
+
+
+class FileAccessError(RealmError, OSError):
+    """A file could not be opened or read (it is missing, unreadable, a directory...);
+    `errno` and `filename` are the operating system's."""
+
+
+def file_error(exc: OSError, path: object) -> FileAccessError:
+    """An OSError from opening `path` as a FileAccessError with its errno."""
+    return FileAccessError(exc.errno, f"cannot open {path}: {exc.strerror or exc}", str(path))
 
 
 class ModelNotFoundError(RealmError, KeyError):
@@ -30,3 +53,28 @@ class TensorNotFoundError(RealmError, KeyError):
 
 class PullError(RealmError, RuntimeError):
     """A model could not be fetched or did not match its recorded checksum."""
+
+
+class ClosedError(RealmError, RuntimeError, ValueError):
+    """The object (a store, a tenant, a file) was closed.  A RuntimeError, and a ValueError as
+    Python's own closed files raise."""
+
+
+class BusyError(RealmError, RuntimeError):
+    """The object (a KV cache) is in use by another call, which it does not allow."""
+
+
+class OutOfMemoryError(RealmError, MemoryError):
+    """The host could not allocate memory for the request."""
+
+
+class LimitExceeded(RealmError):
+    """A tenant's quota or the host's budget would be exceeded (see `realm.Limits`)."""
+
+
+class DeadlineExceeded(LimitExceeded, TimeoutError):
+    """A call or generation ran past its deadline and was stopped (see `Limits.deadline_s`)."""
+
+
+class InternalError(RealmError, RuntimeError):
+    """Something realm did not expect: a bug (please report it with the message)."""

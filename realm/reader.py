@@ -34,7 +34,8 @@ from typing import Any, Iterator, Mapping, Sequence, overload
 
 import numpy as np
 
-from .errors import GGUFError
+from .errors import ClosedError, GGUFError, file_error
+from ._quant import string_ends
 from .quants import GGMLType
 
 GGUF_MAGIC = b"GGUF"
@@ -42,6 +43,11 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS; llama.cpp rejects more
 MAX_ARRAY_DEPTH = 8  # arrays nested deeper than this are refused (no real file nests at all)
+# Caps on what a header may declare, far above any real file (a few hundred keys and at most a
+# few thousand tensors): each is a Python object the parse makes, so they bound its time and memory.
+MAX_METADATA_KEYS = 1 << 16
+MAX_TENSORS = 1 << 16
+MAX_NESTED_ARRAYS = 1 << 16  # arrays inside arrays, in the whole header
 _INT64_MAX = (1 << 63) - 1
 
 
@@ -97,6 +103,13 @@ _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # empty name, n_dims, one dim, type,
 _MIN_STRING_BYTES = 8
 _MIN_ARRAY_BYTES = 4 + 8
 
+# Host memory one parsed item keeps beyond its own bytes (measured with tracemalloc, rounded
+# up; tests/test_reader.py checks them): a metadata key with its value and type chain, a
+# tensor with its TensorInfo and the store's QuantizedTensor view, an array inside an array.
+_KEY_COST = 256
+_TENSOR_COST = 1024
+_NESTED_ARRAY_COST = 400
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -145,21 +158,26 @@ def _decode(raw: bytes) -> str:
 class StringArray(Sequence[str]):
     """A GGUF array of strings, decoded on access.
 
-    Holds one copy of the array's bytes (not a view of the file, so it outlives
-    the mapping) and the start/end of every string in it.  Indexing decodes one
+    Holds one copy of the array's bytes as the file stores them -- each string
+    after its u64 length -- (not a view of the file, so it outlives the mapping)
+    and where every string ends in it (one int64 each).  Indexing decodes one
     string; `tolist()` decodes all; `raw(i)` gives the undecoded bytes.
     Compares equal to any sequence of the same strings.
     """
 
-    __slots__ = ("_blob", "_starts", "_ends")
+    __slots__ = ("_blob", "_ends")
 
-    def __init__(self, blob: bytes, starts: np.ndarray, ends: np.ndarray):
+    def __init__(self, blob: bytes, ends: np.ndarray):
         self._blob = blob
-        self._starts = starts
         self._ends = ends
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return len(self._ends)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the array holds: its bytes and its index."""
+        return len(self._blob) + self._ends.nbytes
 
     @overload
     def __getitem__(self, index: int) -> str: ...
@@ -174,12 +192,14 @@ class StringArray(Sequence[str]):
     def raw(self, index: int) -> bytes:
         """The bytes of string `index`, undecoded."""
         i = range(len(self))[index]  # normalises negatives, raises IndexError
-        return self._blob[self._starts[i]:self._ends[i]]
+        start = int(self._ends[i - 1]) + 8 if i else 8
+        return self._blob[start:int(self._ends[i])]
 
     def __iter__(self) -> Iterator[str]:
-        blob = self._blob
-        for s, e in zip(self._starts.tolist(), self._ends.tolist()):
-            yield _decode(blob[s:e])
+        blob, start = self._blob, 8
+        for end in self._ends.tolist():
+            yield _decode(blob[start:end])
+            start = end + 8
 
     def tolist(self) -> list[str]:
         """Every string, decoded."""
@@ -224,12 +244,14 @@ class TensorInfo:
 class _Parser:
     """A cursor over the header bytes; every read checks what remains first."""
 
-    __slots__ = ("buf", "size", "pos")
+    __slots__ = ("buf", "size", "pos", "nested", "held")
 
     def __init__(self, buf: Any, size: int):
         self.buf = buf
         self.size = size
         self.pos = 0
+        self.nested = 0  # arrays inside arrays so far (MAX_NESTED_ARRAYS)
+        self.held = 0  # bytes of metadata values the parse keeps (see _Header.held_bytes)
 
     def need(self, n: int, what: str) -> None:
         remaining = self.size - self.pos
@@ -279,7 +301,9 @@ class _Parser:
             self.pos += scalar.size
             return v, (GGUFValueType(vtype),)
         if vtype == GGUFValueType.STRING:
-            return _decode(self.raw_string(f"string value of {key!r}")), (GGUFValueType.STRING,)
+            raw = self.raw_string(f"string value of {key!r}")
+            self.held += len(raw)
+            return _decode(raw), (GGUFValueType.STRING,)
         if vtype == GGUFValueType.ARRAY:
             return self.array(key, depth)
         raise GGUFError(f"metadata {key!r} at offset {self.pos - 4} has unknown value type {vtype}")
@@ -308,14 +332,21 @@ class _Parser:
                 arr = arr.view(np.bool_)
             arr.flags.writeable = False
             self.pos += count * dtype.itemsize
+            self.held += arr.nbytes
             return arr, (GGUFValueType.ARRAY, etype)
 
         if etype == GGUFValueType.STRING:
             self.need(count * _MIN_STRING_BYTES, f"{count} strings of array {key!r}")
-            return self.strings(count, key), (GGUFValueType.ARRAY, etype)
+            strings = self.strings(count, key)
+            self.held += strings.nbytes
+            return strings, (GGUFValueType.ARRAY, etype)
 
         # an array of arrays
         self.need(count * _MIN_ARRAY_BYTES, f"{count} nested arrays of {key!r}")
+        self.nested += count
+        if self.nested > MAX_NESTED_ARRAYS:
+            raise GGUFError(f"metadata {key!r}: more than {MAX_NESTED_ARRAYS} arrays inside arrays in the header")
+        self.held += count * _NESTED_ARRAY_COST
         items, sub = [], ()
         for i in range(count):
             item, types = self.array(key, depth + 1)
@@ -325,26 +356,15 @@ class _Parser:
         return items, (GGUFValueType.ARRAY, *sub)
 
     def strings(self, count: int, key: str) -> StringArray:
-        """Walk `count` length-prefixed strings; one pass, no string objects."""
-        unpack, buf, pos = _U64.unpack_from, self.buf, self.pos
-        first = pos
-        ends = [0] * count  # bounded: the caller checked count * 8 bytes remain
-        try:
-            for i in range(count):
-                pos += 8 + unpack(buf, pos)[0]
-                ends[i] = pos
-        except (struct.error, OverflowError):  # a length ran past the end: the next prefix is unreadable
-            pos = self.size + 1
-        if pos > self.size:
+        """Walk `count` length-prefixed strings (in C: one pass, no string objects)."""
+        first = self.pos
+        ends = string_ends(self.buf, first, count, self.size) if count else np.empty(0, np.int64)
+        if ends is None:
             raise GGUFError(f"truncated: the strings of array {key!r} (from offset {first}) run past the end of the file")
-        end_arr = np.array(ends, dtype=np.int64) - first
-        start_arr = np.empty_like(end_arr)
-        if count:
-            start_arr[0] = 8
-            start_arr[1:] = end_arr[:-1] + 8
-        blob = bytes(buf[first:pos])
-        self.pos = pos
-        return StringArray(blob, start_arr, end_arr)
+        end = int(ends[-1]) if count else first
+        ends -= first
+        self.pos = end
+        return StringArray(bytes(self.buf[first:end]), ends)
 
 
 @dataclass(frozen=True)
@@ -355,6 +375,8 @@ class _Header:
     metadata: Mapping[str, Any]
     value_types: Mapping[str, tuple[GGUFValueType, ...]]
     tensors: Mapping[str, TensorInfo]
+    held_bytes: int  # an upper estimate of the host memory the parsed header keeps
+
 
 
 def parse_header(buf: Any, size: int | None = None) -> _Header:
@@ -379,6 +401,9 @@ def parse_header(buf: Any, size: int | None = None) -> _Header:
     kv_count = p.u64("metadata count")
     p.need(kv_count * _MIN_KV_BYTES + tensor_count * _MIN_TENSOR_INFO_BYTES,
            f"{kv_count} metadata entries and {tensor_count} tensor infos")
+    if kv_count > MAX_METADATA_KEYS or tensor_count > MAX_TENSORS:
+        raise GGUFError(f"the header declares {kv_count} metadata keys and {tensor_count} tensors "
+                        f"(realm reads at most {MAX_METADATA_KEYS} and {MAX_TENSORS})")
 
     metadata: dict[str, Any] = {}
     value_types: dict[str, tuple[GGUFValueType, ...]] = {}
@@ -449,8 +474,10 @@ def parse_header(buf: Any, size: int | None = None) -> _Header:
         if a.offset + a.nbytes > b.offset:
             raise GGUFError(f"tensors {a.name!r} and {b.name!r} overlap in the file")
 
+    held = (p.held + min(data_offset, size) + sum(_KEY_COST + len(k) for k in metadata)
+            + sum(_TENSOR_COST + len(name) for name in tensors))
     return _Header(version, alignment, data_offset, MappingProxyType(metadata),
-                   MappingProxyType(value_types), MappingProxyType(tensors))
+                   MappingProxyType(value_types), MappingProxyType(tensors), held)
 
 
 class GGUFFile:
@@ -475,15 +502,21 @@ class GGUFFile:
         self.value_types: Mapping[str, tuple[GGUFValueType, ...]] = header.value_types
         #: tensor infos in file order
         self.tensors: Mapping[str, TensorInfo] = header.tensors
+        #: host memory the parsed header keeps (an upper estimate): its metadata values, keys,
+        #: tensor infos and a copy of the header bytes; a model store counts it per model
+        self.held_bytes: int = header.held_bytes
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "GGUFFile":
         """Memory-map and parse a GGUF file."""
         path = Path(path)
-        with open(path, "rb") as f:
-            stat = os.fstat(f.fileno())
-            size = stat.st_size
-            buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                size = stat.st_size
+                buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        except OSError as exc:
+            raise file_error(exc, path) from None
         try:
             header = parse_header(buf, size)
         except GGUFError as exc:
@@ -518,7 +551,7 @@ class GGUFFile:
 
     def _live(self) -> Any:
         if self._buf is None:
-            raise ValueError("the GGUF file is closed")
+            raise ClosedError("the GGUF file is closed")
         return self._buf
 
     def view(self, info: TensorInfo | str) -> np.ndarray:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from gguf_helpers import Arr, RawTensor, build_gguf, encode_string
 from realm.errors import GGUFError
 from realm.quants import GGMLType
-from realm.reader import MAX_ARRAY_DEPTH, GGUFFile, GGUFValueType as VT, StringArray, open_gguf
+from realm.reader import (MAX_ARRAY_DEPTH, MAX_METADATA_KEYS, MAX_NESTED_ARRAYS, MAX_TENSORS, GGUFFile,
+                          GGUFValueType as VT, StringArray, open_gguf)
 
 HUGE = [2**64 - 1, 2**63, 2**63 - 1, 2**40, 10**9]
 
@@ -149,6 +150,62 @@ def test_deep_nesting_claimed_by_counts_is_bounded():
     level = struct.pack("<IQ", VT.ARRAY, 1)
     data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + encode_string("k") + struct.pack("<I", VT.ARRAY) + level * 8000
     reject(data, "nested deeper")
+
+
+def test_a_header_of_empty_nested_arrays_is_refused_cheaply():
+    """Issue 10: 16 MiB of nested empty arrays took 3.6 s and +231 MiB to parse; past
+    MAX_NESTED_ARRAYS the parse stops, having made no more than that many objects."""
+    count = (16 << 20) // 12
+    data = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + encode_string("k") + struct.pack("<I", VT.ARRAY)
+            + struct.pack("<IQ", VT.ARRAY, count) + struct.pack("<IQ", VT.UINT8, 0) * count)
+    tracemalloc.start()
+    try:
+        with pytest.raises(GGUFError, match=f"more than {MAX_NESTED_ARRAYS} arrays inside arrays"):
+            GGUFFile.from_buffer(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MAX_NESTED_ARRAYS * 200 + (1 << 20), peak
+
+
+@pytest.mark.parametrize("field, cap", [("tensor", MAX_TENSORS), ("kv", MAX_METADATA_KEYS)])
+def test_counts_beyond_the_caps(field, cap):
+    """Counts the bytes could hold but no real file has are refused before any is parsed."""
+    data = b"GGUF" + struct.pack("<IQQ", 3, cap + 1 if field == "tensor" else 0, cap + 1 if field == "kv" else 0)
+    reject(data + bytes(40 * (cap + 1)), "realm reads at most")
+
+
+def _retained(build) -> tuple[int, int]:
+    """(bytes the parsed header of build()'s file keeps, as tracemalloc counts them; its held_bytes)."""
+    data = build()
+    tracemalloc.start()
+    f = GGUFFile.from_buffer(data)
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return kept, f.held_bytes
+
+
+@pytest.mark.parametrize("shape", ["keys", "string keys", "tensors", "nested arrays", "strings", "nested strings"])
+def test_held_bytes_bound_what_a_parse_keeps(shape):
+    """held_bytes -- what a tenant is charged for a stored model's header -- is at least what the
+    parse really keeps, for headers built to make many small objects."""
+    n = 4000
+    kvs, tensors = [("a", VT.STRING, "llama")], []
+    if shape == "keys":
+        kvs += [(f"k.{i}", VT.UINT32, i) for i in range(n)]
+    elif shape == "string keys":
+        kvs += [(f"k.{i}", VT.STRING, "abcde") for i in range(n)]
+    elif shape == "tensors":
+        tensors = [RawTensor(f"t{i}", (32,), GGMLType.F32, bytes(128)) for i in range(n)]
+    elif shape == "nested arrays":
+        kvs += [("n", VT.ARRAY, Arr(VT.ARRAY, [Arr(VT.UINT8, []) for _ in range(n)]))]
+    elif shape == "strings":
+        kvs += [("s", VT.ARRAY, Arr(VT.STRING, ["ab"] * (10 * n)))]
+    else:
+        kvs += [("n", VT.ARRAY, Arr(VT.ARRAY, [Arr(VT.STRING, ["a"]) for _ in range(n)]))]
+    kept, held = _retained(lambda: build_gguf(kvs, tensors)[0])
+    assert kept <= held, f"the parse keeps {kept} bytes, held_bytes says {held}"
+    assert held < 4 * kept + (64 << 10)  # and it is not a wild overestimate
 
 
 @pytest.mark.parametrize("vtype", [13, 14, 100, 2**32 - 1])

@@ -1,6 +1,7 @@
 """realm's GGUF reader against gguf-py's GGUFReader (the reference) and against
 the values written, on the two PyPI models and on generated files."""
 
+import errno
 import mmap
 import os
 import struct
@@ -19,7 +20,7 @@ from gguf_helpers import (
     tensor_bytes,
 )
 import realm
-from realm.errors import GGUFError
+from realm.errors import FileAccessError, GGUFError
 from realm.quants import GGMLType
 from realm.reader import TYPE_GEOMETRY, GGUFFile, GGUFValueType as VT, StringArray, open_gguf
 
@@ -374,8 +375,9 @@ def test_empty_or_missing_files(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(GGUFError, match="truncated"):
         open_gguf(empty)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileAccessError, match="cannot open") as err:  # a RealmError and an OSError
         open_gguf(tmp_path / "nope.gguf")
+    assert err.value.errno == errno.ENOENT and err.value.filename == str(tmp_path / "nope.gguf")
 
 
 def test_metadata_only_file(tmp_path):
