@@ -37,9 +37,20 @@ int realm_resolve_isa(int isa) {
     return REALM_ENOISA;
 }
 
+int realm_max_threads(void) {
+#ifdef _OPENMP
+    return REALM_THREADS_PER_CORE_MAX * omp_get_num_procs();
+#else
+    return 1;
+#endif
+}
+
 int realm_resolve_threads(int nthreads) {
 #ifdef _OPENMP
-    return nthreads > 0 ? nthreads : omp_get_num_procs();
+    /* realm/threads.py refuses counts above realm_max_threads(); the clamp keeps any
+     * other caller from asking OpenMP for a team it would abort the process over. */
+    const int most = realm_max_threads();
+    return nthreads > 0 ? (nthreads < most ? nthreads : most) : omp_get_num_procs();
 #else
     (void)nthreads;
     return 1;

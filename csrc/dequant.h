@@ -20,7 +20,13 @@ const char *realm_isa_name(int isa);
  * scalar or the best one as given; anything else REALM_ENOISA. */
 int realm_resolve_isa(int isa);
 
-/* Threads a caller's nthreads means: <= 0 -> every core (1 without OpenMP). */
+/* Accepted threads per core (realm/threads.py's THREADS_PER_CORE_MAX): more only slows
+ * the kernels, a few times the cores is allowed to test thread-count invariance. */
+#define REALM_THREADS_PER_CORE_MAX 4
+/* The largest team realm runs: REALM_THREADS_PER_CORE_MAX x the cores (1 without OpenMP). */
+int realm_max_threads(void);
+
+/* Threads a caller's nthreads means: <= 0 -> every core, else at most realm_max_threads(). */
 int realm_resolve_threads(int nthreads);
 
 /* The SIMD row for (type, isa), or NULL where that path has none. */

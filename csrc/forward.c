@@ -75,7 +75,7 @@ int realm_model_check(const realm_model *m, char *what, int what_len) {
     const realm_config *c = &m->c;
     int rc = check_config(c);
     if (rc) return fail(what, what_len, rc, "bad model configuration");
-    if (m->nthreads < 1 || (m->isa != REALM_ISA_SCALAR && m->isa != realm_best_isa()))
+    if (m->nthreads < 1 || m->nthreads > realm_max_threads() || (m->isa != REALM_ISA_SCALAR && m->isa != realm_best_isa()))
         return fail(what, what_len, REALM_EINVAL, "bad thread count or isa");
     const int64_t E = c->n_embd, Q = (int64_t)c->n_head * c->head_dim, KV = (int64_t)c->n_head_kv * c->head_dim;
     const realm_type_traits *te = realm_get_traits(m->tok_embd.type);

@@ -30,7 +30,6 @@
 _Static_assert(sizeof(struct realm_generate_params) == REALM_GENERATE_PARAMS_SIZE, "padding");
 _Static_assert(sizeof(struct realm_generate_result) == REALM_GENERATE_RESULT_SIZE, "padding");
 
-#define MAX_BATCH 65536          /* n_batch above this is refused */
 #define MAX_CTX (1u << 24)       /* the host's bound on a KV cache */
 #define MAX_WORK_FLOATS (1u << 28)
 
@@ -252,7 +251,7 @@ static int32_t start(const struct realm_generate_params *params, const char *pro
     g.p = *params;
     const struct realm_generate_params *p = &g.p;
     if (p->flags & ~(uint32_t)(REALM_TOKENIZE_ADD_SPECIAL | REALM_TOKENIZE_PARSE_SPECIAL | REALM_GENERATE_IGNORE_EOG) ||
-        p->n_batch > MAX_BATCH || p->n_ctx > MAX_CTX || (c->n_ctx_train && p->n_ctx > c->n_ctx_train))
+        p->n_batch > REALM_FORWARD_MAX_TOKENS || p->n_ctx > MAX_CTX || (c->n_ctx_train && p->n_ctx > c->n_ctx_train))
         return REALM_E_BAD_ARGUMENT;
     if (c->n_layers == 0 || c->n_embd == 0 || c->n_vocab == 0) return REALM_E_UNSUPPORTED;
     g.model_id = c->model_id;

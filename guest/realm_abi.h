@@ -29,6 +29,17 @@
  *   when the guest goes away).  A model the host preloaded is shared: the host
  *   grants the guest access to it by id, and the guest may read it but not
  *   remove it.  Ids of other tenants' models are REALM_E_NO_MODEL.
+ *
+ * Limits (realm.Limits on the host side)
+ *   A tenant's linear memory is capped (memory.grow fails beyond it).  Its
+ *   stored models and KV caches count against its quotas -- every byte they
+ *   keep alive in the host -- and against a budget all tenants share; a call
+ *   that would cross either answers REALM_E_LIMIT.  Each call into the guest
+ *   runs under a deadline: wasm code past it is interrupted (a trap the host
+ *   turns into an error), and an import called after it answers
+ *   REALM_E_DEADLINE without doing any work.  One import call does bounded
+ *   work: the forward imports take at most REALM_FORWARD_MAX_TOKENS rows.
+ *   Any import may answer REALM_E_DEADLINE, before any other check.
  */
 #ifndef REALM_ABI_H
 #define REALM_ABI_H
@@ -49,15 +60,17 @@
 #define REALM_E_BAD_GGUF (-8)         /* GGUF bytes are malformed or truncated */
 #define REALM_E_NO_MEMORY (-9)        /* the guest could not allocate memory */
 #define REALM_E_DENIED (-10)          /* the model is shared: only the host may remove it */
-#define REALM_E_LIMIT (-11)           /* a per-guest limit (stored models or bytes) is reached */
+#define REALM_E_LIMIT (-11)           /* a tenant's quota, the host's budget or a per-call bound is reached */
 #define REALM_E_UNSUPPORTED (-12)     /* the host cannot do this for this tensor type or model */
 #define REALM_E_TOO_LARGE (-13)       /* the result would be 2 GiB or more (does not fit an i32) */
 #define REALM_E_NO_KV_CACHE (-14)     /* no KV cache with that id belongs to this guest */
 #define REALM_E_CONTEXT_FULL (-15)    /* the tokens would not fit in the KV cache */
+#define REALM_E_DEADLINE (-16)        /* the tenant's deadline has passed: the host does no more work */
 
 /* ---- limits ----------------------------------------------------------------- */
 #define REALM_NAME_MAX 256  /* longest tensor name, in bytes (ggml allows 63) */
 #define REALM_LOG_MAX 4096  /* longest log message, in bytes */
+#define REALM_FORWARD_MAX_TOKENS 512 /* rows (tokens) one realm_forward_* call takes at most */
 
 /* ---- log levels (realm_log) ------------------------------------------------- */
 #define REALM_LOG_DEBUG 0
@@ -80,8 +93,10 @@
 #endif
 
 /* Copy gguf_len bytes of a whole GGUF file out of guest memory into the host's
- * model store.  Returns the new model's id (owned by this guest), or
- * BAD_POINTER, LIMIT (the guest's quota of stored models and bytes), BAD_GGUF. */
+ * model store.  The model counts against the guest's quota and the host's
+ * budget by what it keeps alive: its bytes and its parsed header.  Returns the
+ * new model's id (owned by this guest), or BAD_POINTER, LIMIT (the guest's
+ * quota of stored models and bytes, or the host's budget), BAD_GGUF. */
 REALM_IMPORT(int64_t, realm_store_model, (const void *gguf, uint32_t gguf_len));
 
 /* Write a tensor of a model, dequantized to f32 (little-endian, row-major in
@@ -98,8 +113,9 @@ REALM_IMPORT(int32_t, realm_get_tensor,
 REALM_IMPORT(int32_t, realm_get_model_info,
              (int64_t model_id, uint32_t *out_tensor_count, uint64_t *out_total_size));
 
-/* Remove a model this guest stored.  Returns REALM_OK, or NO_MODEL, DENIED
- * (a shared model). */
+/* Remove a model this guest stored, and free the guest's KV caches of it
+ * (their ids become NO_KV_CACHE: a cache keeps its model's weights alive).
+ * Returns REALM_OK, or NO_MODEL, DENIED (a shared model). */
 REALM_IMPORT(int32_t, realm_remove_model, (int64_t model_id));
 
 /* Copy the model's GGUF header -- the file's bytes from 0 to the start of the
@@ -125,7 +141,8 @@ REALM_IMPORT(int32_t, realm_log, (int32_t level, const char *msg, uint32_t msg_l
  * (gemma3: scaled by sqrt(n_embd)).  out must hold n_tokens * n_embd values
  * and may overlap tokens.  Returns the number of f32 values written, or
  * NO_MODEL, UNSUPPORTED, BAD_POINTER, BAD_ARGUMENT (n_tokens == 0, a pointer
- * not 4-byte aligned, a token id outside [0, n_vocab)). */
+ * not 4-byte aligned), LIMIT (n_tokens > REALM_FORWARD_MAX_TOKENS),
+ * BAD_ARGUMENT (a token id outside [0, n_vocab)). */
 REALM_IMPORT(int32_t, realm_forward_embedding,
              (int64_t model_id, const int32_t *tokens, uint32_t n_tokens, float *out));
 
@@ -136,8 +153,9 @@ REALM_IMPORT(int32_t, realm_forward_embedding,
  * per layer; decoding is one token per call.  Returns hidden_len, or NO_MODEL,
  * UNSUPPORTED, NO_KV_CACHE, BAD_POINTER, BAD_ARGUMENT (layer_idx >= n_layer,
  * hidden_len not a positive multiple of n_embd, a pointer not 4-byte aligned,
- * a KV cache made for another model), CONTEXT_FULL (position + n_tokens >
- * the cache's n_ctx), BAD_ARGUMENT (position beyond the positions the layer
+ * a KV cache made for another model), LIMIT (more than
+ * REALM_FORWARD_MAX_TOKENS tokens), CONTEXT_FULL (position + n_tokens > the
+ * cache's n_ctx), BAD_ARGUMENT (position beyond the positions the layer
  * holds: no gaps). */
 REALM_IMPORT(int32_t, realm_forward_layer,
              (int64_t model_id, uint32_t layer_idx, const float *hidden, uint32_t hidden_len, uint32_t position,
@@ -148,15 +166,15 @@ REALM_IMPORT(int32_t, realm_forward_layer,
  * (usually the last token's).  out_max_len counts f32 values; with 0 the call
  * writes nothing and returns n_rows * n_vocab.  Returns the number of values
  * written, or NO_MODEL, UNSUPPORTED, BAD_POINTER, BAD_ARGUMENT (hidden_len not
- * a positive multiple of n_embd, a pointer not 4-byte aligned), TOO_LARGE,
- * BUFFER_TOO_SMALL. */
+ * a positive multiple of n_embd, a pointer not 4-byte aligned), LIMIT (more
+ * than REALM_FORWARD_MAX_TOKENS rows), TOO_LARGE, BUFFER_TOO_SMALL. */
 REALM_IMPORT(int32_t, realm_forward_lm_head,
              (int64_t model_id, const float *hidden, uint32_t hidden_len, float *out, uint32_t out_max_len));
 
 /* A KV cache of n_ctx positions for a model.  Returns its id (> 0, never
  * reused by a host), or NO_MODEL, UNSUPPORTED, BAD_ARGUMENT (n_ctx == 0 or
  * above the model's training context), LIMIT (the guest's quota of KV caches,
- * in count or bytes, would be exceeded). */
+ * in count or bytes, or the host's budget would be exceeded). */
 REALM_IMPORT(int32_t, realm_kv_create, (int64_t model_id, uint32_t n_ctx));
 
 /* Free a KV cache.  Returns REALM_OK, or NO_KV_CACHE. */
@@ -293,7 +311,7 @@ REALM_EXPORT(int32_t, guest_fetch_tensor, (const char *name, uint32_t name_len, 
 
 #define REALM_STOP_STRINGS_MAX 16  /* stop strings one generation takes */
 #define REALM_STOP_STRING_MAX 1024 /* longest stop string, in bytes */
-#define REALM_BATCH_DEFAULT 512    /* prompt tokens per forward call when n_batch is 0 */
+#define REALM_BATCH_DEFAULT 512    /* prompt tokens per forward call when n_batch is 0 (all it may take) */
 
 /* What guest_generate_start reads.  No padding (asserted by the guest). */
 struct realm_generate_params {
@@ -309,7 +327,8 @@ struct realm_generate_params {
     float presence_penalty;     /* 0: off */
     int32_t penalty_last_n;     /* tokens (the prompt's too) the penalties look back on; 0: off */
     uint32_t flags;             /* REALM_TOKENIZE_* for the prompt, REALM_GENERATE_IGNORE_EOG */
-    uint32_t n_batch;           /* prompt tokens per forward call; 0: REALM_BATCH_DEFAULT */
+    uint32_t n_batch;           /* prompt tokens per forward call, <= REALM_FORWARD_MAX_TOKENS;
+                                   0: REALM_BATCH_DEFAULT */
 };
 #define REALM_GENERATE_PARAMS_SIZE 56
 

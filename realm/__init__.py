@@ -1,17 +1,25 @@
 """realm: quantized LLMs from GGUF files in a WebAssembly sandbox, weights kept quantized in the host."""
 
 from .quants import SUPPORTED_TYPES, GGMLType, QuantInfo, dequantize, quant_info
-from .errors import GGUFError, ModelNotFoundError, RealmError, TensorNotFoundError
+from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, FileAccessError, GGUFError,
+                     InternalError, InvalidArgumentError, LimitExceeded, ModelNotFoundError, OutOfMemoryError,
+                     OutOfRangeError, PullError, RealmError, TensorNotFoundError)
 from .reader import GGUFFile, open_gguf
 from .cache import LayerCache
+from .limits import GuestTrapError, HostBudget, Limits, sandbox_engine
 from .store import ModelStore, QuantizedTensor, StoredModel
 from .chat import ChatTemplate, ChatTemplateError
 from .forward import ContextFullError, ForwardConfig, HostModel, KVCache, UnsupportedModelError
+from .tenant import Tenant
+from .guest import Guest, GuestError
 from .runtime import Completion, ContextWindowError, GenerationError, Model, Realm, TextStream, Usage
 
 __all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info",
-           "RealmError", "GGUFError", "ModelNotFoundError", "TensorNotFoundError",
+           "RealmError", "InvalidArgumentError", "ArgumentTypeError", "OutOfRangeError", "GGUFError",
+           "FileAccessError", "ModelNotFoundError", "TensorNotFoundError", "PullError", "ClosedError", "BusyError",
+           "OutOfMemoryError", "LimitExceeded", "DeadlineExceeded", "InternalError",
            "GGUFFile", "open_gguf", "LayerCache", "ModelStore", "QuantizedTensor", "StoredModel",
+           "Limits", "HostBudget", "sandbox_engine", "Tenant", "GuestTrapError", "Guest", "GuestError",
            "Realm", "Model", "Completion", "Usage", "TextStream", "ContextWindowError", "GenerationError",
            "ChatTemplate", "ChatTemplateError",
            "HostModel", "KVCache", "ForwardConfig", "UnsupportedModelError", "ContextFullError"]

@@ -13,7 +13,9 @@ import numpy as np
 from libc.stdint cimport int32_t, int64_t, uint16_t
 
 from ._quant import ISAS
+from .errors import ArgumentTypeError, InvalidArgumentError, OutOfMemoryError
 from .quants import GGMLType, as_qtype
+from .threads import check_threads
 
 cdef extern from "dequant.h":
     ctypedef struct realm_type_traits:
@@ -68,42 +70,38 @@ TOKEN_GROUP = REALM_TOK_GROUP
 
 def _isa(isa):
     if not isinstance(isa, str) or isa not in ISAS:
-        raise ValueError(f"unknown isa {isa!r}; expected one of {sorted(ISAS)}")
+        raise InvalidArgumentError(f"unknown isa {isa!r}; expected one of {sorted(ISAS)}")
     return ISAS[isa]
 
 
 def _threads(threads):
-    if threads is None:
-        return 0
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 0:
-        raise ValueError(f"threads must be None or a non-negative int, not {threads!r}")
-    return int(threads)
+    return 0 if threads is None or threads == 0 else check_threads(threads)  # 0: every core
 
 
 def _check(rc, what):
     if rc >= 0:
         return rc
     if rc == REALM_ENOISA:
-        raise ValueError(f"{what}: this CPU cannot run the requested isa")
+        raise InvalidArgumentError(f"{what}: this CPU cannot run the requested isa")
     if rc == REALM_EUNSUPPORTED:
-        raise ValueError(f"{what}: unsupported type")
+        raise InvalidArgumentError(f"{what}: unsupported type")
     if rc == REALM_ENOMEM:
-        raise MemoryError(f"{what}: out of memory")
-    raise ValueError(f"{what}: invalid arguments (code {rc})")
+        raise OutOfMemoryError(f"{what}: out of memory")
+    raise InvalidArgumentError(f"{what}: invalid arguments (code {rc})")
 
 
 def _f32(a, name, ndim=None, writable=False):
     """The array itself when it is float32, C-contiguous (and writable); else an error."""
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of float32, not {type(a).__name__}")
+        raise ArgumentTypeError(f"{name} must be a numpy.ndarray of float32, not {type(a).__name__}")
     if a.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32, not {a.dtype}")
+        raise ArgumentTypeError(f"{name} must have dtype float32, not {a.dtype}")
     if ndim is not None and a.ndim not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, not {a.ndim}")
+        raise InvalidArgumentError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, not {a.ndim}")
     if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+        raise InvalidArgumentError(f"{name} must be C-contiguous")
     if writable and not a.flags.writeable:
-        raise ValueError(f"{name} must be writable")
+        raise InvalidArgumentError(f"{name} must be writable")
     return a
 
 
@@ -112,7 +110,7 @@ def _out(out, shape, name="out"):
         return np.empty(shape, dtype=np.float32)
     _f32(out, name, writable=True)
     if out.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
+        raise InvalidArgumentError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
     return out
 
 
@@ -120,23 +118,23 @@ def _weights(w, name="w"):
     """Weight bytes as a flat uint8 view (bytes, bytearray, memoryview or uint8 array), never copied."""
     if isinstance(w, np.ndarray):
         if w.dtype != np.uint8:
-            raise TypeError(f"{name} must be uint8 bytes, not an array of {w.dtype}")
+            raise ArgumentTypeError(f"{name} must be uint8 bytes, not an array of {w.dtype}")
         if not w.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
+            raise InvalidArgumentError(f"{name} must be C-contiguous")
         return w.reshape(-1)
     if isinstance(w, (bytes, bytearray, memoryview)):
         m = memoryview(w)
         if not m.c_contiguous:
-            raise ValueError(f"{name} must be contiguous")
+            raise InvalidArgumentError(f"{name} must be contiguous")
         return np.frombuffer(m.cast("B") if m.format != "B" or m.ndim != 1 else m, dtype=np.uint8)
-    raise TypeError(f"{name} must be bytes, bytearray, memoryview or a uint8 numpy array, not {type(w).__name__}")
+    raise ArgumentTypeError(f"{name} must be bytes, bytearray, memoryview or a uint8 numpy array, not {type(w).__name__}")
 
 
 def weight_type(qtype) -> GGMLType:
     """The GGMLType of `qtype` (type, int or name) if realm has a matmul kernel for it."""
     t = as_qtype(qtype)
     if realm_act_type(int(t)) < 0:
-        raise ValueError(f"no matmul kernel for {t.name}")
+        raise InvalidArgumentError(f"no matmul kernel for {t.name}")
     return t
 
 
@@ -144,7 +142,7 @@ def row_bytes(qtype, n_in: int) -> int:
     """Bytes of one weight row of n_in values of `qtype`."""
     cdef const realm_type_traits *tt = realm_get_traits(int(weight_type(qtype)))
     if n_in <= 0 or n_in % tt.block_size:
-        raise ValueError(f"n_in={n_in} is not a positive multiple of the {tt.name.decode()} block size {tt.block_size}")
+        raise InvalidArgumentError(f"n_in={n_in} is not a positive multiple of the {tt.name.decode()} block size {tt.block_size}")
     return n_in // tt.block_size * tt.type_size
 
 
@@ -158,7 +156,7 @@ _ACTS = {v: k for k, v in ACT_NAMES.items()}
 
 def _act(act):
     if act not in _ACTS:
-        raise ValueError(f"unknown activation type {act!r}; expected one of {sorted(_ACTS)}")
+        raise InvalidArgumentError(f"unknown activation type {act!r}; expected one of {sorted(_ACTS)}")
     return _ACTS[act]
 
 
@@ -200,11 +198,11 @@ def act_unpack(act: str, buf, n_tok: int, n_in: int):
      "s": float32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)}."""
     cdef int a = _act(act)
     if a == REALM_ACT_F32:
-        raise ValueError("f32 activations are the rows themselves")
+        raise InvalidArgumentError("f32 activations are the rows themselves")
     cdef int64_t size = _check(realm_act_size(a, n_tok, n_in), "act_unpack")
     b = _weights(buf, "buf")
     if b.shape[0] != size:
-        raise ValueError(f"buf has {b.shape[0]} bytes, expected {size}")
+        raise InvalidArgumentError(f"buf has {b.shape[0]} bytes, expected {size}")
     cdef realm_act_layout lay = realm_act_layout_of(a, n_tok, n_in)
     nb = n_in // (32 if a == REALM_ACT_Q8 else 256)
     groups = -(-n_tok // REALM_TOK_GROUP)
@@ -224,9 +222,9 @@ def act_unpack(act: str, buf, n_tok: int, n_in: int):
 def _check_w(wb, t, n_out, n_in):
     need = n_out * row_bytes(t, n_in)
     if n_out < 0:
-        raise ValueError(f"n_out must be >= 0, not {n_out}")
+        raise InvalidArgumentError(f"n_out must be >= 0, not {n_out}")
     if wb.shape[0] != need:
-        raise ValueError(f"w holds {wb.shape[0]} bytes; {n_out} rows of {n_in} {t.name} values are {need}")
+        raise InvalidArgumentError(f"w holds {wb.shape[0]} bytes; {n_out} rows of {n_in} {t.name} values are {need}")
 
 
 def matmul(w, qtype, n_out: int, x, *, out=None, threads=None, isa: str = "auto"):
@@ -264,9 +262,9 @@ def matmul_q(w, qtype, n_out: int, act_buf, n_tok: int, n_in: int, *, out=None, 
     else:
         ab = _weights(act_buf, "act_buf")
         if ab.ctypes.data % 4:
-            raise ValueError("act_buf must be 4-byte aligned (use quantize_act's buffer)")
+            raise InvalidArgumentError("act_buf must be 4-byte aligned (use quantize_act's buffer)")
     if ab.shape[0] != size:
-        raise ValueError(f"act_buf has {ab.shape[0]} bytes, {size} expected for {n_tok} x {n_in}")
+        raise InvalidArgumentError(f"act_buf has {ab.shape[0]} bytes, {size} expected for {n_tok} x {n_in}")
     y = _out(out, (n_tok, n_out))
     if n_tok == 0 or n_out == 0:
         return y
@@ -293,12 +291,12 @@ def rmsnorm(x, weight=None, eps: float = 1e-6, *, out=None):
     """x / sqrt(mean(x^2, last axis) + eps) * weight."""
     _f32(x, "x")
     if x.ndim == 0 or x.shape[x.ndim - 1] == 0:
-        raise ValueError("x must have a non-empty last axis")
+        raise InvalidArgumentError("x must have a non-empty last axis")
     cdef int64_t n = x.shape[x.ndim - 1], rows = x.size // n
     if weight is not None:
         _f32(weight, "weight", ndim=(1,))
         if weight.shape[0] != n:
-            raise ValueError(f"weight has {weight.shape[0]} values, x rows have {n}")
+            raise InvalidArgumentError(f"weight has {weight.shape[0]} values, x rows have {n}")
     y = _out(out, x.shape)
     if rows == 0:
         return y
@@ -319,10 +317,10 @@ def rmsnorm(x, weight=None, eps: float = 1e-6, *, out=None):
 
 def _positions(pos, n_tok=None):
     if not isinstance(pos, np.ndarray) or pos.dtype != np.int32:
-        raise TypeError("pos must be a numpy int32 array")
+        raise ArgumentTypeError("pos must be a numpy int32 array")
     if pos.ndim != 1 or not pos.flags.c_contiguous or (n_tok is not None and pos.shape[0] != n_tok):
         want = "" if n_tok is None else f" of {n_tok} positions"
-        raise ValueError(f"pos must be a contiguous 1-D array{want}, not shape {pos.shape}")
+        raise InvalidArgumentError(f"pos must be a contiguous 1-D array{want}, not shape {pos.shape}")
     return pos
 
 
@@ -331,9 +329,9 @@ def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0):
     ggml's rope cache, theta_0 = pos and theta_i+1 = theta_i * powf(base, -2/n_rot) in float32."""
     _positions(pos)
     if not 0 < n_rot <= REALM_MAX_ROT or n_rot % 2:
-        raise ValueError(f"n_rot must be even and in 2..{REALM_MAX_ROT}, not {n_rot}")
+        raise InvalidArgumentError(f"n_rot must be even and in 2..{REALM_MAX_ROT}, not {n_rot}")
     if not base > 0:
-        raise ValueError(f"base must be > 0, not {base}")
+        raise InvalidArgumentError(f"base must be > 0, not {base}")
     cdef int64_t n_tok = pos.shape[0]
     cs = np.empty((n_tok, n_rot), dtype=np.float32)
     if n_tok == 0:
@@ -357,13 +355,13 @@ def rope(x, pos, n_rot: int, base: float, *, neox: bool, freq_scale: float = 1.0
     cdef int64_t n_tok = x.shape[0]
     cdef int n_head = x.shape[1], head_dim = x.shape[2], nr = n_rot, rc
     if not 0 < n_rot <= head_dim or n_rot % 2:
-        raise ValueError(f"n_rot must be even and in 2..head_dim={head_dim}, not {n_rot}")
+        raise InvalidArgumentError(f"n_rot must be even and in 2..head_dim={head_dim}, not {n_rot}")
     if table is None:
         table = rope_table(_positions(pos, n_tok), n_rot, base, freq_scale)
     else:
         _f32(table, "table", ndim=(2,))
         if table.shape != (n_tok, n_rot):
-            raise ValueError(f"table has shape {table.shape}, expected {(n_tok, n_rot)}")
+            raise InvalidArgumentError(f"table has shape {table.shape}, expected {(n_tok, n_rot)}")
     if n_tok == 0 or n_head == 0:
         return x
     cdef float[:, :, ::1] xv = x
@@ -389,18 +387,18 @@ def attention(q, k_cache, v_cache, pos, *, n_kv_head: int, scale=None, window: i
     _positions(pos, n_tok)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if not isinstance(c, np.ndarray) or c.dtype not in (np.float32, np.float16):
-            raise TypeError(f"{name} must be a float32 or float16 numpy array")
+            raise ArgumentTypeError(f"{name} must be a float32 or float16 numpy array")
         if c.ndim != 3 or c.shape[1:] != (n_kv_head, head_dim) or not c.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous [n_ctx, {n_kv_head}, {head_dim}], not {c.shape}")
+            raise InvalidArgumentError(f"{name} must be C-contiguous [n_ctx, {n_kv_head}, {head_dim}], not {c.shape}")
     if k_cache.dtype != v_cache.dtype or k_cache.shape != v_cache.shape:
-        raise ValueError("k_cache and v_cache must have the same dtype and shape")
+        raise InvalidArgumentError("k_cache and v_cache must have the same dtype and shape")
     if n_kv_head <= 0 or n_head % n_kv_head:
-        raise ValueError(f"n_head={n_head} is not a multiple of n_kv_head={n_kv_head}")
+        raise InvalidArgumentError(f"n_head={n_head} is not a multiple of n_kv_head={n_kv_head}")
     cdef int64_t n_ctx = k_cache.shape[0]
     if n_tok and (pos.min() < 0 or pos.max() >= n_ctx):
-        raise ValueError(f"positions must be in [0, {n_ctx})")
+        raise InvalidArgumentError(f"positions must be in [0, {n_ctx})")
     if window < 0:
-        raise ValueError(f"window must be >= 0, not {window}")
+        raise InvalidArgumentError(f"window must be >= 0, not {window}")
     y = _out(out, q.shape)
     if n_tok == 0 or n_head == 0:
         return y
@@ -429,7 +427,7 @@ def _gated(which, gate, up, out, isa):
     _f32(gate, "gate")
     _f32(up, "up")
     if gate.shape != up.shape:
-        raise ValueError(f"gate {gate.shape} and up {up.shape} differ in shape")
+        raise InvalidArgumentError(f"gate {gate.shape} and up {up.shape} differ in shape")
     y = _out(out, gate.shape)
     cdef int64_t n = gate.size
     if n == 0:
@@ -461,7 +459,7 @@ def softmax(x, *, isa: str = "auto"):
     """Softmax over the last axis, in place.  Returns x."""
     _f32(x, "x", writable=True)
     if x.ndim == 0 or x.shape[x.ndim - 1] == 0:
-        raise ValueError("x must have a non-empty last axis")
+        raise InvalidArgumentError("x must have a non-empty last axis")
     cdef int64_t n = x.shape[x.ndim - 1], rows = x.size // n
     if rows == 0:
         return x
@@ -478,7 +476,7 @@ def add(y, x):
     _f32(y, "y", writable=True)
     _f32(x, "x")
     if x.shape != y.shape:
-        raise ValueError(f"x {x.shape} and y {y.shape} differ in shape")
+        raise InvalidArgumentError(f"x {x.shape} and y {y.shape} differ in shape")
     cdef int64_t n = y.size
     if n == 0:
         return y
@@ -495,9 +493,9 @@ def f32_to_f16(x, *, out=None, isa: str = "auto"):
     if out is None:
         out = np.empty(x.shape, dtype=np.float16)
     elif not isinstance(out, np.ndarray) or out.dtype != np.float16:
-        raise TypeError("out must be a float16 numpy array")
+        raise ArgumentTypeError("out must be a float16 numpy array")
     elif out.shape != x.shape or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writable C-contiguous float16 array of shape {x.shape}")
+        raise InvalidArgumentError(f"out must be a writable C-contiguous float16 array of shape {x.shape}")
     cdef int64_t n = x.size
     if n == 0:
         return out

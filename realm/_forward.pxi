@@ -12,7 +12,10 @@
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from .errors import RealmError
+from .threads import usable_cores
+
+from .errors import (ArgumentTypeError, BusyError, InvalidArgumentError, OutOfMemoryError, OutOfRangeError,
+                     RealmError)
 
 cdef extern from "forward.h":
     int REALM_EKV_FULL, REALM_FWD_CHUNK
@@ -102,7 +105,7 @@ def _forward_check(int rc, what):
     if rc == REALM_EKV_FULL:
         raise ContextFullError(f"{what}: the tokens do not fit in the KV cache", rc)
     if rc == REALM_ENOMEM:
-        raise MemoryError(f"{what}: out of memory")
+        raise OutOfMemoryError(f"{what}: out of memory")
     raise ForwardError(f"{what}: invalid arguments (code {rc})", rc)
 
 
@@ -115,7 +118,7 @@ cdef int _set_tensor(realm_tensor *t, spec, list keep) except -1:
     arr = _weights(data, "tensor data")
     need = rows * row_bytes(qtype, cols) if rows > 0 else -1
     if arr.shape[0] != need:
-        raise ValueError(f"tensor data holds {arr.shape[0]} bytes, not {rows} x {cols} {GGMLType(qtype).name} values")
+        raise InvalidArgumentError(f"tensor data holds {arr.shape[0]} bytes, not {rows} x {cols} {GGMLType(qtype).name} values")
     cdef const unsigned char[::1] view = arr
     t.type = int(qtype)
     t.data = &view[0]
@@ -143,13 +146,13 @@ cdef class ForwardModel:
         cdef realm_config *c = &self.m.c
         arch = config["arch"]
         if arch not in ARCHS:
-            raise ValueError(f"unsupported architecture {arch!r}")
+            raise InvalidArgumentError(f"unsupported architecture {arch!r}")
         c.arch = ARCHS[arch]
         for name in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_rot", "n_vocab",
                      "sliding_window", "swa_pattern"):
             v = config[name]
             if not isinstance(v, (int, np.integer)) or not 0 <= v < 2**31:
-                raise ValueError(f"config {name} must be an int in [0, 2^31), not {v!r}")
+                raise InvalidArgumentError(f"config {name} must be an int in [0, 2^31), not {v!r}")
         c.n_layer, c.n_embd, c.n_ff = config["n_layer"], config["n_embd"], config["n_ff"]
         c.n_head, c.n_head_kv, c.head_dim = config["n_head"], config["n_head_kv"], config["head_dim"]
         c.n_rot, c.n_vocab = config["n_rot"], config["n_vocab"]
@@ -160,9 +163,9 @@ cdef class ForwardModel:
         c.rope_neox = 1 if config["rope_neox"] else 0
         c.attn_scale, c.embd_scale = config["attn_scale"], config["embd_scale"]
         if len(layers) != c.n_layer:
-            raise ValueError(f"{len(layers)} layers given for n_layer={c.n_layer}")
+            raise InvalidArgumentError(f"{len(layers)} layers given for n_layer={c.n_layer}")
         nt = _threads(threads)
-        self.m.nthreads = nt if nt > 0 else _cpu_count()
+        self.m.nthreads = nt if nt > 0 else usable_cores()
         self.m.isa = realm_best_isa()
         self.m.profile = 1 if profile else 0
         self._keep = []
@@ -171,12 +174,12 @@ cdef class ForwardModel:
         _set_tensor(&self.m.output, tensors["output"], self._keep)
         self.m.layers = <realm_layer_weights *>calloc(c.n_layer, sizeof(realm_layer_weights))
         if self.m.layers == NULL:
-            raise MemoryError("ForwardModel: out of memory")
+            raise OutOfMemoryError("ForwardModel: out of memory")
         cdef realm_layer_weights *L
         for il, spec in enumerate(layers):
             unknown = set(spec) - set(_LAYER_ROLES)
             if unknown:
-                raise ValueError(f"layer {il}: unknown roles {sorted(unknown)}")
+                raise InvalidArgumentError(f"layer {il}: unknown roles {sorted(unknown)}")
             L = &self.m.layers[il]
             _set_tensor(&L.attn_norm, spec.get("attn_norm"), self._keep)
             _set_tensor(&L.wq, spec.get("wq"), self._keep)
@@ -195,7 +198,7 @@ cdef class ForwardModel:
         what[0] = 0
         cdef int rc = realm_model_check(&self.m, what, sizeof(what))
         if rc:
-            raise ValueError(f"the model cannot run: {what.decode('utf-8', 'replace')}")
+            raise InvalidArgumentError(f"the model cannot run: {what.decode('utf-8', 'replace')}")
         self.n_embd, self.n_vocab, self.n_layer = c.n_embd, c.n_vocab, c.n_layer
 
     def __dealloc__(self):
@@ -207,13 +210,13 @@ cdef class ForwardModel:
 
     def layer_is_local(self, int il) -> bool:
         if not 0 <= il < self.n_layer:
-            raise IndexError(f"layer {il} out of range [0, {self.n_layer})")
+            raise OutOfRangeError(f"layer {il} out of range [0, {self.n_layer})")
         return bool(realm_layer_is_local(&self.m.c, il))
 
     def kv_bytes(self, int64_t n_ctx, dtype="f16") -> int:
         """Bytes a KV cache of n_ctx positions takes (negative: refused sizes)."""
         if dtype not in KV_DTYPES:
-            raise ValueError(f"KV cache dtype must be one of {sorted(KV_DTYPES)}, not {dtype!r}")
+            raise InvalidArgumentError(f"KV cache dtype must be one of {sorted(KV_DTYPES)}, not {dtype!r}")
         return realm_kv_bytes(&self.m.c, n_ctx, KV_DTYPES[dtype])
 
     # -- checked entry points (numpy arrays) --------------------------------------
@@ -221,13 +224,13 @@ cdef class ForwardModel:
         """out [n, n_embd] = embedding rows of int32 tokens [n]."""
         if not isinstance(tokens, np.ndarray) or tokens.dtype != np.int32 or tokens.ndim != 1 \
                 or not tokens.flags.c_contiguous:
-            raise TypeError("tokens must be a contiguous 1-D int32 array")
+            raise ArgumentTypeError("tokens must be a contiguous 1-D int32 array")
         cdef int64_t n = tokens.shape[0]
         if n == 0:
-            raise ValueError("no tokens")
+            raise InvalidArgumentError("no tokens")
         out = _out(out, (n, self.n_embd))
         if tokens.min() < 0 or tokens.max() >= self.n_vocab:
-            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+            raise InvalidArgumentError(f"token ids must be in [0, {self.n_vocab})")
         cdef const int32_t[::1] tv = tokens
         cdef float[:, ::1] ov = out
         cdef int rc
@@ -241,7 +244,7 @@ cdef class ForwardModel:
         self._check_layer_args(il, pos, kv)
         _f32(hidden, "hidden", ndim=(2,))
         if hidden.shape[0] == 0 or hidden.shape[1] != self.n_embd:
-            raise ValueError(f"hidden must have shape [n_tokens >= 1, {self.n_embd}], not {hidden.shape}")
+            raise InvalidArgumentError(f"hidden must have shape [n_tokens >= 1, {self.n_embd}], not {hidden.shape}")
         out = _out(out, hidden.shape)
         cdef int64_t n = hidden.shape[0]
         if pos + n > kv.n_ctx:
@@ -260,7 +263,7 @@ cdef class ForwardModel:
         """out [n, n_vocab] = logits of hidden [n, n_embd]."""
         _f32(hidden, "hidden", ndim=(2,))
         if hidden.shape[0] == 0 or hidden.shape[1] != self.n_embd:
-            raise ValueError(f"hidden must have shape [n_rows >= 1, {self.n_embd}], not {hidden.shape}")
+            raise InvalidArgumentError(f"hidden must have shape [n_rows >= 1, {self.n_embd}], not {hidden.shape}")
         out = _out(out, (hidden.shape[0], self.n_vocab))
         cdef const float[:, ::1] hv = hidden
         cdef float[:, ::1] ov = out
@@ -276,11 +279,11 @@ cdef class ForwardModel:
         kv.length, in one call without the GIL.  out: [1 or n, n_vocab] float32."""
         if not isinstance(tokens, np.ndarray) or tokens.dtype != np.int32 or tokens.ndim != 1 \
                 or not tokens.flags.c_contiguous or tokens.shape[0] == 0:
-            raise TypeError("tokens must be a non-empty contiguous 1-D int32 array")
+            raise ArgumentTypeError("tokens must be a non-empty contiguous 1-D int32 array")
         cdef int64_t n = tokens.shape[0], pos = kv.length
         self._check_layer_args(0, pos, kv)
         if tokens.min() < 0 or tokens.max() >= self.n_vocab:
-            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+            raise InvalidArgumentError(f"token ids must be in [0, {self.n_vocab})")
         if pos + n > kv.n_ctx:
             raise ContextFullError(f"{n} tokens at position {pos} do not fit a KV cache of {kv.n_ctx}",
                                    REALM_EKV_FULL)
@@ -308,11 +311,11 @@ cdef class ForwardModel:
 
     cdef _check_layer_args(self, int il, int64_t pos, KVCache kv):
         if kv.model is not self:
-            raise ValueError("this KV cache belongs to another model")
+            raise InvalidArgumentError("this KV cache belongs to another model")
         if not 0 <= il < self.n_layer:
-            raise IndexError(f"layer {il} out of range [0, {self.n_layer})")
+            raise OutOfRangeError(f"layer {il} out of range [0, {self.n_layer})")
         if pos < 0:
-            raise ValueError(f"position must be >= 0, not {pos}")
+            raise InvalidArgumentError(f"position must be >= 0, not {pos}")
 
     # -- unchecked entry points for realm/host.py (addresses in guest memory) --------
     def _embed_at(self, size_t tokens, int64_t n, size_t out) -> int:
@@ -345,10 +348,10 @@ cdef class KVCache:
     def __init__(self, ForwardModel model, int64_t n_ctx, dtype="f16"):
         cdef int64_t size = model.kv_bytes(n_ctx, dtype)
         if size < 0:
-            raise ValueError(f"n_ctx must be in [1, 2^24], not {n_ctx}")
+            raise InvalidArgumentError(f"n_ctx must be in [1, 2^24], not {n_ctx}")
         self.kv = realm_kv_new(&model.m.c, n_ctx, KV_DTYPES[dtype])
         if self.kv == NULL:
-            raise MemoryError(f"no memory for a KV cache of {size} bytes")
+            raise OutOfMemoryError(f"no memory for a KV cache of {size} bytes")
         self.model, self.dtype, self.n_ctx, self.nbytes = model, dtype, n_ctx, size
 
     def __dealloc__(self):
@@ -363,13 +366,13 @@ cdef class KVCache:
     def filled(self, int il) -> int:
         """Positions layer il holds."""
         if not 0 <= il < self.kv.n_layer:
-            raise IndexError(f"layer {il} out of range [0, {self.kv.n_layer})")
+            raise OutOfRangeError(f"layer {il} out of range [0, {self.kv.n_layer})")
         return self.kv.n_filled[il]
 
     def truncate(self, int64_t n_tokens) -> None:
         """Forget positions >= n_tokens in every layer (they will be recomputed)."""
         if n_tokens < 0:
-            raise ValueError(f"n_tokens must be >= 0, not {n_tokens}")
+            raise InvalidArgumentError(f"n_tokens must be >= 0, not {n_tokens}")
         self._enter()
         realm_kv_truncate(self.kv, n_tokens)
         self._leave()
@@ -384,7 +387,7 @@ cdef class KVCache:
 
     cdef _enter(self):
         if self.busy:
-            raise RuntimeError("this KV cache is in use by another call")
+            raise BusyError("this KV cache is in use by another call")
         self.busy = True
 
     cdef _leave(self):
@@ -404,10 +407,3 @@ cdef class KVCache:
             self._leave()
         return rc
 
-
-def _cpu_count():
-    import os
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)

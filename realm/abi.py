@@ -20,6 +20,7 @@ IMPORT_MODULE = "env"
 OK = 0
 NAME_MAX = 256  #: longest tensor name a guest may pass, in bytes
 LOG_MAX = 4096  #: longest log message, in bytes
+FORWARD_MAX_TOKENS = 512  #: rows (tokens) one realm_forward_* call takes at most
 
 
 class Err(enum.IntEnum):
@@ -40,6 +41,7 @@ class Err(enum.IntEnum):
     TOO_LARGE = -13
     NO_KV_CACHE = -14
     CONTEXT_FULL = -15
+    DEADLINE = -16
 
 
 ERROR_TEXT: Mapping[Err, str] = MappingProxyType({
@@ -53,11 +55,12 @@ ERROR_TEXT: Mapping[Err, str] = MappingProxyType({
     Err.BAD_GGUF: "malformed or truncated GGUF data",
     Err.NO_MEMORY: "the guest is out of memory",
     Err.DENIED: "the model is shared: only the host may remove it",
-    Err.LIMIT: "a per-guest limit is reached",
+    Err.LIMIT: "a tenant's quota, the host's budget or a per-call bound is reached",
     Err.UNSUPPORTED: "the host cannot do this for this tensor type or model",
     Err.TOO_LARGE: "the result would be 2 GiB or more",
     Err.NO_KV_CACHE: "no such KV cache (or not this guest's)",
     Err.CONTEXT_FULL: "the tokens would not fit in the KV cache",
+    Err.DEADLINE: "the tenant's deadline has passed",
 })
 
 

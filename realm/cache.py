@@ -14,6 +14,8 @@ from typing import Any, Callable, Hashable
 
 import numpy as np
 
+from .errors import ArgumentTypeError, InvalidArgumentError
+
 
 class _Pending:
     """A load in progress; other threads asking for the same key wait on it."""
@@ -40,9 +42,9 @@ class LayerCache:
 
     def __init__(self, max_bytes: int):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
-            raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+            raise ArgumentTypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # oldest first
@@ -181,7 +183,7 @@ class LayerCache:
     @staticmethod
     def _own(arr: np.ndarray) -> np.ndarray:
         if not isinstance(arr, np.ndarray):
-            raise TypeError(f"the cache holds numpy arrays, not {type(arr).__name__}")
+            raise ArgumentTypeError(f"the cache holds numpy arrays, not {type(arr).__name__}")
         if arr.base is not None or not arr.flags.c_contiguous:
             arr = np.array(arr, order="C", copy=True)
         arr.flags.writeable = False

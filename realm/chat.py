@@ -24,7 +24,8 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import RealmError
+from .errors import ArgumentTypeError, RealmError
+from .reader import StringArray
 
 __all__ = ["ChatTemplate", "ChatTemplateError"]
 
@@ -94,7 +95,7 @@ class ChatTemplate:
                **extra: Any) -> str:
         """The prompt text for `messages` (dicts with "role" and "content", as OpenAI's API)."""
         if isinstance(messages, (str, bytes)) or not all(isinstance(m, Mapping) for m in messages):
-            raise TypeError("messages must be a sequence of dicts with 'role' and 'content'")
+            raise ArgumentTypeError("messages must be a sequence of dicts with 'role' and 'content'")
         try:
             return self._template.render(messages=list(messages), bos_token=self.bos_token,
                                          eos_token=self.eos_token, add_generation_prompt=add_generation_prompt,
@@ -107,6 +108,8 @@ def special_token_texts(metadata: Mapping[str, Any]) -> dict[str, str]:
     """{"bos_token": ..., "eos_token": ...}: the texts of the BOS and EOS tokens ("" when absent),
     as llama.cpp's token_get_text gives them to templates."""
     tokens = metadata.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, (StringArray, list)):  # absent, or not an array of strings
+        tokens = None
     out = {}
     for var, key in (("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id")):
         token_id = metadata.get(key)

@@ -2,8 +2,10 @@
 
 Each subcommand is one `cmd_*` function taking the parsed arguments and
 returning an exit status, plus one `add_*` function registering its parser;
-`SUBCOMMANDS` lists the registrations in help order.  Errors realm expects
-(bad files, unknown names, failed downloads) print one line to stderr and exit 1.
+`SUBCOMMANDS` lists the registrations in help order.  Every error prints one
+line to stderr, never a traceback: a `RealmError` or an OS error (bad files,
+unknown names, bad values, failed downloads) exits 1, a bad option 2 (argparse),
+anything else -- a bug in realm -- 70, with the traceback under REALM_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import __version__
-from .errors import RealmError
+from .errors import InternalError, RealmError
 from .models import MODELS, pull, resolve
 from .progress import Progress, format_bytes
 from .quants import can_dequantize
 from .reader import GGUFFile, StringArray, TensorInfo, open_gguf
 from .store import QuantizedTensor
+from .threads import check_threads
 
 # Work above this many output bytes gets a progress bar when stderr is a terminal.
 _PROGRESS_MIN_BYTES = 64 << 20
@@ -41,7 +44,7 @@ def _jsonable(value: Any) -> Any:
     """Metadata value -> JSON: scalars as they are, long arrays as a summary."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    if isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, np.ndarray):
         if len(value) > _JSON_ARRAY_LIMIT:
@@ -55,7 +58,7 @@ def _jsonable(value: Any) -> Any:
         if len(value) > _JSON_ARRAY_LIMIT:
             return {"array_of": "array", "length": len(value)}
         return [_jsonable(v) for v in value]
-    raise TypeError(f"unexpected metadata value {type(value).__name__}")
+    raise InternalError(f"unexpected metadata value {type(value).__name__}")
 
 
 def _tensor_row(t: TensorInfo) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def summarize(gguf: GGUFFile, *, tensors: bool = False) -> dict[str, Any]:
         row["bytes"] += t.nbytes
         row["tensors"] += 1
     tokens = md.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens) if isinstance(tokens, (StringArray, np.ndarray, list)) else None
     summary: dict[str, Any] = {
         "path": str(gguf.path) if gguf.path else None,
         "file_size": gguf.size,
@@ -85,7 +89,7 @@ def summarize(gguf: GGUFFile, *, tensors: bool = False) -> dict[str, Any]:
         "alignment": gguf.alignment,
         "data_offset": gguf.data_offset,
         "architecture": arch,
-        "name": md.get("general.name"),
+        "name": _jsonable(md.get("general.name")),
         "parameters": sum(t.n_elements for t in gguf.tensors.values()),
         "tensor_count": len(gguf.tensors),
         "tensor_data_bytes": gguf.tensor_data_size,
@@ -95,9 +99,9 @@ def summarize(gguf: GGUFFile, *, tensors: bool = False) -> dict[str, Any]:
         "head_count": arch_value("attention.head_count"),
         "head_count_kv": arch_value("attention.head_count_kv"),
         "vocabulary": {
-            "model": md.get("tokenizer.ggml.model"),
-            "pre": md.get("tokenizer.ggml.pre"),
-            "size": len(tokens) if tokens is not None else None,
+            "model": _jsonable(md.get("tokenizer.ggml.model")),
+            "pre": _jsonable(md.get("tokenizer.ggml.pre")),
+            "size": n_tokens,
         },
         "bytes_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["bytes"])),
         "metadata": {k: _jsonable(v) for k, v in md.items()},
@@ -276,11 +280,18 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threads(text: str) -> int:
+def _positive(text: str) -> int:
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return n
+
+
+def _threads(text: str) -> int:
+    try:
+        return check_threads(int(text))
+    except RealmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_dequantize(sub: argparse._SubParsersAction) -> None:
@@ -427,7 +438,7 @@ def _add_sampling(p: argparse.ArgumentParser, *, max_tokens: int) -> None:
     p.add_argument("--repeat-penalty", type=_finite, default=1.0, help="1 is off (default 1.0)")
     p.add_argument("--seed", "-s", type=_count, default=None, help="sampler seed (default: random)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="a stop string (repeatable)")
-    p.add_argument("--n-ctx", type=_threads, default=None, help="context: prompt + completion tokens "
+    p.add_argument("--n-ctx", type=_positive, default=None, help="context: prompt + completion tokens "
                    "(default: 4096 or the model's, the smaller)")
     p.add_argument("--threads", type=_threads, default=None, help="forward-pass threads (default: all cores)")
     p.add_argument("--stats", action="store_true", help="print token counts, speeds and guest memory to stderr")
@@ -480,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("realm: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in realm: one line, the traceback only on request
+        if os.environ.get("REALM_DEBUG"):
+            raise
+        print(f"realm: internal error (a bug in realm; REALM_DEBUG=1 shows the traceback): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ import numpy as np
 
 from . import _compute
 from ._compute import ContextFullError, ForwardError, KVCache
-from .errors import ModelNotFoundError, RealmError
+from .errors import ArgumentTypeError, InvalidArgumentError, ModelNotFoundError, RealmError
 from .store import ModelStore, QuantizedTensor, StoredModel
+from .threads import check_threads
 
 __all__ = ["HostModel", "ForwardConfig", "KVCache", "UnsupportedModelError", "ContextFullError",
            "ForwardError", "DEFAULT_KV_MAX_BYTES", "forward_config"]
@@ -233,12 +234,14 @@ class HostModel:
     Holds the model in the store (`store.retain`) until `close()` (or garbage collection),
     so its weights stay mapped.  Thread-safe: any number of threads may run it at once,
     each with its own KV cache.  `threads`: threads per op (None: every core this process
-    may use).  With the environment variable REALM_PROFILE=1 every KV cache times its
-    layer calls per op (`KVCache.profile()`).
+    may use).  `held`: the caller holds the model already (see `ModelStore.retain`), so a
+    model removed meanwhile still runs.  With the environment variable REALM_PROFILE=1 every
+    KV cache times its layer calls per op (`KVCache.profile()`).
     """
 
-    def __init__(self, store: ModelStore, model_id: int, *, threads: int | None = None):
-        stored = store.retain(model_id)
+    def __init__(self, store: ModelStore, model_id: int, *, threads: int | None = None, held: bool = False):
+        check_threads(threads)
+        stored = store.retain(model_id, held=held)
         self._release = weakref.finalize(self, _release, store, model_id)
         try:
             self.config: ForwardConfig = forward_config(stored)
@@ -246,7 +249,10 @@ class HostModel:
             config = asdict(self.config)
             config["arch"] = config.pop("architecture")
             profile = os.environ.get("REALM_PROFILE", "") not in ("", "0")
-            self._fm = _compute.ForwardModel(config, top, layers, threads=threads, profile=profile)
+            try:
+                self._fm = _compute.ForwardModel(config, top, layers, threads=threads, profile=profile)
+            except InvalidArgumentError as exc:  # the C code's checks of shapes, types and sizes
+                raise UnsupportedModelError(str(exc)) from None
         except BaseException:
             self._release()
             raise
@@ -267,7 +273,7 @@ class HostModel:
         """Bytes of a KV cache of n_ctx positions."""
         size = self._fm.kv_bytes(n_ctx, dtype)
         if size < 0:
-            raise ValueError(f"n_ctx must be in [1, 2^24], not {n_ctx}")
+            raise InvalidArgumentError(f"n_ctx must be in [1, 2^24], not {n_ctx}")
         return size
 
     def new_kv_cache(self, n_ctx: int, dtype: str = "f16", *, max_bytes: int = DEFAULT_KV_MAX_BYTES) -> KVCache:
@@ -275,12 +281,12 @@ class HostModel:
 
         Refused (ValueError) beyond the model's training context or beyond max_bytes."""
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
-            raise ValueError(f"n_ctx must be a positive int, not {n_ctx!r}")
+            raise InvalidArgumentError(f"n_ctx must be a positive int, not {n_ctx!r}")
         if self.config.n_ctx_train and n_ctx > self.config.n_ctx_train:
-            raise ValueError(f"n_ctx={n_ctx} exceeds the model's training context of {self.config.n_ctx_train}")
+            raise InvalidArgumentError(f"n_ctx={n_ctx} exceeds the model's training context of {self.config.n_ctx_train}")
         size = self.kv_cache_bytes(n_ctx, dtype)
         if size > max_bytes:
-            raise ValueError(f"a KV cache of {n_ctx} positions takes {size} bytes, over the cap of {max_bytes}")
+            raise InvalidArgumentError(f"a KV cache of {n_ctx} positions takes {size} bytes, over the cap of {max_bytes}")
         return KVCache(self._fm, n_ctx, dtype)
 
     # -- the pieces -----------------------------------------------------------------
@@ -331,14 +337,14 @@ def _release(store: ModelStore, model_id: int) -> None:
 def _token_array(tokens: Sequence[int] | np.ndarray | Iterable[int]) -> np.ndarray:
     if isinstance(tokens, np.ndarray):
         if tokens.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, not {tokens.dtype}")
+            raise ArgumentTypeError(f"token ids must be integers, not {tokens.dtype}")
         if tokens.size and (tokens.min() < -2**31 or tokens.max() >= 2**31):
-            raise ValueError("token ids must fit in int32")
+            raise InvalidArgumentError("token ids must fit in int32")
         return np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
     try:
         return np.array(list(tokens), dtype=np.int32).reshape(-1)
     except OverflowError:
-        raise ValueError("token ids must fit in int32") from None
+        raise InvalidArgumentError("token ids must fit in int32") from None
 
 
 def _rows(hidden: np.ndarray) -> np.ndarray:

@@ -1,11 +1,15 @@
 """The host side of the realm ABI: the `realm_*` imports, bound to a model store.
 
-Embedding realm guests in your own Wasmtime program takes one call::
+Embedding realm guests in your own Wasmtime program takes one call, plus the
+limits if the guest is not trusted (see `realm.Tenant` for all of it in one)::
 
+    engine = realm.sandbox_engine()           # epoch interruption, ticked by realm
     linker = wasmtime.Linker(engine)
-    host = add_realm_imports(linker, store, shared=[model_id])   # store: realm.ModelStore
-    instance = linker.instantiate(wasm_store, module)
-    ...
+    host = add_realm_imports(linker, store, shared=[model_id], limits=realm.Limits(deadline_s=10))
+    wasm_store = wasmtime.Store(engine)
+    host.limit(wasm_store)                    # the memory cap, and a deadline to instantiate
+    instance = host.run(wasm_store, linker.instantiate, wasm_store, module)
+    host.run(wasm_store, instance.exports(wasm_store)["main"], wasm_store)   # under the deadline
     host.close()   # removes the models the guest stored, releases the shared ones
 
 Each import is one method of `RealmHost` named after it and registered with
@@ -16,6 +20,11 @@ names, buffer sizes -- and answers a failure with its negative `Err` code.  An
 import never raises into Wasmtime (that would trap the guest), and never reads
 or writes guest memory outside the buffer it was given.
 
+Bounds arithmetic: the i32 arguments arrive as signed Python ints and are read
+as u32 once, when the call enters (`_bind`); every size derived from them --
+counts times 4, rows times n_embd -- is computed on unbounded Python ints and
+checked against the memory as it is, never masked or cast back to 32 bits.
+
 Adding an import: declare it in guest/realm_abi.h (REALM_IMPORT line, contract
 and codes in check order), add its signature to `realm.abi.IMPORTS`, and write
 the `RealmHost` method of that name under `@_realm_import`, raising `_Fail(code)`
@@ -25,7 +34,10 @@ A `RealmHost` is one tenant.  Models the guest stores are owned by it (it may
 remove them; `close` removes the rest); models the host shares (`shared=` or
 `share()`) are held for the tenant until `close` and cannot be removed by it;
 any other id is NO_MODEL to this guest.  KV caches (realm_kv_create) belong to
-the guest that made them and are freed by `close` too.
+the guest that made them and are freed by `close` too, or when the guest
+removes their model.  What the tenant keeps alive -- its stored models (their
+bytes and parsed headers) and its KV caches -- counts against its `Limits` and
+against the store's `HostBudget`, shared by all tenants.
 
 The forward imports (realm_forward_*) run csrc/forward.c on the guest's memory
 in place: after the bounds checks, the C code reads the tokens or hidden states
@@ -40,6 +52,8 @@ import itertools
 import logging
 import struct
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -47,9 +61,10 @@ import wasmtime
 
 from . import abi
 from .abi import Err, LogLevel
-from .errors import GGUFError, ModelNotFoundError
+from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
 from ._compute import FORWARD_EINVAL, FORWARD_EKV_FULL
 from .forward import HostModel, KVCache, UnsupportedModelError
+from .limits import DEFAULT_LIMITS, Limits, run_wasm
 from .store import ModelStore, StoredModel
 
 __all__ = ["RealmHost", "GuestMemory", "add_realm_imports"]
@@ -63,13 +78,6 @@ _LOG_LEVELS = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO,
                LogLevel.WARNING: logging.WARNING, LogLevel.ERROR: logging.ERROR}
 _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
              "f32": wasmtime.ValType.f32, "f64": wasmtime.ValType.f64}
-
-#: Default per-guest quota for realm_store_model.
-DEFAULT_MAX_STORED_BYTES = 1 << 30
-DEFAULT_MAX_STORED_MODELS = 16
-#: Default per-guest quota for realm_kv_create.
-DEFAULT_MAX_KV_BYTES = 1 << 30
-DEFAULT_MAX_KV_CACHES = 16
 
 _KV_IDS = itertools.count(1)  # KV cache ids are never reused within a process
 
@@ -85,10 +93,10 @@ class _Fail(Exception):
 class GuestMemory:
     """The calling guest's linear memory as it is during one import call.
 
-    Pointers and lengths arrive as wasm i32 (signed in Python) and are read as
-    u32.  `check` accepts [ptr, ptr + length) only inside the memory's current
-    size; Python integers do not wrap, so ptr + length cannot overflow.  A guest
-    that exports no memory named "memory" has no valid pointers.
+    `check` accepts [ptr, ptr + length) only inside the memory's current size.
+    Both are non-negative Python integers (u32 values, or sizes computed from
+    them), which do not wrap, so ptr + length cannot overflow.  A guest that
+    exports no memory named "memory" has no valid pointers.
     """
 
     __slots__ = ("_caller", "_base", "_size")
@@ -114,13 +122,13 @@ class GuestMemory:
         """The address of byte 0 of the memory (valid during this call; 0 when it has none)."""
         return self._base if self.size else 0
 
-    def check(self, ptr: int, length: int) -> tuple[int, int]:
-        """(ptr, length) as u32 once [ptr, ptr + length) is known to lie in memory; else BAD_POINTER."""
-        ptr &= _U32_MASK
-        length &= _U32_MASK
+    def check(self, ptr: int, length: int) -> int:
+        """ptr, once [ptr, ptr + length) is known to lie in memory; else BAD_POINTER."""
+        if ptr < 0 or length < 0:
+            raise InternalError(f"GuestMemory.check({ptr}, {length}): spans are never negative")
         if ptr + length > self.size:
             raise _Fail(Err.BAD_POINTER)
-        return ptr, length
+        return ptr
 
     def read(self, ptr: int, length: int) -> bytes:
         """A copy of a range `check` accepted."""
@@ -142,43 +150,51 @@ _IMPORTS: dict[str, Callable[..., int]] = {}
 def _realm_import(method: Callable[..., int]) -> Callable[..., int]:
     """Register a RealmHost method as the host side of the import of the same name."""
     if method.__name__ not in abi.IMPORTS:
-        raise ValueError(f"{method.__name__} is not an import of realm_abi.h")
+        raise InternalError(f"{method.__name__} is not an import of realm_abi.h")
     _IMPORTS[method.__name__] = method
     return method
+
+
+@dataclass
+class _Kv:
+    """A guest's KV cache: the cache, its model and the bytes it counts."""
+
+    cache: KVCache
+    model_id: int
+    nbytes: int
 
 
 class RealmHost:
     """The `realm_*` imports for one guest (tenant), bound to a `ModelStore`.
 
-    store: where models live; tensors come through its LayerCache.
+    store: where models live; tensors come through its LayerCache, and its `budget` caps what
+        all its tenants together keep alive.
     shared: ids of host-loaded models this guest may read (see `share`).
-    max_stored_bytes, max_stored_models: the guest's quota for realm_store_model.
-    max_kv_bytes, max_kv_caches: the guest's quota for realm_kv_create.
+    limits: the tenant's `Limits` (default `Limits()`): its quotas of stored models and KV
+        caches are enforced here; the memory cap and the deadline by `limit` and `run`.
     threads: threads of the forward pass (None: every core this process may use).
     """
 
-    def __init__(self, store: ModelStore, *, shared: Iterable[int] = (),
-                 max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES,
-                 max_stored_models: int = DEFAULT_MAX_STORED_MODELS,
-                 max_kv_bytes: int = DEFAULT_MAX_KV_BYTES,
-                 max_kv_caches: int = DEFAULT_MAX_KV_CACHES,
+    def __init__(self, store: ModelStore, *, shared: Iterable[int] = (), limits: Limits | None = None,
                  threads: int | None = None):
+        if limits is not None and not isinstance(limits, Limits):
+            raise ArgumentTypeError(f"limits must be a realm.Limits, not {type(limits).__name__}")
         self.store = store
-        self.max_stored_bytes = max_stored_bytes
-        self.max_stored_models = max_stored_models
-        self.max_kv_bytes = max_kv_bytes
-        self.max_kv_caches = max_kv_caches
+        self.limits: Limits = limits or DEFAULT_LIMITS
         self.threads = threads
-        #: the last message the guest logged at REALM_LOG_ERROR (a reason behind an error code)
+        #: time.monotonic() after which every import answers DEADLINE (set by `run`; None: none)
+        self.deadline: float | None = None
+        #: the last message the guest logged at REALM_LOG_ERROR, or the reason of the host's
+        #: last LIMIT answer (the why behind an error code)
         self.last_error: str | None = None
         self._lock = threading.Lock()
-        self._owned: dict[int, int] = {}  # model id -> bytes stored
+        self._owned: dict[int, int] = {}  # model id -> bytes it counts
         self._owned_bytes = 0
         self._shared: set[int] = set()
         self._closed = False
         # model id -> its HostModel (or the UnsupportedModelError it raised); only visible models
         self._forward: dict[int, HostModel | UnsupportedModelError] = {}
-        self._kv: dict[int, KVCache] = {}
+        self._kv: dict[int, _Kv] = {}
         self._kv_bytes = 0
         for model_id in shared:
             self.share(model_id)
@@ -188,19 +204,45 @@ class RealmHost:
         """Define every import of `abi.IMPORTS` in `linker` (module "env"), bound to this host."""
         missing = set(abi.IMPORTS) - set(_IMPORTS)
         if missing:
-            raise RuntimeError(f"realm.host implements no {sorted(missing)}")
+            raise InternalError(f"realm.host implements no {sorted(missing)}")
         for name, sig in abi.IMPORTS.items():
             ty = wasmtime.FuncType([_VALTYPES[t]() for t in sig.params], [_VALTYPES[t]() for t in sig.results])
-            linker.define_func(abi.IMPORT_MODULE, name, ty, self._bind(name, _IMPORTS[name]),
+            linker.define_func(abi.IMPORT_MODULE, name, ty, self._bind(name, _IMPORTS[name], sig.params),
                                access_caller=True)
         return self
+
+    def limit(self, wasm_store: wasmtime.Store) -> None:
+        """Apply the tenant's memory cap to the Wasmtime store its guest runs in (see
+        `Limits.apply`), and give it an epoch deadline of deadline_s from now (stores of a
+        `realm.sandbox_engine()` run no wasm without one)."""
+        self.limits.apply(wasm_store)
+        run_wasm(wasm_store, self._deadline_from_now(), lambda: None)
+
+    def run(self, wasm_store: wasmtime.Store, fn: Callable[..., Any], *args: Any,
+            deadline: float | None = None, what: str = "the guest") -> Any:
+        """fn(*args) -- a call into the guest, or its instantiation -- under a deadline: `deadline`
+        (a time.monotonic() value) or else limits.deadline_s from now.  The guest's wasm is
+        interrupted past it (in a store of a `realm.sandbox_engine()`) and the imports it calls
+        answer DEADLINE.  Raises DeadlineExceeded, GuestTrapError (any other trap) or
+        LimitExceeded (a module too large for the memory cap)."""
+        if deadline is None:
+            deadline = self._deadline_from_now()
+        self.deadline = deadline
+        try:
+            return run_wasm(wasm_store, deadline, fn, *args, what=what)
+        finally:
+            self.deadline = None
+
+    def _deadline_from_now(self) -> float | None:
+        d = self.limits.deadline_s
+        return None if d is None else time.monotonic() + d
 
     def share(self, model_id: int) -> None:
         """Let the guest read a host-loaded model; it stays readable for the guest until `close`,
         even if the host removes it from the store meanwhile.  Raises ModelNotFoundError."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("this RealmHost is closed")
+                raise ClosedError("this RealmHost is closed")
             if model_id in self._shared or model_id in self._owned:
                 return
             self.store.retain(model_id)
@@ -217,6 +259,16 @@ class RealmHost:
         with self._lock:
             return sorted(self._shared)
 
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the guest's KV caches."""
+        return self._kv_bytes
+
+    @property
+    def stored_bytes(self) -> int:
+        """Host bytes the guest's stored models keep alive (their bytes and parsed headers)."""
+        return self._owned_bytes
+
     def close(self) -> None:
         """Remove the models the guest stored, release the shared ones and free the guest's KV
         caches.  Afterwards every model id is NO_MODEL to the guest and realm_store_model and
@@ -226,11 +278,12 @@ class RealmHost:
             owned, shared = list(self._owned), list(self._shared)
             self._owned.clear()
             self._shared.clear()
-            self._owned_bytes = 0
+            released = self._owned_bytes + self._kv_bytes
+            self._owned_bytes = self._kv_bytes = 0
             forward = list(self._forward.values())
             self._forward.clear()
             self._kv.clear()
-            self._kv_bytes = 0
+        self.store.budget.release(released)
         for model in forward:
             if isinstance(model, HostModel):
                 model.close()
@@ -246,10 +299,16 @@ class RealmHost:
                 pass
 
     # -- plumbing ---------------------------------------------------------------
-    def _bind(self, name: str, method: Callable[..., int]) -> Callable[..., int]:
+    def _bind(self, name: str, method: Callable[..., int], params: tuple[str, ...]) -> Callable[..., int]:
+        unsigned = tuple(t == "i32" for t in params)
+
         def call(caller: wasmtime.Caller, *args: int) -> int:
-            try:
-                return method(self, GuestMemory(caller), *args)
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                return int(Err.DEADLINE)
+            try:  # every i32 is read as u32, once: what the imports compute from it stays exact
+                return method(self, GuestMemory(caller),
+                              *(a & _U32_MASK if u else a for a, u in zip(args, unsigned)))
             except _Fail as fail:
                 return int(fail.code)
             except Exception:  # a host bug must not trap the guest, nor reach Wasmtime
@@ -257,6 +316,27 @@ class RealmHost:
                 return int(Err.INTERNAL)
         call.__name__ = name
         return call
+
+    def _refuse(self, reason: str) -> _Fail:
+        """LIMIT, with the reason kept for the error the caller of the guest sees."""
+        self.last_error = reason
+        log.info("tenant refused: %s", reason)
+        return _Fail(Err.LIMIT)
+
+    def _charge(self, what: str, nbytes: int, used: int, quota: int, count: int, max_count: int) -> None:
+        """Reserve nbytes for the tenant (needs self._lock): within its quota of bytes and of
+        objects, and within the store's budget.  Raises LIMIT naming what was refused."""
+        if self._closed:
+            raise self._refuse("the tenant is closed")
+        if count >= max_count:
+            raise self._refuse(f"{what}: the tenant's quota of {max_count} is reached")
+        if used + nbytes > quota:
+            raise self._refuse(f"{what}: {nbytes} more bytes would pass the tenant's quota of {quota} "
+                               f"({used} in use)")
+        if not self.store.budget.reserve(nbytes):
+            b = self.store.budget
+            raise self._refuse(f"{what}: {nbytes} more bytes would pass the host's budget of {b.max_bytes} "
+                               f"({b.used} in use by all tenants)")
 
     def _model(self, model_id: int) -> StoredModel:
         with self._lock:
@@ -273,8 +353,10 @@ class RealmHost:
         model = self._forward.get(model_id)  # present only while the model is visible
         if model is None:
             self._model(model_id)
+            with self._lock:
+                held = model_id in self._shared  # our hold keeps a removed shared model usable
             try:
-                model = HostModel(self.store, model_id, threads=self.threads)
+                model = HostModel(self.store, model_id, threads=self.threads, held=held)
             except UnsupportedModelError as exc:
                 log.info("model %d cannot run: %s", model_id, exc)
                 model = exc
@@ -296,13 +378,12 @@ class RealmHost:
         kv = self._kv.get(kv_id)
         if kv is None:
             raise _Fail(Err.NO_KV_CACHE)
-        return kv
+        return kv.cache
 
     @staticmethod
     def _values(mem: GuestMemory, ptr: int, count: int) -> int:
-        """ptr as u32 once `count` 4-byte values there lie in memory; else BAD_POINTER."""
-        ptr, _ = mem.check(ptr, 4 * (count & _U32_MASK))
-        return ptr
+        """ptr once `count` 4-byte values there lie in memory; else BAD_POINTER."""
+        return mem.check(ptr, 4 * count)
 
     @staticmethod
     def _aligned(*ptrs: int) -> None:
@@ -317,6 +398,11 @@ class RealmHost:
             raise _Fail(Err.BAD_ARGUMENT)
         return n_values // n_embd
 
+    def _bounded(self, n_rows: int) -> None:
+        """LIMIT for more rows than one forward call takes."""
+        if n_rows > abi.FORWARD_MAX_TOKENS:
+            raise self._refuse(f"{n_rows} rows in one forward call (at most {abi.FORWARD_MAX_TOKENS})")
+
     @staticmethod
     def _forward_code(rc: int) -> int:
         """A C forward call's result as an import's answer."""
@@ -326,7 +412,7 @@ class RealmHost:
             raise _Fail(Err.CONTEXT_FULL)
         if rc == FORWARD_EINVAL:  # an argument only the C code checks: a gap, a token id
             raise _Fail(Err.BAD_ARGUMENT)
-        raise RuntimeError(f"forward pass failed with code {rc}")
+        raise InternalError(f"forward pass failed with code {rc}")
 
     @staticmethod
     def _text(mem: GuestMemory, ptr: int, length: int, max_len: int) -> str:
@@ -352,35 +438,44 @@ class RealmHost:
     # -- the imports (contracts in guest/realm_abi.h) ------------------------------
     @_realm_import
     def realm_store_model(self, mem: GuestMemory, gguf_ptr: int, gguf_len: int) -> int:
-        """Copy a whole GGUF out of guest memory into the store; the new id is owned by the guest."""
-        ptr, length = mem.check(gguf_ptr, gguf_len)
-        with self._lock:  # reserve the quota before the (slow) parse
-            if (self._closed or len(self._owned) >= self.max_stored_models
-                    or self._owned_bytes + length > self.max_stored_bytes):
-                raise _Fail(Err.LIMIT)
-            self._owned_bytes += length
-        model_id: int | None = None
+        """Copy a whole GGUF out of guest memory into the store; the new id is owned by the guest.
+        It counts what it keeps alive: its bytes, then its parsed header too."""
+        ptr = mem.check(gguf_ptr, gguf_len)
+        limits = self.limits
+        with self._lock:  # reserve the bytes before the copy and the parse
+            self._charge("a stored model", gguf_len, self._owned_bytes, limits.stored_bytes,
+                         len(self._owned), limits.stored_models)
+            self._owned_bytes += gguf_len
+        charged, model_id = gguf_len, None
         try:
-            model_id = self.store.store_bytes(mem.read(ptr, length))
-        except GGUFError as exc:
-            log.info("guest stored a bad GGUF: %s", exc)
-        finally:
+            try:
+                model_id = self.store.store_bytes(mem.read(ptr, gguf_len))
+            except GGUFError as exc:
+                log.info("guest stored a bad GGUF: %s", exc)
+                raise _Fail(Err.BAD_GGUF) from None
+            extra = self.store.get(model_id).host_bytes - gguf_len
+            with self._lock:  # the parsed header, counted once its size is known
+                self._charge("a stored model's parsed header", extra, self._owned_bytes, limits.stored_bytes,
+                             len(self._owned), limits.stored_models)
+                self._owned_bytes += extra
+                charged += extra
+                self._owned[model_id] = charged
+            return model_id
+        except BaseException:
             with self._lock:
-                if model_id is None:
-                    self._owned_bytes -= length
-                else:
-                    self._owned[model_id] = length
-        if model_id is None:
-            raise _Fail(Err.BAD_GGUF)
-        return model_id
+                self._owned_bytes -= charged
+            self.store.budget.release(charged)
+            if model_id is not None:
+                self.store.remove(model_id)
+            raise
 
     @_realm_import
     def realm_get_tensor(self, mem: GuestMemory, model_id: int, name_ptr: int, name_len: int,
                          out_ptr: int, out_max_len: int) -> int:
         """A tensor as f32 through the store's LayerCache."""
         model = self._model(model_id)
-        name_ptr, name_len = mem.check(name_ptr, name_len)
-        out_ptr, out_max_len = mem.check(out_ptr, out_max_len)
+        name_ptr = mem.check(name_ptr, name_len)
+        out_ptr = mem.check(out_ptr, out_max_len)
         name = self._text(mem, name_ptr, name_len, abi.NAME_MAX)
         tensor = model.tensors.get(name)
         if tensor is None:
@@ -395,7 +490,7 @@ class RealmHost:
         except ModelNotFoundError:  # removed meanwhile
             raise _Fail(Err.NO_MODEL) from None
         if values.dtype != np.float32 or values.nbytes != needed:
-            raise RuntimeError(f"the store returned {values.dtype} x {values.size} for {name!r}")
+            raise InternalError(f"the store returned {values.dtype} x {values.size} for {name!r}")
         mem.write(out_ptr, values)
         return needed
 
@@ -403,8 +498,8 @@ class RealmHost:
     def realm_get_model_info(self, mem: GuestMemory, model_id: int, count_ptr: int, size_ptr: int) -> int:
         """Tensor count (u32) and total tensor bytes (u64)."""
         model = self._model(model_id)
-        count_ptr, _ = mem.check(count_ptr, 4)
-        size_ptr, _ = mem.check(size_ptr, 8)
+        count_ptr = mem.check(count_ptr, 4)
+        size_ptr = mem.check(size_ptr, 8)
         count = len(model.tensors)
         if count > _U32_MASK:
             raise _Fail(Err.TOO_LARGE)
@@ -414,16 +509,23 @@ class RealmHost:
 
     @_realm_import
     def realm_remove_model(self, mem: GuestMemory, model_id: int) -> int:
-        """Remove a model the guest stored (shared ones are DENIED)."""
+        """Remove a model the guest stored (shared ones are DENIED), and the guest's KV caches of it."""
         with self._lock:
             if model_id in self._shared:
                 raise _Fail(Err.DENIED)
             if model_id not in self._owned:
                 raise _Fail(Err.NO_MODEL)
-            self._owned_bytes -= self._owned.pop(model_id)
+            released = self._owned.pop(model_id)
+            self._owned_bytes -= released
             forward = self._forward.pop(model_id, None)
+            caches = [kv_id for kv_id, kv in self._kv.items() if kv.model_id == model_id]
+            for kv_id in caches:  # each holds the model's weights: they go with it
+                kv = self._kv.pop(kv_id)
+                self._kv_bytes -= kv.nbytes
+                released += kv.nbytes
+        self.store.budget.release(released)
         if isinstance(forward, HostModel):
-            forward.close()  # the guest's KV caches of it keep its weights until freed
+            forward.close()
         try:
             self.store.remove(model_id)
         except ModelNotFoundError:  # the host removed it first
@@ -434,7 +536,7 @@ class RealmHost:
     def realm_get_metadata(self, mem: GuestMemory, model_id: int, out_ptr: int, out_max_len: int) -> int:
         """The model's GGUF header: bytes 0 to the start of tensor data."""
         model = self._model(model_id)
-        out_ptr, out_max_len = mem.check(out_ptr, out_max_len)
+        out_ptr = mem.check(out_ptr, out_max_len)
         header = model.header
         if self._fit(out_max_len, len(header)):
             mem.write(out_ptr, header)
@@ -445,7 +547,7 @@ class RealmHost:
         """A guest message to the "realm.guest" logger."""
         if level not in _LOG_LEVELS:
             raise _Fail(Err.BAD_ARGUMENT)
-        text = self._text(mem, *mem.check(msg_ptr, msg_len), abi.LOG_MAX)
+        text = self._text(mem, mem.check(msg_ptr, msg_len), msg_len, abi.LOG_MAX)
         if level == LogLevel.ERROR:
             self.last_error = text
         guest_log.log(_LOG_LEVELS[LogLevel(level)], "%s", text)
@@ -457,12 +559,12 @@ class RealmHost:
                                 out_ptr: int) -> int:
         """Embedding rows of token ids, written into guest memory by the C code."""
         fm = self._host_model(model_id)._fm
-        n_tokens &= _U32_MASK
         tokens_ptr = self._values(mem, tokens_ptr, n_tokens)
-        out_ptr, _ = mem.check(out_ptr, 4 * n_tokens * fm.n_embd)
+        out_ptr = self._values(mem, out_ptr, n_tokens * fm.n_embd)
         self._aligned(tokens_ptr, out_ptr)
         if n_tokens == 0:
             raise _Fail(Err.BAD_ARGUMENT)
+        self._bounded(n_tokens)
         base = mem.base
         self._forward_code(fm._embed_at(base + tokens_ptr, n_tokens, base + out_ptr))
         return n_tokens * fm.n_embd
@@ -473,17 +575,15 @@ class RealmHost:
         """One transformer layer on guest memory in place, K and V into the guest's KV cache."""
         fm = self._host_model(model_id)._fm
         kv = self._kv_cache(kv_cache_id)
-        hidden_len &= _U32_MASK
         hidden_ptr = self._values(mem, hidden_ptr, hidden_len)
         out_ptr = self._values(mem, out_ptr, hidden_len)
-        layer_idx &= _U32_MASK
         if layer_idx >= fm.n_layer or kv.model is not fm:
             raise _Fail(Err.BAD_ARGUMENT)
         self._aligned(hidden_ptr, out_ptr)
         n_tokens = self._rows(hidden_len, fm.n_embd)
+        self._bounded(n_tokens)
         base = mem.base
-        self._forward_code(kv._run_layer(fm, layer_idx, base + hidden_ptr, n_tokens, position & _U32_MASK,
-                                         base + out_ptr))
+        self._forward_code(kv._run_layer(fm, layer_idx, base + hidden_ptr, n_tokens, position, base + out_ptr))
         return hidden_len
 
     @_realm_import
@@ -491,13 +591,13 @@ class RealmHost:
                               out_ptr: int, out_max_len: int) -> int:
         """Logits of hidden rows (final norm + output projection), written by the C code."""
         fm = self._host_model(model_id)._fm
-        hidden_len &= _U32_MASK
         hidden_ptr = self._values(mem, hidden_ptr, hidden_len)
         out_ptr = self._values(mem, out_ptr, out_max_len)
         self._aligned(hidden_ptr, out_ptr)
         n_rows = self._rows(hidden_len, fm.n_embd)
+        self._bounded(n_rows)
         needed = n_rows * fm.n_vocab
-        if not self._fit(out_max_len & _U32_MASK, needed):
+        if not self._fit(out_max_len, needed):
             return needed
         base = mem.base
         self._forward_code(fm._lm_head_at(base + hidden_ptr, n_rows, base + out_ptr))
@@ -505,9 +605,8 @@ class RealmHost:
 
     @_realm_import
     def realm_kv_create(self, mem: GuestMemory, model_id: int, n_ctx: int) -> int:
-        """A KV cache for the guest (f16 rows), within its quota."""
+        """A KV cache for the guest (f16 rows), within its quota and the host's budget."""
         model = self._host_model(model_id)
-        n_ctx &= _U32_MASK
         train = model.config.n_ctx_train
         if n_ctx == 0 or (train and n_ctx > train):
             raise _Fail(Err.BAD_ARGUMENT)
@@ -515,24 +614,23 @@ class RealmHost:
             size = model.kv_cache_bytes(n_ctx)
         except ValueError:
             raise _Fail(Err.BAD_ARGUMENT) from None
+        limits = self.limits
         with self._lock:  # reserve the quota before allocating
-            if (self._closed or len(self._kv) >= self.max_kv_caches
-                    or self._kv_bytes + size > self.max_kv_bytes):
-                raise _Fail(Err.LIMIT)
+            self._charge("a KV cache", size, self._kv_bytes, limits.kv_bytes, len(self._kv), limits.kv_caches)
             self._kv_bytes += size
         try:
             kv = model.new_kv_cache(n_ctx, max_bytes=size)
+            kv_id = next(_KV_IDS)
+            with self._lock:
+                if self._closed or kv_id > _I32_MAX:  # closed meanwhile, or 2^31 caches made
+                    raise self._refuse("the tenant is closed" if self._closed else "no KV cache ids are left")
+                self._kv[kv_id] = _Kv(kv, model_id, size)
+            return kv_id
         except BaseException:
             with self._lock:
                 self._kv_bytes -= size
+            self.store.budget.release(size)
             raise
-        kv_id = next(_KV_IDS)
-        with self._lock:
-            if self._closed or kv_id > _I32_MAX:  # closed meanwhile, or 2^31 caches made
-                self._kv_bytes -= size
-                raise _Fail(Err.LIMIT)
-            self._kv[kv_id] = kv
-        return kv_id
 
     @_realm_import
     def realm_kv_free(self, mem: GuestMemory, kv_cache_id: int) -> int:
@@ -542,6 +640,7 @@ class RealmHost:
             if kv is None:
                 raise _Fail(Err.NO_KV_CACHE)
             self._kv_bytes -= kv.nbytes
+        self.store.budget.release(kv.nbytes)
         return abi.OK
 
     @_realm_import
@@ -549,8 +648,8 @@ class RealmHost:
         """Drop positions >= n_tokens; returns the positions kept."""
         kv = self._kv_cache(kv_cache_id)
         try:
-            kv.truncate(n_tokens & _U32_MASK)
-        except RuntimeError:  # in use by a forward call of another thread
+            kv.truncate(n_tokens)
+        except BusyError:  # in use by a forward call of another thread
             raise _Fail(Err.BAD_ARGUMENT) from None
         return kv.length
 
@@ -562,12 +661,16 @@ class RealmHost:
     @_realm_import
     def realm_emit_text(self, mem: GuestMemory, text_ptr: int, text_len: int) -> int:
         """A piece of generated text, handed to `text_sink`."""
-        text = self._text(mem, *mem.check(text_ptr, text_len), abi.TEXT_MAX)
+        text = self._text(mem, mem.check(text_ptr, text_len), text_len, abi.TEXT_MAX)
         sink = self.text_sink
         return abi.EMIT_STOP if sink is not None and sink(text) else abi.OK
 
 
-def add_realm_imports(linker: wasmtime.Linker, store: ModelStore, **options: Any) -> RealmHost:
+def add_realm_imports(linker: wasmtime.Linker, store: ModelStore, *, shared: Iterable[int] = (),
+                      limits: Limits | None = None, threads: int | None = None) -> RealmHost:
     """Define every `realm_*` import in `linker`, served from `store`; returns the `RealmHost`
-    (one tenant: call its `close()` when the guest is done).  `options` go to `RealmHost`."""
-    return RealmHost(store, **options).define(linker)
+    (one tenant: call its `close()` when the guest is done).  `limits` caps the tenant: its
+    quotas are enforced by the imports; apply the memory cap with `host.limit(wasm_store)` and
+    run calls under the deadline with `host.run(...)` (see the module docstring), in a store of
+    an engine from `realm.sandbox_engine()` so the deadline can interrupt wasm code."""
+    return RealmHost(store, shared=shared, limits=limits, threads=threads).define(linker)

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _quant
+from .errors import ArgumentTypeError, InvalidArgumentError
+from .threads import check_threads
 
 
 class GGMLType(enum.IntEnum):
@@ -86,13 +88,13 @@ def as_qtype(qtype: Any) -> GGMLType:
         try:
             return GGMLType[qtype.strip().upper()]
         except KeyError:
-            raise ValueError(f"unknown GGML type name {qtype!r}") from None
+            raise InvalidArgumentError(f"unknown GGML type name {qtype!r}") from None
     if isinstance(qtype, bool) or not isinstance(qtype, (int, np.integer)):
-        raise TypeError(f"qtype must be a GGMLType, an int or a name, not {type(qtype).__name__}")
+        raise ArgumentTypeError(f"qtype must be a GGMLType, an int or a name, not {type(qtype).__name__}")
     try:
         return GGMLType(int(qtype))
     except ValueError:
-        raise ValueError(f"unknown GGML type id {int(qtype)}") from None
+        raise InvalidArgumentError(f"unknown GGML type id {int(qtype)}") from None
 
 
 def quant_info(qtype: GGMLType | int | str) -> QuantInfo:
@@ -102,7 +104,7 @@ def quant_info(qtype: GGMLType | int | str) -> QuantInfo:
         return _INFO[t]
     except KeyError:
         supported = ", ".join(i.name for i in _INFO.values())
-        raise ValueError(f"{t.name} is not supported by realm (supported: {supported})") from None
+        raise InvalidArgumentError(f"{t.name} is not supported by realm (supported: {supported})") from None
 
 
 def _byte_view(data: Any) -> np.ndarray:
@@ -112,24 +114,14 @@ def _byte_view(data: Any) -> np.ndarray:
     elif isinstance(data, (bytes, bytearray, memoryview)):
         arr = np.asarray(memoryview(data))  # a view with the buffer's shape and format
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"data must be bytes, bytearray, memoryview or a uint8 numpy array, not {type(data).__name__}"
         )
     if arr.dtype != np.uint8:
-        raise TypeError(f"data must hold uint8 bytes, not {arr.dtype}")
+        raise ArgumentTypeError(f"data must hold uint8 bytes, not {arr.dtype}")
     if not arr.flags.c_contiguous:
-        raise ValueError("data must be C-contiguous (pass np.ascontiguousarray(data) to copy it)")
+        raise InvalidArgumentError("data must be C-contiguous (pass np.ascontiguousarray(data) to copy it)")
     return arr
-
-
-def _thread_count(threads: int | None) -> int:
-    if threads is None:
-        return 0  # the C driver takes 0 as "every core"
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int or None, not {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return int(threads)
 
 
 def dequantize(
@@ -157,18 +149,18 @@ def dequantize(
     """
     info = quant_info(qtype)
     raw = _byte_view(data)
-    nthreads = _thread_count(threads)
+    nthreads = check_threads(threads)  # the C driver takes 0 as "every core"
 
     if raw.ndim == 0:
-        raise ValueError("data must have at least one axis")
+        raise InvalidArgumentError("data must have at least one axis")
     row_bytes = raw.shape[-1]
     if row_bytes % info.type_size:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the last axis holds {row_bytes} bytes, not a whole number of "
             f"{info.name} blocks of {info.type_size} bytes"
         )
     if raw.ctypes.data % info.align:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{info.name} data must start at a multiple of {info.align} bytes (as GGUF tensors do); "
             f"this buffer starts at {raw.ctypes.data % info.align} past one; copy it to align it"
         )
@@ -178,28 +170,28 @@ def dequantize(
     if shape is not None:
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
-            raise ValueError(f"shape {shape} has a negative axis")
+            raise InvalidArgumentError(f"shape {shape} has a negative axis")
         if int(np.prod(shape, dtype=np.int64)) != n_elements:
-            raise ValueError(f"shape {shape} does not hold the {n_elements} elements in data")
+            raise InvalidArgumentError(f"shape {shape} does not hold the {n_elements} elements in data")
         if shape and shape[-1] % info.block_size:
-            raise ValueError(f"the last axis of shape {shape} is not a whole number of {info.block_size}-element blocks")
+            raise InvalidArgumentError(f"the last axis of shape {shape} is not a whole number of {info.block_size}-element blocks")
         result_shape = shape
 
     if out is None:
         out = np.empty(result_shape, dtype=np.float32)
     else:
         if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+            raise ArgumentTypeError(f"out must be a numpy array, not {type(out).__name__}")
         if out.dtype != np.float32:
-            raise TypeError(f"out must be float32, not {out.dtype}")
+            raise ArgumentTypeError(f"out must be float32, not {out.dtype}")
         if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous")
+            raise InvalidArgumentError("out must be C-contiguous")
         if not out.flags.writeable:
-            raise ValueError("out is read-only")
+            raise InvalidArgumentError("out is read-only")
         if out.size != n_elements:
-            raise ValueError(f"out holds {out.size} elements, {n_elements} needed")
+            raise InvalidArgumentError(f"out holds {out.size} elements, {n_elements} needed")
         if np.may_share_memory(out, raw):
-            raise ValueError("out overlaps data")
+            raise InvalidArgumentError("out overlaps data")
 
     _quant.dequantize_into(raw.reshape(-1), int(info.qtype), out.reshape(-1), nthreads)
     return out

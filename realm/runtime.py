@@ -35,10 +35,14 @@ from . import abi
 from .abi import Err, StopReason
 from .cache import LayerCache
 from .chat import ChatTemplate, special_token_texts
-from .errors import ModelNotFoundError, RealmError
-from .guest import Guest, GuestError, _i32, load_guest_module
+from .reader import StringArray
+from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, ModelNotFoundError,
+                     RealmError)
+from .limits import HostBudget, Limits
+from .guest import Guest, GuestError
 from .models import MODELS, model_path, resolve
 from .store import ModelStore
+from .threads import check_threads
 
 __all__ = ["Realm", "Model", "Usage", "Completion", "TextStream", "ContextWindowError", "GenerationError"]
 
@@ -50,6 +54,7 @@ DEFAULT_CACHE_BYTES = 256 << 20
 DEFAULT_N_CTX = 4096
 
 _U32_MASK = 0xFFFF_FFFF
+_I32_MAX = 0x7FFF_FFFF
 _STOP_NAMES = {StopReason.EOG: "eog", StopReason.STRING: "stop", StopReason.LENGTH: "length",
                StopReason.HOST: "cancelled"}
 
@@ -212,17 +217,22 @@ class Realm:
     n_ctx: default context (prompt + completion) per generation; None: 4096 capped by
         the model's training context.  With max_tokens, a generation's KV cache holds
         only prompt + max_tokens positions.
+    limits: the `Limits` of every guest this Realm runs (default `Limits()`); deadline_s
+        bounds a whole generation, or one tokenize/detokenize call.
+    budget_bytes: the ceiling on what all guests together keep alive in KV caches and
+        stored models (the store's `HostBudget`; None: half the machine's memory).
     """
 
     def __init__(self, threads: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, *,
-                 n_ctx: int | None = None):
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, not {threads!r}")
+                 n_ctx: int | None = None, limits: Limits | None = None, budget_bytes: int | None = None):
+        check_threads(threads)
         _check_n_ctx(n_ctx)
+        if limits is not None and not isinstance(limits, Limits):
+            raise ArgumentTypeError(f"limits must be a realm.Limits, not {type(limits).__name__}")
         self.threads = threads
         self.n_ctx = n_ctx
-        self.store = ModelStore(LayerCache(max_bytes=cache_bytes))
-        self._engine, self._module = load_guest_module()
+        self.limits = limits
+        self.store = ModelStore(LayerCache(max_bytes=cache_bytes), budget=HostBudget(budget_bytes))
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one load at a time: a file is loaded once
         self._models: dict[int, Model] = {}
@@ -249,9 +259,10 @@ class Realm:
         md = stored.metadata
         tokens = md.get("tokenizer.ggml.tokens")
         context = md.get(f"{stored.architecture}.context_length")
+        n_vocab = len(tokens) if isinstance(tokens, (StringArray, np.ndarray, list)) else 0
         template = md.get("tokenizer.chat_template")
         handle = Model(id=model_id, path=path, name=str(model), architecture=stored.architecture,
-                       n_vocab=len(tokens) if tokens is not None else 0,
+                       n_vocab=n_vocab,
                        n_ctx_train=int(context) if isinstance(context, int) else 0,
                        chat_template=template if isinstance(template, str) else None,
                        **special_token_texts(md))
@@ -303,7 +314,7 @@ class Realm:
                  parse_special: bool = False) -> list[int]:
         """Token ids of text, computed in a guest (llama.cpp's ids: `Llama.tokenize(text,
         add_bos=add_special, special=parse_special)`)."""
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        data = _text_bytes(text, "text", allow_bytes=True)
         flags = (abi.TOKENIZE_ADD_SPECIAL if add_special else 0) | (abi.TOKENIZE_PARSE_SPECIAL if parse_special else 0)
         with self._tokenizer(self.model(model)) as g:
             return _tokenize(g, data, flags)
@@ -312,10 +323,16 @@ class Realm:
                    special: bool = False, errors: str = "replace") -> str:
         """The text of token ids, computed in a guest; control tokens render as their text only
         with `special`.  Bytes that are not UTF-8 (a character cut between tokens) decode by `errors`."""
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < -2**31 or ids.max() >= 2**31):
-            raise ValueError("token ids must fit in int32")
-        with self._tokenizer(self.model(model)) as g:
+        handle = self.model(model)
+        try:
+            ids = np.asarray(tokens).reshape(-1)
+        except (TypeError, ValueError):
+            raise ArgumentTypeError("tokens must be a sequence of int token ids") from None
+        if ids.size and ids.dtype.kind not in "iu":
+            raise ArgumentTypeError(f"tokens must be int token ids, not {ids.dtype}")
+        if ids.size and (ids.min() < -2**31 or ids.max() >= 2**31):  # the guest refuses ids outside the vocabulary
+            raise InvalidArgumentError("token ids must fit in int32")
+        with self._tokenizer(handle) as g:
             return _detokenize(g, ids.astype("<i4").tobytes(), abi.DETOKENIZE_SPECIAL if special else 0
                                ).decode("utf-8", errors)
 
@@ -338,16 +355,16 @@ class Realm:
                     repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                     frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
                     stop=stop, n_ctx=n_ctx, ignore_eos=ignore_eos)
-        request = self._request(handle, prompt.encode("utf-8"),
+        request = self._request(handle, _text_bytes(prompt, "prompt"),
                                 abi.TOKENIZE_ADD_SPECIAL | abi.TOKENIZE_PARSE_SPECIAL, opts)
         return self._start(handle, request, stream)
 
     def complete(self, prompt: str, model: Model | int | str | None = None, **options: Any) -> Completion:
         """`generate` returning the whole `Completion` (text, token ids, stop reason, usage)."""
         if options.pop("stream", False):
-            raise ValueError("complete() does not stream: use generate(..., stream=True)")
+            raise InvalidArgumentError("complete() does not stream: use generate(..., stream=True)")
         handle = self.model(model)
-        request = self._request(handle, prompt.encode("utf-8"),
+        request = self._request(handle, _text_bytes(prompt, "prompt"),
                                 abi.TOKENIZE_ADD_SPECIAL | abi.TOKENIZE_PARSE_SPECIAL, _options(options))
         return self._run(handle, request, None)
 
@@ -360,8 +377,7 @@ class Realm:
         handle = self.model(model)
         prompt = self.render_chat(messages, handle, chat_template=chat_template)
         opts = _options(dict(options, max_tokens=max_tokens))
-        stops = opts["stop"]
-        stops = [stops] if isinstance(stops, str) else list(stops or ())
+        stops = _stop_list(opts["stop"])
         if handle.eos_token and handle.eos_token not in stops:
             stops.append(handle.eos_token)
         opts["stop"] = stops
@@ -405,7 +421,8 @@ class Realm:
 
     # -- internals --------------------------------------------------------------------------
     def _guest(self, handle: Model) -> Guest:
-        g = Guest(self.store, engine=self._engine, module=self._module, threads=self.threads)
+        """A fresh guest attached to the model."""
+        g = Guest(self.store, limits=self.limits, threads=self.threads)
         try:
             g.attach(handle.id)
         except BaseException:
@@ -423,13 +440,13 @@ class Realm:
                 entry = self._tokenizers.setdefault(handle.id, (g, threading.Lock()))
             if entry[0] is not g:
                 g.close()
-        return _Borrowed(*entry)
+        return _Borrowed(self, handle.id, *entry)
 
     def _request(self, handle: Model, prompt: bytes, flags: int, o: Mapping[str, Any]) -> _Request:
         max_tokens = o["max_tokens"]
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or max_tokens < 1):
-            raise ValueError(f"max_tokens must be a positive int or None, not {max_tokens!r}")
+                                       or not 1 <= max_tokens <= _I32_MAX):
+            raise InvalidArgumentError(f"max_tokens must be an int in [1, 2^31) or None, not {max_tokens!r}")
         _check_n_ctx(o["n_ctx"])
         n_ctx = o["n_ctx"] or self.n_ctx or DEFAULT_N_CTX
         if handle.n_ctx_train:
@@ -443,32 +460,31 @@ class Realm:
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an int in [0, 2^64), not {seed!r}")
+            raise InvalidArgumentError(f"seed must be an int in [0, 2^64), not {seed!r}")
         floats = {}
         for name in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty"):
             value = o[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, not {value!r}")
+                raise InvalidArgumentError(f"{name} must be a finite number, not {value!r}")
             floats[name] = float(value)
         if floats["repeat_penalty"] <= 0:
-            raise ValueError("repeat_penalty must be > 0 (1 is off)")
+            raise InvalidArgumentError("repeat_penalty must be > 0 (1 is off)")
         ints = {}
         for name, low, high in (("top_k", -2**31, 2**31 - 1), ("repeat_last_n", 0, 65536)):
             value = o[name]
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"{name} must be an int in [{low}, {high}], not {value!r}")
+                raise InvalidArgumentError(f"{name} must be an int in [{low}, {high}], not {value!r}")
             ints[name] = value
-        stop = o["stop"]
-        stops = [stop] if isinstance(stop, str) else list(stop or ())
+        stops = _stop_list(o["stop"])
         if len(stops) > abi.STOP_STRINGS_MAX:
-            raise ValueError(f"at most {abi.STOP_STRINGS_MAX} stop strings")
+            raise InvalidArgumentError(f"at most {abi.STOP_STRINGS_MAX} stop strings")
         blob = b""
         for s in stops:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty str, not {s!r}")
+                raise InvalidArgumentError(f"stop strings must be non-empty str, not {s!r}")
             raw = s.encode("utf-8")
             if len(raw) > abi.STOP_STRING_MAX:
-                raise ValueError(f"a stop string may have at most {abi.STOP_STRING_MAX} bytes")
+                raise InvalidArgumentError(f"a stop string may have at most {abi.STOP_STRING_MAX} bytes")
             blob += struct.pack("<I", len(raw)) + raw
         if o["ignore_eos"]:
             flags |= abi.GENERATE_IGNORE_EOG
@@ -494,10 +510,12 @@ class Realm:
             pieces.append(piece)
             return bool(sink(piece)) if sink is not None else False
 
-        g = self._guest(handle)
+        g = Guest(self.store, limits=self.limits, threads=self.threads)
         try:
-            g.host.text_sink = collect
-            completion = _generate(g, request, pieces, handle)
+            with g.deadline():  # one deadline for the whole generation
+                g.attach(handle.id)
+                g.host.text_sink = collect
+                completion = _generate(g, request, pieces, handle)
         finally:
             g.close()
         if record:
@@ -506,26 +524,28 @@ class Realm:
 
 
 class _Borrowed:
-    """`with` a kept guest under its lock."""
+    """`with` a kept guest under its lock; one that can no longer run (past a deadline, a trap)
+    is dropped, so the next call gets a fresh one."""
 
-    def __init__(self, guest: Guest, lock: threading.Lock):
-        self.guest, self.lock = guest, lock
+    def __init__(self, realm: Realm, model_id: int, guest: Guest, lock: threading.Lock):
+        self.realm, self.model_id, self.guest, self.lock = realm, model_id, guest, lock
 
     def __enter__(self) -> Guest:
         self.lock.acquire()
         return self.guest
 
     def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+        try:
+            if self.guest.failed is not None:
+                with self.realm._lock:
+                    if self.realm._tokenizers.get(self.model_id, (None,))[0] is self.guest:
+                        del self.realm._tokenizers[self.model_id]
+                self.guest.close()
+        finally:
+            self.lock.release()
 
 
 # -- driving the guest's exports ----------------------------------------------------------
-
-def _call(g: Guest, name: str, *args: int) -> int:
-    """A guest export whose negative result is an error code (GuestError); addresses may be
-    >= 2^31, so every argument goes as the signed i32 Wasmtime takes."""
-    return g.call_checked(name, *(_i32(a) for a in args))
-
 
 def _tokenize(g: Guest, data: bytes, flags: int) -> list[int]:
     with g.buffer(data) as text:
@@ -533,11 +553,11 @@ def _tokenize(g: Guest, data: bytes, flags: int) -> list[int]:
         while True:
             with g.buffer(4 * cap) as out:
                 try:
-                    n = _call(g, "guest_tokenize", text, len(data), flags, out, cap)
+                    n = g.call_checked("guest_tokenize", text, len(data), flags, out, cap)
                 except GuestError as exc:
                     if exc.code != Err.BUFFER_TOO_SMALL:
                         raise
-                    cap = _call(g, "guest_tokenize", text, len(data), flags, 0, 0)
+                    cap = g.call_checked("guest_tokenize", text, len(data), flags, 0, 0)
                     continue
                 return np.frombuffer(g.read(out, 4 * n), dtype="<i4").tolist()
 
@@ -545,11 +565,11 @@ def _tokenize(g: Guest, data: bytes, flags: int) -> list[int]:
 def _detokenize(g: Guest, ids: bytes, flags: int) -> bytes:
     n = len(ids) // 4
     with g.buffer(ids) as tokens:
-        size = _call(g, "guest_detokenize", tokens, n, flags, 0, 0)
+        size = g.call_checked("guest_detokenize", tokens, n, flags, 0, 0)
         if size == 0:
             return b""
         with g.buffer(size) as out:
-            got = _call(g, "guest_detokenize", tokens, n, flags, out, size)
+            got = g.call_checked("guest_detokenize", tokens, n, flags, out, size)
             return g.read(out, got)
 
 
@@ -557,8 +577,7 @@ def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> 
     with g.buffer(request.params) as params, g.buffer(request.prompt) as prompt, \
             g.buffer(request.stops) as stops:
         try:
-            _call(g, "guest_generate_start", params, prompt, len(request.prompt),
-                  stops, len(request.stops))
+            g.call_checked("guest_generate_start", params, prompt, len(request.prompt), stops, len(request.stops))
         except GuestError as exc:
             if exc.code == Err.CONTEXT_FULL:
                 n_prompt = len(_tokenize(g, request.prompt, request.flags & ~abi.GENERATE_IGNORE_EOG))
@@ -566,25 +585,35 @@ def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> 
                 raise ContextWindowError(
                     f"the prompt's {n_prompt} tokens{wanted} do not fit the context of {request.n_ctx} "
                     f"tokens (pass a larger n_ctx, up to the model's {handle.n_ctx_train or 'context'})") from None
-            raise GenerationError(str(exc)) from exc
+            raise _generation_error(exc) from exc
         try:
             t0 = time.perf_counter()
-            _call(g, "guest_generate_prefill")
+            g.call_checked("guest_generate_prefill")
             t1 = time.perf_counter()
-            _call(g, "guest_generate_run")
+            g.call_checked("guest_generate_run")
             t2 = time.perf_counter()
         except GuestError as exc:
-            raise GenerationError(str(exc)) from exc
+            raise _generation_error(exc) from exc
         ptr = g.call("guest_generate_result") & _U32_MASK
         (tokens_ptr, n_prompt, n_completion, n_decoded, _, reason) = abi.GENERATE_RESULT_STRUCT.unpack(
             g.read(ptr, abi.GENERATE_RESULT_SIZE))
         ids = np.frombuffer(g.read(tokens_ptr, 4 * (n_prompt + n_completion)), dtype="<i4").tolist()
         memory = g.memory_size
-        _call(g, "guest_generate_end")
+        g.call_checked("guest_generate_end")
     usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_completion, decoded_tokens=n_decoded,
                   prefill_seconds=t1 - t0, decode_seconds=t2 - t1, guest_memory=memory)
     return Completion(text="".join(pieces), tokens=ids[n_prompt:], prompt_tokens=ids[:n_prompt],
                       stop_reason=_STOP_NAMES.get(StopReason(reason), "unknown"), seed=request.seed, usage=usage)
+
+
+def _generation_error(exc: GuestError) -> RealmError:
+    """What a generation's failed guest call raises: the host's refusals as LimitExceeded and
+    DeadlineExceeded, anything else as GenerationError."""
+    if exc.code == Err.LIMIT:
+        return LimitExceeded(str(exc))
+    if exc.code == Err.DEADLINE:
+        return DeadlineExceeded(str(exc))
+    return GenerationError(str(exc))
 
 
 # -- options --------------------------------------------------------------------------------
@@ -598,10 +627,30 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Generation options with the defaults of `Realm.generate`; unknown names are a TypeError."""
     unknown = set(options) - set(_DEFAULTS)
     if unknown:
-        raise TypeError(f"unexpected generation option(s): {', '.join(sorted(unknown))}")
+        raise ArgumentTypeError(f"unexpected generation option(s): {', '.join(sorted(unknown))}")
     return {**_DEFAULTS, **options}
+
+
+def _text_bytes(text: Any, name: str, *, allow_bytes: bool = False) -> bytes:
+    """A str argument as UTF-8 (or bytes as they are, where allowed); ArgumentTypeError otherwise."""
+    if isinstance(text, str):
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            raise InvalidArgumentError(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
+    if allow_bytes and isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    kinds = "a str or bytes" if allow_bytes else "a str"
+    raise ArgumentTypeError(f"{name} must be {kinds}, not {type(text).__name__}")
+
+
+def _stop_list(stop: Any) -> list:
+    """The `stop` option as a list (its items are checked with the request)."""
+    if stop is not None and not isinstance(stop, (str, list, tuple)):
+        raise ArgumentTypeError(f"stop must be a str, a list of str or None, not {type(stop).__name__}")
+    return [stop] if isinstance(stop, str) else list(stop or ())
 
 
 def _check_n_ctx(n_ctx: Any) -> None:
     if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 2 <= n_ctx <= 1 << 24):
-        raise ValueError(f"n_ctx must be an int in [2, 2^24] or None, not {n_ctx!r}")
+        raise InvalidArgumentError(f"n_ctx must be an int in [2, 2^24] or None, not {n_ctx!r}")

@@ -28,7 +28,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .cache import LayerCache
-from .errors import ModelNotFoundError, TensorNotFoundError
+from .limits import HostBudget
+from .errors import ArgumentTypeError, ClosedError, ModelNotFoundError, TensorNotFoundError, file_error
 from .quants import GGMLType, can_dequantize, dequantize
 from .reader import GGUFFile, TensorInfo
 
@@ -88,6 +89,8 @@ class _Mapping:
         })
         self.header = file.header
         self.total_size = file.tensor_data_size
+        # host memory beyond a file's page cache: a buffer the store keeps, and the parsed header
+        self.host_bytes = file.held_bytes + (file.size if file.path is None else 0)
         self.models = 0  # models (ids) using this mapping
 
     def close(self) -> None:
@@ -112,6 +115,9 @@ class StoredModel:
         self.file_size: int = file.size
         #: bytes of tensor data (padding excluded)
         self.total_size: int = mapping.total_size
+        #: host memory the model keeps beyond a file's page cache (an upper estimate): the
+        #: buffer of a model stored from bytes, and the parsed header of any model
+        self.host_bytes: int = mapping.host_bytes
 
     @property
     def architecture(self) -> str:
@@ -165,10 +171,16 @@ class _Entry:
 
 
 class ModelStore:
-    """Thread-safe registry of loaded models (see the module docstring for lifetimes)."""
+    """Thread-safe registry of loaded models (see the module docstring for lifetimes).
 
-    def __init__(self, cache: LayerCache | None = None):
+    cache: the LayerCache of f32 tensors (default: DEFAULT_CACHE_BYTES).
+    budget: the `HostBudget` all tenants of this store share for their KV caches and stored
+        models (default: half the machine's memory).
+    """
+
+    def __init__(self, cache: LayerCache | None = None, *, budget: HostBudget | None = None):
         self.cache: LayerCache = cache if cache is not None else LayerCache(DEFAULT_CACHE_BYTES)
+        self.budget: HostBudget = budget if budget is not None else HostBudget()
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         self._mappings: dict[tuple, _Mapping] = {}
@@ -184,7 +196,10 @@ class ModelStore:
         shares that mapping.  Raises `GGUFError` for a bad file, `OSError` if it
         cannot be opened.
         """
-        key = _file_key(os.stat(path))
+        try:
+            key = _file_key(os.stat(path))
+        except OSError as exc:
+            raise file_error(exc, path) from None
         with self._lock:
             self._check_open()
             mapping = self._mappings.get(key)
@@ -212,7 +227,7 @@ class ModelStore:
         try:
             view = memoryview(data)
         except TypeError:
-            raise TypeError(f"store_bytes needs a bytes-like object, not {type(data).__name__}") from None
+            raise ArgumentTypeError(f"store_bytes needs a bytes-like object, not {type(data).__name__}") from None
         owned = data if type(data) is bytes else view.tobytes()
         mapping = _Mapping(GGUFFile.from_buffer(owned))
         with self._lock:
@@ -266,11 +281,13 @@ class ModelStore:
         if mapping is not None:
             mapping.close()
 
-    def retain(self, model_id: int) -> StoredModel:
-        """Hold a reference (pair with `release`); refused once the model was removed."""
+    def retain(self, model_id: int, *, held: bool = False) -> StoredModel:
+        """Hold a reference (pair with `release`); refused once the model was removed, unless
+        `held`: the caller already holds the model (a retain it has not released), so it is
+        still here and one more reference to it is no new holder."""
         with self._lock:
             entry = self._entries.get(model_id)
-            if entry is None or entry.removed:
+            if entry is None or (entry.removed and not (held and entry.holds)):
                 raise ModelNotFoundError(f"no model with id {model_id}")
             entry.holds += 1
             return entry.model
@@ -377,7 +394,7 @@ class ModelStore:
     # -- internals (the *_locked ones need self._lock) ------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the model store is closed")
+            raise ClosedError("the model store is closed")
 
     def _register(self, mapping: _Mapping) -> int:
         model_id = self._next_id

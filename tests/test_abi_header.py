@@ -83,7 +83,7 @@ def test_constants_match():
     expected |= {f"REALM_STOP_{s.name}": int(s) for s in abi.StopReason}
     expected |= {f"REALM_{name}": getattr(abi, name) for name in (
         "TEXT_MAX", "EMIT_STOP", "TOKENIZE_ADD_SPECIAL", "TOKENIZE_PARSE_SPECIAL", "GENERATE_IGNORE_EOG",
-        "DETOKENIZE_SPECIAL", "STOP_STRINGS_MAX", "STOP_STRING_MAX", "BATCH_DEFAULT",
+        "DETOKENIZE_SPECIAL", "STOP_STRINGS_MAX", "STOP_STRING_MAX", "BATCH_DEFAULT", "FORWARD_MAX_TOKENS",
         "GENERATE_PARAMS_SIZE", "GENERATE_RESULT_SIZE")}
     assert _constants() == expected
 

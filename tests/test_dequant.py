@@ -230,8 +230,9 @@ def test_bad_inputs():
         realm.dequantize(np.zeros((4, 36), np.uint8)[:, ::2], "Q4_0")
     with pytest.raises(ValueError, match="C-contiguous"):
         realm.dequantize(memoryview(np.zeros((4, 72), np.uint8)[:, ::2]), "Q4_0")
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        realm.dequantize(b"\0" * 18, "Q4_0", threads=0)
+    for threads in (0, -1, realm.threads.max_threads() + 1, 1000, 10**9):  # OpenMP would make them, or exit
+        with pytest.raises(realm.InvalidArgumentError, match=r"threads must be in \[1, "):
+            realm.dequantize(b"\0" * 18 * 4096, "Q4_0", threads=threads)
     with pytest.raises(TypeError, match="threads"):
         realm.dequantize(b"\0" * 18, "Q4_0", threads=1.5)
     with pytest.raises(ValueError, match="at least one axis"):

@@ -473,7 +473,7 @@ def test_export_refusals(guest):
     assert g.call("guest_generate_result") == 0
     assert g.call("guest_generate_end") == abi.OK
     bad = [dict(flags=8), dict(temperature=float("nan")), dict(repeat_penalty=0.0), dict(penalty_last_n=-1),
-           dict(n_batch=65537), dict(n_ctx=8193)]
+           dict(n_batch=abi.FORWARD_MAX_TOKENS + 1), dict(n_ctx=8193)]
     for kw in bad:
         assert _start(g, **kw) == Err.BAD_ARGUMENT, kw
     for stops in [b"\x05\x00\x00", _stops(b"") , _stops(b"a") + b"\x09\x00\x00\x00ab",
@@ -578,6 +578,22 @@ def test_unload_and_close(smollm2_path):
     assert r.load_model(smollm2_path).id != m.id
     r.close()
     assert len(r.store) == 0
+
+
+def test_an_attached_generation_keeps_its_model_when_it_is_unloaded(smollm2_path):
+    """Issue 10: a guest that attached before the model was unloaded prefills and decodes on
+    (the host's hold on a shared model makes its forward pass; it answered NO_MODEL before)."""
+    with Realm(threads=1) as r:
+        m = r.load_model(smollm2_path)
+        expected = r.complete("The capital of France is", max_tokens=8, temperature=0, ignore_eos=True).tokens
+        with Guest(r.store, threads=1) as g:
+            g.attach(m.id)
+            r.unload_model(m)
+            assert m.id not in r.store
+            tokens, _ = _guest_generate(g, "The capital of France is", max_tokens=8)
+        assert tokens == expected
+        with pytest.raises(KeyError):  # the guest's hold was the last: the model is gone now
+            r.store.get(m.id)
 
 
 # -- realm generate -----------------------------------------------------------------------------------

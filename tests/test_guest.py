@@ -14,6 +14,7 @@ from realm.abi import Err, Tokenizer
 from realm.cache import LayerCache
 from realm.errors import ModelNotFoundError
 from realm.guest import Guest, GuestError
+from realm.limits import Limits
 from realm.quants import GGMLType
 from realm.reader import GGUFValueType as VT, StringArray
 from realm.store import ModelStore
@@ -356,7 +357,7 @@ def test_guest_errors(store, smollm2):
 
 def test_guest_out_of_memory_is_an_error_code(store, gemma3):
     """A guest capped below what the Gemma 3 header needs answers NO_MEMORY, and stays usable."""
-    with Guest(store, max_memory=4 * MiB) as g:
+    with Guest(store, limits=Limits(memory_bytes=4 * MiB)) as g:
         with pytest.raises(GuestError) as e:
             g.attach(gemma3)
         assert e.value.code == Err.NO_MEMORY

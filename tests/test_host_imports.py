@@ -18,6 +18,7 @@ from realm import abi
 from realm.abi import Err
 from realm.cache import LayerCache
 from realm.host import add_realm_imports
+from realm.limits import Limits
 from realm.quants import GGMLType
 from realm.reader import GGUFValueType as VT
 from realm.store import ModelStore
@@ -401,7 +402,12 @@ def test_store_bad_gguf(guest, models):
 
 def test_store_quota(models):
     raw = _small_gguf()
-    g = Hostile(models["store"], max_stored_models=2, max_stored_bytes=10 * len(raw))
+    store = models["store"]
+    probe = store.store_bytes(raw)
+    cost = store.get(probe).host_bytes  # its bytes and its parsed header
+    store.remove(probe)
+    assert cost > len(raw)
+    g = Hostile(store, limits=Limits(stored_models=2, stored_bytes=10 * cost))
     g.put(OUT_AT, raw)
     first = g.call("realm_store_model", OUT_AT, len(raw))
     assert g.call("realm_store_model", OUT_AT, len(raw)) > first
@@ -410,10 +416,19 @@ def test_store_quota(models):
     assert g.call("realm_store_model", OUT_AT, len(raw)) > 0  # room again
     g.host.close()
 
-    g = Hostile(models["store"], max_stored_bytes=len(raw) + 10)
+    g = Hostile(store, limits=Limits(stored_bytes=cost + 10))
     g.put(OUT_AT, raw)
     assert g.call("realm_store_model", OUT_AT, len(raw)) > 0
+    assert g.host.stored_bytes == cost
     assert g.call("realm_store_model", OUT_AT, len(raw)) == Err.LIMIT  # bytes
+    assert "quota" in g.host.last_error
+    g.host.close()
+
+    g = Hostile(store, limits=Limits(stored_bytes=len(raw) + 10))  # the bytes fit, not with the header
+    g.put(OUT_AT, raw)
+    count = len(store)
+    assert g.call("realm_store_model", OUT_AT, len(raw)) == Err.LIMIT
+    assert len(store) == count and g.host.stored_bytes == 0  # nothing kept
     g.host.close()
 
 
@@ -638,7 +653,7 @@ def test_unsupported_models_answer_unsupported(guest, models):
 
 def test_kv_create_limits(models):
     tiny = models["tiny"]
-    g = Hostile(models["store"], shared=[tiny], max_kv_caches=2)
+    g = Hostile(models["store"], shared=[tiny], limits=Limits(kv_caches=2))
     assert g.call("realm_kv_create", tiny, 0) == Err.BAD_ARGUMENT
     assert g.call("realm_kv_create", tiny, 257) == Err.BAD_ARGUMENT  # the tiny model's context is 256
     assert g.call("realm_kv_create", tiny, 0xFFFF_FFFF) == Err.BAD_ARGUMENT
@@ -653,14 +668,15 @@ def test_kv_create_limits(models):
     assert g.call("realm_kv_create", tiny, 1) == Err.NO_MODEL
 
     one = 2 * 2 * 16 * 128 * 2 + 2 * 8  # 16 positions: K and V, 2 layers, 128 values, f16 + bookkeeping
-    g = Hostile(models["store"], shared=[tiny], max_kv_bytes=one + 100)
+    g = Hostile(models["store"], shared=[tiny], limits=Limits(kv_bytes=one + 100))
     assert g.call("realm_kv_create", tiny, 16) > 0
     assert g.call("realm_kv_create", tiny, 1) == Err.LIMIT  # bytes
     g.host.close()
 
 
 def test_removed_model_stops_forwarding(models):
-    """A model the guest stored and removed answers NO_MODEL; its KV caches stay valid to free."""
+    """A model the guest stored and removed answers NO_MODEL, and its KV caches -- which would keep
+    its weights alive -- go with it, their bytes back in the quota and the budget."""
     store = models["store"]
     g = Hostile(store)
     data = store.get(models["tiny"]).path.read_bytes()
@@ -672,10 +688,14 @@ def test_removed_model_stops_forwarding(models):
     assert kv > 0
     g.put(TOK_AT, np.array([3], dtype="<i4").tobytes())
     assert g.call("realm_forward_embedding", mine, TOK_AT, 1, HID_AT) == TINY_EMBD
+    assert g.host.kv_bytes > 0 and g.host.stored_bytes > len(data)
+    budget = store.budget.used
     assert g.call("realm_remove_model", mine) == abi.OK
+    assert g.host.kv_bytes == 0 and g.host.stored_bytes == 0
+    assert store.budget.used == 0 and budget > 0
     assert g.call("realm_forward_embedding", mine, TOK_AT, 1, HID_AT) == Err.NO_MODEL
     assert g.call("realm_forward_layer", mine, 0, HID_AT, TINY_EMBD, 0, kv, HID_AT) == Err.NO_MODEL
-    assert g.call("realm_kv_free", kv) == abi.OK
+    assert g.call("realm_kv_free", kv) == Err.NO_KV_CACHE
     g.host.close()
 
 

@@ -1,6 +1,7 @@
 """ModelStore: loading, ids, shared mappings, tensors against gguf-py, the cache
 path, lifetimes (remove while in use) and prefetch."""
 
+import errno
 import gc
 import os
 import threading
@@ -14,6 +15,7 @@ from conftest import require
 from gguf_helpers import RawTensor, build_gguf
 import realm
 from realm import GGUFError, LayerCache, ModelNotFoundError, ModelStore, TensorNotFoundError
+from realm.errors import FileAccessError
 from realm.quants import GGMLType
 from realm.reader import GGUFValueType as VT
 
@@ -139,8 +141,9 @@ def test_errors(store, tiny_gguf, tmp_path):
         store.load(bad)
     with pytest.raises(ValueError):  # GGUFError is a ValueError
         store.store_bytes(b"not a gguf at all")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileAccessError) as err:  # a RealmError and an OSError
         store.load(tmp_path / "missing.gguf")
+    assert err.value.errno == errno.ENOENT
     assert store.ids() == [mid]  # failures registered nothing
 
 
