@@ -107,11 +107,11 @@ extensions = [
     Extension(  # quantized matmul and the transformer ops (csrc/matmul.h, csrc/ops.h)
         "realm._compute",
         sources=["realm/_compute.pyx", *KERNEL_SOURCES, "csrc/q8.c", "csrc/matmul.c", "csrc/matmul_ref.c",
-                 "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c"],
+                 "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c", "csrc/ticker.c"],
         include_dirs=["csrc"],
         libraries=["m"],
         depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
-                 "csrc/ops.h", "csrc/forward.h", "realm/_forward.pxi"],
+                 "csrc/ops.h", "csrc/forward.h", "csrc/ticker.h", "realm/_forward.pxi", "realm/_ticker.pxi"],
     ),
 ]
 

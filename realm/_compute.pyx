@@ -13,7 +13,7 @@ import numpy as np
 from libc.stdint cimport int32_t, int64_t, uint16_t
 
 from ._quant import ISAS
-from .errors import ArgumentTypeError, InvalidArgumentError, OutOfMemoryError
+from .errors import ArgumentTypeError, InternalError, InvalidArgumentError, OutOfMemoryError
 from .quants import GGMLType, as_qtype
 from .threads import check_threads
 
@@ -525,3 +525,4 @@ def exp(x, *, isa: str = "auto"):
 
 
 include "_forward.pxi"
+include "_ticker.pxi"

@@ -305,6 +305,9 @@ class RealmHost:
         def call(caller: wasmtime.Caller, *args: int) -> int:
             deadline = self.deadline
             if deadline is not None and time.monotonic() > deadline:
+                # the guest traps at its next epoch check, without waiting for the ticker's
+                # next tick (a Caller is a store context to wasmtime-py's Store methods)
+                wasmtime.Store.set_epoch_deadline(caller, 0)
                 return int(Err.DEADLINE)
             try:  # every i32 is read as u32, once: what the imports compute from it stays exact
                 return method(self, GuestMemory(caller),

@@ -3,28 +3,28 @@
 A tenant is one guest instance and what it keeps alive in the host.  `Limits`
 caps each tenant; `HostBudget` caps the sum over all tenants of one
 `ModelStore`.  Deadlines use Wasmtime's epoch interruption: every engine made
-by `sandbox_engine()` has its epoch advanced every `TICK_S` seconds by one
-daemon thread, and a call runs with its store's epoch deadline set to the
-ticks that remain, so wasm code that runs past it traps at its next loop
-back-edge or function entry.  Host imports run in Python or C, outside wasm;
-they check the deadline before starting work and are bounded in what one call
-may do, so a guest that calls them in a loop is stopped after the call that
-crosses its deadline.
+by `sandbox_engine()` has its epoch advanced every `TICK_S` seconds by one C
+thread (csrc/ticker.c, free of the GIL), and a call runs with its store's epoch
+deadline set to the ticks that remain, so wasm code that runs past it traps at
+its next loop back-edge or function entry.  Host imports run in Python or C,
+outside wasm; they check the deadline before starting work (past it they make
+the guest trap on return) and are bounded in what one call may do, so a guest
+that calls them in a loop is stopped after the call that crosses its deadline.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
 import time
-import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import wasmtime
 
+from . import _compute
 from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, RealmError)
 
 __all__ = ["Limits", "HostBudget", "GuestTrapError", "sandbox_engine", "TICK_S", "run_wasm"]
@@ -155,20 +155,19 @@ class HostBudget:
 
 # -- epoch interruption ------------------------------------------------------------------------
 
-_engines: "weakref.WeakSet[wasmtime.Engine]" = weakref.WeakSet()
+_engines: list[wasmtime.Engine] = []  # every sandbox engine: the ticker holds their addresses for good
 _engines_lock = threading.Lock()
-_shared: wasmtime.Engine | None = None
-_ticker: threading.Thread | None = None
 
 
-def _tick() -> None:
-    while True:
-        time.sleep(TICK_S)
-        with _engines_lock:
-            engines = list(_engines)
-        for engine in engines:
-            engine.increment_epoch()
-        del engines
+def _ticked(engine: wasmtime.Engine) -> wasmtime.Engine:
+    """Register an engine with the C ticker (csrc/ticker.c): a thread that runs without the GIL,
+    so no Python thread, however busy, delays a deadline."""
+    from wasmtime import _ffi  # wasmtime-py's handle on libwasmtime, where the increment lives
+
+    increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value
+    _compute.ticker_add(increment, ctypes.cast(engine.ptr(), ctypes.c_void_p).value, round(TICK_S * 1e9))
+    _engines.append(engine)
+    return engine
 
 
 def sandbox_engine(config: wasmtime.Config | None = None) -> wasmtime.Engine:
@@ -177,25 +176,21 @@ def sandbox_engine(config: wasmtime.Config | None = None) -> wasmtime.Engine:
 
     Without `config`, the process-wide engine realm shares between all its tenants (modules
     compiled for it serve any of them).  With one, a new engine from that config (epoch
-    interruption is switched on in it; the config is consumed, as by `wasmtime.Engine`).
-    Every store of such an engine needs an epoch deadline before it runs any wasm:
-    `Limits.apply` and `run_wasm` set them.
+    interruption is switched on in it; the config is consumed, as by `wasmtime.Engine`); such
+    engines live until the process exits (the ticker holds them), so make one per program, not
+    per tenant.  Every store of such an engine needs an epoch deadline before it runs any wasm:
+    `RealmHost.limit` and `run_wasm` set them.
     """
-    global _shared, _ticker
     with _engines_lock:
-        if config is None and _shared is not None:
-            return _shared
-        shared = config is None
-        config = wasmtime.Config() if shared else config
+        if config is None and _engines:
+            return _engines[0]
+        if not _engines and config is not None:  # the shared engine comes first
+            shared = wasmtime.Config()
+            shared.epoch_interruption = True
+            _ticked(wasmtime.Engine(shared))
+        config = config if config is not None else wasmtime.Config()
         config.epoch_interruption = True
-        engine = wasmtime.Engine(config)
-        _engines.add(engine)
-        if shared:
-            _shared = engine
-        if _ticker is None:
-            _ticker = threading.Thread(target=_tick, name="realm-epoch", daemon=True)
-            _ticker.start()
-        return engine
+        return _ticked(wasmtime.Engine(config))
 
 
 def remaining_ticks(deadline: float | None) -> int:

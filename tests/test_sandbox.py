@@ -1,86 +1,36 @@
 """Tenants under limits (realm.Limits, realm.Tenant, HostBudget, deadlines): third-party
-WebAssembly programs, written in WAT here, that loop, hog memory, hammer imports, walk around
-quotas or overrun the host's budget are stopped or refused, and the host goes on."""
+WebAssembly programs (tests/attackers.py) that loop, hog memory, hammer imports, walk around
+quotas or overrun the host's budget are stopped or refused, and a tenant beside them generates
+what it generates alone."""
 
 from __future__ import annotations
 
 import gc
-import logging
+import threading
 import time
 
-import numpy as np
 import pytest
 import wasmtime
 
 import realm
-from realm import abi
+from attackers import ATTACKS, HAMMER, HOG, PAGE, SPIN, STORE, WALKER, keep_attacking, nested_arrays_header, wat
 from realm.abi import Err
 from realm.errors import ClosedError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, RealmError
 from realm.host import add_realm_imports
 from realm.limits import TICK_S, GuestTrapError, HostBudget, Limits, sandbox_engine
 from realm.tenant import Tenant
 
-PAGE = 65536
-
-
-def _imports(*names: str) -> str:
-    return "\n".join(f'  (import "env" "{n}" (func ${n} (param {" ".join(abi.IMPORTS[n].params)}) '
-                     f'(result {" ".join(abi.IMPORTS[n].results)})))' for n in names)
-
-
-SPIN = """(module (memory (export "memory") 1)
-  (func (export "spin") (loop $l (br $l)))
-  (func (export "seven") (result i32) (i32.const 7)))"""
-
-HOG = """(module (memory (export "memory") 1)
-  (func (export "hog") (result i32) (local $n i32)
-    (block $full (loop $more
-      (br_if $full (i32.eq (memory.grow (i32.const 16)) (i32.const -1)))
-      (local.set $n (i32.add (local.get $n) (i32.const 1)))
-      (br $more)))
-    (local.get $n)))"""
-
-# calls a cheap import forever: only the deadline ends it
-HAMMER = f"""(module
-{_imports("realm_get_model_info")}
-  (memory (export "memory") 1)
-  (func (export "hammer") (param $m i64)
-    (loop $l (drop (call $realm_get_model_info (local.get $m) (i32.const 0) (i32.const 8))) (br $l))))"""
-
-# issue 10's quota walk: store a model from guest memory, make a KV cache of it, remove the model;
-# returns the first failing code, or the rounds done
-WALKER = f"""(module
-{_imports("realm_store_model", "realm_kv_create", "realm_remove_model")}
-  (memory (export "memory") 1)
-  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
-  (func (export "walk") (param $ptr i32) (param $len i32) (param $rounds i32) (result i32)
-    (local $id i64) (local $kv i32) (local $i i32)
-    (block $out (loop $l
-      (br_if $out (i32.ge_u (local.get $i) (local.get $rounds)))
-      (local.set $id (call $realm_store_model (local.get $ptr) (local.get $len)))
-      (if (i64.lt_s (local.get $id) (i64.const 0)) (then (return (i32.wrap_i64 (local.get $id)))))
-      (local.set $kv (call $realm_kv_create (local.get $id) (i32.const 64)))
-      (if (i32.lt_s (local.get $kv) (i32.const 0)) (then (return (local.get $kv))))
-      (drop (call $realm_remove_model (local.get $id)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $l)))
-    (local.get $i)))"""
-
-
-def wat(text: str) -> bytes:
-    return wasmtime.wat2wasm(text)
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    realm_test_store = realm.ModelStore(budget=HostBudget(256 << 20))
+    """A store with a budget of 256 MiB and the tiny llama loaded (store.tiny, store.tiny_path)."""
     from gguf_helpers import write_tiny_llama  # gguf-py writes the model
 
-    path = write_tiny_llama(tmp_path_factory.mktemp("sandbox") / "tiny.gguf")
-    realm_test_store.tiny_path = path
-    realm_test_store.tiny = realm_test_store.load(path)
-    yield realm_test_store
-    realm_test_store.close()
+    s = realm.ModelStore(budget=HostBudget(256 << 20))
+    s.tiny_path = write_tiny_llama(tmp_path_factory.mktemp("sandbox") / "tiny.gguf")
+    s.tiny = s.load(s.tiny_path)
+    yield s
+    s.close()
 
 
 # -- Limits and the budget ------------------------------------------------------------------
@@ -191,13 +141,6 @@ def test_the_quota_walk_keeps_nothing_alive(store):
         assert not [o for o in gc.get_objects() if type(o).__name__ == "KVCache"]
 
 
-STORE = f"""(module
-{_imports("realm_store_model")}
-  (memory (export "memory") 1)
-  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
-  (func (export "store") (param i32 i32) (result i64) (call $realm_store_model (local.get 0) (local.get 1))))"""
-
-
 def test_the_host_budget_caps_all_tenants_together(store):
     """Each tenant within its own quota, together over the host's budget: the one that would
     cross it gets LIMIT at once with the reason, and nothing it was refused stays counted."""
@@ -238,3 +181,39 @@ def test_add_realm_imports_with_limits(store):
         host.run(wasm_store, exports["spin"], wasm_store)
     assert time.monotonic() - t0 < 0.3
     host.close()
+
+
+def test_a_tenant_under_attack_generates_as_alone(smollm2_path, store):
+    """Issue 10: while attackers loop, hammer imports, hog memory, walk the quotas and send a
+    hostile header -- each restarted whenever realm stops it -- a tenant generating on one
+    thread gets the same tokens as alone, and every attack ends the way its limit says."""
+    limits = Limits(memory_bytes=64 << 20, deadline_s=0.5, stored_models=2)
+    data = {"walker": store.tiny_path.read_bytes(), "parser": nested_arrays_header(16 << 20)}
+    with realm.Realm(threads=1, limits=Limits(deadline_s=120)) as rt:
+        rt.load_model(smollm2_path)
+        prompt = "The three primary colors are"
+        alone = rt.complete(prompt, max_tokens=24, temperature=0, ignore_eos=True).tokens
+        stop, outcomes = threading.Event(), {name: [] for name in ATTACKS}
+        workers = [threading.Thread(target=keep_attacking, args=(
+            lambda fn=fn, name=name: fn(store, store.tiny, data.get(name), limits), stop, outcomes[name]))
+            for name, fn in ATTACKS.items()]
+        for w in workers:
+            w.start()
+        try:
+            beside = rt.complete(prompt, max_tokens=24, temperature=0, ignore_eos=True).tokens
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=30)
+    assert beside == alone
+    assert not any(w.is_alive() for w in workers)
+    stopped = {"DeadlineExceeded"}
+    for name, ended in {"spin": stopped, "hammer": stopped, "hog": {"capped"} | stopped,  # filling 64 MiB may
+                        "walker": {"walked"}, "parser": {"refused"}}.items():            # take the deadline
+        assert outcomes[name] and {o.ended_by for o in outcomes[name]} <= ended, (name, outcomes[name][:3])
+    for o in outcomes["spin"] + outcomes["hammer"]:
+        assert o.seconds < limits.deadline_s + 0.1, o
+    assert all(o.detail <= limits.memory_bytes for o in outcomes["hog"] if o.ended_by == "capped")
+    assert all(o.detail == (16, 0) for o in outcomes["walker"])  # nothing kept after a walk
+    assert all(o.detail == Err.BAD_GGUF for o in outcomes["parser"])
+    assert store.budget.used == 0
