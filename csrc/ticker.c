@@ -66,4 +66,10 @@ int realm_ticker_add(realm_epoch_fn increment, void *engine, long long period_ns
     return rc;
 }
 
+void realm_ticker_clear(void) {
+    pthread_mutex_lock(&lock);
+    n_engines = 0;
+    pthread_mutex_unlock(&lock);
+}
+
 long long realm_ticker_ticks(void) { return __atomic_load_n(&ticks, __ATOMIC_RELAXED); }

@@ -20,6 +20,10 @@ typedef void (*realm_epoch_fn)(void *engine);
  * REALM_TICKER_E* code. */
 int realm_ticker_add(realm_epoch_fn increment, void *engine, long long period_ns);
 
+/* Forget every engine (the thread goes on, touching none): called at exit, before
+ * the interpreter frees the engines. */
+void realm_ticker_clear(void);
+
 /* Periods elapsed since the ticker started (0 before). */
 long long realm_ticker_ticks(void);
 

@@ -4,6 +4,7 @@ cdef extern from "ticker.h":
     int REALM_TICKER_MAX_ENGINES
     ctypedef void (*realm_epoch_fn)(void *engine) noexcept nogil
     int realm_ticker_add(realm_epoch_fn increment, void *engine, long long period_ns)
+    void realm_ticker_clear()
     long long realm_ticker_ticks()
 
 #: Engines the ticker can hold.
@@ -17,6 +18,11 @@ def ticker_add(size_t increment, size_t engine, long long period_ns) -> None:
     if rc:
         raise InternalError(f"the epoch ticker refused an engine (code {rc}; it holds at most "
                             f"{REALM_TICKER_MAX_ENGINES})")
+
+
+def ticker_clear() -> None:
+    """Have the ticker forget every engine (at exit, before they are freed)."""
+    realm_ticker_clear()
 
 
 def ticker_ticks() -> int:

@@ -14,6 +14,7 @@ that calls them in a loop is stopped after the call that crosses its deadline.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import math
 import os
@@ -165,6 +166,8 @@ def _ticked(engine: wasmtime.Engine) -> wasmtime.Engine:
     from wasmtime import _ffi  # wasmtime-py's handle on libwasmtime, where the increment lives
 
     increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value
+    if not _engines:  # the interpreter frees the engines at exit: the ticker lets go of them first
+        atexit.register(_compute.ticker_clear)
     _compute.ticker_add(increment, ctypes.cast(engine.ptr(), ctypes.c_void_p).value, round(TICK_S * 1e9))
     _engines.append(engine)
     return engine
