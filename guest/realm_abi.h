@@ -70,6 +70,7 @@
 /* ---- limits ----------------------------------------------------------------- */
 #define REALM_NAME_MAX 256  /* longest tensor name, in bytes (ggml allows 63) */
 #define REALM_LOG_MAX 4096  /* longest log message, in bytes */
+#define REALM_LOG_CALLS_MAX 64 /* realm_log calls the host takes during one call into the guest */
 #define REALM_FORWARD_MAX_TOKENS 512 /* rows (tokens) one realm_forward_* call takes at most */
 
 /* ---- log levels (realm_log) ------------------------------------------------- */
@@ -125,7 +126,9 @@ REALM_IMPORT(int32_t, realm_get_metadata, (int64_t model_id, void *out, uint32_t
 
 /* Log a UTF-8 message at a REALM_LOG_* level through the host's logging.
  * Returns REALM_OK, or BAD_ARGUMENT (unknown level), BAD_POINTER,
- * BAD_ARGUMENT (msg_len > REALM_LOG_MAX), BAD_UTF8. */
+ * BAD_ARGUMENT (msg_len > REALM_LOG_MAX), BAD_UTF8, LIMIT (more than
+ * REALM_LOG_CALLS_MAX messages in this call into the guest: the host's log is
+ * not the guest's to flood). */
 REALM_IMPORT(int32_t, realm_log, (int32_t level, const char *msg, uint32_t msg_len));
 
 /* ---- forward pass: the host computes, the weights never enter the guest -----

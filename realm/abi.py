@@ -20,6 +20,7 @@ IMPORT_MODULE = "env"
 OK = 0
 NAME_MAX = 256  #: longest tensor name a guest may pass, in bytes
 LOG_MAX = 4096  #: longest log message, in bytes
+LOG_CALLS_MAX = 64  #: realm_log calls the host takes during one call into the guest
 FORWARD_MAX_TOKENS = 512  #: rows (tokens) one realm_forward_* call takes at most
 
 

@@ -196,6 +196,7 @@ class RealmHost:
         self._forward: dict[int, HostModel | UnsupportedModelError] = {}
         self._kv: dict[int, _Kv] = {}
         self._kv_bytes = 0
+        self._logged = 0  # realm_log calls during the current `run` (abi.LOG_CALLS_MAX)
         for model_id in shared:
             self.share(model_id)
 
@@ -228,6 +229,7 @@ class RealmHost:
         if deadline is None:
             deadline = self._deadline_from_now()
         self.deadline = deadline
+        self._logged = 0
         try:
             return run_wasm(wasm_store, deadline, fn, *args, what=what)
         finally:
@@ -551,6 +553,9 @@ class RealmHost:
         if level not in _LOG_LEVELS:
             raise _Fail(Err.BAD_ARGUMENT)
         text = self._text(mem, mem.check(msg_ptr, msg_len), msg_len, abi.LOG_MAX)
+        self._logged += 1
+        if self._logged > abi.LOG_CALLS_MAX:
+            raise _Fail(Err.LIMIT)
         if level == LogLevel.ERROR:
             self.last_error = text
         guest_log.log(_LOG_LEVELS[LogLevel(level)], "%s", text)

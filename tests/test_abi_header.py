@@ -76,6 +76,7 @@ def _valtype_name(t: wasmtime.ValType) -> str:
 def test_constants_match():
     expected = {"REALM_ABI_VERSION": abi.ABI_VERSION, "REALM_OK": abi.OK,
                 "REALM_NAME_MAX": abi.NAME_MAX, "REALM_LOG_MAX": abi.LOG_MAX,
+                "REALM_LOG_CALLS_MAX": abi.LOG_CALLS_MAX,
                 "REALM_CONFIG_SIZE": abi.CONFIG_SIZE}
     expected |= {f"REALM_E_{e.name}": int(e) for e in abi.Err}
     expected |= {f"REALM_LOG_{lv.name}": int(lv) for lv in abi.LogLevel}

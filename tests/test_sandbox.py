@@ -13,7 +13,9 @@ import pytest
 import wasmtime
 
 import realm
-from attackers import ATTACKS, HAMMER, HOG, PAGE, SPIN, STORE, WALKER, keep_attacking, nested_arrays_header, wat
+from attackers import (ATTACKS, HAMMER, HOG, PAGE, SPIN, STORE, WALKER, imports, keep_attacking,
+                       nested_arrays_header, wat)
+from realm import abi
 from realm.abi import Err
 from realm.errors import ClosedError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, RealmError
 from realm.host import add_realm_imports
@@ -217,3 +219,20 @@ def test_a_tenant_under_attack_generates_as_alone(smollm2_path, store):
     assert all(o.detail == (16, 0) for o in outcomes["walker"])  # nothing kept after a walk
     assert all(o.detail == Err.BAD_GGUF for o in outcomes["parser"])
     assert store.budget.used == 0
+
+
+def test_a_guest_cannot_flood_the_host_log(store, caplog):
+    """realm_log takes REALM_LOG_CALLS_MAX messages a call into the guest, then answers LIMIT."""
+    spam = wat(f"""(module
+{imports("realm_log")}
+  (memory (export "memory") 1)
+  (data (i32.const 0) "spam")
+  (func (export "spam") (param $n i32) (result i32) (local $rc i32)
+    (loop $l
+      (local.set $rc (call $realm_log (i32.const 1) (i32.const 0) (i32.const 4)))
+      (br_if $l (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+    (local.get $rc)))""")
+    with caplog.at_level("INFO", logger="realm.guest"), Tenant(store, spam) as t:
+        assert t.call("spam", abi.LOG_CALLS_MAX) == abi.OK
+        assert t.call("spam", abi.LOG_CALLS_MAX + 1) == Err.LIMIT
+    assert len(caplog.records) == 2 * abi.LOG_CALLS_MAX
