@@ -3,105 +3,93 @@
     template = ChatTemplate.from_metadata(store.get(model_id).metadata)
     prompt = template.render([{"role": "user", "content": "Hi!"}])
 
-The template comes from the GGUF file, so it is untrusted: it runs in jinja2's
-immutable sandbox (no attribute access to Python internals, no mutation of the
-messages).  The environment is the one Hugging Face's `apply_chat_template`
-and llama-cpp-python's `Jinja2ChatFormatter` give templates: `trim_blocks`
-and `lstrip_blocks`, the `loopcontrols` extension, a pass-through
+The environment is the one Hugging Face's `apply_chat_template` and
+llama-cpp-python's `Jinja2ChatFormatter` give templates: `trim_blocks` and
+`lstrip_blocks`, the `loopcontrols` extension, a pass-through
 `{% generation %}` tag, a `tojson` filter that keeps non-ASCII text, and the
 globals `raise_exception(message)` and `strftime_now(format)`; the variables
 are `messages`, `bos_token`, `eos_token`, `add_generation_prompt` and any
 extra keyword (e.g. `tools`).
+
+The template comes from the GGUF file, so it is untrusted: it compiles and
+renders in realm/template_limits.py's sandbox, within `time_limit_s` (default
+1 s) and `max_output_bytes` (default 1 MiB); past either, or on anything the
+template gets wrong, `ChatTemplateError`.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
+import functools
 from typing import Any, Mapping, Sequence
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from .errors import ArgumentTypeError, RealmError
+from .errors import ArgumentTypeError, ChatTemplateError
 from .reader import StringArray
+from .template_limits import (DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIME_LIMIT_S, MAX_TEMPLATE_CHARS, Budget,
+                              SandboxEnvironment, check_limits, limited, render_text)
 
-__all__ = ["ChatTemplate", "ChatTemplateError"]
+__all__ = ["ChatTemplate", "ChatTemplateError", "special_token_texts"]
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 
 
-class ChatTemplateError(RealmError, ValueError):
-    """A model has no chat template, a template does not parse, or it refused the messages."""
-
-
-class _GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` (Hugging Face's marker for assistant text):
-    renders its body unchanged."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> Any:
-        parser.stream.skip(1)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _raise_exception(message: str) -> None:
-    raise ChatTemplateError(f"the chat template refused the messages: {message}")
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
-    return env
-
-
 class ChatTemplate:
-    """A jinja2 chat template with the model's BOS and EOS token texts."""
+    """A jinja2 chat template with the model's BOS and EOS token texts, compiled and rendered
+    within `time_limit_s` seconds each and `max_output_bytes` of output (see the module's
+    documentation for what the limits cover)."""
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = ""):
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "",
+                 time_limit_s: float = DEFAULT_TIME_LIMIT_S, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES):
+        self.time_limit_s, self.max_output_bytes = check_limits(time_limit_s, max_output_bytes)
         if not isinstance(source, str) or not source.strip():
             raise ChatTemplateError("a chat template must be a non-empty string")
-        try:
-            self._template = _environment().from_string(source)
-        except jinja2.TemplateSyntaxError as exc:
-            raise ChatTemplateError(f"the chat template does not parse: {exc} (line {exc.lineno})") from None
+        if len(source) > MAX_TEMPLATE_CHARS:
+            raise ChatTemplateError(f"the chat template has {len(source):,} characters, over the limit of "
+                                    f"{MAX_TEMPLATE_CHARS:,}")
+        environment = SandboxEnvironment()
+        self._template = limited(lambda: environment.from_string(source), self._budget(), "compile")
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], *, name: str = "the model") -> "ChatTemplate":
+    def from_metadata(cls, metadata: Mapping[str, Any], *, name: str = "the model",
+                      time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+                      max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> "ChatTemplate":
         """The template of a GGUF file's metadata; ChatTemplateError when it has none."""
         source = metadata.get(TEMPLATE_KEY)
         if not isinstance(source, str) or not source.strip():
-            raise ChatTemplateError(f"{name} has no chat template ({TEMPLATE_KEY}): give one "
-                                    "(chat_template=..., or `realm chat --chat-template FILE`) or use generate")
-        return cls(source, **special_token_texts(metadata))
+            raise no_template_error(name)
+        return cls(source, **special_token_texts(metadata), time_limit_s=time_limit_s,
+                   max_output_bytes=max_output_bytes)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
                **extra: Any) -> str:
         """The prompt text for `messages` (dicts with "role" and "content", as OpenAI's API)."""
         if isinstance(messages, (str, bytes)) or not all(isinstance(m, Mapping) for m in messages):
             raise ArgumentTypeError("messages must be a sequence of dicts with 'role' and 'content'")
-        try:
-            return self._template.render(messages=list(messages), bos_token=self.bos_token,
-                                         eos_token=self.eos_token, add_generation_prompt=add_generation_prompt,
-                                         **extra)
-        except jinja2.TemplateError as exc:  # sandbox refusals, undefined calls, template bugs
-            raise ChatTemplateError(f"the chat template failed: {exc}") from exc
+        variables = {"messages": list(messages), "bos_token": self.bos_token, "eos_token": self.eos_token,
+                     "add_generation_prompt": add_generation_prompt}
+        if clash := sorted(variables.keys() & extra.keys()):
+            raise ArgumentTypeError(f"render() got multiple values for {', '.join(clash)}")
+        variables.update(extra)
+        budget = self._budget()
+        return limited(lambda: render_text(self._template, variables, budget), budget, "render")
+
+    def _budget(self) -> Budget:
+        return Budget(self.time_limit_s, self.max_output_bytes)
+
+
+def no_template_error(name: str) -> ChatTemplateError:
+    """The error for a model whose file carries no chat template."""
+    return ChatTemplateError(f"{name} has no chat template ({TEMPLATE_KEY}): give one "
+                             "(chat_template=..., or `realm chat --chat-template FILE`) or use generate")
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate:
+    """A ChatTemplate with the default limits, compiled once for its source and token texts
+    (compiling a large template takes tens of ms; rendering one, a few)."""
+    return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
 
 
 def special_token_texts(metadata: Mapping[str, Any]) -> dict[str, str]:

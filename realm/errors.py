@@ -51,6 +51,11 @@ class TensorNotFoundError(RealmError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ChatTemplateError(RealmError, ValueError):
+    """A model has no chat template, a template does not parse, it refused the messages, or it
+    went past its time or size limit."""
+
+
 class PullError(RealmError, RuntimeError):
     """A model could not be fetched or did not match its recorded checksum."""
 

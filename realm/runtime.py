@@ -34,7 +34,7 @@ import numpy as np
 from . import abi
 from .abi import Err, StopReason
 from .cache import LayerCache
-from .chat import ChatTemplate, special_token_texts
+from .chat import compiled, no_template_error, special_token_texts
 from .reader import StringArray
 from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, ModelNotFoundError,
                      RealmError)
@@ -389,10 +389,12 @@ class Realm:
                     chat_template: str | None = None, add_generation_prompt: bool = True) -> str:
         """The prompt text `chat` would generate from."""
         handle = self.model(model)
-        if chat_template is not None:
-            template = ChatTemplate(chat_template, bos_token=handle.bos_token, eos_token=handle.eos_token)
-        else:
-            template = ChatTemplate.from_metadata(self.store.get(handle.id).metadata, name=handle.path.name)
+        source = handle.chat_template if chat_template is None else chat_template
+        if chat_template is None and (source is None or not source.strip()):
+            raise no_template_error(handle.path.name)
+        if not isinstance(source, str):
+            raise ArgumentTypeError(f"chat_template must be a str, not {type(source).__name__}")
+        template = compiled(source, handle.bos_token, handle.eos_token)
         return template.render(messages, add_generation_prompt=add_generation_prompt)
 
     @property

@@ -30,7 +30,7 @@ import wasmtime
 from . import abi
 from .errors import ArgumentTypeError, ClosedError, DeadlineExceeded, InvalidArgumentError
 from .host import RealmHost
-from .limits import DEFAULT_LIMITS, GuestTrapError, Limits, sandbox_engine
+from .limits import GuestTrapError, Limits, sandbox_engine
 from .store import ModelStore
 
 __all__ = ["Tenant", "MAX_MODULE_BYTES", "compile_module"]

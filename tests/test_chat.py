@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from conftest import require
 from realm import ChatTemplate, ChatTemplateError
+from realm.chat import DEFAULT_TIME_LIMIT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,6 +137,21 @@ def test_raise_exception_and_the_sandbox():
         ChatTemplate("{% for %}")
     with pytest.raises(TypeError):
         ChatTemplate("x").render("not a list of messages")
+
+
+def test_hostile_template_fails_within_the_default_limits(rt, gemma3_path):
+    """A template that would loop for hours, or build a 10 GB text, fails with ChatTemplateError
+    within the default limits, before any generation (the tests of the limits: test_chat_limits.py)."""
+    hi = [{"role": "user", "content": "Hi"}]
+    start = time.monotonic()
+    with pytest.raises(ChatTemplateError, match="time limit"):
+        rt.render_chat(hi, gemma3_path, chat_template="{% for a in range(100000) %}{% for b in range(100000) %}"
+                                                      "{% endfor %}{% endfor %}")
+    assert time.monotonic() - start < DEFAULT_TIME_LIMIT_S + 0.5
+    with pytest.raises(ChatTemplateError, match="size limit"):
+        rt.chat(hi, gemma3_path, chat_template='{{ "x" * 10**10 }}', max_tokens=1)
+    assert rt.render_chat(hi, gemma3_path, chat_template=GEMMA3_TEMPLATE) == reference(GEMMA3_TEMPLATE, "<bos>",
+                                                                                     "<eos>", hi)
 
 
 def test_model_without_template_is_a_clear_error(rt, gemma3_path):

@@ -98,7 +98,7 @@ def test_a_model_the_forward_pass_cannot_run_is_unsupported(tmp_path, caplog):
     mid = store.store_bytes(raw)
     with pytest.raises(realm.UnsupportedModelError, match="cannot run"):
         realm.HostModel(store, mid)
-    kv = wasmtime.wat2wasm(f"""(module (import "env" "realm_kv_create" (func $kv (param i64 i32) (result i32)))
+    kv = wasmtime.wat2wasm("""(module (import "env" "realm_kv_create" (func $kv (param i64 i32) (result i32)))
       (func (export "kv") (param i64 i32) (result i32) (call $kv (local.get 0) (local.get 1))))""")
     with caplog.at_level(logging.INFO, logger="realm.host"), realm.Tenant(store, kv, shared=[mid]) as t:
         assert t.call("kv", mid, 8) == Err.UNSUPPORTED
