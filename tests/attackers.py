@@ -101,7 +101,7 @@ def nested_arrays_header(nbytes: int) -> bytes:
 class Outcome:
     """How one attack ended: what stopped it, after how long, and what it got."""
 
-    ended_by: str       # the exception's class name, or "refused" (an error code), or "capped"
+    ended_by: str       # the exception's class name, "refused (CODE)", "capped", "walked"
     seconds: float
     detail: object = None
 
@@ -152,7 +152,8 @@ def walker(store: ModelStore, model_id: int, data: bytes, limits: Limits, rounds
         t0 = time.monotonic()
         done = t.call("walk", 0, len(data), rounds)
         kept = t.host.kv_bytes + t.host.stored_bytes
-        return Outcome("walked" if done == rounds else "refused", time.monotonic() - t0, (done, kept))
+        ended = "walked" if done == rounds else f"refused ({Err(done).name})"
+        return Outcome(ended, time.monotonic() - t0, (done, kept))
 
 
 def parser(store: ModelStore, model_id: int, data: bytes, limits: Limits) -> Outcome:
@@ -161,7 +162,7 @@ def parser(store: ModelStore, model_id: int, data: bytes, limits: Limits) -> Out
     with _loaded(store, wat(STORE), limits, data) as t:
         t0 = time.monotonic()
         code = t.call("store", 0, len(data))
-        return Outcome("refused" if code < 0 else "stored", time.monotonic() - t0, Err(code) if code < 0 else code)
+        return Outcome(f"refused ({Err(code).name})" if code < 0 else "stored", time.monotonic() - t0, code)
 
 
 ATTACKS: dict[str, Callable[..., Outcome]] = {"spin": spin, "hammer": hammer, "hog": hog, "walker": walker,
