@@ -331,20 +331,19 @@ static int parse_tensor(struct gguf_file *f, struct cursor *c, struct gguf_tenso
     if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
         return gguf_fail(REALM_E_BAD_GGUF, "tensor '%.*s' has %u dimensions (1 to %d allowed)",
                          shown, name, t->n_dims, GGUF_MAX_DIMS);
-    int zero = 0, overflow = 0;  /* a product with a zero is zero, however large the rest */
+    /* The product of the non-zero dimensions is bounded even when another one is 0: such a
+     * tensor holds nothing, but its shape is real (the host refuses the same files). */
+    int zero = 0;
     t->n_elements = 1;
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) {
         t->ne[d] = 1;
         if (d < t->n_dims && (rc = read_u64(c, &t->ne[d], "tensor dimension"))) return rc;
-        if (t->ne[d] > INT64_MAX)
-            return gguf_fail(REALM_E_BAD_GGUF, "tensor '%.*s' has absurd dimensions", shown, name);
         if (t->ne[d] == 0) zero = 1;
-        else if (overflow || t->n_elements > INT64_MAX / t->ne[d]) overflow = 1;
+        else if (t->ne[d] > GGUF_MAX_ELEMENTS / t->n_elements)
+            return gguf_fail(REALM_E_BAD_GGUF, "tensor '%.*s' has absurd dimensions", shown, name);
         else t->n_elements *= t->ne[d];
     }
     if (zero) t->n_elements = 0;
-    else if (overflow)
-        return gguf_fail(REALM_E_BAD_GGUF, "tensor '%.*s' has absurd dimensions", shown, name);
     if ((rc = read_u32(c, &t->type, "tensor type")) || (rc = read_u64(c, &t->offset, "tensor offset")))
         return rc;
     if (t->offset % f->alignment)

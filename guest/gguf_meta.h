@@ -21,6 +21,7 @@ enum gguf_type {
 };
 
 #define GGUF_MAX_DIMS 4         /* ggml's GGML_MAX_DIMS */
+#define GGUF_MAX_ELEMENTS (1ull << 59) /* of a tensor's non-zero dimensions (realm/reader.py's MAX_TENSOR_ELEMENTS) */
 #define GGUF_MAX_ARRAY_DEPTH 8  /* arrays of arrays nested deeper are refused */
 
 /* A string in the header: bytes [off, off + len), not NUL-terminated. */

@@ -36,19 +36,21 @@ import numpy as np
 
 from .errors import ClosedError, GGUFError, file_error
 from ._quant import string_ends
-from .quants import GGMLType
+from .quants import GGMLType, can_dequantize, quant_info
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS; llama.cpp rejects more
+# Largest product of a tensor's non-zero dimensions: any byte or float32 shape of it fits int64
+# (and numpy), also when another dimension is 0 -- such a tensor holds nothing, but its shape is real.
+MAX_TENSOR_ELEMENTS = 1 << 59
 MAX_ARRAY_DEPTH = 8  # arrays nested deeper than this are refused (no real file nests at all)
 # Caps on what a header may declare, far above any real file (a few hundred keys and at most a
 # few thousand tensors): each is a Python object the parse makes, so they bound its time and memory.
 MAX_METADATA_KEYS = 1 << 16
 MAX_TENSORS = 1 << 16
 MAX_NESTED_ARRAYS = 1 << 16  # arrays inside arrays, in the whole header
-_INT64_MAX = (1 << 63) - 1
 
 
 class GGUFValueType(enum.IntEnum):
@@ -452,11 +454,12 @@ def parse_header(buf: Any, size: int | None = None) -> _Header:
         except ValueError:
             raise GGUFError(f"tensor {name!r} has unknown type {raw_type}") from None
         block_size, type_size = TYPE_GEOMETRY[dtype]
-        n_elements = 1
+        spanned = 1  # the product of the non-zero dimensions
         for d in ne:
-            n_elements *= d
-        if max(ne) > _INT64_MAX or n_elements > _INT64_MAX:
+            spanned *= d or 1
+        if spanned > MAX_TENSOR_ELEMENTS:
             raise GGUFError(f"tensor {name!r} has absurd dimensions {list(ne)}")
+        n_elements = 0 if 0 in ne else spanned
         if ne[0] % block_size:
             raise GGUFError(f"tensor {name!r}: row length {ne[0]} is not a multiple of the {dtype.name} block size {block_size}")
         nbytes = n_elements // block_size * type_size
@@ -467,6 +470,9 @@ def parse_header(buf: Any, size: int | None = None) -> _Header:
             raise GGUFError(
                 f"tensor {name!r}: data [{start}, {start + nbytes}) lies outside the file ({size} bytes)"
             )
+        if nbytes and can_dequantize(dtype) and start % quant_info(dtype).align:  # a small general.alignment
+            raise GGUFError(f"tensor {name!r}: {dtype.name} data at offset {start} is not aligned to "
+                            f"{quant_info(dtype).align} bytes, as realm's kernels read it")
         tensors[name] = TensorInfo(name, dtype, tuple(reversed(ne)), start, n_elements, nbytes)
 
     by_offset = sorted(tensors.values(), key=lambda t: (t.offset, t.nbytes))

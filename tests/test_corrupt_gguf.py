@@ -5,6 +5,7 @@ import mmap
 import struct
 import tracemalloc
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from realm.errors import GGUFError
 from realm.quants import GGMLType
 from realm.reader import (MAX_ARRAY_DEPTH, MAX_METADATA_KEYS, MAX_NESTED_ARRAYS, MAX_TENSORS, GGUFFile,
                           GGUFValueType as VT, StringArray, open_gguf)
+from realm.store import ModelStore
 
 HUGE = [2**64 - 1, 2**63, 2**63 - 1, 2**40, 10**9]
 
@@ -269,6 +271,25 @@ def test_bad_dimension_count(n_dims):
 @pytest.mark.parametrize("ne", [(2**64 - 1,), (2**63,), (32, 2**63 - 1), (2**40, 2**40), (32, 2**31, 2**31, 2**31)])
 def test_absurd_dimensions(ne):
     reject(build_gguf([], [RawTensor("w", ne, GGMLType.F32, bytes(128))])[0], "absurd dimensions|outside the file")
+
+
+def test_an_empty_tensor_with_absurd_other_dimensions():
+    """Found by fuzzing: 0 elements, but dimensions whose product passes 2^63 -- accepted, then
+    numpy's ValueError from view(), store_bytes() and dequantize().  Refused now."""
+    reject(build_gguf([], [RawTensor("w", (32, 2**60, 0), GGMLType.F32, b"")])[0], "absurd dimensions")
+    f = parse(build_gguf([], [RawTensor("w", (32, 2**20, 0), GGMLType.F32, b"")])[0])  # empty, plausible
+    assert f.view("w").nbytes == 0 and f.tensors["w"].n_elements == 0
+
+
+def test_data_misaligned_for_its_type():
+    """Found by fuzzing: general.alignment = 1 put an F32 tensor at an odd offset, which the
+    kernels refuse (realm_get_tensor answered INTERNAL).  Refused as a bad file now."""
+    data = np.arange(4, dtype="<f4").tobytes()
+    tensors = [RawTensor("a", (2,), GGMLType.I8, b"\x07\x07"), RawTensor("b", (4,), GGMLType.F32, data)]
+    reject(build_gguf([("general.alignment", VT.UINT32, 1)], tensors, alignment=1)[0], "not aligned to 4 bytes")
+    ok = build_gguf([("general.alignment", VT.UINT32, 4)], tensors, alignment=4)[0]
+    with ModelStore() as store:
+        assert store.get_tensor_f32(store.store_bytes(ok), "b").tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_big_but_plausible_dimensions_need_the_bytes():
