@@ -7,10 +7,12 @@ realm stops or refuses it.  `data` is a GGUF file's bytes for the attacks that s
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import wasmtime
@@ -29,6 +31,30 @@ def imports(*names: str) -> str:
     """WAT import lines for realm_* functions, each named $<name>."""
     return "\n".join(f'  (import "env" "{n}" (func ${n} (param {" ".join(abi.IMPORTS[n].params)}) '
                      f'(result {" ".join(abi.IMPORTS[n].results)})))' for n in names)
+
+
+def every_import_wat(pages: int = 1, *, export_memory: bool = True) -> str:
+    """A module that imports every realm_* function and exports each as call_<name>, with
+    `pages` of memory (exported as "memory" unless told not to) and grow(pages) -> old size:
+    a guest whose every import call the test makes itself."""
+    sigs = abi.IMPORTS.items()
+    calls = [f'  (func (export "call_{n}") (param {" ".join(s.params)}) (result {" ".join(s.results)}) '
+             f'(call ${n} {" ".join(f"(local.get {i})" for i in range(len(s.params)))}))' for n, s in sigs]
+    memory = f'(memory (export "memory") {pages})' if export_memory else f"(memory {pages})"
+    return "\n".join(["(module", imports(*abi.IMPORTS), f"  {memory}", *calls,
+                      '  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0))))'])
+
+
+def documented_codes() -> dict[str, frozenset[Err]]:
+    """Import -> the Err codes its contract in guest/realm_abi.h lists after "Returns" (any import
+    may also answer DEADLINE, past a deadline)."""
+    header = (Path(__file__).resolve().parents[1] / "guest" / "realm_abi.h").read_text()
+    pattern = re.compile(r"/\*((?:(?!\*/).)*)\*/\s*REALM_IMPORT\(\s*[^,]+,\s*(\w+)", re.S)
+    codes = {name: frozenset(Err[w] for w in re.findall(r"\b[A-Z][A-Z0-9_]+\b", comment.split("Returns")[-1])
+                             if w in Err.__members__)
+             for comment, name in pattern.findall(header)}
+    assert set(codes) == set(abi.IMPORTS), sorted(set(abi.IMPORTS) ^ set(codes))
+    return codes
 
 
 def wat(text: str) -> bytes:

@@ -11,17 +11,16 @@ the call that crashed it.  Exit status 0: every check held.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import wasmtime
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from attackers import documented_codes, every_import_wat
 from gguf_helpers import RawTensor, build_gguf
 from realm import abi
 from realm.abi import Err
@@ -52,34 +51,10 @@ def _small_gguf() -> bytes:
 SMALL_GGUF = _small_gguf()
 
 
-def _documented_codes() -> dict[str, frozenset[Err]]:
-    """Import -> the Err codes its contract in guest/realm_abi.h lists after "Returns"."""
-    header = (Path(__file__).resolve().parents[1] / "guest" / "realm_abi.h").read_text()
-    pattern = re.compile(r"/\*((?:(?!\*/).)*)\*/\s*REALM_IMPORT\(\s*[^,]+,\s*(\w+)", re.S)
-    return {name: frozenset(Err[w] for w in re.findall(r"\b[A-Z][A-Z0-9_]+\b", comment.split("Returns")[-1])
-                            if w in Err.__members__)
-            for comment, name in pattern.findall(header)}
-
-
 # -- the guest ------------------------------------------------------------------------------
 
-def _wat() -> str:
-    """Imports every realm_* function and exports each as call_<name>; one page of memory and grow."""
-    lines = ["(module"]
-    for name, sig in abi.IMPORTS.items():
-        lines.append(f'  (import "env" "{name}" (func ${name} (param {" ".join(sig.params)})'
-                     f' (result {" ".join(sig.results)})))')
-    lines.append('  (memory (export "memory") 1)')
-    for name, sig in abi.IMPORTS.items():
-        gets = " ".join(f"(local.get {i})" for i in range(len(sig.params)))
-        lines.append(f'  (func (export "call_{name}") (param {" ".join(sig.params)})'
-                     f' (result {" ".join(sig.results)}) (call ${name} {gets}))')
-    lines.append('  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))')
-    return "\n".join(lines) + ")"
-
-
 _ENGINE = wasmtime.Engine()
-_MODULE = wasmtime.Module(_ENGINE, _wat())
+_MODULE = wasmtime.Module(_ENGINE, every_import_wat())
 
 
 class Guest:
@@ -369,7 +344,7 @@ def check_import(name: str, store: ModelStore, m: Model, foreign: int, codes: fr
 def properties(path: str) -> int:
     """Every import of abi.IMPORTS against the model at path; the number of imports that failed."""
     assert set(CALLS) == set(abi.IMPORTS), "an import without edge cases here"
-    codes = _documented_codes()
+    codes = documented_codes()
     store = ModelStore()
     model = Model.load(store, path)
     foreign = store.store_bytes(SMALL_GGUF)  # in the store, not shared with the guests

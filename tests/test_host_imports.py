@@ -12,6 +12,7 @@ import pytest
 import wasmtime
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from attackers import every_import_wat
 from conftest import require
 from gguf_helpers import RawTensor, build_gguf, tensor_bytes
 from realm import abi
@@ -31,23 +32,6 @@ BAD_SPANS = [(PAGE, 1), (PAGE - 1, 2), (0xFFFF_FFF0, 0x20), (16, 0xFFFF_FFFF),
 NOT_UTF8 = [b"\xff", b"blk.\xc0\xaf", b"\xed\xa0\x80", b"tail\xe2\x82", b"\xf4\x90\x80\x80", b"\x80abc"]
 
 
-def _hostile_wat(export_memory: bool = True) -> str:
-    """Imports every realm_* function and re-exports each as call_<name>, so the
-    test drives the guest side of every call directly."""
-    lines = ["(module"]
-    for name, sig in abi.IMPORTS.items():
-        lines.append(f'  (import "env" "{name}" (func ${name} (param {" ".join(sig.params)})'
-                     f' (result {" ".join(sig.results)})))')
-    lines.append('  (memory (export "memory") 1)' if export_memory else "  (memory 1)")
-    for name, sig in abi.IMPORTS.items():
-        gets = " ".join(f"(local.get {i})" for i in range(len(sig.params)))
-        lines.append(f'  (func (export "call_{name}") (param {" ".join(sig.params)})'
-                     f' (result {" ".join(sig.results)}) (call ${name} {gets}))')
-    lines.append('  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))')
-    lines.append(")")
-    return "\n".join(lines)
-
-
 class Hostile:
     """One instance of the hostile module with its own RealmHost."""
 
@@ -56,7 +40,7 @@ class Hostile:
         self.wasm = wasmtime.Store(engine)
         linker = wasmtime.Linker(engine)
         self.host = add_realm_imports(linker, store, **host_options)
-        module = wasmtime.Module(engine, _hostile_wat(export_memory))
+        module = wasmtime.Module(engine, every_import_wat(export_memory=export_memory))
         self.exports = linker.instantiate(self.wasm, module).exports(self.wasm)
         self.memory = self.exports["memory"] if export_memory else None
         self.rng = np.random.default_rng(7)
