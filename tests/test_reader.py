@@ -160,7 +160,15 @@ def test_writer_files_match_gguf_py(kvs, tensors, alignment, seed):
         w.write_tensors_to_file()
         w.close()
 
-        with open_gguf(path) as f:
+        try:
+            f = open_gguf(path)
+        except GGUFError as exc:  # data a kernel cannot read where it lies: gguf-py's offsets must agree
+            assert alignment in (1, 2) and "is not aligned to" in str(exc)
+            assert any(realm.quants.can_dequantize(GGMLType(int(t.tensor_type)))
+                       and t.data_offset % realm.quant_info(int(t.tensor_type)).align
+                       for t in gguf.GGUFReader(path).tensors)
+            return
+        with f:
             assert_matches_gguf_py(f, path)
             assert f.alignment == (alignment or 32)
             for key, (vtype, sub_type, value) in kvs.items():
