@@ -1,16 +1,14 @@
 /* generate.c -- the generation loop: prompt -> host forward passes -> sampler -> text.
  *
  * One generation at a time, in four steps the host calls (realm_abi.h):
- * start (tokenize, check the context, allocate), prefill (the prompt, one
- * batch per layer), run (sample, stream text, decode token by token until a
- * stop) and end (free).  The weights and the KV cache stay in the host; the
- * guest holds the token ids, one buffer of hidden states / logits, the
- * sampler and the text not yet streamed.
+ * start (tokenize, check the context, allocate), prefill (the prompt, in
+ * chunks of n_batch tokens), run (sample, stream text, decode token by token
+ * until a stop) and end (free).  Each forward step is one realm_forward call:
+ * the weights, the hidden states and the KV cache stay in the host; the guest
+ * holds the token ids, the logits, the sampler and the text not yet streamed.
  *
- * Memory: `work` is the only large buffer.  It holds n_batch rows of hidden
- * state while the prompt is prefilled and, afterwards, one row followed by
- * the logits (n_embd + n_vocab floats: 1 MiB for Gemma 3's 262,144 tokens),
- * so prefill and decoding share it.
+ * Memory: the logits (n_vocab floats: 1 MiB for Gemma 3's 262,144 tokens) are
+ * the only large buffer.
  *
  * Text: each token's piece goes through tok_utf8_stream (whole characters
  * only), bytes that can never form a character become U+FFFD (one per
@@ -31,7 +29,6 @@ _Static_assert(sizeof(struct realm_generate_params) == REALM_GENERATE_PARAMS_SIZ
 _Static_assert(sizeof(struct realm_generate_result) == REALM_GENERATE_RESULT_SIZE, "padding");
 
 #define MAX_CTX (1u << 24)       /* the host's bound on a KV cache */
-#define MAX_WORK_FLOATS (1u << 28)
 
 enum phase { IDLE, STARTED, PREFILLED, DONE };
 
@@ -41,11 +38,11 @@ static struct generation {
     struct realm_generate_result r;
     const tokenizer *tok;
     int64_t model_id;
-    uint32_t n_layers, n_embd, n_vocab, n_batch;
+    uint32_t n_vocab, n_batch;
     int32_t kv;                  /* the host's KV cache id; 0: none */
     int32_t *tokens;             /* [n_ctx]: the prompt, then the completion */
     uint32_t n_tokens;
-    float *work;                 /* hidden rows, or one row + the logits */
+    float *logits;               /* [n_vocab]: the last forward step's */
     sampler smp;
     int smp_ready;
     char *stops;                 /* the stop strings, back to back */
@@ -56,8 +53,6 @@ static struct generation {
     char *piece;                 /* a token's bytes, then the stream's output */
     uint32_t piece_cap;
 } g;
-
-static float *logits(void) { return g.work + g.n_embd; }
 
 /* ---- text ---------------------------------------------------------------------- */
 
@@ -195,25 +190,13 @@ static int32_t final_text(void)
 
 /* ---- the forward pass (host imports) ------------------------------------------- */
 
-static int32_t expect(int32_t rc, uint32_t n)
+/* n tokens at positions pos.. through every layer; with `last`, the last one's logits. */
+static int32_t forward(uint32_t pos, uint32_t n, int last)
 {
+    const uint32_t want = last ? g.n_vocab : 0;
+    int32_t rc = realm_forward(g.model_id, g.tokens + pos, n, pos, g.kv, last ? g.logits : NULL, want);
     if (rc < 0) return rc;
-    return (uint32_t)rc == n ? REALM_OK : REALM_E_INTERNAL;
-}
-
-/* n tokens at positions pos.. through every layer; the hidden rows end in work. */
-static int32_t run_layers(uint32_t pos, uint32_t n)
-{
-    int32_t rc = expect(realm_forward_embedding(g.model_id, g.tokens + pos, n, g.work), n * g.n_embd);
-    for (uint32_t il = 0; rc == REALM_OK && il < g.n_layers; il++)
-        rc = expect(realm_forward_layer(g.model_id, il, g.work, n * g.n_embd, pos, g.kv, g.work), n * g.n_embd);
-    return rc;
-}
-
-/* Logits of the hidden row at work[0] into work[n_embd..]. */
-static int32_t run_lm_head(void)
-{
-    return expect(realm_forward_lm_head(g.model_id, g.work, g.n_embd, logits(), g.n_vocab), g.n_vocab);
+    return (uint32_t)rc == want ? REALM_OK : REALM_E_INTERNAL;
 }
 
 /* ---- setup ------------------------------------------------------------------------ */
@@ -255,8 +238,6 @@ static int32_t start(const struct realm_generate_params *params, const char *pro
         return REALM_E_BAD_ARGUMENT;
     if (c->n_layers == 0 || c->n_embd == 0 || c->n_vocab == 0) return REALM_E_UNSUPPORTED;
     g.model_id = c->model_id;
-    g.n_layers = c->n_layers;
-    g.n_embd = c->n_embd;
     g.n_vocab = c->n_vocab;
 
     sampler_params sp = {
@@ -300,10 +281,7 @@ static int32_t start(const struct realm_generate_params *params, const char *pro
 
     g.n_batch = p->n_batch ? p->n_batch : REALM_BATCH_DEFAULT;
     if (g.n_batch > n) g.n_batch = n;
-    uint64_t work = (uint64_t)g.n_batch * g.n_embd;
-    if (work < (uint64_t)g.n_embd + g.n_vocab) work = (uint64_t)g.n_embd + g.n_vocab;
-    if (work > MAX_WORK_FLOATS) return REALM_E_NO_MEMORY;
-    if (!(g.work = malloc((size_t)work * sizeof(float)))) return REALM_E_NO_MEMORY;
+    if (!(g.logits = malloc((size_t)g.n_vocab * sizeof(float)))) return REALM_E_NO_MEMORY;
     if ((rc = reserve_piece(256)) < 0 || (rc = reserve_text(0)) < 0) return rc;
 
     for (uint32_t i = 0; i < n; i++) sampler_accept(&g.smp, g.tokens[i]);  /* penalties see the prompt */
@@ -333,15 +311,11 @@ int32_t guest_generate_prefill(void)
     int32_t kv = realm_kv_create(g.model_id, g.r.n_ctx);
     if (kv < 0) return kv;
     g.kv = kv;
-    uint32_t n = 0;
-    for (uint32_t pos = 0; pos < g.r.n_prompt; pos += n) {
+    for (uint32_t pos = 0, n; pos < g.r.n_prompt; pos += n) {
         n = g.r.n_prompt - pos < g.n_batch ? g.r.n_prompt - pos : g.n_batch;
-        int32_t rc = run_layers(pos, n);
+        int32_t rc = forward(pos, n, pos + n == g.r.n_prompt);
         if (rc < 0) return rc;
     }
-    memmove(g.work, g.work + (size_t)(n - 1) * g.n_embd, g.n_embd * sizeof(float));  /* the last row */
-    int32_t rc = run_lm_head();
-    if (rc < 0) return rc;
     g.phase = PREFILLED;
     return REALM_OK;
 }
@@ -353,7 +327,7 @@ int32_t guest_generate_run(void)
     struct realm_generate_result *r = &g.r;
     int32_t rc = REALM_OK;
     for (;;) {
-        int32_t id = sampler_sample(&g.smp, logits(), g.n_vocab);
+        int32_t id = sampler_sample(&g.smp, g.logits, g.n_vocab);
         if (id < 0) {
             rc = sampler_code(id);
             break;
@@ -370,7 +344,7 @@ int32_t guest_generate_run(void)
             r->stop_reason = REALM_STOP_LENGTH;
             break;
         }
-        if ((rc = run_layers(g.n_tokens - 1, 1)) < 0 || (rc = run_lm_head()) < 0) break;
+        if ((rc = forward(g.n_tokens - 1, 1, 1)) < 0) break;
         r->n_decoded++;
     }
     if (rc == REALM_OK && (r->stop_reason == REALM_STOP_EOG || r->stop_reason == REALM_STOP_LENGTH))
@@ -388,7 +362,7 @@ int32_t guest_generate_end(void)
     int32_t rc = g.kv > 0 ? realm_kv_free(g.kv) : REALM_OK;
     if (g.smp_ready) sampler_free(&g.smp);
     free(g.tokens);
-    free(g.work);
+    free(g.logits);
     free(g.stops);
     free(g.text);
     free(g.piece);

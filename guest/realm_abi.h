@@ -174,6 +174,23 @@ REALM_IMPORT(int32_t, realm_forward_layer,
 REALM_IMPORT(int32_t, realm_forward_lm_head,
              (int64_t model_id, const float *hidden, uint32_t hidden_len, float *out, uint32_t out_max_len));
 
+/* The whole forward pass in one call: the embedding of n_tokens token ids,
+ * every layer at positions position, position + 1, ... (their K and V into
+ * the KV cache, as realm_forward_layer), then the logits of the LAST token
+ * into out (n_vocab f32 values).  The hidden states stay in the host.  With
+ * out_max_len == 0 no logits are computed and nothing is written (a chunk of
+ * a prompt that is not its last).  A guest's decode step is one call (not
+ * layers + 2), and so one host call's overhead a token.  Returns the number
+ * of values written (n_vocab, or 0), or NO_MODEL, UNSUPPORTED, NO_KV_CACHE,
+ * BAD_POINTER, BAD_ARGUMENT (n_tokens == 0, a pointer not 4-byte aligned, a
+ * KV cache made for another model), LIMIT (n_tokens >
+ * REALM_FORWARD_MAX_TOKENS), BUFFER_TOO_SMALL (0 < out_max_len < n_vocab),
+ * BAD_ARGUMENT (a token id outside [0, n_vocab)), CONTEXT_FULL, BAD_ARGUMENT
+ * (position beyond the positions the cache holds: no gaps). */
+REALM_IMPORT(int32_t, realm_forward,
+             (int64_t model_id, const int32_t *tokens, uint32_t n_tokens, uint32_t position, int32_t kv_cache_id,
+              float *out, uint32_t out_max_len));
+
 /* A KV cache of n_ctx positions for a model.  Returns its id (> 0, never
  * reused by a host), or NO_MODEL, UNSUPPORTED, BAD_ARGUMENT (n_ctx == 0 or
  * above the model's training context), LIMIT (the guest's quota of KV caches,
@@ -289,9 +306,9 @@ REALM_EXPORT(int32_t, guest_fetch_tensor, (const char *name, uint32_t name_len, 
  * It generates one text at a time, in the steps the host calls in order:
  *
  *   guest_generate_start    tokenize the prompt, check the context, allocate
- *   guest_generate_prefill  a KV cache, then the prompt: one batch per layer
+ *   guest_generate_prefill  a KV cache, then the prompt: realm_forward per n_batch tokens
  *   guest_generate_run      sample, stream text (realm_emit_text), decode
- *                           token by token (realm_forward_*) until a stop
+ *                           token by token (realm_forward) until a stop
  *   guest_generate_result   counts, token ids and why it stopped
  *   guest_generate_end      free the KV cache and the buffers
  *

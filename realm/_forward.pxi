@@ -71,6 +71,20 @@ cdef extern from "dequant.h":
 
 cdef class KVCache
 
+
+cdef int _forward_tokens(realm_model *m, const int32_t *tokens, int64_t n, int64_t pos, realm_kv_cache *kv,
+                         realm_scratch *s, float *hidden, int64_t first, float *logits) noexcept nogil:
+    """Embedding and every layer for n tokens at positions pos.. (hidden: their rows), then --
+    unless logits is NULL -- the logits of rows first..n-1."""
+    cdef int rc = realm_forward_embedding(m, tokens, n, hidden)
+    cdef int il = 0
+    while rc == 0 and il < m.c.n_layer:
+        rc = realm_forward_layer(m, il, hidden, n, pos, kv, s, hidden)
+        il += 1
+    if rc == 0 and logits != NULL:
+        rc = realm_forward_lm_head(m, hidden + first * m.c.n_embd, n - first, logits)
+    return rc
+
 #: Names of the per-op timers (KVCache.profile), in the order of enum realm_op.
 PROFILE_OPS = ("attn_norm", "qkv", "rope", "attention", "attn_output", "ffn_norm", "ffn_up", "gate", "ffn_down",
                "residual")
@@ -292,18 +306,12 @@ cdef class ForwardModel:
         cdef const int32_t[::1] tv = tokens
         cdef float[:, ::1] hv = hidden
         cdef float[:, ::1] ov = out
-        cdef int rc, il
+        cdef int rc
         cdef int64_t first = n - 1 if last_only else 0
         kv._enter()
         try:
             with nogil:
-                rc = realm_forward_embedding(&self.m, &tv[0], n, &hv[0, 0])
-                il = 0
-                while rc == 0 and il < self.m.c.n_layer:
-                    rc = realm_forward_layer(&self.m, il, &hv[0, 0], n, pos, kv.kv, &kv.scratch, &hv[0, 0])
-                    il += 1
-                if rc == 0:
-                    rc = realm_forward_lm_head(&self.m, &hv[first, 0], n - first, &ov[0, 0])
+                rc = _forward_tokens(&self.m, &tv[0], n, pos, kv.kv, &kv.scratch, &hv[0, 0], first, &ov[0, 0])
         finally:
             kv._leave()
         _forward_check(rc, "forward")
@@ -392,6 +400,24 @@ cdef class KVCache:
 
     cdef _leave(self):
         self.busy = False
+
+    def _forward_at(self, ForwardModel model, size_t tokens, int64_t n, int64_t pos, size_t logits) -> int:
+        """Embedding, every layer and (unless logits is 0) the last token's logits for n tokens
+        at positions pos.. -- token ids and logits at guest addresses checked by the caller, the
+        hidden rows in the host; returns the C code."""
+        if self.model is not model or n < 1:  # (the host bounds n, so `hidden` stays small)
+            return REALM_EINVAL
+        hidden = np.empty((n, model.n_embd), dtype=np.float32)
+        cdef float[:, ::1] hv = hidden
+        cdef int rc
+        self._enter()
+        try:
+            with nogil:
+                rc = _forward_tokens(&model.m, <const int32_t *>tokens, n, pos, self.kv, &self.scratch, &hv[0, 0],
+                                     n - 1, <float *>logits)
+        finally:
+            self._leave()
+        return rc
 
     def _run_layer(self, ForwardModel model, int il, size_t hidden, int64_t n, int64_t pos, size_t out) -> int:
         """Layer il at guest/host addresses (checked by the caller); returns the C code."""

@@ -115,6 +115,7 @@ IMPORTS: Mapping[str, Signature] = MappingProxyType({
     "realm_forward_embedding": _sig("i64 i32 i32 i32", "i32"),
     "realm_forward_layer": _sig("i64 i32 i32 i32 i32 i32 i32", "i32"),
     "realm_forward_lm_head": _sig("i64 i32 i32 i32 i32", "i32"),
+    "realm_forward": _sig("i64 i32 i32 i32 i32 i32 i32", "i32"),
     "realm_kv_create": _sig("i64 i32", "i32"),
     "realm_kv_free": _sig("i32", "i32"),
     "realm_kv_truncate": _sig("i32 i32", "i32"),

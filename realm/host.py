@@ -612,6 +612,27 @@ class RealmHost:
         return needed
 
     @_realm_import
+    def realm_forward(self, mem: GuestMemory, model_id: int, tokens_ptr: int, n_tokens: int, position: int,
+                      kv_cache_id: int, out_ptr: int, out_max_len: int) -> int:
+        """Embedding, every layer and the last token's logits in one call, the hidden rows in the host."""
+        fm = self._host_model(model_id)._fm
+        kv = self._kv_cache(kv_cache_id)
+        tokens_ptr = self._values(mem, tokens_ptr, n_tokens)
+        out_ptr = self._values(mem, out_ptr, out_max_len)
+        if kv.model is not fm:
+            raise _Fail(Err.BAD_ARGUMENT)
+        self._aligned(tokens_ptr, out_ptr)
+        if n_tokens == 0:
+            raise _Fail(Err.BAD_ARGUMENT)
+        self._bounded(n_tokens)
+        if 0 < out_max_len < fm.n_vocab:
+            raise _Fail(Err.BUFFER_TOO_SMALL)
+        base = mem.base
+        logits = base + out_ptr if out_max_len else 0
+        self._forward_code(kv._forward_at(fm, base + tokens_ptr, n_tokens, position, logits))
+        return fm.n_vocab if out_max_len else 0
+
+    @_realm_import
     def realm_kv_create(self, mem: GuestMemory, model_id: int, n_ctx: int) -> int:
         """A KV cache for the guest (f16 rows), within its quota and the host's budget."""
         model = self._host_model(model_id)

@@ -89,7 +89,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     decoded_tokens: int     #: single-token forward passes (the first token comes from the prompt's)
-    prefill_seconds: float  #: the prompt's forward pass, one batch per layer, and its logits
+    prefill_seconds: float  #: the prompt's forward pass (512 tokens a call) and its logits
     decode_seconds: float   #: the generation loop: sampling, text, one forward pass per token
     guest_memory: int       #: bytes of the guest's linear memory
 

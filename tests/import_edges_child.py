@@ -256,6 +256,21 @@ def _forward_lm_head(draw: Draw, g: Guest, m: Model, foreign: int) -> Call:
                 [(hidden, 4 * n), (out, 4 * out_len)], model == m.id, lambda rc: [(out, 4 * rc if out_len else 0)])
 
 
+def _forward(draw: Draw, g: Guest, m: Model, foreign: int) -> Call:
+    kv = g.call("realm_kv_create", m.id, KV_CTX)
+    assert kv > 0, kv
+    model = draw(model_ids(m.id, foreign))
+    n = draw(st.one_of(st.integers(1, 4), length(g.size, 0, 4, abi.FORWARD_MAX_TOKENS, U32 // 4)))
+    tokens = draw(pointer(g.size, 4, 4 * n))
+    position = draw(st.one_of(st.just(0), near(0, KV_CTX, 2**31, U32)))  # the cache is empty: 0 fits
+    kv_id = draw(kv_ids(kv))
+    out = draw(st.one_of(pointer(g.size, 4, 4 * m.n_vocab), near(g.size - 4 * m.n_vocab)))
+    out_len = draw(st.one_of(st.just(0), length(g.size, out, 4, m.n_vocab)))  # 0: no logits
+    return Call("realm_forward", (model, tokens, n, position, kv_id, out, out_len),
+                lambda rc: rc == (m.n_vocab if out_len else 0), [(tokens, 4 * n), (out, 4 * out_len)],
+                model == m.id and kv_id == kv, lambda rc: [(out, 4 * rc)])
+
+
 def _kv_create(draw: Draw, g: Guest, m: Model, foreign: int) -> Call:
     model = draw(model_ids(m.id, foreign))
     n_ctx = draw(st.one_of(st.integers(1, KV_CTX), near(0, m.n_ctx_train, 2**24, 2**31, U32)))
@@ -287,7 +302,7 @@ CALLS: dict[str, Callable[[Draw, Guest, Model, int], Call]] = {
     "realm_store_model": _store_model, "realm_get_tensor": _get_tensor, "realm_get_model_info": _get_model_info,
     "realm_remove_model": _remove_model, "realm_get_metadata": _get_metadata, "realm_log": _log,
     "realm_forward_embedding": _forward_embedding, "realm_forward_layer": _forward_layer,
-    "realm_forward_lm_head": _forward_lm_head, "realm_kv_create": _kv_create, "realm_kv_free": _kv_free,
+    "realm_forward_lm_head": _forward_lm_head, "realm_forward": _forward, "realm_kv_create": _kv_create, "realm_kv_free": _kv_free,
     "realm_kv_truncate": _kv_truncate, "realm_emit_text": _emit_text,
 }
 

@@ -142,6 +142,7 @@ MODEL_CALLS = {
     "realm_forward_embedding": lambda mid: (mid, NAME_AT, 2, OUT_AT),
     "realm_forward_layer": lambda mid: (mid, 0, OUT_AT, TINY_EMBD, 0, 1, OUT_AT),
     "realm_forward_lm_head": lambda mid: (mid, OUT_AT, TINY_EMBD, OUT_AT, 0),
+    "realm_forward": lambda mid: (mid, NAME_AT, 1, 0, 1, OUT_AT, 64),
     "realm_kv_create": lambda mid: (mid, 16),
 }
 
@@ -169,6 +170,8 @@ SPAN_CALLS = {  # import -> builders placing a bad (ptr, len) in each pointer ar
     "realm_forward_layer": [lambda p, n, m: (m["tiny"], 0, p, n, 0, m["kv"], OUT_AT)],
     "realm_forward_lm_head": [lambda p, n, m: (m["tiny"], p, n, OUT_AT, 1024),
                               lambda p, n, m: (m["tiny"], OUT_AT, TINY_EMBD, p, n)],
+    "realm_forward": [lambda p, n, m: (m["tiny"], p, n, 0, m["kv"], OUT_AT, 64),
+                      lambda p, n, m: (m["tiny"], NAME_AT, 1, 0, m["kv"], p, n)],
     "realm_emit_text": [lambda p, n, m: (p, n)],
 }
 
@@ -507,6 +510,7 @@ def test_unknown_and_foreign_kv_ids(guest, models, name):
         assert guest.call(name, *KV_CALLS[name](kv)) == Err.NO_KV_CACHE, kv
     assert guest.call("realm_forward_layer", models["tiny"], 0, HID_AT, TINY_EMBD, 0, foreign, HID_AT) \
         == Err.NO_KV_CACHE
+    assert guest.call("realm_forward", models["tiny"], TOK_AT, 1, 0, foreign, LOGITS_AT, 64) == Err.NO_KV_CACHE
     assert_only(before, guest.snapshot())
     other.host.close()
 
@@ -610,6 +614,57 @@ def test_forward_embedding_and_lm_head_refusals(guest, models, tiny_host):
     want = tiny_host.lm_head(np.frombuffer(guest.snapshot()[HID_AT:HID_AT + 4 * TINY_EMBD], dtype="<f4").copy())
     assert guest.call("realm_forward_lm_head", tiny, HID_AT, TINY_EMBD, HID_AT, 64) == 64
     np.testing.assert_array_equal(np.frombuffer(guest.snapshot()[HID_AT:HID_AT + 256], dtype="<f4"), want[0])
+
+
+def test_realm_forward_equals_the_pieces(guest, models, tiny_host):
+    """realm_forward -- embedding, every layer and the last token's logits in one call -- gives
+    exactly HostModel's logits for a prompt in two chunks and a decoded token, and writes only
+    the logits (the hidden rows stay in the host)."""
+    tiny, tokens = models["tiny"], [1, 17, 5, 63, 2]
+    kv = guest.call("realm_kv_create", tiny, 32)
+    before = guest.fill()
+    guest.put(TOK_AT, np.array([*tokens, 9], dtype="<i4").tobytes())
+    before = guest.snapshot()
+    assert guest.call("realm_forward", tiny, TOK_AT, 3, 0, kv, 0, 0) == 0  # a chunk: no logits
+    assert_only(before, guest.snapshot())
+    assert guest.call("realm_forward", tiny, TOK_AT + 12, 2, 3, kv, LOGITS_AT, 64) == 64
+    assert guest.call("realm_forward", tiny, TOK_AT + 20, 1, 5, kv, LOGITS_AT + 256, 100) == 64
+    after = guest.snapshot()
+    assert_only(before, after, LOGITS_AT, 512)
+    cache = tiny_host.new_kv_cache(32)
+    want = np.concatenate([tiny_host.forward(tokens, cache, last_only=True), tiny_host.forward([9], cache)])
+    np.testing.assert_array_equal(np.frombuffer(after[LOGITS_AT:LOGITS_AT + 512], dtype="<f4").reshape(2, 64), want)
+
+
+def test_realm_forward_refusals(guest, models):
+    tiny = models["tiny"]
+    kv = guest.call("realm_kv_create", tiny, 8)
+    other_model = guest.call("realm_kv_create", models["tiny2"], 8)
+    guest.fill()
+    guest.put(TOK_AT, np.array([3, 4, 64, 5], dtype="<i4").tobytes())
+    before = guest.snapshot()
+    cases = [
+        ((0, TOK_AT, 1, 0, kv, LOGITS_AT, 64), Err.NO_MODEL),
+        ((models["ints"], TOK_AT, 1, 0, kv, LOGITS_AT, 64), Err.UNSUPPORTED),
+        ((tiny, TOK_AT, 1, 0, 0x7FFF_FFFF, LOGITS_AT, 64), Err.NO_KV_CACHE),
+        ((tiny, PAGE - 4, 2, 0, kv, LOGITS_AT, 64), Err.BAD_POINTER),
+        ((tiny, TOK_AT, 0x4000_0001, 0, kv, LOGITS_AT, 64), Err.BAD_POINTER),  # 4 * n wraps u32
+        ((tiny, TOK_AT, 1, 0, kv, PAGE - 4 * 63, 64), Err.BAD_POINTER),
+        ((tiny, TOK_AT, 1, 0, kv, 8, 0x4000_0001), Err.BAD_POINTER),
+        ((tiny, TOK_AT, 1, 0, other_model, LOGITS_AT, 64), Err.BAD_ARGUMENT),
+        ((tiny, TOK_AT + 2, 1, 0, kv, LOGITS_AT, 64), Err.BAD_ARGUMENT),  # misaligned
+        ((tiny, TOK_AT, 1, 0, kv, LOGITS_AT + 2, 64), Err.BAD_ARGUMENT),
+        ((tiny, TOK_AT, 0, 0, kv, LOGITS_AT, 64), Err.BAD_ARGUMENT),  # no tokens
+        ((tiny, TOK_AT, 1, 0, kv, LOGITS_AT, 63), Err.BUFFER_TOO_SMALL),
+        ((tiny, TOK_AT, 3, 0, kv, LOGITS_AT, 64), Err.BAD_ARGUMENT),  # token 64 is outside the vocabulary
+        ((tiny, TOK_AT, 2, 7, kv, LOGITS_AT, 64), Err.CONTEXT_FULL),
+        ((tiny, TOK_AT, 1, 0xFFFF_FFFF, kv, LOGITS_AT, 64), Err.CONTEXT_FULL),
+        ((tiny, TOK_AT, 1, 1, kv, LOGITS_AT, 64), Err.BAD_ARGUMENT),  # a gap
+    ]
+    for args, code in cases:
+        assert guest.call("realm_forward", *args) == code, args
+    assert_only(before, guest.snapshot())
+    assert guest.call("realm_kv_truncate", kv, 8) == 0  # nothing was stored
 
 
 def test_forward_out_spans(guest, models):

@@ -287,6 +287,14 @@ class Tenant:
         check(res <= u[4], f"{where}: more than out_max_len")
         return [(u[3], 4 * res)]
 
+    def ok_forward(self, where, a, u, res, after):
+        self._model_ok(where, a[0])
+        _, n_vocab = self._forward_dims(a[0])
+        check(self.kv_model.get(a[4]) == a[0], f"{where}: success with a KV cache that is not this model's")
+        check(0 < u[2] <= abi.FORWARD_MAX_TOKENS, f"{where}: n_tokens")
+        check(res == (n_vocab if u[6] else 0) and res <= u[6], f"{where}: n_vocab values, or none without a buffer")
+        return [(u[5], 4 * res)]
+
     def ok_kv_create(self, where, a, u, res, after):
         self._model_ok(where, a[0])
         check(res > 0 and res not in self.kv_model, f"{where}: a new KV cache id")

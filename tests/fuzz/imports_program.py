@@ -46,6 +46,7 @@ IMPORT_ARGS: dict[str, tuple[str, ...]] = {  # the argument kinds of each import
     "realm_forward_embedding": ("model", "ptr", "len", "ptr"),
     "realm_forward_layer": ("model", "layer", "ptr", "len", "position", "kv", "ptr"),
     "realm_forward_lm_head": ("model", "ptr", "len", "ptr", "len"),
+    "realm_forward": ("model", "ptr", "len", "position", "kv", "ptr", "len"),
     "realm_kv_create": ("model", "n_ctx"),
     "realm_kv_free": ("kv",),
     "realm_kv_truncate": ("kv", "position"),
@@ -340,6 +341,8 @@ def seed_programs() -> dict[str, bytes]:
     e.call("realm_forward_layer", "tiny", "one", "hid", ("n_embd*k", 3), "zero", "kv0", "hid")
     e.call("realm_forward_lm_head", "tiny", "hid", "n_embd", "out", "vocab")
     e.call("realm_kv_truncate", "kv0", "one")
+    e.call("realm_forward", "tiny", "tok", "one", "one", "kv0", "zero", "zero")  # a chunk: no logits
+    e.call("realm_forward", "tiny", "tok", "one", "two", "kv0", "out", "vocab")  # and the last one
     e.call("realm_kv_free", "kv0")
     seeds["forward"] = e.bytes()
 
@@ -377,6 +380,8 @@ def seed_programs() -> dict[str, bytes]:
     e.call("realm_forward_embedding", "tiny", "tok", ("2^30+k", 1), "hid")
     e.call("realm_forward_layer", "tiny", "zero", "hid", ("rows_wrap+k", 0), "zero", "kv0", "hid")
     e.call("realm_forward_lm_head", "tiny", "hid", "n_embd", ("end-small", 8), ("vocab_wrap+k", 0))
+    e.call("realm_forward", "tiny", "tok", ("2^30+k", 1), "zero", "kv0", "out", "vocab")
+    e.call("realm_forward", "tiny", "tok", "one", "zero", "kv0", ("end-small", 8), ("vocab_wrap+k", 0))
     e.call("realm_get_tensor", "tiny", "name", "2^32-1", "out", "2^32-1")
     e.call("realm_store_model", "end", "2^32-1")
     e.op("grow", 1)
