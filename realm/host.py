@@ -134,6 +134,11 @@ class GuestMemory:
         """A copy of a range `check` accepted."""
         return ctypes.string_at(self._base + ptr, length) if length else b""
 
+    def view(self, ptr: int, length: int) -> np.ndarray:
+        """A uint8 array over a range `check` accepted: valid during this call only (the
+        memory may move when it grows)."""
+        return np.asarray(_Span(self._base + ptr, length)) if length else np.empty(0, np.uint8)
+
     def write(self, ptr: int, data: bytes | np.ndarray) -> None:
         """Write into a range `check` accepted (and the caller sized)."""
         if isinstance(data, np.ndarray):
@@ -142,6 +147,16 @@ class GuestMemory:
                 ctypes.memmove(self._base + ptr, data.ctypes.data, data.nbytes)
         elif data:
             ctypes.memmove(self._base + ptr, data, len(data))
+
+
+class _Span:
+    """numpy's array interface over raw memory: an array view without a ctypes array type (ctypes
+    would cache one type for every length a guest ever passes)."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, address: int, length: int):
+        self.__array_interface__ = {"data": (address, True), "shape": (length,), "typestr": "|u1", "version": 3}
 
 
 _IMPORTS: dict[str, Callable[..., int]] = {}
@@ -453,8 +468,8 @@ class RealmHost:
             self._owned_bytes += gguf_len
         charged, model_id = gguf_len, None
         try:
-            try:
-                model_id = self.store.store_bytes(mem.read(ptr, gguf_len))
+            try:  # the store's private copy, made without the GIL
+                model_id = self.store.store_bytes(mem.view(ptr, gguf_len))
             except GGUFError as exc:
                 log.info("guest stored a bad GGUF: %s", exc)
                 raise _Fail(Err.BAD_GGUF) from None

@@ -18,6 +18,7 @@ import atexit
 import ctypes
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ TICK_S = 0.01
 WASM32_MEMORY_MAX = 1 << 32
 #: Table entries (function references) one tenant may hold.
 TABLE_ELEMENTS_MAX = 1 << 20
+#: The interpreter's GIL switch interval once tenants run (Python's default is 5 ms): each import
+#: call of a tenant needs the GIL, and a thread running Python (another tenant's imports, a chat
+#: template, a parse) otherwise makes each call wait up to the whole interval.
+GIL_SWITCH_INTERVAL_S = 0.0005
 #: Ticks that stand for "no deadline" (far beyond any run, far from overflowing u64 epochs).
 _NO_DEADLINE_TICKS = 1 << 62
 
@@ -182,11 +187,14 @@ def sandbox_engine(config: wasmtime.Config | None = None) -> wasmtime.Engine:
     interruption is switched on in it; the config is consumed, as by `wasmtime.Engine`); such
     engines live until the process exits (the ticker holds them), so make one per program, not
     per tenant.  Every store of such an engine needs an epoch deadline before it runs any wasm:
-    `RealmHost.limit` and `run_wasm` set them.
+    `RealmHost.limit` and `run_wasm` set them.  The first call lowers the interpreter's GIL
+    switch interval to GIL_SWITCH_INTERVAL_S (`sys.setswitchinterval`; never raises it).
     """
     with _engines_lock:
         if config is None and _engines:
             return _engines[0]
+        if not _engines and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if not _engines and config is not None:  # the shared engine comes first
             shared = wasmtime.Config()
             shared.epoch_interruption = True

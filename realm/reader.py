@@ -50,7 +50,7 @@ MAX_ARRAY_DEPTH = 8  # arrays nested deeper than this are refused (no real file 
 # few thousand tensors): each is a Python object the parse makes, so they bound its time and memory.
 MAX_METADATA_KEYS = 1 << 16
 MAX_TENSORS = 1 << 16
-MAX_NESTED_ARRAYS = 1 << 16  # arrays inside arrays, in the whole header
+MAX_NESTED_ARRAYS = 1 << 12  # arrays inside arrays, in the whole header (llama.cpp reads none)
 
 
 class GGUFValueType(enum.IntEnum):

@@ -73,6 +73,16 @@ class QuantizedTensor:
         return dequantize(self.data, self.dtype, shape=self.shape, out=out, threads=threads)
 
 
+def private_copy(data: Any) -> np.ndarray:
+    """A read-only uint8 copy of a buffer; numpy copies large ones without holding the GIL, so
+    other threads (other tenants' calls) go on meanwhile."""
+    src = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(src.size, dtype=np.uint8)
+    np.copyto(out, src)
+    out.flags.writeable = False
+    return out
+
+
 def _file_key(st: os.stat_result) -> tuple[int, int, int, int]:
     """What identifies a file's contents for sharing a mapping: device, inode, size, mtime."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -218,17 +228,18 @@ class ModelStore:
             self._check_open()
         return model_id
 
-    def store_bytes(self, data: Any) -> int:
+    def store_bytes(self, data: Any, *, copy: bool = True) -> int:
         """Keep a GGUF held in memory (e.g. sent by a guest) and return a new model id.
 
-        The store keeps its own copy (an immutable `bytes` object is kept as is),
-        so the caller may reuse its buffer at once.
+        The store keeps its own copy (an immutable `bytes` object is kept as is;
+        the copy runs without the GIL), so the caller may reuse its buffer at once.
+        copy=False: the store keeps `data` itself, which the caller must never change.
         """
         try:
             view = memoryview(data)
         except TypeError:
             raise ArgumentTypeError(f"store_bytes needs a bytes-like object, not {type(data).__name__}") from None
-        owned = data if type(data) is bytes else view.tobytes()
+        owned = data if type(data) is bytes or not copy else private_copy(view)
         mapping = _Mapping(GGUFFile.from_buffer(owned))
         with self._lock:
             self._check_open()
