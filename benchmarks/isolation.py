@@ -10,7 +10,7 @@ whenever realm stops it:
   hammer   a guest calling realm_get_model_info in a loop (deadline_s 1): stopped by its deadline
   hog      a guest growing and writing its memory until the cap (memory_bytes 256 MiB)
   walker   issue 10's quota walk: store SmolLM2 (from guest memory) -> kv_create -> remove, 16 rounds
-  parser   realm_store_model of a 64 MiB header of nested arrays: refused by the reader's caps
+  parser   realm_store_model of a 64 MiB header of nested arrays, 16 times: refused by the reader's caps
   template Realm.render_chat with a chat template of nested loops and doubling strings: cut off
            by the template's time limit
   all      every attacker above at once
@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     path = resolve(args.model)
-    data = {"walker": Path(path).read_bytes(), "parser": attackers.nested_arrays_header(64 << 20)}
+    data = {"walker": bytearray(Path(path).read_bytes()), "parser": bytearray(attackers.nested_arrays_header(64 << 20))}
     with Realm(threads=args.threads) as rt:
         model = rt.load_model(path)
         attacks = {name: (lambda fn=fn, name=name: fn(rt.store, model.id, data.get(name), LIMITS))
