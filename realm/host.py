@@ -64,7 +64,7 @@ from .abi import Err, LogLevel
 from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
 from ._compute import FORWARD_EINVAL, FORWARD_EKV_FULL
 from .forward import HostModel, KVCache, UnsupportedModelError
-from .limits import DEFAULT_LIMITS, Limits, run_wasm
+from .limits import DEFAULT_LIMITS, Limits, remaining_ticks, run_wasm
 from .store import ModelStore, StoredModel
 
 __all__ = ["RealmHost", "GuestMemory", "add_realm_imports"]
@@ -232,7 +232,7 @@ class RealmHost:
         `Limits.apply`), and give it an epoch deadline of deadline_s from now (stores of a
         `realm.sandbox_engine()` run no wasm without one)."""
         self.limits.apply(wasm_store)
-        run_wasm(wasm_store, self._deadline_from_now(), lambda: None)
+        wasm_store.set_epoch_deadline(remaining_ticks(self._deadline_from_now()))
 
     def run(self, wasm_store: wasmtime.Store, fn: Callable[..., Any], *args: Any,
             deadline: float | None = None, what: str = "the guest") -> Any:

@@ -27,7 +27,8 @@ from typing import Any, Callable
 import wasmtime
 
 from . import _compute
-from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, RealmError)
+from .errors import (ArgumentTypeError, DeadlineExceeded, InternalError, InvalidArgumentError, LimitExceeded,
+                     RealmError)
 
 __all__ = ["Limits", "HostBudget", "GuestTrapError", "sandbox_engine", "TICK_S", "run_wasm"]
 
@@ -143,7 +144,7 @@ class HostBudget:
         """Give back bytes a `reserve` took."""
         with self._lock:
             if nbytes > self._used:
-                raise RealmError(f"HostBudget: releasing {nbytes} bytes, only {self._used} reserved")
+                raise InternalError(f"HostBudget: releasing {nbytes} bytes, only {self._used} reserved")
             self._used -= nbytes
 
     @property

@@ -73,7 +73,7 @@ class QuantizedTensor:
         return dequantize(self.data, self.dtype, shape=self.shape, out=out, threads=threads)
 
 
-def private_copy(data: Any) -> np.ndarray:
+def _private_copy(data: Any) -> np.ndarray:
     """A read-only uint8 copy of a buffer; numpy copies large ones without holding the GIL, so
     other threads (other tenants' calls) go on meanwhile."""
     src = np.frombuffer(data, dtype=np.uint8)
@@ -228,18 +228,17 @@ class ModelStore:
             self._check_open()
         return model_id
 
-    def store_bytes(self, data: Any, *, copy: bool = True) -> int:
+    def store_bytes(self, data: Any) -> int:
         """Keep a GGUF held in memory (e.g. sent by a guest) and return a new model id.
 
         The store keeps its own copy (an immutable `bytes` object is kept as is;
         the copy runs without the GIL), so the caller may reuse its buffer at once.
-        copy=False: the store keeps `data` itself, which the caller must never change.
         """
         try:
             view = memoryview(data)
         except TypeError:
             raise ArgumentTypeError(f"store_bytes needs a bytes-like object, not {type(data).__name__}") from None
-        owned = data if type(data) is bytes or not copy else private_copy(view)
+        owned = data if type(data) is bytes else _private_copy(view)
         mapping = _Mapping(GGUFFile.from_buffer(owned))
         with self._lock:
             self._check_open()

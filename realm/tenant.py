@@ -146,11 +146,8 @@ class Tenant:
             self._scope = outer
 
     def _run(self, fn: Any, *args: Any, what: str) -> Any:
-        deadline = self._scope
-        if deadline is None and self.limits.deadline_s is not None:
-            deadline = time.monotonic() + self.limits.deadline_s
-        try:
-            return self.host.run(self.wasm_store, fn, *args, deadline=deadline, what=what)
+        try:  # the open block's deadline, else (None) limits.deadline_s from now
+            return self.host.run(self.wasm_store, fn, *args, deadline=self._scope, what=what)
         except (DeadlineExceeded, GuestTrapError) as exc:
             self._broken = str(exc)
             raise
