@@ -10,9 +10,10 @@ whenever realm stops it:
   hammer   a guest calling realm_get_model_info in a loop (deadline_s 1): stopped by its deadline
   hog      a guest growing and writing its memory until the cap (memory_bytes 256 MiB)
   walker   issue 10's quota walk: store SmolLM2 (from guest memory) -> kv_create -> remove, 16 rounds
+  hoarder  store SmolLM2 -> kv_create, keeping everything: refused at its quota
   parser   realm_store_model of a 64 MiB header of nested arrays, 16 times: refused by the reader's caps
-  template Realm.render_chat with a chat template of nested loops and doubling strings: cut off
-           by the template's time limit
+  template a chat template of nested loops and doubling strings, rendered: cut off by the
+           template's time limit (1 s)
   all      every attacker above at once
 The table: the victim's median decode tok/s and its ratio to alone (target >= 0.8 on this 2-core
 machine), how long each attack ran before realm stopped it (median, and its limit), and the
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import attackers  # noqa: E402
 from _common import print_table  # noqa: E402
-from realm import ChatTemplateError, Limits, Realm  # noqa: E402
+from realm import ChatTemplate, Limits, Realm  # noqa: E402
 from realm.models import resolve  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -47,15 +48,6 @@ def victim_rate(rt: Realm, tokens: int) -> float:
     return c.usage.decode_tokens_per_second
 
 
-def template_attack(rt: Realm) -> attackers.Outcome:
-    t0 = time.monotonic()
-    try:
-        rt.render_chat([{"role": "user", "content": "hi"}], chat_template=attackers.TEMPLATE)
-    except ChatTemplateError as exc:
-        return attackers.Outcome(type(exc).__name__, time.monotonic() - t0)
-    raise AssertionError("the hostile template rendered")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -66,14 +58,17 @@ def main() -> None:
     args = ap.parse_args()
 
     path = resolve(args.model)
-    data = {"walker": bytearray(Path(path).read_bytes()), "parser": bytearray(attackers.nested_arrays_header(64 << 20))}
+    model_bytes = bytearray(Path(path).read_bytes())
+    data = {"walker": model_bytes, "hoarder": model_bytes,
+            "parser": bytearray(attackers.nested_arrays_header(64 << 20))}
     with Realm(threads=args.threads) as rt:
         model = rt.load_model(path)
         attacks = {name: (lambda fn=fn, name=name: fn(rt.store, model.id, data.get(name), LIMITS))
                    for name, fn in attackers.ATTACKS.items()}
-        attacks["template"] = lambda: template_attack(rt)
+        attacks["template"] = lambda: attackers.template_attack(ChatTemplate(attackers.TEMPLATE))
         limits = {"spin": f"deadline {LIMITS.deadline_s:g} s", "hammer": f"deadline {LIMITS.deadline_s:g} s",
                   "hog": f"memory {LIMITS.memory_bytes >> 20} MiB", "walker": f"{LIMITS.stored_models} models",
+                  "hoarder": f"{LIMITS.stored_models} models",
                   "parser": "header caps", "template": "template time limit"}
 
         victim_rate(rt, args.tokens)  # warm-up

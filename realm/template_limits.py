@@ -71,6 +71,10 @@ MAX_OUTPUT_BYTES_LIMIT = 1 << 30
 # Python's compile() of the module jinja2 generates cannot be interrupted: it starts only if this
 # many times the time jinja2 took to parse and generate it is left (it has taken at most ~2x).
 _COMPILE_FACTOR = 3
+# A rendering that keeps the GIL this long sleeps _YIELD_S, so that other threads' calls (a tenant's
+# imports, each needing the GIL) get through: its cost is small, a busy template's never-ending claim.
+_YIELD_EVERY_S = 0.001
+_YIELD_S = 0.0001
 # A worker stopped at its deadline has this long to unwind before the caller gets the error anyway.
 _STOP_GRACE_S = 0.25
 _STOP_RESEND_S = 0.02
@@ -102,7 +106,8 @@ class Budget:
     """What one compilation or rendering may still use.  The worker thread keeps it in `_local`,
     where the sandbox's hooks find it."""
 
-    __slots__ = ("time_limit_s", "deadline", "max_output_bytes", "max_chars", "max_items", "max_work", "work")
+    __slots__ = ("time_limit_s", "deadline", "max_output_bytes", "max_chars", "max_items", "max_work", "work",
+                 "next_yield")
 
     def __init__(self, time_limit_s: float, max_output_bytes: int):
         self.time_limit_s = time_limit_s
@@ -112,10 +117,15 @@ class Budget:
         self.max_items = self.max_chars // _ITEM_CHARS
         self.max_work = WORK_FACTOR * self.max_chars
         self.work = 0
+        self.next_yield = time.monotonic() + _YIELD_EVERY_S
 
     def tick(self) -> None:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.deadline:
             raise _TimeUp()
+        if now > self.next_yield:
+            time.sleep(_YIELD_S)
+            self.next_yield = time.monotonic() + _YIELD_EVERY_S
 
     def check(self, size: int, what: str) -> None:
         """Refuse to build `what` of about `size` characters if that is over the size limit."""

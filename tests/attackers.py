@@ -19,6 +19,7 @@ import wasmtime
 
 from realm import abi
 from realm.abi import Err
+from realm.chat import ChatTemplate, ChatTemplateError
 from realm.errors import DeadlineExceeded
 from realm.limits import Limits
 from realm.store import ModelStore
@@ -102,6 +103,21 @@ WALKER = f"""(module
       (br $l)))
     (local.get $i)))"""
 
+# store -> kv_create, keeping everything, until the host refuses; returns the refusal's code
+HOARDER = f"""(module
+{imports("realm_store_model", "realm_kv_create")}
+  (memory (export "memory") 1)
+  (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+  (func (export "hoard") (param $ptr i32) (param $len i32) (result i32)
+    (local $id i64) (local $kv i32)
+    (loop $l
+      (local.set $id (call $realm_store_model (local.get $ptr) (local.get $len)))
+      (if (i64.lt_s (local.get $id) (i64.const 0)) (then (return (i32.wrap_i64 (local.get $id)))))
+      (local.set $kv (call $realm_kv_create (local.get $id) (i32.const 64)))
+      (if (i32.lt_s (local.get $kv) (i32.const 0)) (then (return (local.get $kv))))
+      (br $l))
+    (i32.const 0)))"""
+
 # stores whatever its memory holds
 STORE = f"""(module
 {imports("realm_store_model")}
@@ -182,6 +198,14 @@ def walker(store: ModelStore, model_id: int, data: bytes, limits: Limits, rounds
         return Outcome(ended, time.monotonic() - t0, (done, kept))
 
 
+def hoarder(store: ModelStore, model_id: int, data: bytes, limits: Limits) -> Outcome:
+    """store -> kv_create without ever removing: refused at its quota (detail: what it keeps)."""
+    with _loaded(store, wat(HOARDER), limits, data) as t:
+        t0 = time.monotonic()
+        code = t.call("hoard", 0, len(data))
+        return Outcome(f"refused ({Err(code).name})", time.monotonic() - t0, len(t.host.owned_models))
+
+
 def parser(store: ModelStore, model_id: int, data: bytes, limits: Limits, rounds: int = 16) -> Outcome:
     """realm_store_model of a header built to make the host's parser slow and fat, `rounds` times
     (the data written into the guest once): each refused (detail: the last code)."""
@@ -192,8 +216,18 @@ def parser(store: ModelStore, model_id: int, data: bytes, limits: Limits, rounds
         return Outcome(f"refused ({Err(code).name})" if code < 0 else "stored", time.monotonic() - t0, code)
 
 
+def template_attack(template: ChatTemplate) -> Outcome:
+    """A render of a hostile chat template (TEMPLATE): cut off by its time limit."""
+    t0 = time.monotonic()
+    try:
+        template.render([{"role": "user", "content": "hi"}])
+    except ChatTemplateError as exc:
+        return Outcome(type(exc).__name__, time.monotonic() - t0)
+    raise AssertionError("the hostile template rendered")
+
+
 ATTACKS: dict[str, Callable[..., Outcome]] = {"spin": spin, "hammer": hammer, "hog": hog, "walker": walker,
-                                              "parser": parser}
+                                              "hoarder": hoarder, "parser": parser}
 
 
 def keep_attacking(attack: Callable[[], Outcome], stop: threading.Event, outcomes: list[Outcome]) -> None:

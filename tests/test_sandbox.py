@@ -13,10 +13,11 @@ import pytest
 import wasmtime
 
 import realm
-from attackers import (ATTACKS, HAMMER, HOG, PAGE, SPIN, STORE, WALKER, imports, keep_attacking,
-                       nested_arrays_header, wat)
+from attackers import (ATTACKS, HAMMER, HOG, PAGE, SPIN, STORE, TEMPLATE, WALKER, imports, keep_attacking,
+                       nested_arrays_header, template_attack, wat)
 from realm import abi
 from realm.abi import Err
+from realm.chat import ChatTemplate
 from realm.errors import ClosedError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, RealmError
 from realm.host import add_realm_imports
 from realm.limits import TICK_S, GuestTrapError, HostBudget, Limits, sandbox_engine
@@ -186,19 +187,23 @@ def test_add_realm_imports_with_limits(store):
 
 
 def test_a_tenant_under_attack_generates_as_alone(smollm2_path, store):
-    """Issue 10: while attackers loop, hammer imports, hog memory, walk the quotas and send a
-    hostile header -- each restarted whenever realm stops it -- a tenant generating on one
-    thread gets the same tokens as alone, and every attack ends the way its limit says."""
+    """Issue 10: while attackers loop, hammer imports, hog memory, walk and hoard against the
+    quotas, send a hostile header and a hostile chat template -- each restarted whenever realm
+    stops it -- a tenant generating on one thread gets the same tokens as alone, and every
+    attack ends the way its limit says."""
     limits = Limits(memory_bytes=64 << 20, deadline_s=0.5, stored_models=2)
-    data = {"walker": store.tiny_path.read_bytes(), "parser": nested_arrays_header(16 << 20)}
+    tiny = store.tiny_path.read_bytes()
+    data = {"walker": tiny, "hoarder": tiny, "parser": nested_arrays_header(16 << 20)}
     with realm.Realm(threads=1, limits=Limits(deadline_s=120)) as rt:
         rt.load_model(smollm2_path)
         prompt = "The three primary colors are"
         alone = rt.complete(prompt, max_tokens=24, temperature=0, ignore_eos=True).tokens
-        stop, outcomes = threading.Event(), {name: [] for name in ATTACKS}
-        workers = [threading.Thread(target=keep_attacking, args=(
-            lambda fn=fn, name=name: fn(store, store.tiny, data.get(name), limits), stop, outcomes[name]))
-            for name, fn in ATTACKS.items()]
+        attacks = {name: lambda fn=fn, name=name: fn(store, store.tiny, data.get(name), limits)
+                   for name, fn in ATTACKS.items()}
+        attacks["template"] = lambda: template_attack(ChatTemplate(TEMPLATE, time_limit_s=limits.deadline_s))
+        stop, outcomes = threading.Event(), {name: [] for name in attacks}
+        workers = [threading.Thread(target=keep_attacking, args=(attack, stop, outcomes[name]))
+                   for name, attack in attacks.items()]
         for w in workers:
             w.start()
         try:
@@ -211,10 +216,12 @@ def test_a_tenant_under_attack_generates_as_alone(smollm2_path, store):
     assert not any(w.is_alive() for w in workers)
     stopped = {"DeadlineExceeded"}
     for name, ended in {"spin": stopped, "hammer": stopped, "hog": {"capped"} | stopped,  # filling 64 MiB may
-                        "walker": {"walked"}, "parser": {"refused (BAD_GGUF)"}}.items():  # take the deadline
+                        "walker": {"walked"}, "hoarder": {"refused (LIMIT)"},          # take the deadline
+                        "parser": {"refused (BAD_GGUF)"}, "template": {"ChatTemplateError"}}.items():
         assert outcomes[name] and {o.ended_by for o in outcomes[name]} <= ended, (name, outcomes[name][:3])
-    for o in outcomes["spin"] + outcomes["hammer"]:
+    for o in outcomes["spin"] + outcomes["hammer"] + outcomes["template"]:
         assert o.seconds < limits.deadline_s + 0.1, o
+    assert all(o.detail == limits.stored_models for o in outcomes["hoarder"])  # refused at its quota
     assert all(o.detail <= limits.memory_bytes for o in outcomes["hog"] if o.ended_by == "capped")
     assert all(o.detail == (16, 0) for o in outcomes["walker"])  # nothing kept after a walk
     assert store.budget.used == 0
