@@ -27,7 +27,7 @@ from .reader import StringArray
 from .template_limits import (DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIME_LIMIT_S, MAX_TEMPLATE_CHARS, Budget,
                               SandboxEnvironment, check_limits, limited, render_text)
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "special_token_texts"]
+__all__ = ["ChatTemplate", "ChatTemplateError", "special_token_texts", "vocabulary"]
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -92,12 +92,17 @@ def compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate:
     return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
 
 
+def vocabulary(metadata: Mapping[str, Any]) -> StringArray | list | None:
+    """tokenizer.ggml.tokens when it is a sequence of them (a GGUF's array of strings, or a list
+    in metadata built by hand); None when absent or a scalar."""
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    return tokens if isinstance(tokens, (StringArray, list)) else None
+
+
 def special_token_texts(metadata: Mapping[str, Any]) -> dict[str, str]:
     """{"bos_token": ..., "eos_token": ...}: the texts of the BOS and EOS tokens ("" when absent),
     as llama.cpp's token_get_text gives them to templates."""
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, (StringArray, list)):  # absent, or not an array of strings
-        tokens = None
+    tokens = vocabulary(metadata)
     out = {}
     for var, key in (("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id")):
         token_id = metadata.get(key)

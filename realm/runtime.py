@@ -34,12 +34,11 @@ import numpy as np
 from . import abi
 from .abi import Err, StopReason
 from .cache import LayerCache
-from .chat import compiled, no_template_error, special_token_texts
-from .reader import StringArray
+from .chat import compiled, no_template_error, special_token_texts, vocabulary
 from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, ModelNotFoundError,
                      RealmError)
-from .limits import HostBudget, Limits
 from .guest import Guest, GuestError
+from .limits import HostBudget, Limits
 from .models import MODELS, model_path, resolve
 from .store import ModelStore
 from .threads import check_threads
@@ -257,12 +256,11 @@ class Realm:
         model_id = self.store.load(path)
         stored = self.store.get(model_id)
         md = stored.metadata
-        tokens = md.get("tokenizer.ggml.tokens")
+        tokens = vocabulary(md)
         context = md.get(f"{stored.architecture}.context_length")
-        n_vocab = len(tokens) if isinstance(tokens, (StringArray, np.ndarray, list)) else 0
         template = md.get("tokenizer.chat_template")
         handle = Model(id=model_id, path=path, name=str(model), architecture=stored.architecture,
-                       n_vocab=n_vocab,
+                       n_vocab=len(tokens) if tokens is not None else 0,
                        n_ctx_train=int(context) if isinstance(context, int) else 0,
                        chat_template=template if isinstance(template, str) else None,
                        **special_token_texts(md))
@@ -444,6 +442,13 @@ class Realm:
                 g.close()
         return _Borrowed(self, handle.id, *entry)
 
+    def _drop_tokenizer(self, model_id: int, guest: Guest) -> None:
+        """Forget a kept guest that can no longer run (the next call makes a fresh one)."""
+        with self._lock:
+            if self._tokenizers.get(model_id, (None,))[0] is guest:
+                del self._tokenizers[model_id]
+        guest.close()
+
     def _request(self, handle: Model, prompt: bytes, flags: int, o: Mapping[str, Any]) -> _Request:
         max_tokens = o["max_tokens"]
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
@@ -539,10 +544,7 @@ class _Borrowed:
     def __exit__(self, *exc: object) -> None:
         try:
             if self.guest.failed is not None:
-                with self.realm._lock:
-                    if self.realm._tokenizers.get(self.model_id, (None,))[0] is self.guest:
-                        del self.realm._tokenizers[self.model_id]
-                self.guest.close()
+                self.realm._drop_tokenizer(self.model_id, self.guest)
         finally:
             self.lock.release()
 

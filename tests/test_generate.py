@@ -580,6 +580,18 @@ def test_unload_and_close(smollm2_path):
     assert len(r.store) == 0
 
 
+def test_a_tokenizer_guest_that_can_no_longer_run_is_replaced(smollm2_path):
+    """The guest Realm keeps for tokenize/detokenize is dropped once it fails (a deadline, a trap;
+    here: closed), and the next call gets a fresh one."""
+    with Realm(threads=1) as r:
+        m = r.load_model(smollm2_path)
+        with r._tokenizer(m) as g:
+            g.close()
+        assert g.failed and r.detokenize(r.tokenize("Hi there", add_special=False)) == "Hi there"
+        with r._tokenizer(m) as fresh:
+            assert fresh is not g and fresh.failed is None
+
+
 def test_an_attached_generation_keeps_its_model_when_it_is_unloaded(smollm2_path):
     """Issue 10: a guest that attached before the model was unloaded prefills and decodes on
     (the host's hold on a shared model makes its forward pass; it answered NO_MODEL before)."""
