@@ -223,6 +223,8 @@ int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok)
         cap * E * f, cap * Q * f, cap * KV * f, cap * KV * f, cap * Q * f, cap * c->n_ff * f, cap * c->n_ff * f,
         cap * E * f, cap * c->n_rot * f, cap * c->n_rot * f, cap * (int64_t)sizeof(int32_t),
         act_bytes(m, REALM_ACT_Q8, cap), act_bytes(m, REALM_ACT_Q8_K, cap),
+        cap * (int64_t)sizeof(int32_t), cap * (int64_t)sizeof(int32_t), cap * (int64_t)sizeof(int32_t),
+        cap * (int64_t)sizeof(void *), cap * (int64_t)sizeof(void *), cap * (int64_t)sizeof(int64_t),
     };
     enum { N = sizeof sizes / sizeof sizes[0] };
     int64_t offs[N], total = 0;
@@ -240,6 +242,12 @@ int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok)
     s->pos = (int32_t *)(block + offs[10]);
     s->act[0] = block + offs[11];
     s->act[1] = block + offs[12];
+    s->seg = (int32_t *)(block + offs[13]);
+    s->rope_pos[0] = (int32_t *)(block + offs[14]);
+    s->rope_pos[1] = (int32_t *)(block + offs[15]);
+    s->kv_k = (const void **)(block + offs[16]);
+    s->kv_v = (const void **)(block + offs[17]);
+    s->kv_len = (int64_t *)(block + offs[18]);
     s->rope_n[0] = s->rope_n[1] = 0;
     return 0;
 }
@@ -247,6 +255,8 @@ int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok)
 void realm_scratch_free(realm_scratch *s) {
     free(s->block);
     free(s->attn);
+    free(s->hidden);
+    free(s->logits);
     memset(s, 0, sizeof *s);
 }
 
@@ -338,27 +348,22 @@ static void tick(const realm_model *m, realm_scratch *s, int op, double *t) {
     *t = now;
 }
 
-/* Layer il for n (<= s->cap) tokens at pos0..: x [n][n_embd] is updated in place. */
-static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_t pos0, realm_kv_cache *kv,
-                       realm_scratch *s) {
+/* Layer il for the n (<= s->cap) tokens whose positions, sequences and cache rows
+ * the caller put in s (pos, seg, kv_k/kv_v/kv_len): x [n][n_embd] is updated in
+ * place.  fresh_rope: s->rope[local] must be made for these positions. */
+static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, const realm_seq *seqs, realm_scratch *s,
+                       int fresh_rope, int64_t n_kv_max) {
     const realm_config *c = &m->c;
     const realm_layer_weights *L = &m->layers[il];
     const int isa = m->isa, gemma = c->arch == REALM_ARCH_GEMMA3, local = realm_layer_is_local(c, il);
     const int64_t E = c->n_embd, Q = (int64_t)c->n_head * c->head_dim, KV = (int64_t)c->n_head_kv * c->head_dim;
     const float base = local ? c->rope_base_swa : c->rope_base;
-    /* Read by every thread before the first barrier; updated by the master after it. */
-    const int fresh_rope = s->rope_n[local] != n || s->rope_pos0[local] != pos0 || s->rope_base[local] != base;
     float *rope = s->rope[local];
     double t = m->profile ? wall_time() : 0.0;
     int have, rc = 0;
 
     /* attention */
     norm_rows(x, &L->attn_norm, n, E, c->rms_eps, s->xn);
-    if (fresh_rope && thread_num() == 0) { /* the table is filled below, before anyone reads it */
-        s->rope_n[local] = n;
-        s->rope_pos0[local] = pos0;
-        s->rope_base[local] = base;
-    }
     tick(m, s, REALM_OP_ATTN_NORM, &t);
     have = 0;
     if (!rc) rc = project(&L->wq, s->xn, n, s->q, s->act, &have, isa);
@@ -368,7 +373,6 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float *q = s->q + i * Q, *k = s->k + i * KV, *cs = rope + i * c->n_rot;
-        s->pos[i] = (int32_t)(pos0 + i);
         if (gemma) {
             realm_rmsnorm(q, L->attn_q_norm.data, c->n_head, c->head_dim, c->rms_eps, q);
             realm_rmsnorm(k, L->attn_k_norm.data, c->n_head_kv, c->head_dim, c->rms_eps, k);
@@ -378,13 +382,13 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_
         realm_rope_apply(k, 1, c->n_head_kv, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
         if (gemma)
             for (int64_t j = 0; j < Q; j++) q[j] = q[j] * c->attn_scale;
-        kv_store(kv, il, pos0 + i, k, s->v + i * KV, isa);
+        kv_store(seqs[s->seg[i]].kv, il, s->pos[i], k, s->v + i * KV, isa);
     }
     tick(m, s, REALM_OP_ROPE, &t);
-    const realm_attn_params p = attn_params(m, il, kv->type);
+    const realm_attn_params p = attn_params(m, il, seqs[0].kv->type);
     if (!rc)
-        rc = realm_attention_ws(&p, s->q, n, s->pos, kv_rows(kv, kv->k, il), kv_rows(kv, kv->v, il), pos0 + n,
-                                s->att, s->attn, isa);
+        rc = realm_attention_rows_ws(&p, s->q, n, s->pos, s->kv_k, s->kv_v, s->kv_len, n_kv_max, s->att, s->attn,
+                                     isa);
     tick(m, s, REALM_OP_ATTN, &t);
     have = 0;
     if (!rc) rc = project(&L->wo, s->att, n, s->proj, s->act, &have, isa);
@@ -407,30 +411,147 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, int64_
     return rc;
 }
 
-/* ---- entry points ---- */
-
-int realm_forward_layer(const realm_model *m, int il, const float *in, int64_t n_tok, int64_t pos,
-                        realm_kv_cache *kv, realm_scratch *s, float *out) {
+/* Layer il over the sequences' rows x [sum of n][n_embd], in chunks of at most
+ * s->cap tokens (a sequence may span chunks: its later tokens attend to the K/V
+ * rows the earlier chunk stored).  Arguments are checked by the callers. */
+static int run_layer(const realm_model *m, int il, const realm_seq *seqs, int n_seq, float *x, realm_scratch *s) {
     const realm_config *c = &m->c;
-    if (il < 0 || il >= c->n_layer || n_tok < 1 || n_tok > MAX_DIM || pos < 0) return REALM_EINVAL;
-    if (kv->n_layer != c->n_layer || kv->row != (int64_t)c->n_head_kv * c->head_dim) return REALM_EINVAL;
-    if (pos > kv->n_ctx - n_tok) return REALM_EKV_FULL;
-    if (pos > kv->n_filled[il]) return REALM_EINVAL;
-    int rc = realm_scratch_reserve(s, m, n_tok);
-    if (!rc) rc = attn_reserve(s, m, kv->n_ctx, kv->type);
+    int64_t total = 0, n_kv_max = 0;
+    for (int i = 0; i < n_seq; i++) {
+        total += seqs[i].n;
+        if (seqs[i].kv->n_ctx > n_kv_max) n_kv_max = seqs[i].kv->n_ctx;
+    }
+    int rc = realm_scratch_reserve(s, m, total);
+    if (!rc) rc = attn_reserve(s, m, n_kv_max, seqs[0].kv->type);
     if (rc) return rc;
+    const int local = realm_layer_is_local(c, il);
+    const float base = local ? c->rope_base_swa : c->rope_base;
     const int64_t E = c->n_embd;
-    memmove(out, in, (size_t)(n_tok * E) * sizeof(float));
-    for (int64_t t0 = 0; t0 < n_tok && !rc; t0 += s->cap) {
-        const int64_t n = n_tok - t0 < s->cap ? n_tok - t0 : s->cap;
+    int seq = 0;
+    int64_t off = 0; /* the next token's index within seqs[seq] */
+    for (int64_t t0 = 0; t0 < total && !rc; t0 += s->cap) {
+        const int64_t n = total - t0 < s->cap ? total - t0 : s->cap;
+        for (int64_t i = 0; i < n; i++, off++) {
+            while (off == seqs[seq].n) seq++, off = 0;
+            const realm_kv_cache *kv = seqs[seq].kv;
+            s->pos[i] = (int32_t)(seqs[seq].pos + off);
+            s->seg[i] = seq;
+            s->kv_k[i] = kv_rows(kv, kv->k, il);
+            s->kv_v[i] = kv_rows(kv, kv->v, il);
+            s->kv_len[i] = kv->n_ctx;
+        }
+        /* the layers of a step share a rope table: remake it only for other positions */
+        const int fresh = s->rope_n[local] != n || s->rope_base[local] != base ||
+                          memcmp(s->rope_pos[local], s->pos, (size_t)n * sizeof(int32_t));
+        if (fresh) {
+            s->rope_n[local] = n;
+            s->rope_base[local] = base;
+            memcpy(s->rope_pos[local], s->pos, (size_t)n * sizeof(int32_t));
+        }
 #pragma omp parallel num_threads(m->nthreads) if (m->nthreads > 1)
         {
-            const int r = layer_chunk(m, il, out + t0 * E, n, pos + t0, kv, s);
+            const int r = layer_chunk(m, il, x + t0 * E, n, seqs, s, fresh, n_kv_max);
             if (thread_num() == 0) rc = r; /* every thread meets the same (argument-driven) result */
         }
     }
-    if (!rc) kv->n_filled[il] = pos + n_tok;
-    return rc;
+    if (rc) return rc;
+    for (int i = 0; i < n_seq; i++) seqs[i].kv->n_filled[il] = seqs[i].pos + seqs[i].n;
+    return 0;
+}
+
+/* ---- entry points ---- */
+
+int realm_seq_check(const realm_model *m, int il, const realm_seq *q) {
+    const realm_config *c = &m->c;
+    const realm_kv_cache *kv = q->kv;
+    if (il >= c->n_layer || q->n < 1 || q->n > MAX_DIM || q->pos < 0 || !kv) return REALM_EINVAL;
+    if (kv->n_layer != c->n_layer || kv->row != (int64_t)c->n_head_kv * c->head_dim) return REALM_EINVAL;
+    if (q->pos > kv->n_ctx - q->n) return REALM_EKV_FULL;
+    if (q->pos > (il < 0 ? realm_kv_length(kv) : kv->n_filled[il])) return REALM_EINVAL;
+    if (il < 0) {
+        if (!q->tokens) return REALM_EINVAL;
+        for (int64_t t = 0; t < q->n; t++)
+            if (q->tokens[t] < 0 || q->tokens[t] >= c->n_vocab) return REALM_EINVAL;
+    }
+    return 0;
+}
+
+/* Every sequence checked, no cache twice, one cache type. */
+static int check_batch(const realm_model *m, int il, const realm_seq *seqs, int n_seq, int64_t *total) {
+    if (n_seq < 1 || !seqs) return REALM_EINVAL;
+    *total = 0;
+    for (int i = 0; i < n_seq; i++) {
+        const int rc = realm_seq_check(m, il, &seqs[i]);
+        if (rc) return rc;
+        if (seqs[i].kv->type != seqs[0].kv->type) return REALM_EINVAL;
+        for (int j = 0; j < i; j++)
+            if (seqs[j].kv == seqs[i].kv) return REALM_EINVAL;
+        *total += seqs[i].n;
+        if (*total > MAX_DIM) return REALM_EINVAL;
+    }
+    return 0;
+}
+
+int realm_forward_layer_batch(const realm_model *m, int il, const realm_seq *seqs, int n_seq, float *x,
+                              realm_scratch *s) {
+    int64_t total;
+    if (il < 0) return REALM_EINVAL;
+    const int rc = check_batch(m, il, seqs, n_seq, &total);
+    return rc ? rc : run_layer(m, il, seqs, n_seq, x, s);
+}
+
+int realm_forward_layer(const realm_model *m, int il, const float *in, int64_t n_tok, int64_t pos,
+                        realm_kv_cache *kv, realm_scratch *s, float *out) {
+    if (il < 0) return REALM_EINVAL;
+    const realm_seq q = {.tokens = NULL, .n = n_tok, .pos = pos, .kv = kv, .logits = NULL};
+    const int rc = realm_seq_check(m, il, &q);
+    if (rc) return rc;
+    memmove(out, in, (size_t)(n_tok * m->c.n_embd) * sizeof(float));
+    return run_layer(m, il, &q, 1, out, s);
+}
+
+/* Grow a float buffer to rows x width (kept for the next call). */
+static int reserve_rows(float **buf, int64_t *cap, int64_t rows, int64_t width) {
+    if (*buf && *cap >= rows) return 0;
+    float *p = malloc((size_t)(rows * width) * sizeof(float));
+    if (!p) return REALM_ENOMEM;
+    free(*buf);
+    *buf = p;
+    *cap = rows;
+    return 0;
+}
+
+int realm_forward_batch(const realm_model *m, const realm_seq *seqs, int n_seq, realm_scratch *s) {
+    const realm_config *c = &m->c;
+    const int64_t E = c->n_embd, V = c->n_vocab;
+    int64_t total;
+    int rc = check_batch(m, -1, seqs, n_seq, &total);
+    if (!rc) rc = reserve_rows(&s->hidden, &s->hidden_cap, total, E);
+    if (rc) return rc;
+    float *h = s->hidden;
+    int64_t off = 0;
+    for (int i = 0; i < n_seq && !rc; off += seqs[i].n, i++)
+        rc = realm_forward_embedding(m, seqs[i].tokens, seqs[i].n, h + off * E);
+    for (int il = 0; il < c->n_layer && !rc; il++) rc = run_layer(m, il, seqs, n_seq, h, s);
+    if (rc) return rc;
+    /* the last row of each sequence that wants logits, moved to the front in order (a row
+     * only ever moves down, past rows already read) */
+    int64_t rows = 0, end = 0;
+    float *only = NULL;
+    for (int i = 0; i < n_seq; i++) {
+        end += seqs[i].n;
+        if (!seqs[i].logits) continue;
+        memmove(h + rows * E, h + (end - 1) * E, (size_t)E * sizeof(float));
+        only = seqs[i].logits;
+        rows++;
+    }
+    if (rows == 0) return 0;
+    if (rows == 1) return realm_forward_lm_head(m, h, 1, only);
+    if ((rc = reserve_rows(&s->logits, &s->logits_cap, rows, V))) return rc;
+    if ((rc = realm_forward_lm_head(m, h, rows, s->logits))) return rc;
+    for (int i = 0, r = 0; i < n_seq; i++)
+        if (seqs[i].logits) memcpy(seqs[i].logits, s->logits + (int64_t)r++ * V, (size_t)V * sizeof(float));
+    return 0;
 }
 
 int realm_forward_embedding(const realm_model *m, const int32_t *tokens, int64_t n_tok, float *out) {

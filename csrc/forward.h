@@ -133,13 +133,21 @@ typedef struct {
     float *gate, *up;             /* [cap][n_ff] */
     float *proj;                  /* wo / ffn_down output [cap][n_embd] */
     float *rope[2];               /* cos/sin tables [cap][n_rot] of global (0) and local (1) layers */
-    int64_t rope_pos0[2], rope_n[2]; /* the positions each table holds (n 0: none), so the layers */
-    float rope_base[2];              /* of a step share one table instead of each making its own */
-    int32_t *pos;                 /* [cap] */
+    int64_t rope_n[2];            /* tokens each table holds (0: none), so the layers of a */
+    float rope_base[2];           /* step share one table instead of each making its own */
+    int32_t *pos;                 /* [cap]: each token's position */
+    int32_t *seg;                 /* [cap]: the realm_seq each token belongs to */
+    int32_t *rope_pos[2];         /* [cap]: the positions each rope table was made for */
+    const void **kv_k, **kv_v;    /* [cap]: this layer's K and V rows of each token's cache */
+    int64_t *kv_len;              /* [cap]: positions each token's cache has room for */
     void *act[2];                 /* quantized activations: Q8 and Q8_K (64-byte aligned) */
     void *block;                  /* the one allocation all of the above live in */
     float *attn;                  /* attention's per-thread scratch (realm_attn_scratch each) */
     int64_t attn_floats;          /* its size */
+    float *hidden;                /* realm_forward_batch's hidden rows [hidden_cap][n_embd] */
+    int64_t hidden_cap;
+    float *logits;                /* its logits of several rows [logits_cap][n_vocab] */
+    int64_t logits_cap;
     double prof[REALM_OP_COUNT];  /* seconds per op, when model->profile */
 } realm_scratch;
 
@@ -162,6 +170,37 @@ int realm_forward_embedding(const realm_model *m, const int32_t *tokens, int64_t
  * out may be in, or overlap it. */
 int realm_forward_layer(const realm_model *m, int il, const float *in, int64_t n_tok, int64_t pos,
                         realm_kv_cache *kv, realm_scratch *s, float *out);
+
+/* ---- many sequences in one pass (continuous batching) ----
+ *
+ * The tokens of every sequence go through each weight matrix together (each
+ * block is decoded once for all of them); RoPE, the K/V store and attention
+ * are per token, over its own sequence's cache.  Every token's arithmetic is
+ * the same as in a pass of its sequence alone -- the matrix products and
+ * attention give each row the same bits in any batch -- so the results do not
+ * depend on what else is in the batch (forward.c's tests hold it to that). */
+typedef struct {
+    const int32_t *tokens; /* realm_forward_batch: the n token ids (unused by the layer form) */
+    int64_t n;             /* tokens, >= 1 */
+    int64_t pos;           /* position of the first: at most what kv holds (no gap) */
+    realm_kv_cache *kv;    /* the sequence's cache: no two sequences of a batch share one */
+    float *logits;         /* NULL, or [n_vocab]: receives the last token's logits */
+} realm_seq;
+
+/* 0 when the sequence can run through layer il (il < 0: every layer, and its
+ * token ids are checked too), else REALM_EINVAL (a bad size, position or token
+ * id, a cache of another shape) or REALM_EKV_FULL.  A batch is refused as a
+ * whole when one of its sequences is, so callers check each first. */
+int realm_seq_check(const realm_model *m, int il, const realm_seq *q);
+
+/* Embedding, every layer and the requested logits of n_seq sequences in one
+ * pass; the hidden rows live in s. */
+int realm_forward_batch(const realm_model *m, const realm_seq *seqs, int n_seq, realm_scratch *s);
+
+/* Layer il of n_seq sequences: x holds their hidden rows back to back
+ * ([sum of n][n_embd]) and is updated in place. */
+int realm_forward_layer_batch(const realm_model *m, int il, const realm_seq *seqs, int n_seq, float *x,
+                              realm_scratch *s);
 
 /* logits [n_rows][n_vocab] = output_norm(hidden [n_rows][n_embd]) W_out^T.
  * hidden and logits may overlap (hidden is read first). */

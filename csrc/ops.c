@@ -150,11 +150,11 @@ static int heads_per_item(const realm_attn_params *p, int64_t n_tok, int nt) {
     return (group + slices - 1) / slices;
 }
 
-int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos, const void *k,
-                       const void *v, int64_t n_kv, float *out, float *scratch, int isa) {
-    int rc = check_attn(p, n_tok, pos, n_kv);
-    if (rc) return rc;
-    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
+/* The work-sharing loop of both forms: query row t reads the cache at k, v -- or, when kt is
+ * not NULL, at kt[t], vt[t] (each row its own sequence's cache). */
+static void attention_items(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos,
+                            const void *k, const void *v, const void *const *kt, const void *const *vt, int64_t n_kv,
+                            float *out, float *scratch, int isa) {
     const realm_attn_fn fn = isa == REALM_ISA_AVX2 ? realm_attn_heads_avx2 : realm_attn_heads_ref;
 #ifdef _OPENMP
     const int nt = omp_get_num_threads(), me = omp_get_thread_num();
@@ -172,8 +172,28 @@ int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok
         const int g = (int)(it / slices % p->n_kv_head), sl = (int)(it % slices);
         const int h0 = g * group + sl * per, h1 = h0 + per < (g + 1) * group ? h0 + per : (g + 1) * group;
         const int64_t hi = pos[t], lo = p->window > 0 && hi - p->window + 1 > 0 ? hi - p->window + 1 : 0;
-        fn(p, q + t * row, k, v, lo, hi, h0, h1, out + t * row, mine);
+        fn(p, q + t * row, kt ? kt[t] : k, vt ? vt[t] : v, lo, hi, h0, h1, out + t * row, mine);
     }
+}
+
+int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos, const void *k,
+                       const void *v, int64_t n_kv, float *out, float *scratch, int isa) {
+    int rc = check_attn(p, n_tok, pos, n_kv);
+    if (rc) return rc;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
+    attention_items(p, q, n_tok, pos, k, v, NULL, NULL, n_kv, out, scratch, isa);
+    return 0;
+}
+
+int realm_attention_rows_ws(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos,
+                            const void *const *k, const void *const *v, const int64_t *n_kv, int64_t n_kv_max,
+                            float *out, float *scratch, int isa) {
+    int rc = check_attn(p, 0, pos, n_kv_max);
+    if (rc) return rc;
+    for (int64_t t = 0; t < n_tok; t++)
+        if (pos[t] < 0 || pos[t] >= n_kv[t] || n_kv[t] > n_kv_max || !k[t] || !v[t]) return REALM_EINVAL;
+    if ((isa = realm_resolve_isa(isa)) < 0) return isa;
+    attention_items(p, q, n_tok, pos, NULL, NULL, k, v, n_kv_max, out, scratch, isa);
     return 0;
 }
 

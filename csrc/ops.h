@@ -71,6 +71,13 @@ int realm_attention(const realm_attn_params *p, const float *q, int64_t n_tok, c
                     const void *v, int64_t n_kv, float *out, int nthreads, int isa);
 int realm_attention_ws(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos, const void *k,
                        const void *v, int64_t n_kv, float *out, float *scratch, int isa);
+/* realm_attention_ws for rows of many sequences: row t is a query of the sequence whose
+ * cache holds n_kv[t] positions at k[t], v[t] (all with p's layout); scratch as
+ * realm_attn_scratch(p, n_kv_max) per thread.  Each row's result is the bits
+ * realm_attention_ws gives it alone. */
+int realm_attention_rows_ws(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos,
+                            const void *const *k, const void *const *v, const int64_t *n_kv, int64_t n_kv_max,
+                            float *out, float *scratch, int isa);
 
 /* out = silu(gate) * up, silu(x) = x / (1 + exp(0 - x)) (ggml_v_silu; ggml
  * takes the C library's expf for the last n % 16 values of a row instead); and

@@ -61,6 +61,15 @@ cdef extern from "forward.h":
     void realm_kv_truncate(realm_kv_cache *kv, int64_t n) nogil
     int64_t realm_kv_length(const realm_kv_cache *kv) nogil
     void realm_scratch_free(realm_scratch *s)
+    ctypedef struct realm_seq:
+        const int32_t *tokens
+        int64_t n, pos
+        realm_kv_cache *kv
+        float *logits
+    int realm_seq_check(const realm_model *m, int il, const realm_seq *q) nogil
+    int realm_forward_batch(const realm_model *m, const realm_seq *seqs, int n_seq, realm_scratch *s) nogil
+    int realm_forward_layer_batch(const realm_model *m, int il, const realm_seq *seqs, int n_seq, float *x,
+                                  realm_scratch *s) nogil
     int realm_forward_embedding(const realm_model *m, const int32_t *tokens, int64_t n_tok, float *out) nogil
     int realm_forward_layer(const realm_model *m, int il, const float *inp, int64_t n_tok, int64_t pos,
                             realm_kv_cache *kv, realm_scratch *s, float *out) nogil
@@ -403,18 +412,17 @@ cdef class KVCache:
 
     def _forward_at(self, ForwardModel model, size_t tokens, int64_t n, int64_t pos, size_t logits) -> int:
         """Embedding, every layer and (unless logits is 0) the last token's logits for n tokens
-        at positions pos.. -- token ids and logits at guest addresses checked by the caller, the
-        hidden rows in the host; returns the C code."""
-        if self.model is not model or n < 1:  # (the host bounds n, so `hidden` stays small)
+        at positions pos.. -- token ids and logits at addresses checked by the caller, the
+        hidden rows in this cache's scratch; returns the C code."""
+        if self.model is not model:
             return REALM_EINVAL
-        hidden = np.empty((n, model.n_embd), dtype=np.float32)
-        cdef float[:, ::1] hv = hidden
+        cdef realm_seq q
+        q.tokens, q.n, q.pos, q.kv, q.logits = <const int32_t *>tokens, n, pos, self.kv, <float *>logits
         cdef int rc
         self._enter()
         try:
             with nogil:
-                rc = _forward_tokens(&model.m, <const int32_t *>tokens, n, pos, self.kv, &self.scratch, &hv[0, 0],
-                                     n - 1, <float *>logits)
+                rc = realm_forward_batch(&model.m, &q, 1, &self.scratch)
         finally:
             self._leave()
         return rc
@@ -433,3 +441,92 @@ cdef class KVCache:
             self._leave()
         return rc
 
+
+
+cdef class Batch:
+    """Passes of a ForwardModel over many sequences at once (csrc/forward.h's realm_seq):
+    every weight block is read once for all their tokens.  Keeps its scratch between passes.
+    Used by realm.batching, which checks the addresses it passes (guest memory or host
+    arrays) and runs one pass at a time."""
+    cdef realm_scratch scratch
+    cdef realm_seq *seqs
+    cdef int cap
+    cdef readonly ForwardModel model
+
+    def __cinit__(self):
+        memset(&self.scratch, 0, sizeof(realm_scratch))
+        self.seqs = NULL
+        self.cap = 0
+
+    def __init__(self, ForwardModel model):
+        self.model = model
+
+    def __dealloc__(self):
+        realm_scratch_free(&self.scratch)
+        free(self.seqs)
+
+    def check(self, KVCache kv, size_t tokens, int64_t n, int64_t pos, int il=-1) -> int:
+        """The C code's verdict on one sequence (0, or the code a pass with it would fail
+        with): il -1 for a whole forward step (token ids at `tokens` included), else layer il."""
+        if kv.model is not self.model:
+            return REALM_EINVAL
+        cdef realm_seq q
+        q.tokens, q.n, q.pos, q.kv, q.logits = <const int32_t *>tokens, n, pos, kv.kv, NULL
+        return realm_seq_check(&self.model.m, il, &q)
+
+    cdef int _fill(self, list items, bint with_tokens) except -1:
+        cdef int n = len(items)
+        if n == 0:
+            raise InvalidArgumentError("a pass needs a sequence")
+        if n > self.cap:
+            free(self.seqs)
+            self.seqs = <realm_seq *>calloc(n, sizeof(realm_seq))
+            self.cap = n if self.seqs != NULL else 0
+            if self.seqs == NULL:
+                raise OutOfMemoryError("Batch: out of memory")
+        cdef KVCache kv
+        cdef int i
+        for i in range(n):
+            item = items[i]
+            kv = item[0]
+            if kv.model is not self.model:
+                raise InvalidArgumentError("a KV cache of another model")
+            self.seqs[i].kv = kv.kv
+            if with_tokens:
+                self.seqs[i].tokens = <const int32_t *><size_t>item[1]
+                self.seqs[i].n, self.seqs[i].pos = item[2], item[3]
+                self.seqs[i].logits = <float *><size_t>item[4]
+            else:
+                self.seqs[i].tokens = NULL
+                self.seqs[i].n, self.seqs[i].pos = item[1], item[2]
+                self.seqs[i].logits = NULL
+        return 0
+
+    def forward(self, list items) -> int:
+        """One pass of whole forward steps: items are (KVCache, tokens address, n, position,
+        logits address or 0); returns the C code."""
+        self._fill(items, True)
+        return self._run(items, -1, 0)
+
+    def layer(self, int il, list items, size_t hidden) -> int:
+        """Layer il for items (KVCache, n, position) whose hidden rows lie back to back at
+        `hidden` (updated in place); returns the C code."""
+        self._fill(items, False)
+        return self._run(items, il, hidden)
+
+    cdef int _run(self, list items, int il, size_t hidden) except? -1:
+        cdef int rc = 0, n = len(items)
+        entered = []
+        try:
+            for item in items:
+                (<KVCache>item[0])._enter()
+                entered.append(item[0])
+            with nogil:
+                if il < 0:
+                    rc = realm_forward_batch(&self.model.m, self.seqs, n, &self.scratch)
+                else:
+                    rc = realm_forward_layer_batch(&self.model.m, il, self.seqs, n, <float *>hidden, &self.scratch)
+        finally:
+            for kv in entered:
+                (<KVCache>kv)._leave()
+        return rc
