@@ -10,7 +10,7 @@
 # already checked against a guest's linear memory: they are for it alone.
 
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from .threads import usable_cores
 
@@ -51,6 +51,8 @@ cdef extern from "forward.h":
         int n_layer
         int64_t n_ctx, row
         int64_t *n_filled
+        void *k
+        void *v
     ctypedef struct realm_scratch:
         double prof[10]
     int realm_model_check(const realm_model *m, char *what, int what_len)
@@ -394,6 +396,60 @@ cdef class KVCache:
         realm_kv_truncate(self.kv, n_tokens)
         self._leave()
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of K and V for one position over every layer."""
+        return 2 * self.kv.n_layer * self.kv.row * (2 if self.dtype == "f16" else 4)
+
+    def read_rows(self, int64_t n):
+        """Copies of K and V at positions 0..n-1 of every layer: two arrays [n_layer, n, row]
+        (f16 rows as uint16 bits)."""
+        if not 0 <= n <= realm_kv_length(self.kv):
+            raise OutOfRangeError(f"{n} positions asked of a cache holding {realm_kv_length(self.kv)}")
+        dtype = np.uint16 if self.dtype == "f16" else np.float32
+        k = np.empty((self.kv.n_layer, n, self.kv.row), dtype=dtype)
+        v = np.empty_like(k)
+        self._copy_rows(k, v, 0, n, False)
+        return k, v
+
+    def write_rows(self, k, v, int64_t start, int64_t stop):
+        """Positions start..stop-1 of every layer from arrays as `read_rows` gives (of at least
+        stop positions); every layer then holds stop positions.  Needs start <= length."""
+        dtype = np.uint16 if self.dtype == "f16" else np.float32
+        for a in (k, v):
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 3 or not a.flags.c_contiguous \
+                    or a.shape[0] != self.kv.n_layer or a.shape[2] != self.kv.row or a.shape[1] < stop:
+                raise InvalidArgumentError("rows must be contiguous arrays as read_rows gives")
+        if not 0 <= start <= stop <= self.n_ctx or start > realm_kv_length(self.kv):
+            raise OutOfRangeError(f"positions [{start}, {stop}) do not follow the {realm_kv_length(self.kv)} held")
+        self._enter()
+        try:
+            self._copy_rows(k, v, start, stop, True)
+            for il in range(self.kv.n_layer):
+                self.kv.n_filled[il] = stop
+        finally:
+            self._leave()
+
+    cdef _copy_rows(self, k, v, int64_t start, int64_t stop, bint into_cache):
+        cdef size_t es = 2 if self.dtype == "f16" else 4
+        cdef int64_t row = self.kv.row, n_ctx = self.kv.n_ctx, width = k.shape[1], il
+        cdef char *kc = <char *>self.kv.k
+        cdef char *vc = <char *>self.kv.v
+        cdef char *ka = <char *><size_t>k.ctypes.data
+        cdef char *va = <char *><size_t>v.ctypes.data
+        cdef size_t span = <size_t>((stop - start) * row) * es
+        cdef size_t cache_off, arr_off
+        with nogil:
+            for il in range(self.kv.n_layer):
+                cache_off = <size_t>((il * n_ctx + start) * row) * es
+                arr_off = <size_t>((il * width + start) * row) * es
+                if into_cache:
+                    memcpy(kc + cache_off, ka + arr_off, span)
+                    memcpy(vc + cache_off, va + arr_off, span)
+                else:
+                    memcpy(ka + arr_off, kc + cache_off, span)
+                    memcpy(va + arr_off, vc + cache_off, span)
+
     def profile(self) -> dict:
         """Seconds spent per op in this cache's layer calls (the model must profile)."""
         return {name: self.scratch.prof[i] for i, name in enumerate(PROFILE_OPS)}
@@ -516,6 +572,8 @@ cdef class Batch:
 
     cdef int _run(self, list items, int il, size_t hidden) except? -1:
         cdef int rc = 0, n = len(items)
+        if len({id(item[0]) for item in items}) < n:
+            return REALM_EINVAL  # one cache twice: the C code's answer too
         entered = []
         try:
             for item in items:

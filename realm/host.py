@@ -63,7 +63,8 @@ from . import abi
 from .abi import Err, LogLevel
 from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
 from ._compute import FORWARD_EINVAL, FORWARD_EKV_FULL
-from .forward import HostModel, KVCache, UnsupportedModelError
+from .batching import DEADLINE, Engine, engine_for, release_engine
+from .forward import KVCache, UnsupportedModelError
 from .limits import DEFAULT_LIMITS, Limits, remaining_ticks, run_wasm
 from .store import ModelStore, StoredModel
 
@@ -135,9 +136,14 @@ class GuestMemory:
         return ctypes.string_at(self._base + ptr, length) if length else b""
 
     def view(self, ptr: int, length: int) -> np.ndarray:
-        """A uint8 array over a range `check` accepted: valid during this call only (the
-        memory may move when it grows)."""
-        return np.asarray(_Span(self._base + ptr, length)) if length else np.empty(0, np.uint8)
+        """A read-only uint8 array over a range `check` accepted: valid during this call only
+        (the memory may move when it grows)."""
+        return np.asarray(_Span(self._base + ptr, length, True)) if length else np.empty(0, np.uint8)
+
+    def floats(self, ptr: int, rows: int, width: int) -> np.ndarray:
+        """A writable float32 array [rows, width] over a range `check` accepted (and 4-aligned):
+        valid during this call only."""
+        return np.asarray(_Span(self._base + ptr, 4 * rows * width, False)).view(np.float32).reshape(rows, width)
 
     def write(self, ptr: int, data: bytes | np.ndarray) -> None:
         """Write into a range `check` accepted (and the caller sized)."""
@@ -155,8 +161,9 @@ class _Span:
 
     __slots__ = ("__array_interface__",)
 
-    def __init__(self, address: int, length: int):
-        self.__array_interface__ = {"data": (address, True), "shape": (length,), "typestr": "|u1", "version": 3}
+    def __init__(self, address: int, length: int, readonly: bool):
+        self.__array_interface__ = {"data": (address, readonly), "shape": (length,), "typestr": "|u1",
+                                    "version": 3}
 
 
 _IMPORTS: dict[str, Callable[..., int]] = {}
@@ -172,11 +179,16 @@ def _realm_import(method: Callable[..., int]) -> Callable[..., int]:
 
 @dataclass
 class _Kv:
-    """A guest's KV cache: the cache, its model and the bytes it counts."""
+    """A guest's KV cache: the cache, its model and engine, the bytes it counts, and the token
+    ids at its positions 0..known-1 for the prefix cache (known -1: unknown, the guest ran
+    layers on hidden states it made itself)."""
 
     cache: KVCache
     model_id: int
     nbytes: int
+    engine: Engine
+    history: np.ndarray
+    known: int = 0
 
 
 class RealmHost:
@@ -207,8 +219,10 @@ class RealmHost:
         self._owned_bytes = 0
         self._shared: set[int] = set()
         self._closed = False
-        # model id -> its HostModel (or the UnsupportedModelError it raised); only visible models
-        self._forward: dict[int, HostModel | UnsupportedModelError] = {}
+        # model id -> its shared Engine (or the UnsupportedModelError it raised); only visible models
+        self._forward: dict[int, Engine | UnsupportedModelError] = {}
+        #: prompt tokens whose KV rows came from the prefix cache
+        self.cached_tokens = 0
         self._kv: dict[int, _Kv] = {}
         self._kv_bytes = 0
         self._logged = 0  # realm_log calls during the current `run` (abi.LOG_CALLS_MAX)
@@ -301,9 +315,10 @@ class RealmHost:
             self._forward.clear()
             self._kv.clear()
         self.store.budget.release(released)
-        for model in forward:
-            if isinstance(model, HostModel):
-                model.close()
+        for engine in forward:
+            if isinstance(engine, Engine):
+                engine.leave(self)  # waits out a pass that writes into this guest's memory
+                release_engine(engine)
         for model_id in owned:
             try:
                 self.store.remove(model_id)
@@ -330,6 +345,8 @@ class RealmHost:
                 return method(self, GuestMemory(caller),
                               *(a & _U32_MASK if u else a for a, u in zip(args, unsigned)))
             except _Fail as fail:
+                if fail.code == Err.DEADLINE:
+                    wasmtime.Store.set_epoch_deadline(caller, 0)
                 return int(fail.code)
             except Exception:  # a host bug must not trap the guest, nor reach Wasmtime
                 log.exception("realm import %s%r failed", name, args)
@@ -368,37 +385,46 @@ class RealmHost:
         except ModelNotFoundError:
             raise _Fail(Err.NO_MODEL) from None
 
-    def _host_model(self, model_id: int) -> HostModel:
-        """The forward pass of a visible model (built on first use); NO_MODEL or UNSUPPORTED."""
-        model = self._forward.get(model_id)  # present only while the model is visible
-        if model is None:
+    def _engine(self, model_id: int) -> Engine:
+        """The shared forward pass of a visible model (made on first use); NO_MODEL or UNSUPPORTED."""
+        engine = self._forward.get(model_id)  # present only while the model is visible
+        if engine is None:
             self._model(model_id)
             with self._lock:
                 held = model_id in self._shared  # our hold keeps a removed shared model usable
             try:
-                model = HostModel(self.store, model_id, threads=self.threads, held=held)
+                engine = engine_for(self.store, model_id, self.threads, held=held)
             except UnsupportedModelError as exc:
                 log.info("model %d cannot run: %s", model_id, exc)
-                model = exc
+                engine = exc
             except ModelNotFoundError:  # removed meanwhile
                 raise _Fail(Err.NO_MODEL) from None
             with self._lock:
                 visible = not self._closed and (model_id in self._owned or model_id in self._shared)
                 if visible:
-                    model = self._forward.setdefault(model_id, model)
+                    kept = self._forward.setdefault(model_id, engine)
+            if isinstance(engine, Engine) and (not visible or kept is not engine):
+                release_engine(engine)
             if not visible:
-                if isinstance(model, HostModel):
-                    model.close()
                 raise _Fail(Err.NO_MODEL)
-        if isinstance(model, UnsupportedModelError):
+            engine = kept
+        if isinstance(engine, UnsupportedModelError):
             raise _Fail(Err.UNSUPPORTED)
-        return model
+        return engine
 
-    def _kv_cache(self, kv_id: int) -> KVCache:
+    def _run_code(self, rc: int) -> int:
+        """An engine's answer as an import's."""
+        if rc == DEADLINE:
+            raise _Fail(Err.DEADLINE)
+        if rc < -1000:  # withdrawn: the tenant closed meanwhile
+            raise self._refuse("the tenant is closed")
+        return self._forward_code(rc)
+
+    def _kv_cache(self, kv_id: int) -> _Kv:
         kv = self._kv.get(kv_id)
         if kv is None:
             raise _Fail(Err.NO_KV_CACHE)
-        return kv.cache
+        return kv
 
     @staticmethod
     def _values(mem: GuestMemory, ptr: int, count: int) -> int:
@@ -537,15 +563,16 @@ class RealmHost:
                 raise _Fail(Err.NO_MODEL)
             released = self._owned.pop(model_id)
             self._owned_bytes -= released
-            forward = self._forward.pop(model_id, None)
+            engine = self._forward.pop(model_id, None)
             caches = [kv_id for kv_id, kv in self._kv.items() if kv.model_id == model_id]
             for kv_id in caches:  # each holds the model's weights: they go with it
                 kv = self._kv.pop(kv_id)
                 self._kv_bytes -= kv.nbytes
                 released += kv.nbytes
         self.store.budget.release(released)
-        if isinstance(forward, HostModel):
-            forward.close()
+        if isinstance(engine, Engine):
+            engine.leave(self)
+            release_engine(engine)
         try:
             self.store.remove(model_id)
         except ModelNotFoundError:  # the host removed it first
@@ -580,8 +607,8 @@ class RealmHost:
     @_realm_import
     def realm_forward_embedding(self, mem: GuestMemory, model_id: int, tokens_ptr: int, n_tokens: int,
                                 out_ptr: int) -> int:
-        """Embedding rows of token ids, written into guest memory by the C code."""
-        fm = self._host_model(model_id)._fm
+        """Embedding rows of token ids, written into guest memory by the C code (a lookup: not batched)."""
+        fm = self._engine(model_id).model._fm
         tokens_ptr = self._values(mem, tokens_ptr, n_tokens)
         out_ptr = self._values(mem, out_ptr, n_tokens * fm.n_embd)
         self._aligned(tokens_ptr, out_ptr)
@@ -595,25 +622,31 @@ class RealmHost:
     @_realm_import
     def realm_forward_layer(self, mem: GuestMemory, model_id: int, layer_idx: int, hidden_ptr: int,
                             hidden_len: int, position: int, kv_cache_id: int, out_ptr: int) -> int:
-        """One transformer layer on guest memory in place, K and V into the guest's KV cache."""
-        fm = self._host_model(model_id)._fm
+        """One transformer layer, batched with the same layer of other guests; K and V into the
+        guest's KV cache."""
+        engine = self._engine(model_id)
+        fm = engine.model._fm
         kv = self._kv_cache(kv_cache_id)
         hidden_ptr = self._values(mem, hidden_ptr, hidden_len)
         out_ptr = self._values(mem, out_ptr, hidden_len)
-        if layer_idx >= fm.n_layer or kv.model is not fm:
+        if layer_idx >= fm.n_layer or kv.engine is not engine:
             raise _Fail(Err.BAD_ARGUMENT)
         self._aligned(hidden_ptr, out_ptr)
         n_tokens = self._rows(hidden_len, fm.n_embd)
         self._bounded(n_tokens)
-        base = mem.base
-        self._forward_code(kv._run_layer(fm, layer_idx, base + hidden_ptr, n_tokens, position, base + out_ptr))
+        self._forward_code(engine.check(kv.cache, 0, n_tokens, position, layer_idx))
+        kv.known = -1  # rows from hidden states the guest made: no prefix to share
+        hidden = mem.floats(hidden_ptr, n_tokens, fm.n_embd)
+        out = mem.floats(out_ptr, n_tokens, fm.n_embd)
+        self._run_code(engine.layer(self, kv.cache, layer_idx, hidden, position, out, self.deadline))
         return hidden_len
 
     @_realm_import
     def realm_forward_lm_head(self, mem: GuestMemory, model_id: int, hidden_ptr: int, hidden_len: int,
                               out_ptr: int, out_max_len: int) -> int:
-        """Logits of hidden rows (final norm + output projection), written by the C code."""
-        fm = self._host_model(model_id)._fm
+        """Logits of hidden rows (final norm + output projection), batched with other guests'."""
+        engine = self._engine(model_id)
+        fm = engine.model._fm
         hidden_ptr = self._values(mem, hidden_ptr, hidden_len)
         out_ptr = self._values(mem, out_ptr, out_max_len)
         self._aligned(hidden_ptr, out_ptr)
@@ -622,19 +655,22 @@ class RealmHost:
         needed = n_rows * fm.n_vocab
         if not self._fit(out_max_len, needed):
             return needed
-        base = mem.base
-        self._forward_code(fm._lm_head_at(base + hidden_ptr, n_rows, base + out_ptr))
+        hidden = mem.floats(hidden_ptr, n_rows, fm.n_embd)
+        out = mem.floats(out_ptr, n_rows, fm.n_vocab)
+        self._run_code(engine.lm_head(self, hidden, out, self.deadline))
         return needed
 
     @_realm_import
     def realm_forward(self, mem: GuestMemory, model_id: int, tokens_ptr: int, n_tokens: int, position: int,
                       kv_cache_id: int, out_ptr: int, out_max_len: int) -> int:
-        """Embedding, every layer and the last token's logits in one call, the hidden rows in the host."""
-        fm = self._host_model(model_id)._fm
+        """Embedding, every layer and the last token's logits in one call, batched with other
+        guests' steps; rows of a cached prefix are reused."""
+        engine = self._engine(model_id)
+        fm = engine.model._fm
         kv = self._kv_cache(kv_cache_id)
         tokens_ptr = self._values(mem, tokens_ptr, n_tokens)
         out_ptr = self._values(mem, out_ptr, out_max_len)
-        if kv.model is not fm:
+        if kv.engine is not engine:
             raise _Fail(Err.BAD_ARGUMENT)
         self._aligned(tokens_ptr, out_ptr)
         if n_tokens == 0:
@@ -642,15 +678,27 @@ class RealmHost:
         self._bounded(n_tokens)
         if 0 < out_max_len < fm.n_vocab:
             raise _Fail(Err.BUFFER_TOO_SMALL)
-        base = mem.base
-        logits = base + out_ptr if out_max_len else 0
-        self._forward_code(kv._forward_at(fm, base + tokens_ptr, n_tokens, position, logits))
+        tokens = mem.view(tokens_ptr, 4 * n_tokens).view(np.int32).copy()  # the host's own copy
+        self._forward_code(engine.check(kv.cache, tokens.ctypes.data, n_tokens, position))
+        logits = mem.floats(out_ptr, 1, fm.n_vocab)[0] if out_max_len else None
+        reused = 0
+        if 0 <= kv.known and position <= kv.known and n_tokens > (logits is not None):  # rows to spare
+            reused = engine.reuse_prefix(kv.cache, kv.history, tokens, position, logits is not None)
+            self.cached_tokens += reused
+        if reused < n_tokens:
+            self._run_code(engine.forward(self, kv.cache, tokens[reused:], position + reused, logits, self.deadline))
+        if 0 <= kv.known and position <= kv.known:
+            kv.history[position:position + n_tokens] = tokens
+            kv.known = position + n_tokens
+            if n_tokens > 1 and logits is not None:  # a prompt: its rows may serve the next tenant
+                engine.keep_prefix(kv.cache, kv.history[:kv.known])
         return fm.n_vocab if out_max_len else 0
 
     @_realm_import
     def realm_kv_create(self, mem: GuestMemory, model_id: int, n_ctx: int) -> int:
         """A KV cache for the guest (f16 rows), within its quota and the host's budget."""
-        model = self._host_model(model_id)
+        engine = self._engine(model_id)
+        model = engine.model
         train = model.config.n_ctx_train
         if n_ctx == 0 or (train and n_ctx > train):
             raise _Fail(Err.BAD_ARGUMENT)
@@ -668,7 +716,7 @@ class RealmHost:
             with self._lock:
                 if self._closed or kv_id > _I32_MAX:  # closed meanwhile, or 2^31 caches made
                     raise self._refuse("the tenant is closed" if self._closed else "no KV cache ids are left")
-                self._kv[kv_id] = _Kv(kv, model_id, size)
+                self._kv[kv_id] = _Kv(kv, model_id, size, engine, np.zeros(n_ctx, np.int32))
             return kv_id
         except BaseException:
             with self._lock:
@@ -685,6 +733,9 @@ class RealmHost:
                 raise _Fail(Err.NO_KV_CACHE)
             self._kv_bytes -= kv.nbytes
         self.store.budget.release(kv.nbytes)
+        if kv.known > 0:  # the whole sequence, for a next turn that starts with it
+            kv.engine.keep_prefix(kv.cache, kv.history[:kv.known])
+        kv.engine.leave(self)  # the sequence ended: the next passes need not wait for it
         return abi.OK
 
     @_realm_import
@@ -692,10 +743,11 @@ class RealmHost:
         """Drop positions >= n_tokens; returns the positions kept."""
         kv = self._kv_cache(kv_cache_id)
         try:
-            kv.truncate(n_tokens)
+            kv.cache.truncate(n_tokens)
         except BusyError:  # in use by a forward call of another thread
             raise _Fail(Err.BAD_ARGUMENT) from None
-        return kv.length
+        kv.known = min(kv.known, kv.cache.length)
+        return kv.cache.length
 
     # -- text out ----------------------------------------------------------------------
     #: Receives each piece of text the guest streams (realm_emit_text); a true return value

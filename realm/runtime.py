@@ -33,6 +33,7 @@ import numpy as np
 
 from . import abi
 from .abi import Err, StopReason
+from .batching import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFIX_CACHE_BYTES, BatchSettings, configure
 from .cache import LayerCache
 from .chat import compiled, no_template_error, special_token_texts, vocabulary
 from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, ModelNotFoundError,
@@ -91,6 +92,7 @@ class Usage:
     prefill_seconds: float  #: the prompt's forward pass (512 tokens a call) and its logits
     decode_seconds: float   #: the generation loop: sampling, text, one forward pass per token
     guest_memory: int       #: bytes of the guest's linear memory
+    cached_tokens: int = 0  #: prompt tokens whose KV rows came from the prefix cache
 
     @property
     def total_tokens(self) -> int:
@@ -220,10 +222,19 @@ class Realm:
         bounds a whole generation, or one tokenize/detokenize call.
     budget_bytes: the ceiling on what all guests together keep alive in KV caches and
         stored models (the store's `HostBudget`; None: half the machine's memory).
+    max_batch_tokens: tokens of one forward pass when concurrent generations share it (their
+        decode steps, and chunks of a prompt that arrives meanwhile); see `realm.batching`.
+    prefix_cache_bytes: KV rows of prompts kept per model for later prompts that start with
+        the same tokens (0: off).
+
+    Threads calling `generate`/`complete`/`chat` at once are batched: their forward steps run
+    as one pass over the weights, and each gets the tokens it would get alone.
     """
 
     def __init__(self, threads: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, *,
-                 n_ctx: int | None = None, limits: Limits | None = None, budget_bytes: int | None = None):
+                 n_ctx: int | None = None, limits: Limits | None = None, budget_bytes: int | None = None,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
         check_threads(threads)
         _check_n_ctx(n_ctx)
         if limits is not None and not isinstance(limits, Limits):
@@ -231,7 +242,9 @@ class Realm:
         self.threads = threads
         self.n_ctx = n_ctx
         self.limits = limits
+        settings = BatchSettings(max_batch_tokens=max_batch_tokens, prefix_cache_bytes=prefix_cache_bytes)
         self.store = ModelStore(LayerCache(max_bytes=cache_bytes), budget=HostBudget(budget_bytes))
+        configure(self.store, settings)
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one load at a time: a file is loaded once
         self._models: dict[int, Model] = {}
@@ -605,7 +618,8 @@ def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> 
         memory = g.memory_size
         g.call_checked("guest_generate_end")
     usage = Usage(prompt_tokens=n_prompt, completion_tokens=n_completion, decoded_tokens=n_decoded,
-                  prefill_seconds=t1 - t0, decode_seconds=t2 - t1, guest_memory=memory)
+                  prefill_seconds=t1 - t0, decode_seconds=t2 - t1, guest_memory=memory,
+                  cached_tokens=g.host.cached_tokens)
     return Completion(text="".join(pieces), tokens=ids[n_prompt:], prompt_tokens=ids[:n_prompt],
                       stop_reason=_STOP_NAMES.get(StopReason(reason), "unknown"), seed=request.seed, usage=usage)
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -197,6 +197,7 @@ class ModelStore:
         self._next_id = 1
         self._prefetcher: ThreadPoolExecutor | None = None
         self._closed = False
+        self._on_remove: list[Callable[[int], None]] = []
 
     # -- adding models --------------------------------------------------------
     def load(self, path: str | os.PathLike) -> int:
@@ -288,8 +289,22 @@ class ModelStore:
             _, mapping = self._release_locked(model_id, entry)
             del entry  # our last reference to its views, so the mapping can close now
         self.cache.drop_model(model_id)
+        self._removed([model_id])
         if mapping is not None:
             mapping.close()
+
+    def on_remove(self, callback: Callable[[int], None]) -> None:
+        """Call callback(model_id) once a model leaves the store (`remove`, or `close` for every
+        model still in it), so what keeps state per model can let it go."""
+        with self._lock:
+            self._on_remove.append(callback)
+
+    def _removed(self, model_ids: Iterable[int]) -> None:
+        with self._lock:
+            callbacks = list(self._on_remove)
+        for model_id in model_ids:
+            for callback in callbacks:
+                callback(model_id)
 
     def retain(self, model_id: int, *, held: bool = False) -> StoredModel:
         """Hold a reference (pair with `release`); refused once the model was removed, unless
@@ -384,11 +399,13 @@ class ModelStore:
         with self._lock:
             entries, self._entries = self._entries, {}
             model_ids = list(entries)
+            present = [i for i, e in entries.items() if not e.removed]
             mappings = list({id(e.mapping): e.mapping for e in entries.values()}.values())
             self._mappings.clear()
             del entries  # drop our references to the views before closing the mappings
         for model_id in model_ids:
             self.cache.drop_model(model_id)
+        self._removed(present)
         for mapping in mappings:
             mapping.close()
 

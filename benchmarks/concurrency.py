@@ -1,0 +1,144 @@
+"""Concurrent tenants on one model: realm's continuous batching vs llama.cpp's batched decode.
+
+    python benchmarks/concurrency.py [--models smollm2 gemma3] [--n 1 4 16] [--tokens 48]
+                                     [--threads 2] [--repeat 3] [--llama-batched-bench PATH] [--markdown]
+
+For each model and N: N threads each call `Realm.generate(..., stream=True)` at once on one
+`Realm` (8-token prompts, one per tenant, greedy, --tokens tokens each, ignore_eos, prefix cache
+off so every prompt is computed), and time each piece of text as it arrives.
+  * decode tok/s: the completion tokens after the first of every request, over the span from
+    the first request's first token to the last request's end (llama.cpp's S_TG counts the
+    same: every sequence's tokens after its prompt);
+  * TTFT: from the start to a request's first token (p50, p99 over all requests of all repeats);
+  * tok/s per request: its completion tokens after the first over its own decode time;
+  * peak RSS of this process after the runs of that N (realm) / of the llama.cpp run.
+llama.cpp: `llama-batched-bench -npp 8 -ntg TOKENS -npl 1,4,16 -t THREADS` built from the vendored
+llama.cpp of llama-cpp-python's sdist (see ../shared/DESIGN.md or the README); skipped when absent.
+Medians over --repeat runs after one warm-up per N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from _common import print_table
+
+from realm import Realm
+from realm.models import resolve
+
+BENCH = Path.home() / ".cache/realm/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-batched-bench"
+
+
+def prompts(rt: Realm, model, n: int) -> list[str]:
+    """n different prompts of 8 tokens each (BOS included where the model adds one; " on" is
+    one token in both models' vocabularies)."""
+    out = []
+    for i in range(n):
+        text = f"Tenant {i} writes"
+        while len(rt.tokenize(text, model)) < 8:
+            text += " on"
+        out.append(text)
+    return out
+
+
+def run_once(rt: Realm, model, texts: list[str], tokens: int) -> dict:
+    start = time.perf_counter()
+    firsts, ends, counts = [0.0] * len(texts), [0.0] * len(texts), [0] * len(texts)
+    barrier = threading.Barrier(len(texts))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        stream = rt.generate(texts[i], model, max_tokens=tokens, temperature=0, ignore_eos=True, stream=True)
+        for _ in stream:
+            if not firsts[i]:
+                firsts[i] = time.perf_counter()
+        ends[i] = time.perf_counter()
+        counts[i] = stream.completion.usage.completion_tokens
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    decoded = sum(c - 1 for c in counts)
+    return {
+        "decode": decoded / (max(ends) - min(firsts)),
+        "ttft": [f - start for f in firsts],
+        "per_request": [(c - 1) / (e - f) for c, e, f in zip(counts, ends, firsts)],
+    }
+
+
+def llama_batched(path: Path, model: Path, ns: list[int], tokens: int, threads: int) -> dict[int, float]:
+    """{N: S_TG} from llama-batched-bench, and its peak RSS (key 'rss', bytes)."""
+    ctx = max(ns) * (8 + tokens) + 64
+    cmd = [str(path), "-m", str(model), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", "8", "-ntg", str(tokens),
+           "-npl", ",".join(map(str, ns)), "-t", str(threads), "-tb", str(threads)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rates: dict = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and re.fullmatch(r"\d+", cells[2] or ""):
+            rates[int(cells[2])] = float(cells[7])
+    rates["rss"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+    return rates
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--n", nargs="+", type=int, default=[1, 4, 16])
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--llama-batched-bench", type=Path, default=Path(os.environ.get("LLAMA_BATCHED_BENCH", BENCH)))
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+
+    rows = []
+    for name in args.models:
+        path = Path(resolve(name))
+        peer = {}
+        if args.llama_batched_bench.is_file():
+            peer = llama_batched(args.llama_batched_bench, path, args.n, args.tokens, args.threads)
+        else:
+            print(f"(llama-batched-bench not found at {args.llama_batched_bench}: llama.cpp skipped)")
+        base = None
+        with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
+            model = rt.load_model(path)
+            for n in args.n:
+                texts = prompts(rt, model, n)
+                run_once(rt, model, texts, 4)  # warm-up
+                runs = [run_once(rt, model, texts, args.tokens) for _ in range(args.repeat)]
+                decode = statistics.median(r["decode"] for r in runs)
+                ttft = [t for r in runs for t in r["ttft"]]
+                per = [t for r in runs for t in r["per_request"]]
+                base = base or decode
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                theirs = peer.get(n)
+                rows.append([name, str(n), f"{decode:.0f}", f"{theirs:.0f}" if theirs else "-",
+                             f"{decode / theirs:.2f}x" if theirs else "-", f"{decode / base:.2f}x",
+                             f"{1000 * pct(ttft, 0.5):.0f}", f"{1000 * pct(ttft, 0.99):.0f}",
+                             f"{statistics.median(per):.1f}", f"{rss / 2**20:.0f}",
+                             f"{peer['rss'] / 2**20:.0f}" if peer else "-"])
+    print(f"\n{args.threads} threads, 8-token prompts, {args.tokens} tokens each, greedy; medians of {args.repeat}")
+    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio", "vs N=1", "TTFT p50 ms",
+                 "TTFT p99 ms", "tok/s per request", "realm RSS MiB", "llama.cpp RSS MiB"], rows, args.markdown)
+
+
+if __name__ == "__main__":
+    main()

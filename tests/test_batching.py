@@ -1,0 +1,286 @@
+"""Continuous batching and the prefix cache (realm/batching.py): many tenants share passes over
+the weights, and every request gets the bits it gets alone -- at any batch, thread count or
+arrival timing, with or without cached prefixes."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import realm
+from realm import _compute
+from realm.batching import BatchSettings, PrefixCache, _registry
+from realm.forward import HostModel
+
+from conftest import assert_same_bits
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _engine(r: realm.Realm, model: realm.Model):
+    """The batching engine of a model in a Realm (made by its first generation)."""
+    engines = [e for (mid, _), e in _registry(r.store).engines.items() if mid == model.id]
+    assert len(engines) == 1
+    return engines[0]
+
+
+def _run_all(jobs, timeout=300.0):
+    """Run callables on threads at once; returns their results (re-raises the first error)."""
+    results, errors = [None] * len(jobs), []
+
+    def work(i):
+        try:
+            results[i] = jobs[i]()
+        except BaseException as exc:  # handed to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a generation did not finish in time"
+    if errors:
+        raise errors[0]
+    return results
+
+
+# -- the C pass: bits of a batch equal bits alone -------------------------------------------------
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def host_model(request, smollm2_path, gemma3_path):
+    store = realm.ModelStore()
+    model_id = store.load(smollm2_path if request.param == "smollm2" else gemma3_path)
+    with HostModel(store, model_id, threads=2) as m:
+        yield m
+    store.close()
+
+
+@settings(max_examples=6, **SETTINGS)
+@given(data=st.data())
+def test_batched_pass_equals_each_sequence_alone(host_model, data):
+    """Sequences of any lengths at any positions in one pass (prompt chunks beside decode steps,
+    more tokens than one chunk of the C code) give each the logits of its pass alone, on 1 thread."""
+    fm = host_model._fm
+    n_seq = data.draw(st.integers(1, 6), label="sequences")
+    lengths = data.draw(st.lists(st.integers(1, 90), min_size=n_seq, max_size=n_seq), label="prompts")
+    steps = data.draw(st.lists(st.integers(1, 3), min_size=n_seq, max_size=n_seq), label="next tokens")
+    rng = np.random.default_rng(len(lengths) * 1000 + sum(lengths))
+    prompts = [rng.integers(0, fm.n_vocab, n, dtype=np.int32) for n in lengths]
+    nexts = [rng.integers(0, fm.n_vocab, n, dtype=np.int32) for n in steps]
+
+    alone = HostModel(host_model.store, host_model.model_id, threads=1)
+    want = []
+    for p, q in zip(prompts, nexts):
+        kv = alone.new_kv_cache(128)
+        want.append((alone.forward(p, kv, last_only=True)[0], alone.forward(q, kv, last_only=True)[0]))
+    alone.close()
+
+    batch = _compute.Batch(fm)
+    kvs = [host_model.new_kv_cache(128) for _ in prompts]
+    for i, tokens in enumerate((prompts, nexts)):
+        outs = [np.full(fm.n_vocab, np.nan, np.float32) for _ in prompts]
+        items = [(kv, t.ctypes.data, len(t), kv.length, o.ctypes.data) for kv, t, o in zip(kvs, tokens, outs)]
+        assert batch.forward(items) == 0
+        for o, w in zip(outs, want):
+            assert_same_bits(o, w[i])
+
+
+def test_batched_layers_equal_each_sequence_alone(host_model):
+    """The per-layer form (the seed's realm_forward_layer imports, batched across guests)."""
+    fm = host_model._fm
+    rng = np.random.default_rng(1)
+    lengths = [3, 1, 40]
+    hidden = [host_model.embed(rng.integers(0, fm.n_vocab, n)) for n in lengths]
+    want = []
+    for h in hidden:
+        kv = host_model.new_kv_cache(64)
+        want.append(host_model.layer(0, h, 0, kv))
+    kvs = [host_model.new_kv_cache(64) for _ in lengths]
+    x = np.concatenate(hidden)
+    assert _compute.Batch(fm).layer(0, [(kv, n, 0) for kv, n in zip(kvs, lengths)], x.ctypes.data) == 0
+    at = 0
+    for n, w in zip(lengths, want):
+        assert_same_bits(x[at:at + n], w)
+        at += n
+    assert [kv.filled(0) for kv in kvs] == lengths
+
+
+def test_a_batch_refuses_what_a_pass_alone_refuses(host_model):
+    fm = host_model._fm
+    batch = _compute.Batch(fm)
+    kv, other = host_model.new_kv_cache(8), host_model.new_kv_cache(8)
+    good = np.array([1, 2], np.int32)
+    bad = np.array([fm.n_vocab], np.int32)
+    out = np.zeros(fm.n_vocab, np.float32)
+    assert batch.check(kv, good.ctypes.data, 2, 0) == 0
+    assert batch.check(kv, bad.ctypes.data, 1, 0) == _compute.FORWARD_EINVAL       # a token id
+    assert batch.check(kv, good.ctypes.data, 2, 1) == _compute.FORWARD_EINVAL      # a gap
+    assert batch.check(kv, good.ctypes.data, 2, 7) == _compute.FORWARD_EKV_FULL    # past the end
+    twice = [(kv, good.ctypes.data, 2, 0, 0), (kv, good.ctypes.data, 2, 0, out.ctypes.data)]
+    assert batch.forward(twice) == _compute.FORWARD_EINVAL                          # one cache twice
+    assert batch.forward([(kv, good.ctypes.data, 2, 0, 0), (other, bad.ctypes.data, 1, 0, 0)]) \
+        == _compute.FORWARD_EINVAL
+    assert kv.length == 0 and other.length == 0                                     # nothing written
+
+
+# -- through guests: determinism under load -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def realms(smollm2_path):
+    """A loaded Realm (2 threads, prefix cache on, small passes so prompts are cut) and a reference
+    Realm for solo runs (1 thread, no prefix cache)."""
+    with realm.Realm(threads=2, max_batch_tokens=48) as loaded, \
+            realm.Realm(threads=1, prefix_cache_bytes=0) as alone:
+        yield (loaded, loaded.load_model(smollm2_path)), (alone, alone.load_model(smollm2_path))
+
+
+_SOLO: dict = {}
+
+
+def _solo(alone, prompt, options):
+    key = (prompt, tuple(sorted(options.items())))
+    if key not in _SOLO:
+        r, model = alone
+        _SOLO[key] = r.complete(prompt, model, **options).tokens
+    return _SOLO[key]
+
+
+_LONG = "Here is a long story about a lighthouse keeper and the sea. " * 24  # ~300 tokens
+_PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "def fib(n):", "Hello",
+            "The quick brown fox", "Water boils at", "My favourite colour is"]
+
+_request = st.fixed_dictionaries({
+    "prompt": st.sampled_from(_PROMPTS),
+    "delay": st.sampled_from([0.0, 0.0, 0.01, 0.05, 0.2]),
+    "max_tokens": st.integers(1, 12),
+    "sampling": st.one_of(st.just({"temperature": 0}),
+                          st.fixed_dictionaries({"temperature": st.sampled_from([0.7, 1.3]),
+                                                 "seed": st.integers(0, 2**32)})),
+})
+
+
+@settings(max_examples=6, **SETTINGS)
+@given(requests=st.lists(_request, min_size=1, max_size=16), long_at=st.one_of(st.none(), st.sampled_from([0.0, 0.1])))
+def test_concurrent_requests_get_their_solo_tokens(realms, requests, long_at):
+    """1 to 16 requests arriving at drawn times, greedy and seeded, maybe with a ~300-token prompt
+    arriving mid-decode: each gets the token ids of its solo run on 1 thread without the cache."""
+    (r, model), alone = realms
+    jobs, wants = [], []
+    if long_at is not None:
+        requests = requests + [{"prompt": _LONG, "delay": long_at, "max_tokens": 4, "sampling": {"temperature": 0}}]
+    for req in requests:
+        options = dict(max_tokens=req["max_tokens"], ignore_eos=True, **req["sampling"])
+        wants.append(_solo(alone, req["prompt"], options))
+
+        def job(req=req, options=options):
+            time.sleep(req["delay"])
+            return r.complete(req["prompt"], model, **options).tokens
+
+        jobs.append(job)
+    assert _run_all(jobs) == wants
+
+
+def test_concurrent_generations_share_passes(realms):
+    """Batching happens: 8 concurrent generations run in passes of several sequences."""
+    (r, model), alone = realms
+    options = dict(max_tokens=24, temperature=0, ignore_eos=True)
+    r.complete("warm up", model, max_tokens=1)
+    before = _engine(r, model).stats()
+    got = _run_all([lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS])
+    assert got == [_solo(alone, p, options) for p in _PROMPTS]
+    after = _engine(r, model).stats()
+    passes = after["passes"] - before["passes"]
+    sequences = after["pass_sequences"] - before["pass_sequences"]
+    assert sequences == len(_PROMPTS) * 24  # each prompt and each decode step once
+    assert passes <= sequences / 3          # most passes held several sequences
+    assert after["queued"] == 0
+
+
+def test_a_closed_stream_frees_its_kv_and_leaves_the_others_alone(realms):
+    (r, model), alone = realms
+    options = dict(max_tokens=20, temperature=0, ignore_eos=True)
+    stream = r.generate("Tell me a very long story", model, max_tokens=200, temperature=0, ignore_eos=True,
+                        stream=True)
+
+    def cancel():
+        for i, _ in enumerate(stream):
+            if i == 3:
+                stream.close()
+                return "closed"
+
+    got = _run_all([cancel] + [lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS[:5]])
+    assert got[0] == "closed"
+    assert got[1:] == [_solo(alone, p, options) for p in _PROMPTS[:5]]
+    assert r.store.budget.used == 0  # every KV cache was freed
+    assert _engine(r, model).stats()["queued"] == 0
+
+
+# -- the prefix cache ------------------------------------------------------------------------------
+
+_SYSTEM = "You are a helpful assistant who answers in one short sentence about geography. " * 6
+
+
+def test_prefix_cache_hits_give_the_same_tokens(realms):
+    (r, model), alone = realms
+    options = dict(max_tokens=8, temperature=0, ignore_eos=True)
+    first = r.complete(_SYSTEM + "Question: what is the capital of Peru?", model, **options)
+    second = r.complete(_SYSTEM + "Question: what is the capital of Chile?", model, **options)
+    n_system = len(r.tokenize(_SYSTEM, model))
+    assert second.usage.cached_tokens >= n_system - 1
+    assert second.tokens == _solo(alone, _SYSTEM + "Question: what is the capital of Chile?", options)
+    assert first.tokens == _solo(alone, _SYSTEM + "Question: what is the capital of Peru?", options)
+    # the next turn of a conversation reuses the whole earlier one, generated tokens included
+    turn = r.detokenize(second.prompt_tokens + second.tokens, model, special=True)
+    third = r.complete(turn + " And of Bolivia?", model, **options)
+    assert third.usage.cached_tokens >= len(second.prompt_tokens)
+    assert third.tokens == _solo(alone, turn + " And of Bolivia?", options)
+
+
+def test_prefix_shared_with_a_request_still_running(realms):
+    (r, model), alone = realms
+    long_options = dict(max_tokens=40, temperature=0, ignore_eos=True)
+    options = dict(max_tokens=6, temperature=0, ignore_eos=True)
+    stream = r.generate(_SYSTEM + "Q: Kenya?", model, stream=True, **long_options)
+    next(iter(stream))  # its prompt is in the cache now, and it still runs
+    late = r.complete(_SYSTEM + "Q: Ghana?", model, **options)
+    rest = stream.text
+    assert late.usage.cached_tokens > 0
+    assert late.tokens == _solo(alone, _SYSTEM + "Q: Ghana?", options)
+    assert stream.completion.tokens == _solo(alone, _SYSTEM + "Q: Kenya?", long_options)
+    assert rest
+
+
+def test_prefix_cache_is_bounded_and_least_recently_used(host_model):
+    fm = host_model._fm
+    kv = host_model.new_kv_cache(64)
+    tokens = np.arange(1, 41, dtype=np.int32) % fm.n_vocab
+    host_model.forward(tokens, kv)
+    cache = PrefixCache(max_bytes=3 * 10 * kv.row_bytes + 1000)
+    for start in (0, 10, 20, 30):  # four 10-token prefixes of different sequences...
+        other = host_model.new_kv_cache(16)
+        host_model.forward(tokens[start:start + 10], other)
+        cache.insert(tokens[start:start + 10], other)
+    assert len(cache) == 3 and cache.nbytes <= cache.max_bytes  # ...the oldest went
+    assert cache.longest(tokens[:10])[1] == 0
+    entry, n = cache.longest(np.concatenate([tokens[30:40], tokens[:3]]))
+    assert n == 10
+    # the rows it kept are the rows a recomputation writes
+    again = host_model.new_kv_cache(16)
+    host_model.forward(tokens[30:40], again)
+    k, v = again.read_rows(10)
+    np.testing.assert_array_equal(entry.k, k)
+    np.testing.assert_array_equal(entry.v, v)
+
+
+def test_batch_settings_are_checked():
+    with pytest.raises(realm.InvalidArgumentError):
+        BatchSettings(max_batch_tokens=0)
+    with pytest.raises(realm.ArgumentTypeError):
+        BatchSettings(prefix_cache_bytes=1.5)
+    with pytest.raises(realm.InvalidArgumentError):
+        realm.Realm(max_batch_tokens=-1)
