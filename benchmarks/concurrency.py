@@ -6,9 +6,10 @@
 For each model and N: N threads each call `Realm.generate(..., stream=True)` at once on one
 `Realm` (8-token prompts, one per tenant, greedy, --tokens tokens each, ignore_eos, prefix cache
 off so every prompt is computed), and time each piece of text as it arrives.
-  * decode tok/s: the completion tokens after the first of every request, over the span from
-    the first request's first token to the last request's end (llama.cpp's S_TG counts the
-    same: every sequence's tokens after its prompt);
+  * decode tok/s: tokens (pieces of text) of all requests per second while every request
+    decodes -- from the last first token to the first end -- as llama.cpp's S_TG counts the
+    tokens of every sequence after all prompts are in;
+  * end-to-end tok/s: all completion tokens over the whole run (guest start, prompts, decode);
   * TTFT: from the start to a request's first token (p50, p99 over all requests of all repeats);
   * tok/s per request: its completion tokens after the first over its own decode time;
   * peak RSS of this process after the runs of that N (realm) / of the llama.cpp run.
@@ -50,30 +51,35 @@ def prompts(rt: Realm, model, n: int) -> list[str]:
 
 
 def run_once(rt: Realm, model, texts: list[str], tokens: int) -> dict:
-    start = time.perf_counter()
-    firsts, ends, counts = [0.0] * len(texts), [0.0] * len(texts), [0] * len(texts)
-    barrier = threading.Barrier(len(texts))
+    n = len(texts)
+    stamps: list[list[float]] = [[] for _ in range(n)]
+    counts = [0] * n
+    barrier = threading.Barrier(n + 1)
 
     def work(i: int) -> None:
         barrier.wait()
         stream = rt.generate(texts[i], model, max_tokens=tokens, temperature=0, ignore_eos=True, stream=True)
         for _ in stream:
-            if not firsts[i]:
-                firsts[i] = time.perf_counter()
-        ends[i] = time.perf_counter()
+            stamps[i].append(time.perf_counter())
+        stamps[i].append(time.perf_counter())  # the end
         counts[i] = stream.completion.usage.completion_tokens
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
-    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
+    barrier.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
-    decoded = sum(c - 1 for c in counts)
+    end = time.perf_counter()
+    # steady state: while every request decodes (from the last first token to the first end)
+    lo, hi = max(s[0] for s in stamps), min(s[-1] for s in stamps)
+    inside = sum(lo < t <= hi for s in stamps for t in s[:-1])
     return {
-        "decode": decoded / (max(ends) - min(firsts)),
-        "ttft": [f - start for f in firsts],
-        "per_request": [(c - 1) / (e - f) for c, e, f in zip(counts, ends, firsts)],
+        "decode": inside / (hi - lo) if hi > lo and inside else sum(c - 1 for c in counts) / (end - lo),
+        "wall": sum(counts) / (end - start),
+        "ttft": [s[0] - start for s in stamps],
+        "per_request": [(c - 1) / (s[-1] - s[0]) for c, s in zip(counts, stamps)],
     }
 
 
@@ -125,18 +131,19 @@ def main() -> None:
                 run_once(rt, model, texts, 4)  # warm-up
                 runs = [run_once(rt, model, texts, args.tokens) for _ in range(args.repeat)]
                 decode = statistics.median(r["decode"] for r in runs)
+                wall = statistics.median(r["wall"] for r in runs)
                 ttft = [t for r in runs for t in r["ttft"]]
                 per = [t for r in runs for t in r["per_request"]]
                 base = base or decode
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
                 theirs = peer.get(n)
                 rows.append([name, str(n), f"{decode:.0f}", f"{theirs:.0f}" if theirs else "-",
-                             f"{decode / theirs:.2f}x" if theirs else "-", f"{decode / base:.2f}x",
+                             f"{decode / theirs:.2f}x" if theirs else "-", f"{decode / base:.2f}x", f"{wall:.0f}",
                              f"{1000 * pct(ttft, 0.5):.0f}", f"{1000 * pct(ttft, 0.99):.0f}",
                              f"{statistics.median(per):.1f}", f"{rss / 2**20:.0f}",
                              f"{peer['rss'] / 2**20:.0f}" if peer else "-"])
     print(f"\n{args.threads} threads, 8-token prompts, {args.tokens} tokens each, greedy; medians of {args.repeat}")
-    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio", "vs N=1", "TTFT p50 ms",
+    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio", "vs N=1", "end-to-end tok/s", "TTFT p50 ms",
                  "TTFT p99 ms", "tok/s per request", "realm RSS MiB", "llama.cpp RSS MiB"], rows, args.markdown)
 
 

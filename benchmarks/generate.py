@@ -133,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
 
     rows, overhead = [], []
-    with Realm(threads=args.threads) as rt:
+    with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
         for name in args.models:
             path = resolve(name)
             model = rt.load_model(path)

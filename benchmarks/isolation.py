@@ -61,7 +61,7 @@ def main() -> None:
     model_bytes = bytearray(Path(path).read_bytes())
     data = {"walker": model_bytes, "hoarder": model_bytes,
             "parser": bytearray(attackers.nested_arrays_header(64 << 20))}
-    with Realm(threads=args.threads) as rt:
+    with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
         model = rt.load_model(path)
         attacks = {name: (lambda fn=fn, name=name: fn(rt.store, model.id, data.get(name), LIMITS))
                    for name, fn in attackers.ATTACKS.items()}

@@ -24,7 +24,8 @@ condition check per call (benchmarks/concurrency.py measures it at N = 1).
 
 What a pass takes: the work of the earliest stage among the queued (a whole forward
 step, then per-layer calls in layer order, then the LM head: per-layer guests converge
-on the same layer), each KV cache once.  A forward step's tokens are cut into chunks
+on the same layer) -- unless some work was passed over STARVED_PASSES times, whose stage
+then goes next -- each KV cache once.  A forward step's tokens are cut into chunks
 when others share the pass: at most `max_batch_tokens` tokens a pass, decode steps
 first, so a long prompt is prefilled a chunk a pass beside the decoders instead of
 stalling them.
@@ -42,6 +43,7 @@ so reused rows are the rows a recomputation would write.
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 import time
 import weakref
@@ -66,6 +68,8 @@ DEFAULT_PREFIX_CACHE_BYTES = 64 << 20
 #: Bounds of the rendezvous window (see the module docstring).
 RENDEZVOUS_MIN_S = 0.002
 RENDEZVOUS_MAX_S = 0.05
+#: Passes a queued work may be passed over (for work of an earlier stage) before its stage goes next.
+STARVED_PASSES = 2
 #: Prefixes shorter than this are not worth an entry.
 PREFIX_MIN_TOKENS = 4
 
@@ -217,7 +221,7 @@ class _Work:
     1 + n_layer the LM head."""
 
     __slots__ = ("member", "kind", "stage", "kv", "tokens", "done", "pos", "logits", "hidden", "out", "il",
-                 "rc", "finished", "running")
+                 "rc", "finished", "running", "skipped")
 
     def __init__(self, member: Hashable, kind: int, stage: int):
         self.member, self.kind, self.stage = member, kind, stage
@@ -232,6 +236,7 @@ class _Work:
         self.rc = 0
         self.finished = False
         self.running = False
+        self.skipped = 0                  # passes that ran while it waited
 
     @property
     def left(self) -> int:
@@ -259,6 +264,9 @@ class Engine:
         self._last_seconds = 0.0
         self._users = 0
         self._removed = False
+        self._runner: threading.Thread | None = None  # started by the first pass
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
         #: passes run, tokens and sequences they held (see `stats`)
         self.passes = 0
         self.pass_tokens = 0
@@ -350,9 +358,9 @@ class Engine:
                     return work.rc
                 self._running = True
             rc, seconds = FORWARD_EINVAL, 0.0
-            try:  # the leader runs the pass without the lock
+            try:  # the leader has the pass run without the lock
                 t0 = time.monotonic()
-                rc = self._execute(batch)
+                rc = self._on_runner(batch)
                 seconds = time.monotonic() - t0
             finally:
                 with self._cond:
@@ -399,6 +407,9 @@ class Engine:
         """The next pass: (work, tokens it runs) of the earliest stage queued, each KV cache
         once; forward steps within the token budget when others share the pass."""
         stage = min(w.stage for w in self._queue)
+        starved = [w for w in self._queue if w.skipped >= STARVED_PASSES]
+        if starved:  # work of a later stage, passed over while others kept coming: its turn
+            stage = starved[0].stage
         batch: list[tuple[_Work, int]] = []
         caches: set[int] = set()
         candidates = [w for w in self._queue if w.stage == stage]
@@ -422,6 +433,30 @@ class Engine:
             w.running = True
             batch.append((w, take))
         return batch
+
+    def _on_runner(self, batch: list[tuple[_Work, int]]) -> int:
+        """`_execute` on the engine's runner thread.  Every pass runs on that one thread so that
+        OpenMP keeps one team for the model: a team per leader thread would leave the idle
+        teams spinning (GOMP_SPINCOUNT) on the cores the running one needs."""
+        if self._runner is None:
+            self._runner = threading.Thread(target=self._run_passes, name="realm-pass", daemon=True)
+            self._runner.start()
+        self._jobs.put(batch)
+        result = self._results.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _run_passes(self) -> None:
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                return
+            try:
+                result: int | BaseException = self._execute(batch)
+            except BaseException as exc:  # handed to the leader
+                result = exc
+            self._results.put(result)
 
     def _execute(self, batch: list[tuple[_Work, int]]) -> int:
         """Run one pass (the leader, without the engine's lock)."""
@@ -477,10 +512,15 @@ class Engine:
             if w.member not in self._late:
                 self._awaited.add(w.member)
         self._queue = [w for w in self._queue if not w.finished]
+        for w in self._queue:
+            if not any(w is b for b, _ in batch):
+                w.skipped += 1
         self._cond.notify_all()
 
     # -- lifetime ---------------------------------------------------------------------
     def _close(self) -> None:
+        if self._runner is not None:
+            self._jobs.put(None)
         self.prefix.clear()
         self.model.close()
 

@@ -284,3 +284,95 @@ def test_batch_settings_are_checked():
         BatchSettings(prefix_cache_bytes=1.5)
     with pytest.raises(realm.InvalidArgumentError):
         realm.Realm(max_batch_tokens=-1)
+
+
+# -- the rendezvous -------------------------------------------------------------------------------
+
+@pytest.fixture
+def engine(smollm2_path):
+    from realm.batching import engine_for, release_engine
+
+    store = realm.ModelStore()
+    model_id = store.load(smollm2_path)
+    e = engine_for(store, model_id, 2)
+    yield e
+    release_engine(e)
+    store.close()
+
+
+def _step(engine, member, kv, token):
+    logits = np.empty(engine.model._fm.n_vocab, np.float32)
+    rc = engine.forward(member, kv, np.array([token], np.int32), kv.length, logits)
+    assert rc == 0
+    return logits
+
+
+def test_a_member_that_does_not_come_back_does_not_hold_the_others(engine):
+    """A joins the passes, then stays away until B has run 20 steps: B must not wait for it
+    (if it did, this would never end)."""
+    kv_a, kv_b = engine.model.new_kv_cache(64), engine.model.new_kv_cache(64)
+    b_done = threading.Event()
+
+    def a():
+        _step(engine, "a", kv_a, 1)
+        b_done.wait(120)
+        return _step(engine, "a", kv_a, 2)
+
+    def b():
+        for t in range(20):
+            _step(engine, "b", kv_b, 3 + t)
+        b_done.set()
+        return "b"
+
+    _run_all([a, b], timeout=120)
+    assert b_done.is_set()
+
+
+def test_per_layer_work_is_batched_and_exact(engine):
+    """Guests on the per-layer imports: two members step through the layers at once; each gets
+    the bits of the whole forward pass alone."""
+    model = engine.model
+    fm = model._fm
+    prompts = [np.array([1, 2, 3], np.int32), np.array([7, 8], np.int32)]
+    want = [model.forward(p, model.new_kv_cache(16), last_only=True)[0] for p in prompts]
+
+    def run(member, tokens):
+        kv = model.new_kv_cache(16)
+        h = model.embed(tokens)
+        for il in range(fm.n_layer):
+            assert engine.layer(member, kv, il, h, 0, h) == 0
+        out = np.empty((1, fm.n_vocab), np.float32)
+        assert engine.lm_head(member, h[-1:], out) == 0
+        return out[0]
+
+    got = _run_all([lambda: run("x", prompts[0]), lambda: run("y", prompts[1])])
+    for g, w in zip(got, want):
+        assert_same_bits(g, w)
+
+
+def test_work_past_its_deadline_is_withdrawn(engine):
+    from realm.batching import DEADLINE
+
+    kv = engine.model.new_kv_cache(8)
+    logits = np.empty(engine.model._fm.n_vocab, np.float32)
+    assert engine.forward("m", kv, np.array([1], np.int32), 0, logits, deadline=time.monotonic() - 1) == DEADLINE
+    assert kv.length == 0 and engine.stats()["queued"] == 0
+
+
+def test_passes_of_two_models_never_oversubscribe_the_cores(smollm2_path, gemma3_path, monkeypatch):
+    """Generations on two models at once: the passes' threads together never exceed the cores."""
+    from realm import batching
+    from realm.threads import usable_cores
+
+    seen = []
+    acquire = batching._Cores.acquire
+
+    def watch(self, threads):
+        acquire(self, threads)
+        seen.append(self._used)
+
+    monkeypatch.setattr(batching._Cores, "acquire", watch)
+    with realm.Realm(threads=usable_cores()) as r:
+        models = [r.load_model(smollm2_path), r.load_model(gemma3_path)]
+        _run_all([lambda m=m: r.complete("Hello", m, max_tokens=6, temperature=0) for m in models * 2])
+    assert seen and max(seen) <= usable_cores()
