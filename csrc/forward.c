@@ -466,13 +466,13 @@ int realm_seq_check(const realm_model *m, int il, const realm_seq *q) {
     const realm_kv_cache *kv = q->kv;
     if (il >= c->n_layer || q->n < 1 || q->n > MAX_DIM || q->pos < 0 || !kv) return REALM_EINVAL;
     if (kv->n_layer != c->n_layer || kv->row != (int64_t)c->n_head_kv * c->head_dim) return REALM_EINVAL;
-    if (q->pos > kv->n_ctx - q->n) return REALM_EKV_FULL;
-    if (q->pos > (il < 0 ? realm_kv_length(kv) : kv->n_filled[il])) return REALM_EINVAL;
-    if (il < 0) {
+    if (il < 0) { /* token ids first: the embedding comes before any layer */
         if (!q->tokens) return REALM_EINVAL;
         for (int64_t t = 0; t < q->n; t++)
             if (q->tokens[t] < 0 || q->tokens[t] >= c->n_vocab) return REALM_EINVAL;
     }
+    if (q->pos > kv->n_ctx - q->n) return REALM_EKV_FULL;
+    if (q->pos > (il < 0 ? realm_kv_length(kv) : kv->n_filled[il])) return REALM_EINVAL;
     return 0;
 }
 

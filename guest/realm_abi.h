@@ -138,7 +138,12 @@ REALM_IMPORT(int32_t, realm_log, (int32_t level, const char *msg, uint32_t msg_l
  * A model that realm's forward pass cannot run (an architecture other than
  * llama or gemma3, tensors it does not know) answers UNSUPPORTED.  A KV cache
  * belongs to the guest that created it and to one model; it holds K and V rows
- * of every layer for positions 0 .. n_ctx-1 (f16, as llama.cpp). */
+ * of every layer for positions 0 .. n_ctx-1 (f16, as llama.cpp).
+ * The host may compute the calls of many guests in one pass over the weights
+ * (continuous batching) and may fill a KV cache with rows of a prefix it
+ * computed before (the prefix cache): a call's results are the bits it gets
+ * alone.  A call may wait for the pass it joins; past the guest's deadline it
+ * answers DEADLINE. */
 
 /* Embedding rows of n_tokens token ids (i32) into out [n_tokens][n_embd]
  * (gemma3: scaled by sqrt(n_embd)).  out must hold n_tokens * n_embd values
