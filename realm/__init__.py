@@ -12,6 +12,7 @@ from .chat import ChatTemplate, ChatTemplateError
 from .forward import ContextFullError, ForwardConfig, HostModel, KVCache, UnsupportedModelError
 from .tenant import Tenant
 from .guest import Guest, GuestError
+from .host import TokenLogprob
 from .runtime import Completion, ContextWindowError, GenerationError, Model, Realm, TextStream, Usage
 
 __all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info",
@@ -20,7 +21,7 @@ __all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info
            "OutOfMemoryError", "LimitExceeded", "DeadlineExceeded", "InternalError",
            "GGUFFile", "open_gguf", "LayerCache", "ModelStore", "QuantizedTensor", "StoredModel",
            "Limits", "HostBudget", "sandbox_engine", "Tenant", "GuestTrapError", "Guest", "GuestError",
-           "Realm", "Model", "Completion", "Usage", "TextStream", "ContextWindowError", "GenerationError",
+           "Realm", "Model", "Completion", "Usage", "TextStream", "TokenLogprob", "ContextWindowError", "GenerationError",
            "ChatTemplate", "ChatTemplateError",
            "HostModel", "KVCache", "ForwardConfig", "UnsupportedModelError", "ContextFullError"]
 __version__ = "0.1.0"

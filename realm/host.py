@@ -68,7 +68,7 @@ from .forward import KVCache, UnsupportedModelError
 from .limits import DEFAULT_LIMITS, Limits, remaining_ticks, run_wasm
 from .store import ModelStore, StoredModel
 
-__all__ = ["RealmHost", "GuestMemory", "add_realm_imports"]
+__all__ = ["RealmHost", "GuestMemory", "add_realm_imports", "TokenLogprob", "TOP_LOGPROBS_MAX"]
 
 log = logging.getLogger("realm.host")
 guest_log = logging.getLogger("realm.guest")
@@ -81,6 +81,35 @@ _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
              "f32": wasmtime.ValType.f32, "f64": wasmtime.ValType.f64}
 
 _KV_IDS = itertools.count(1)  # KV cache ids are never reused within a process
+
+
+#: Most alternatives a token's log probabilities list (OpenAI's top_logprobs bound).
+TOP_LOGPROBS_MAX = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log probability under the model (the log-softmax of its logits, before
+    penalties, temperature or truncation), and the `top` most likely tokens with theirs."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    """log-softmax of the logits in float64 at `token`, and its k largest (ties: lower id first)."""
+    x = logits.astype(np.float64)
+    top = float(np.max(x))
+    lse = top + float(np.log(np.sum(np.exp(x - top))))
+    best: list[tuple[int, float]] = []
+    if k:
+        k = min(k, len(x))
+        kth = np.partition(x, len(x) - k)[len(x) - k]  # the k-th largest value
+        above = np.flatnonzero(x > kth)
+        ids = np.concatenate([above, np.flatnonzero(x == kth)[:k - len(above)]])
+        best = [(int(i), float(x[i] - lse)) for i in sorted(ids.tolist(), key=lambda i: (-x[i], i))]
+    return TokenLogprob(token, float(x[token] - lse), best)
 
 
 class _Fail(Exception):
@@ -223,6 +252,9 @@ class RealmHost:
         self._forward: dict[int, Engine | UnsupportedModelError] = {}
         #: prompt tokens whose KV rows came from the prefix cache
         self.cached_tokens = 0
+        #: with `logprobs` set, one `TokenLogprob` per token the guest forwards after sampling it
+        self.token_logprobs: list[TokenLogprob] = []
+        self._last_logits: np.ndarray | None = None  # the logits the guest samples its next token from
         self._kv: dict[int, _Kv] = {}
         self._kv_bytes = 0
         self._logged = 0  # realm_log calls during the current `run` (abi.LOG_CALLS_MAX)
@@ -681,6 +713,9 @@ class RealmHost:
         tokens = mem.view(tokens_ptr, 4 * n_tokens).view(np.int32).copy()  # the host's own copy
         self._forward_code(engine.check(kv.cache, tokens.ctypes.data, n_tokens, position))
         logits = mem.floats(out_ptr, 1, fm.n_vocab)[0] if out_max_len else None
+        if self._last_logits is not None:  # the guest sampled tokens[0] from the last logits
+            self.token_logprobs.append(token_logprob(self._last_logits, int(tokens[0]), self.logprobs or 0))
+            self._last_logits = None
         reused = 0
         if 0 <= kv.known and position <= kv.known and n_tokens > (logits is not None):  # rows to spare
             reused = engine.reuse_prefix(kv.cache, kv.history, tokens, position, logits is not None)
@@ -692,6 +727,8 @@ class RealmHost:
             kv.known = position + n_tokens
             if n_tokens > 1 and logits is not None:  # a prompt: its rows may serve the next tenant
                 engine.keep_prefix(kv.cache, kv.history[:kv.known])
+        if self.logprobs is not None and logits is not None:
+            self._last_logits = logits.copy()
         return fm.n_vocab if out_max_len else 0
 
     @_realm_import
@@ -748,6 +785,17 @@ class RealmHost:
             raise _Fail(Err.BAD_ARGUMENT) from None
         kv.known = min(kv.known, kv.cache.length)
         return kv.cache.length
+
+    # -- log probabilities ---------------------------------------------------------------
+    #: Top alternatives to record with each sampled token (0..TOP_LOGPROBS_MAX); None: no
+    #: log probabilities.  Set by the caller before the guest generates.
+    logprobs: int | None = None
+
+    def last_logprob(self, token: int) -> None:
+        """Record the last sampled token -- the guest samples it but does not forward it."""
+        if self._last_logits is not None:
+            self.token_logprobs.append(token_logprob(self._last_logits, token, self.logprobs or 0))
+            self._last_logits = None
 
     # -- text out ----------------------------------------------------------------------
     #: Receives each piece of text the guest streams (realm_emit_text); a true return value

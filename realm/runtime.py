@@ -19,6 +19,7 @@ threads may generate at once on one `Realm`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
@@ -39,6 +40,7 @@ from .chat import compiled, no_template_error, special_token_texts, vocabulary
 from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, ModelNotFoundError,
                      RealmError)
 from .guest import Guest, GuestError
+from .host import TOP_LOGPROBS_MAX, TokenLogprob
 from .limits import HostBudget, Limits
 from .models import MODELS, model_path, resolve
 from .store import ModelStore
@@ -118,6 +120,8 @@ class Completion:
     stop_reason: str
     seed: int
     usage: Usage
+    #: with `logprobs=`: one per completion token, its log probability and the top alternatives
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ class _Request:
     seed: int
     max_tokens: int
     n_ctx: int
+    logprobs: int | None
 
 
 class TextStream:
@@ -143,8 +148,12 @@ class TextStream:
 
     _DONE = object()
 
-    def __init__(self, run: Callable[[Callable[[str], bool]], Completion], on_done: Callable[[Completion], None]):
+    def __init__(self, run: Callable[[Callable[[str], bool], list], Completion],
+                 on_done: Callable[[Completion], None]):
         self.completion: Completion | None = None
+        #: with `logprobs=`: a `TokenLogprob` per token as soon as it is known (a token's comes
+        #: with the next token's forward step, the last one's at the end)
+        self.logprobs: list[TokenLogprob] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._cancel = threading.Event()
         self._on_done = on_done
@@ -156,7 +165,7 @@ class TextStream:
 
         def work() -> None:
             try:
-                result: Any = run(sink)
+                result: Any = run(sink, self.logprobs)
             except BaseException as exc:  # handed to the iterating thread
                 result = exc
             self._queue.put((self._DONE, result))
@@ -352,7 +361,8 @@ class Realm:
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  repeat_penalty: float = 1.0, repeat_last_n: int = 64, frequency_penalty: float = 0.0,
                  presence_penalty: float = 0.0, seed: int | None = None, stop: str | Sequence[str] | None = None,
-                 n_ctx: int | None = None, ignore_eos: bool = False, stream: bool = False) -> str | TextStream:
+                 n_ctx: int | None = None, ignore_eos: bool = False, logprobs: int | None = None,
+                 stream: bool = False) -> str | TextStream:
         """Continue `prompt`; returns the text, or with stream=True a `TextStream` of pieces.
 
         The prompt is tokenized as llama.cpp's completion API does it (BOS if the vocabulary
@@ -360,12 +370,14 @@ class Realm:
         defaults; temperature <= 0 is greedy.  seed: None draws one (see Completion.seed).
         stop: strings that end the text (not included).  max_tokens: None generates until an
         end-of-generation token or a full context; ignore_eos goes on past end-of-generation
-        tokens (llama.cpp's --ignore-eos, for benchmarks).  The usage lands in `last_usage`."""
+        tokens (llama.cpp's --ignore-eos, for benchmarks).  logprobs: record each token's log
+        probability and this many top alternatives (0..20; `Completion.logprobs`,
+        `TextStream.logprobs`).  The usage lands in `last_usage`."""
         handle = self.model(model)
         opts = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                     frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
-                    stop=stop, n_ctx=n_ctx, ignore_eos=ignore_eos)
+                    stop=stop, n_ctx=n_ctx, ignore_eos=ignore_eos, logprobs=logprobs)
         request = self._request(handle, _text_bytes(prompt, "prompt"),
                                 abi.TOKENIZE_ADD_SPECIAL | abi.TOKENIZE_PARSE_SPECIAL, opts)
         return self._start(handle, request, stream)
@@ -508,22 +520,27 @@ class Realm:
             blob += struct.pack("<I", len(raw)) + raw
         if o["ignore_eos"]:
             flags |= abi.GENERATE_IGNORE_EOG
+        logprobs = o["logprobs"]
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= TOP_LOGPROBS_MAX):
+            raise InvalidArgumentError(f"logprobs must be None or an int in [0, {TOP_LOGPROBS_MAX}], not {logprobs!r}")
         params = abi.GENERATE_PARAMS_STRUCT.pack(
             seed, n_ctx, max_tokens or 0, floats["temperature"], ints["top_k"], floats["top_p"], floats["min_p"],
             floats["repeat_penalty"], floats["frequency_penalty"], floats["presence_penalty"],
             ints["repeat_last_n"], flags, 0)
-        return _Request(prompt, flags, params, blob, seed, max_tokens or 0, n_ctx)
+        return _Request(prompt, flags, params, blob, seed, max_tokens or 0, n_ctx, logprobs)
 
     def _start(self, handle: Model, request: _Request, stream: bool) -> str | TextStream:
         if stream:
-            return TextStream(lambda sink: self._run(handle, request, sink, record=False), self._record)
+            return TextStream(lambda sink, logprobs: self._run(handle, request, sink, record=False, logprobs=logprobs),
+                              self._record)
         return self._run(handle, request, None).text
 
     def _record(self, completion: Completion) -> None:
         self._local.usage = completion.usage
 
     def _run(self, handle: Model, request: _Request, sink: Callable[[str], bool] | None, *,
-             record: bool = True) -> Completion:
+             record: bool = True, logprobs: list[TokenLogprob] | None = None) -> Completion:
         pieces: list[str] = []
 
         def collect(piece: str) -> bool:
@@ -535,7 +552,15 @@ class Realm:
             with g.deadline():  # one deadline for the whole generation
                 g.attach(handle.id)
                 g.host.text_sink = collect
+                if request.logprobs is not None:
+                    g.host.logprobs = request.logprobs
+                    if logprobs is not None:  # a stream's live list
+                        g.host.token_logprobs = logprobs
                 completion = _generate(g, request, pieces, handle)
+                if request.logprobs is not None:
+                    if len(g.host.token_logprobs) < len(completion.tokens):
+                        g.host.last_logprob(completion.tokens[-1])
+                    completion = dataclasses.replace(completion, logprobs=list(g.host.token_logprobs))
         finally:
             g.close()
         if record:
@@ -638,7 +663,7 @@ def _generation_error(exc: GuestError) -> RealmError:
 
 _DEFAULTS: dict[str, Any] = dict(max_tokens=256, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                                  repeat_penalty=1.0, repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0,
-                                 seed=None, stop=None, n_ctx=None, ignore_eos=False)
+                                 seed=None, stop=None, n_ctx=None, ignore_eos=False, logprobs=None)
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
