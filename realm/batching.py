@@ -59,7 +59,8 @@ from .forward import HostModel, KVCache
 from .store import ModelStore
 from .threads import usable_cores
 
-__all__ = ["BatchSettings", "Engine", "PrefixCache", "engine_for", "configure", "DEADLINE"]
+__all__ = ["BatchSettings", "Engine", "PrefixCache", "engine_for", "release_engine", "engine_stats", "configure",
+           "DEADLINE"]
 
 #: Default tokens of one pass when several sequences share it.
 DEFAULT_MAX_BATCH_TOKENS = 128
@@ -272,6 +273,7 @@ class Engine:
         self.pass_tokens = 0
         self.pass_seqs = 0
         self.max_seqs = 0
+        self.last_seqs = 0
 
     # -- the work -----------------------------------------------------------------
     def check(self, kv: KVCache, tokens_addr: int, n: int, pos: int, il: int = -1) -> int:
@@ -342,7 +344,7 @@ class Engine:
         with self._cond:
             p = self.prefix
             return {"passes": self.passes, "pass_tokens": self.pass_tokens, "pass_sequences": self.pass_seqs,
-                    "max_sequences": self.max_seqs, "queued": len(self._queue),
+                    "max_sequences": self.max_seqs, "last_sequences": self.last_seqs, "queued": len(self._queue),
                     "prefix_entries": len(p), "prefix_bytes": p.nbytes, "prefix_hits": p.hits,
                     "prefix_hit_tokens": p.hit_tokens, "prefix_lookups": p.lookups}
 
@@ -501,6 +503,7 @@ class Engine:
         self.passes += 1
         self.pass_seqs += len(batch)
         self.max_seqs = max(self.max_seqs, len(batch))
+        self.last_seqs = len(batch)
         for w, take in batch:
             w.running = False
             self.pass_tokens += take or (len(w.hidden) if w.hidden is not None else 0)
@@ -590,6 +593,14 @@ def engine_for(store: ModelStore, model_id: int, threads: int | None, *, held: b
     if engine is not fresh:
         fresh._close()
     return engine
+
+
+def engine_stats(store: ModelStore) -> dict[tuple[int, int | None], dict[str, Any]]:
+    """`Engine.stats()` of each engine of a store, by (model id, threads)."""
+    reg = _registry(store)
+    with _registry_lock:
+        engines = dict(reg.engines)
+    return {key: engine.stats() for key, engine in engines.items()}
 
 
 def release_engine(engine: Engine) -> None:

@@ -463,10 +463,54 @@ def add_chat(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_chat)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerLimits, serve
+    except ImportError as exc:
+        print(f"realm: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        limits = ServerLimits(max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+                              tenant_concurrent=args.tenant_concurrent, tenant_kv_bytes=args.tenant_kv_bytes,
+                              timeout_s=args.timeout)
+    except ValueError as exc:
+        print(f"realm: error: {exc}", file=sys.stderr)
+        return 2
+    serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, threads=args.threads,
+          api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout)
+    return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs realm[server])",
+                       description="Serve models over OpenAI's API (/v1/chat/completions, /v1/completions, "
+                                   "/v1/models, /health, /metrics); every request runs in its own guest. "
+                                   "SIGINT/SIGTERM stop it gracefully.")
+    p.add_argument("--model", "-m", action="append", metavar="NAME_OR_PATH",
+                   help=f"a model to serve (repeatable; default {DEFAULT_MODEL}); the first is the default")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--threads", type=_threads, default=None, help="forward-pass threads (default: all cores)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="a key clients must send (repeatable; each key is a tenant; default: none, "
+                        "each client address is a tenant)")
+    p.add_argument("--max-concurrent", type=_positive, default=16, help="generations at once (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 503 "
+                   "(default 64)")
+    p.add_argument("--tenant-concurrent", type=_positive, default=8,
+                   help="requests of one tenant queued or running; more get 429 (default 8)")
+    p.add_argument("--tenant-kv-bytes", type=_positive, default=1 << 30,
+                   help="KV cache bytes of one tenant's requests together (default 1 GiB)")
+    p.add_argument("--timeout", type=_finite, default=300.0, help="a request's deadline in seconds (default 300)")
+    p.add_argument("--shutdown-timeout", type=_finite, default=30.0,
+                   help="seconds a shutdown lets requests in flight finish (default 30)")
+    p.set_defaults(func=cmd_serve)
+
+
 # -- entry point --------------------------------------------------------------------
 
 #: Parser registrations, in the order `realm --help` lists them.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_chat, add_info,
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_generate, add_chat, add_serve, add_info,
                                                                     add_dequantize, add_pull]
 
 

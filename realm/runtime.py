@@ -136,6 +136,7 @@ class _Request:
     max_tokens: int
     n_ctx: int
     logprobs: int | None
+    tenant: str | None
 
 
 class TextStream:
@@ -197,6 +198,11 @@ class TextStream:
             pass
         assert self.completion is not None
         return self.completion.text
+
+    def cancel(self) -> None:
+        """Ask the generation to stop at its next token, without waiting (the iteration then
+        ends as the guest stops; `close` waits too)."""
+        self._cancel.set()
 
     def close(self) -> None:
         """Stop the generation (at its next token) and wait for it."""
@@ -260,6 +266,7 @@ class Realm:
         self._default: Model | None = None
         self._tokenizers: dict[int, tuple[Guest, threading.Lock]] = {}  # model id -> a guest that tokenizes
         self._local = threading.local()
+        self._running: dict[int, tuple[str | None, Any]] = {}  # id(guest) -> (tenant label, its RealmHost)
 
     # -- models ---------------------------------------------------------------------
     def load_model(self, model: str | os.PathLike) -> Model:
@@ -339,6 +346,27 @@ class Realm:
         with self._tokenizer(self.model(model)) as g:
             return _tokenize(g, data, flags)
 
+    def token_bytes(self, tokens: Sequence[int], model: Model | int | str | None = None) -> list[bytes]:
+        """Each token's own bytes (its piece of text; control tokens as their text), as
+        OpenAI's logprobs report them."""
+        handle = self.model(model)
+        out = []
+        with self._tokenizer(handle) as g:
+            for t in tokens:
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < handle.n_vocab:
+                    raise InvalidArgumentError(f"token ids must be ints in [0, {handle.n_vocab}), not {t!r}")
+                out.append(_detokenize(g, int(t).to_bytes(4, "little", signed=True), abi.DETOKENIZE_SPECIAL))
+        return out
+
+    def in_flight(self) -> dict[str | None, int]:
+        """KV bytes held by the generations running now, by the `tenant` label they were given."""
+        with self._lock:
+            hosts = list(self._running.values())
+        out: dict[str | None, int] = {}
+        for tenant, host in hosts:
+            out[tenant] = out.get(tenant, 0) + host.kv_bytes
+        return out
+
     def detokenize(self, tokens: Sequence[int] | np.ndarray, model: Model | int | str | None = None, *,
                    special: bool = False, errors: str = "replace") -> str:
         """The text of token ids, computed in a guest; control tokens render as their text only
@@ -362,7 +390,7 @@ class Realm:
                  repeat_penalty: float = 1.0, repeat_last_n: int = 64, frequency_penalty: float = 0.0,
                  presence_penalty: float = 0.0, seed: int | None = None, stop: str | Sequence[str] | None = None,
                  n_ctx: int | None = None, ignore_eos: bool = False, logprobs: int | None = None,
-                 stream: bool = False) -> str | TextStream:
+                 tenant: str | None = None, stream: bool = False) -> str | TextStream:
         """Continue `prompt`; returns the text, or with stream=True a `TextStream` of pieces.
 
         The prompt is tokenized as llama.cpp's completion API does it (BOS if the vocabulary
@@ -372,12 +400,13 @@ class Realm:
         end-of-generation token or a full context; ignore_eos goes on past end-of-generation
         tokens (llama.cpp's --ignore-eos, for benchmarks).  logprobs: record each token's log
         probability and this many top alternatives (0..20; `Completion.logprobs`,
-        `TextStream.logprobs`).  The usage lands in `last_usage`."""
+        `TextStream.logprobs`).  tenant: a label the generation's KV bytes count under in
+        `in_flight()`.  The usage lands in `last_usage`."""
         handle = self.model(model)
         opts = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                     frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
-                    stop=stop, n_ctx=n_ctx, ignore_eos=ignore_eos, logprobs=logprobs)
+                    stop=stop, n_ctx=n_ctx, ignore_eos=ignore_eos, logprobs=logprobs, tenant=tenant)
         request = self._request(handle, _text_bytes(prompt, "prompt"),
                                 abi.TOKENIZE_ADD_SPECIAL | abi.TOKENIZE_PARSE_SPECIAL, opts)
         return self._start(handle, request, stream)
@@ -528,7 +557,10 @@ class Realm:
             seed, n_ctx, max_tokens or 0, floats["temperature"], ints["top_k"], floats["top_p"], floats["min_p"],
             floats["repeat_penalty"], floats["frequency_penalty"], floats["presence_penalty"],
             ints["repeat_last_n"], flags, 0)
-        return _Request(prompt, flags, params, blob, seed, max_tokens or 0, n_ctx, logprobs)
+        tenant = o["tenant"]
+        if tenant is not None and not isinstance(tenant, str):
+            raise ArgumentTypeError(f"tenant must be a str or None, not {type(tenant).__name__}")
+        return _Request(prompt, flags, params, blob, seed, max_tokens or 0, n_ctx, logprobs, tenant)
 
     def _start(self, handle: Model, request: _Request, stream: bool) -> str | TextStream:
         if stream:
@@ -548,6 +580,8 @@ class Realm:
             return bool(sink(piece)) if sink is not None else False
 
         g = Guest(self.store, limits=self.limits, threads=self.threads)
+        with self._lock:
+            self._running[id(g)] = (request.tenant, g.host)
         try:
             with g.deadline():  # one deadline for the whole generation
                 g.attach(handle.id)
@@ -562,6 +596,8 @@ class Realm:
                         g.host.last_logprob(completion.tokens[-1])
                     completion = dataclasses.replace(completion, logprobs=list(g.host.token_logprobs))
         finally:
+            with self._lock:
+                self._running.pop(id(g), None)
             g.close()
         if record:
             self._record(completion)
@@ -663,7 +699,7 @@ def _generation_error(exc: GuestError) -> RealmError:
 
 _DEFAULTS: dict[str, Any] = dict(max_tokens=256, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05,
                                  repeat_penalty=1.0, repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0,
-                                 seed=None, stop=None, n_ctx=None, ignore_eos=False, logprobs=None)
+                                 seed=None, stop=None, n_ctx=None, ignore_eos=False, logprobs=None, tenant=None)
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:

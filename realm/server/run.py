@@ -1,0 +1,61 @@
+"""`realm serve`: load the models, build the app, run it under uvicorn until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+import uvicorn
+
+from ..limits import Limits
+from ..runtime import Realm
+from .admission import ServerLimits
+from .app import MAX_BODY_BYTES, create_app
+
+log = logging.getLogger("realm.server")
+
+#: Seconds a shutdown waits for requests in flight before it cuts them.
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def build_realm(models: Sequence[str], *, threads: int | None, limits: ServerLimits) -> Realm:
+    """A Realm with every model loaded (pulled on first use); each request's guest gets the
+    request deadline and its share of its tenant's KV bytes."""
+    realm = Realm(threads=threads, limits=Limits(deadline_s=limits.timeout_s, kv_bytes=limits.request_kv_bytes))
+    try:
+        for name in models:
+            realm.load_model(name)
+    except BaseException:
+        realm.close()
+        raise
+    return realm
+
+
+def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
+          api_keys: Sequence[str] = (), limits: ServerLimits | None = None,
+          shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """Serve the models over HTTP until SIGINT/SIGTERM, then stop accepting, let the requests in
+    flight finish (up to shutdown_timeout_s) and exit."""
+    limits = limits or ServerLimits()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    realm = build_realm(models, threads=threads, limits=limits)
+    try:
+        app = create_app(realm, limits=limits, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)), lifespan="off")
+        server = uvicorn.Server(config)
+        # uvicorn re-raises the signal that stopped it once it has shut down: let that one end
+        # the process normally (exit 0) rather than kill it
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: None)
+        names = ", ".join(m.path.stem for m in realm.models)
+        log.info("realm %s serving %s on http://%s:%d (%s)", os.getpid(), names, host, port,
+                 "API keys required" if api_keys else "no API keys")
+        server.run()
+    finally:
+        realm.close()
+    log.info("realm stopped")

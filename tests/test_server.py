@@ -1,0 +1,319 @@
+"""`realm serve`: a real server process on 127.0.0.1 with the PyPI models, driven by the official
+`openai` client and by raw HTTP, started and stopped by the tests.  Every loop that sends load
+is bounded in count and time."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+
+openai = require("openai")
+httpx = require("httpx")
+require("fastapi")
+
+import realm  # noqa: E402
+
+KEYS = ("alpha-key", "beta-key")
+START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m realm serve ...` in a child process."""
+
+    def __init__(self, models, *extra: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "realm", "serve", "--port", str(self.port), "--threads", "2"]
+        for m in models:
+            args += ["--model", str(m)]
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"realm-serve-{self.port}.log"
+        self.proc = subprocess.Popen(args + list(extra), stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        end = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                pytest.fail(f"realm serve did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def client(self, key: str | None = KEYS[0]) -> "openai.OpenAI":
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
+
+    def post(self, path: str, body, key: str | None = KEYS[0], **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if isinstance(body, (bytes, str)):
+            return httpx.post(self.url + path, content=body, headers=headers, timeout=120, **kw)
+        return httpx.post(self.url + path, json=body, headers=headers, timeout=120, **kw)
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path, gemma3_path):
+    s = Server([smollm2_path, gemma3_path], "--api-key", KEYS[0], "--api-key", KEYS[1],
+               "--tenant-concurrent", "16", "--max-concurrent", "16")
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def local(smollm2_path, gemma3_path):
+    """realm used directly, for the answers the server must give."""
+    with realm.Realm(threads=2) as r:
+        r.load_model(smollm2_path)
+        r.load_model(gemma3_path)
+        yield r
+
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+def test_models_health_and_metrics(server):
+    assert sorted(m.id for m in server.client().models.list().data) == sorted([SMOL, GEMMA])
+    health = server.health()
+    assert health["status"] == "ok" and set(health["models"]) == {SMOL, GEMMA}
+    server.client().completions.create(model=SMOL, prompt="Hi", max_tokens=2)
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    for name in ("realm_requests_total", "realm_prompt_tokens_total", "realm_completion_tokens_total",
+                 "realm_time_to_first_token_seconds", "realm_tokens_per_second", "realm_queue_depth",
+                 "realm_active_tenants", "realm_batch_size", "realm_prefix_cache_hits_total", "realm_tenant_kv_bytes"):
+        assert name in text, name
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+def test_completions_equal_realm_and_stream_equals_whole(server, local, model):
+    prompt = "The capital of France is"
+    c = server.client().completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0)
+    mine = local.complete(prompt, _path(local, model), max_tokens=12, temperature=0, top_k=0, top_p=1.0, min_p=0.0)
+    assert c.choices[0].text == mine.text
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (mine.usage.prompt_tokens,
+                                                                  mine.usage.completion_tokens)
+    assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
+    assert c.choices[0].finish_reason == "length"
+    chunks = list(server.client().completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0,
+                                                    stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == mine.text
+    assert chunks[-1].usage.completion_tokens == mine.usage.completion_tokens
+
+
+def _path(local, model_stem):
+    return next(m for m in local.models if m.path.stem == model_stem)
+
+
+def test_chat_stream_and_whole_agree_with_realm(server, local):
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
+    whole = server.client().chat.completions.create(model=SMOL, messages=messages, max_tokens=16, temperature=0)
+    stream = server.client().chat.completions.create(model=SMOL, messages=messages, max_tokens=16, temperature=0,
+                                                     stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    assert whole.choices[0].message.role == "assistant"
+    mine = local.chat(messages, _path(local, SMOL), max_tokens=16, temperature=0, top_k=0, top_p=1.0, min_p=0.0,
+                      stream=True)
+    assert mine.text == text
+    assert chunks[-1].usage.prompt_tokens == mine.completion.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == len(mine.completion.tokens)
+
+
+def test_logprobs_equal_realms_own(server, local):
+    messages = [{"role": "user", "content": "Count to three."}]
+    r = server.client().chat.completions.create(model=SMOL, messages=messages, max_tokens=8, temperature=0,
+                                                logprobs=True, top_logprobs=3)
+    mine = local.chat(messages, _path(local, SMOL), max_tokens=8, temperature=0, top_k=0, top_p=1.0, min_p=0.0,
+                      logprobs=3, stream=True)
+    mine.text
+    got = r.choices[0].logprobs.content
+    want = mine.completion.logprobs
+    assert len(got) == len(want) == r.usage.completion_tokens
+    for g, w in zip(got, want):
+        assert g.logprob == w.logprob
+        assert [t.logprob for t in g.top_logprobs] == [lp for _, lp in w.top]
+        assert bytes(g.bytes) == local.token_bytes([w.token], _path(local, SMOL))[0]
+    # the legacy endpoint's shape
+    c = server.client().completions.create(model=SMOL, prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=2)
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4
+    assert "".join(lp.tokens) == c.choices[0].text
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code:
+        assert err["code"] == code
+    return err
+
+
+def test_error_statuses(server):
+    chat = {"model": SMOL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    _error(server.post("/v1/chat/completions", b"{not json"), 400, "invalid_json")
+    _error(server.post("/v1/chat/completions", b"[1, 2]"), 400, "invalid_json")
+    assert _error(server.post("/v1/chat/completions", {**chat, "max_tokens": "two"}), 400)["param"] == "max_tokens"
+    assert _error(server.post("/v1/chat/completions", {**chat, "temperature": 9}), 400)["param"] == "temperature"
+    _error(server.post("/v1/chat/completions", {**chat, "n": 2}), 400)
+    _error(server.post("/v1/chat/completions", {**chat, "messages": []}), 400)
+    _error(server.post("/v1/completions", {"model": SMOL, "prompt": "hi", "max_tokens": 5000}), 400,
+           "context_length_exceeded")
+    _error(server.post("/v1/completions", {"model": SMOL, "prompt": "hi", "max_tokens": 5000, "stream": True}), 400,
+           "context_length_exceeded")
+    _error(server.post("/v1/chat/completions", {**chat, "model": GEMMA}), 400, "chat_template")  # it has none
+    _error(server.post("/v1/chat/completions", chat, key=None), 401, "invalid_api_key")
+    _error(server.post("/v1/chat/completions", chat, key="wrong"), 401, "invalid_api_key")
+    _error(server.post("/v1/chat/completions", {**chat, "model": "nope"}), 404, "model_not_found")
+    _error(server.post("/v1/completions", b"x" * (9 << 20)), 413)
+    with pytest.raises(openai.AuthenticationError):
+        server.client("wrong").models.list()
+    with pytest.raises(openai.NotFoundError):
+        server.client().completions.create(model="nope", prompt="x", max_tokens=1)
+    assert server.health()["status"] == "ok"  # the process survived every one
+
+
+# -- many clients ------------------------------------------------------------------------------------
+
+def _bounded_threads(jobs, timeout=300):
+    results, errors = [None] * len(jobs), []
+
+    def run(i):
+        try:
+            results[i] = jobs[i]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    assert not any(t.is_alive() for t in threads)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_sixteen_streaming_clients_get_their_solo_answers(server):
+    prompts = [f"Write a list of {i + 2} fruits:" for i in range(16)]
+
+    def ask(i):
+        stream = server.client(KEYS[i % 2]).completions.create(model=SMOL, prompt=prompts[i], max_tokens=16,
+                                                               temperature=0, stream=True)
+        return "".join(ch.choices[0].text for ch in stream if ch.choices)
+
+    solo = [ask(i) for i in range(16)]
+    assert _bounded_threads([lambda i=i: ask(i) for i in range(16)]) == solo
+
+
+def test_a_client_that_disconnects_frees_its_generation(server):
+    body = {"model": SMOL, "prompt": "Tell a long story.", "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEYS[0]}"}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(4)]
+        assert any(line.startswith("data: ") for line in got)
+    h = _idle(server)
+    assert h["running"] == 0 and h["kv_bytes"] == 0
+
+
+def _idle(server, timeout=60):
+    """/health once nothing runs (bounded): a closed connection's generation stops at its next token."""
+    end = time.monotonic() + timeout
+    while True:
+        h = server.health()
+        if (h["running"] == 0 and h["kv_bytes"] == 0) or time.monotonic() > end:
+            return h
+        time.sleep(0.1)
+
+
+# -- limits: a small server ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(smollm2_path):
+    s = Server([smollm2_path], "--api-key", KEYS[0], "--api-key", KEYS[1], "--max-concurrent", "1",
+               "--max-queue", "0", "--tenant-concurrent", "1", "--timeout", "4")
+    s.client().completions.create(model=SMOL, prompt="warm", max_tokens=1)  # the guest module compiled
+    yield s
+    assert s.stop() == 0
+
+
+def _long(server, key):
+    body = {"model": SMOL, "prompt": "Once upon a time", "max_tokens": 2000, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    return httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
+                        headers={"Authorization": f"Bearer {key}"})
+
+
+def test_a_full_server_answers_at_once(small):
+    with _long(small, KEYS[0]) as first:
+        assert first.status_code == 200
+        lines = first.iter_lines()
+        assert sum(next(lines).startswith("data: ") for _ in range(4)) >= 2  # it is generating
+        r = small.post("/v1/completions", {"model": SMOL, "prompt": "x", "max_tokens": 1}, key=KEYS[0])
+        _error(r, 429, "tenant_concurrency")
+        assert r.headers["Retry-After"]
+        r = small.post("/v1/completions", {"model": SMOL, "prompt": "x", "max_tokens": 1}, key=KEYS[1])
+        _error(r, 503, "server_full")
+        assert r.headers["Retry-After"]
+
+
+def test_a_request_past_its_deadline(small):
+    _idle(small)
+    r = small.post("/v1/completions", {"model": SMOL, "prompt": "Once", "max_tokens": 2000, "ignore_eos": True,
+                                       "temperature": 0}, key=KEYS[1])
+    _error(r, 408, "timeout")
+    assert small.health()["status"] == "ok"
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):
+    s = Server([smollm2_path])
+    body = {"model": SMOL, "prompt": "Count: 1, 2,", "max_tokens": 48, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        s.proc.send_signal(signal.SIGTERM)
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    pieces = [json.loads(line[6:]) for line in rest[:-1]]
+    assert pieces[-1]["choices"][0]["finish_reason"] == "length"
+    assert s.proc.wait(60) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(s.url + "/health", timeout=2)
