@@ -714,8 +714,7 @@ class RealmHost:
         self._forward_code(engine.check(kv.cache, tokens.ctypes.data, n_tokens, position))
         logits = mem.floats(out_ptr, 1, fm.n_vocab)[0] if out_max_len else None
         if self._last_logits is not None:  # the guest sampled tokens[0] from the last logits
-            self.token_logprobs.append(token_logprob(self._last_logits, int(tokens[0]), self.logprobs or 0))
-            self._last_logits = None
+            self.last_logprob(int(tokens[0]))
         reused = 0
         if 0 <= kv.known and position <= kv.known and n_tokens > (logits is not None):  # rows to spare
             reused = engine.reuse_prefix(kv.cache, kv.history, tokens, position, logits is not None)
@@ -791,11 +790,18 @@ class RealmHost:
     #: log probabilities.  Set by the caller before the guest generates.
     logprobs: int | None = None
 
+    #: Receives each `TokenLogprob` as it is recorded (None: they are only kept).
+    logprob_sink: Callable[[TokenLogprob], None] | None = None
+
     def last_logprob(self, token: int) -> None:
-        """Record the last sampled token -- the guest samples it but does not forward it."""
+        """Record `token`'s log probability under the last logits the guest got: called as the
+        guest forwards a token it sampled, and for the last one, which it does not forward."""
         if self._last_logits is not None:
-            self.token_logprobs.append(token_logprob(self._last_logits, token, self.logprobs or 0))
+            entry = token_logprob(self._last_logits, token, self.logprobs or 0)
             self._last_logits = None
+            self.token_logprobs.append(entry)
+            if self.logprob_sink is not None:
+                self.logprob_sink(entry)
 
     # -- text out ----------------------------------------------------------------------
     #: Receives each piece of text the guest streams (realm_emit_text); a true return value

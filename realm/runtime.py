@@ -411,14 +411,28 @@ class Realm:
                                 abi.TOKENIZE_ADD_SPECIAL | abi.TOKENIZE_PARSE_SPECIAL, opts)
         return self._start(handle, request, stream)
 
-    def complete(self, prompt: str, model: Model | int | str | None = None, **options: Any) -> Completion:
-        """`generate` returning the whole `Completion` (text, token ids, stop reason, usage)."""
+    def complete(self, prompt: str, model: Model | int | str | None = None, *,
+                 on_text: Callable[[str], bool | None] | None = None,
+                 on_logprob: Callable[[TokenLogprob], None] | None = None, **options: Any) -> Completion:
+        """`generate` returning the whole `Completion` (text, token ids, stop reason, usage).
+        on_text is called with each piece of text as it comes, on this thread (a true return
+        stops the generation); on_logprob with each `TokenLogprob` (with `logprobs=`)."""
         if options.pop("stream", False):
             raise InvalidArgumentError("complete() does not stream: use generate(..., stream=True)")
         handle = self.model(model)
         request = self._request(handle, _text_bytes(prompt, "prompt"),
                                 abi.TOKENIZE_ADD_SPECIAL | abi.TOKENIZE_PARSE_SPECIAL, _options(options))
-        return self._run(handle, request, None)
+        return self._run(handle, request, on_text, on_logprob=on_logprob)
+
+    def chat_complete(self, messages: Sequence[Mapping[str, Any]], model: Model | int | str | None = None, *,
+                      chat_template: str | None = None, on_text: Callable[[str], bool | None] | None = None,
+                      on_logprob: Callable[[TokenLogprob], None] | None = None, **options: Any) -> Completion:
+        """`chat` returning the whole `Completion`; on_text and on_logprob as `complete`."""
+        if options.pop("stream", False):
+            raise InvalidArgumentError("chat_complete() does not stream: use chat(..., stream=True)")
+        handle = self.model(model)
+        request = self._chat_request(messages, handle, chat_template, options)
+        return self._run(handle, request, on_text, on_logprob=on_logprob)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], model: Model | int | str | None = None, *,
              chat_template: str | None = None, max_tokens: int | None = 256, stream: bool = False,
@@ -427,15 +441,19 @@ class Realm:
         chat template (or `chat_template`) renders them, then `generate` continues with the
         same options; the EOS token's text is a stop string too (as llama-cpp-python)."""
         handle = self.model(model)
+        request = self._chat_request(messages, handle, chat_template, dict(options, max_tokens=max_tokens))
+        return self._start(handle, request, stream)
+
+    def _chat_request(self, messages: Sequence[Mapping[str, Any]], handle: Model, chat_template: str | None,
+                      options: Mapping[str, Any]) -> _Request:
         prompt = self.render_chat(messages, handle, chat_template=chat_template)
-        opts = _options(dict(options, max_tokens=max_tokens))
+        opts = _options(options)
         stops = _stop_list(opts["stop"])
         if handle.eos_token and handle.eos_token not in stops:
             stops.append(handle.eos_token)
         opts["stop"] = stops
         # the template writes any BOS itself: the text is tokenized without adding one
-        request = self._request(handle, prompt.encode("utf-8"), abi.TOKENIZE_PARSE_SPECIAL, opts)
-        return self._start(handle, request, stream)
+        return self._request(handle, prompt.encode("utf-8"), abi.TOKENIZE_PARSE_SPECIAL, opts)
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], model: Model | int | str | None = None, *,
                     chat_template: str | None = None, add_generation_prompt: bool = True) -> str:
@@ -571,8 +589,9 @@ class Realm:
     def _record(self, completion: Completion) -> None:
         self._local.usage = completion.usage
 
-    def _run(self, handle: Model, request: _Request, sink: Callable[[str], bool] | None, *,
-             record: bool = True, logprobs: list[TokenLogprob] | None = None) -> Completion:
+    def _run(self, handle: Model, request: _Request, sink: Callable[[str], bool | None] | None, *,
+             record: bool = True, logprobs: list[TokenLogprob] | None = None,
+             on_logprob: Callable[[TokenLogprob], None] | None = None) -> Completion:
         pieces: list[str] = []
 
         def collect(piece: str) -> bool:
@@ -590,6 +609,7 @@ class Realm:
                     g.host.logprobs = request.logprobs
                     if logprobs is not None:  # a stream's live list
                         g.host.token_logprobs = logprobs
+                    g.host.logprob_sink = on_logprob
                 completion = _generate(g, request, pieces, handle)
                 if request.logprobs is not None:
                     if len(g.host.token_logprobs) < len(completion.tokens):

@@ -9,6 +9,9 @@ validated (pydantic) before any guest starts; errors use OpenAI's shape.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
+import functools
 import hashlib
 import hmac
 import json
@@ -26,7 +29,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 
 from ..errors import RealmError
-from ..runtime import Completion, Model, Realm, TextStream
+from ..runtime import Completion, Model, Realm
 from .admission import Admission, ServerLimits
 from .errors import APIError, from_realm
 from .metrics import CONTENT_TYPE, Metrics
@@ -96,6 +99,8 @@ class _Server:
         self.realm, self.limits = realm, limits
         self.keys = {key.encode(): _tenant_name(key) for key in api_keys}
         self.admission = Admission(limits)
+        # a thread per running generation (the default executor has too few for 16)
+        self.pool = concurrent.futures.ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="realm-serve")
         self.names = {m.id: m.path.stem for m in realm.models}
         self.metrics = Metrics(realm, lambda model_id: self.names.get(model_id, str(model_id)), self.admission.figures)
         self.created = int(time.time())
@@ -138,30 +143,55 @@ class _Server:
 # -- generation on a worker thread, pieces handed to the event loop ------------------------
 
 class _Run:
-    """One generation: a `TextStream` iterated on a thread whose pieces land in an asyncio queue."""
+    """One generation on a worker thread; its pieces of text and log probabilities land in an
+    event loop as the guest makes them (no other thread in between)."""
 
-    def __init__(self, stream: TextStream):
-        self.stream = stream
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.ended = asyncio.Event()  # the stream is exhausted: the guest is gone, its KV freed
+    def __init__(self, start: Callable[..., Completion], pool: concurrent.futures.Executor):
+        self._items: collections.deque = collections.deque()  # ("piece", text), then ("done" | "error", value)
+        self._ready = asyncio.Event()
+        self.logprobs: list = []  # filled on the event loop, in order
+        self._stop = threading.Event()
         loop = asyncio.get_running_loop()
 
-        def pump() -> None:
-            try:
-                for piece in stream:
-                    loop.call_soon_threadsafe(self.queue.put_nowait, ("piece", piece))
-                loop.call_soon_threadsafe(self.queue.put_nowait, ("done", stream.completion))
-            except BaseException as exc:  # handed to the handler
-                loop.call_soon_threadsafe(self.queue.put_nowait, ("error", exc))
-            finally:
-                loop.call_soon_threadsafe(self.ended.set)
+        def put(item: tuple) -> None:
+            self._items.append(item)
+            self._ready.set()
 
-        threading.Thread(target=pump, name="realm-serve", daemon=True).start()
+        def on_text(piece: str) -> bool:
+            loop.call_soon_threadsafe(put, ("piece", piece))
+            return self._stop.is_set()
+
+        def on_logprob(entry: Any) -> None:
+            loop.call_soon_threadsafe(self.logprobs.append, entry)
+
+        async def work() -> None:
+            try:
+                call = functools.partial(start, on_text=on_text, on_logprob=on_logprob)
+                completion = await loop.run_in_executor(pool, call)
+                put(("done", completion))
+            except BaseException as exc:  # handed to the handler
+                put(("error", exc))
+
+        self.task = asyncio.ensure_future(work())
+
+    async def get(self, timeout: float | None = None) -> tuple:
+        """The next item; consecutive pieces come joined as one (when the event loop falls
+        behind, it sends fewer, larger chunks rather than falling further behind).
+        asyncio.TimeoutError after `timeout` seconds without one."""
+        while not self._items:
+            self._ready.clear()
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        kind, value = self._items.popleft()
+        if kind == "piece":
+            while self._items and self._items[0][0] == "piece":
+                value += self._items.popleft()[1]
+        return kind, value
 
     async def cancel(self) -> None:
-        """Stop the generation at its next token and wait until its guest has ended."""
-        self.stream.cancel()
-        await self.ended.wait()
+        """Stop the generation at its next token and wait until its guest has ended (its KV
+        cache freed)."""
+        self._stop.set()
+        await asyncio.wait([self.task])
 
 
 def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tuple[str, ...] = (),
@@ -205,9 +235,8 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
         tenant = srv.tenant(request)
         body = _parse(CompletionRequest, await _json(request))
         model = srv.model(body.model)
-        prompt = body.prompt
-        start = lambda: realm.generate(prompt, model, stream=True, logprobs=body.logprobs, tenant=tenant,  # noqa: E731
-                                       **body.options())
+        start = functools.partial(realm.complete, body.prompt, model, logprobs=body.logprobs, tenant=tenant,
+                                  **body.options())
         return await _respond(srv, request, tenant, model, body, start, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -219,9 +248,8 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
             n_logprobs = body.n_logprobs()
         except ValueError as exc:
             raise APIError(400, str(exc), param="top_logprobs", code="invalid_value") from None
-        messages = body.chat_messages()
-        start = lambda: realm.chat(messages, model, stream=True, logprobs=n_logprobs, tenant=tenant,  # noqa: E731
-                                   **body.options())
+        start = functools.partial(realm.chat_complete, body.chat_messages(), model, logprobs=n_logprobs,
+                                  tenant=tenant, **body.options())
         return await _respond(srv, request, tenant, model, body, start, chat=True)
 
     return _Outer(app, srv, max_body_bytes)  # type: ignore[return-value]
@@ -251,19 +279,16 @@ def _validation_error(errors: list[dict[str, Any]]) -> APIError:
 
 
 async def _respond(srv: _Server, request: Request, tenant: str, model: Model, body: Any,
-                   start: Callable[[], TextStream], *, chat: bool) -> Response:
+                   start: Callable[..., Completion], *, chat: bool) -> Response:
     await srv.admission.enter(tenant)
     entered = True
     try:
         t0 = time.perf_counter()
-        try:
-            run = _Run(await asyncio.to_thread(start))
-        except RealmError as exc:  # refused before a token: a 4xx
-            raise from_realm(exc) from None
+        run = _Run(start, srv.pool)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             # the first piece (or the refusal) before any header: a prompt over the context is a 400
-            head = await run.queue.get()
+            head = await run.get()
             if head[0] == "error":
                 raise _run_error(head[1])
             entered = False  # the stream's generator leaves the slot
@@ -283,7 +308,7 @@ async def _collect(srv: _Server, request: Request, run: _Run, model: Model, t0: 
     first = None
     while True:
         try:
-            kind, value = await asyncio.wait_for(run.queue.get(), timeout=0.25)
+            kind, value = await run.get(timeout=0.25)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
                 with anyio.CancelScope(shield=True):
@@ -390,13 +415,13 @@ async def _stream(srv: _Server, tenant: str, model: Model, run: _Run, head: tupl
         if chat:
             yield {"data": chunk("", None, None, role=True)}
         while True:
-            kind, value = head if head is not None else await run.queue.get()
+            kind, value = head if head is not None else await run.get()
             head = None
             if kind == "error":
                 err = _run_error(value)
                 yield {"data": json.dumps(err.body())}
                 break
-            live = run.stream.logprobs
+            live = run.logprobs
             entries = live[sent_logprobs:len(live)] if kind == "piece" else None
             if kind == "piece":
                 first = first or time.perf_counter()

@@ -1,0 +1,174 @@
+"""`realm serve` vs llama.cpp's llama-server: N concurrent streaming clients over HTTP.
+
+    python benchmarks/serve.py [--models smollm2 gemma3] [--n 1 4 16] [--tokens 48] [--threads 2]
+                               [--repeat 3] [--llama-server PATH] [--markdown]
+
+Each server runs alone on the machine (one after the other), on 127.0.0.1, with the same model
+and threads: realm with --max-concurrent 16, llama-server with -np 16 (16 slots, continuous
+batching).  N clients at once each stream a /v1/completions request (an 8-token prompt of its
+own, greedy, --tokens tokens, ignore_eos) and time its chunks.  Printed per N: aggregate
+completion tok/s (all tokens over the wall time of the round) and the realm / llama-server
+ratio, time to first token p50/p99 (from sending the request to its first chunk), and each
+server's peak RSS (VmHWM).  Medians of --repeat rounds after a warm-up round.
+llama-server is built from the vendored llama.cpp of llama-cpp-python's sdist (README); the
+script skips it when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from _common import print_table
+
+from realm.models import resolve
+
+SERVER = Path.home() / ".cache/realm/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            sys.exit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    sys.exit(f"{url} did not come up")
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def one_request(url: str, prompt: str, tokens: int, model: str) -> tuple[float, int, float]:
+    """(time to first chunk, completion tokens, end) of one streamed completion."""
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first, count, usage = 0.0, 0, None
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                usage = event["usage"]["completion_tokens"]
+            if event.get("choices") and event["choices"][0].get("text"):
+                first = first or time.perf_counter() - t0
+                count += 1
+    return first, usage or count, time.perf_counter()
+
+
+def round_of(url: str, n: int, tokens: int, model: str) -> dict:
+    results: list = [None] * n
+    barrier = threading.Barrier(n + 1)
+
+    def client(i: int) -> None:
+        barrier.wait()
+        results[i] = one_request(url, f"Client {i} asks about the weather in", tokens, model)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = max(r[2] for r in results) - t0
+    return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
+
+
+def measure(url: str, ns: list[int], tokens: int, repeat: int, model: str) -> dict[int, dict]:
+    out = {}
+    for n in ns:
+        round_of(url, n, 4, model)  # warm-up
+        rounds = [round_of(url, n, tokens, model) for _ in range(repeat)]
+        ttft = sorted(t for r in rounds for t in r["ttft"])
+        out[n] = {"tps": statistics.median(r["tps"] for r in rounds),
+                  "p50": ttft[len(ttft) // 2], "p99": ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))]}
+    return out
+
+
+def run_server(cmd: list[str], url: str, ns: list[int], tokens: int, repeat: int, model: str) -> tuple[dict, int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_up(url, proc)
+        figures = measure(url, ns, tokens, repeat, model)
+        return figures, peak_rss(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--n", nargs="+", type=int, default=[1, 4, 16])
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--llama-server", type=Path, default=Path(os.environ.get("LLAMA_SERVER", SERVER)))
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    slots = max(args.n)
+
+    rows = []
+    for name in args.models:
+        path = Path(resolve(name))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        realm_cmd = [sys.executable, "-m", "realm", "serve", "--model", str(path), "--port", str(port),
+                     "--threads", str(args.threads), "--max-concurrent", str(slots), "--tenant-concurrent", str(slots)]
+        mine, my_rss = run_server(realm_cmd, url, args.n, args.tokens, args.repeat, path.stem)
+        theirs, their_rss = {}, 0
+        if args.llama_server.is_file():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            ctx = slots * (16 + args.tokens + 16)
+            cmd = [str(args.llama_server), "-m", str(path), "--host", "127.0.0.1", "--port", str(port), "-np",
+                   str(slots), "-c", str(ctx), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui"]
+            theirs, their_rss = run_server(cmd, url, args.n, args.tokens, args.repeat, path.stem)
+        else:
+            print(f"(llama-server not found at {args.llama_server}: skipped)")
+        for n in args.n:
+            m, t = mine[n], theirs.get(n)
+            rows.append([name, str(n), f"{m['tps']:.0f}", f"{t['tps']:.0f}" if t else "-",
+                         f"{m['tps'] / t['tps']:.2f}x" if t else "-",
+                         f"{1000 * m['p50']:.0f}", f"{1000 * m['p99']:.0f}",
+                         f"{1000 * t['p50']:.0f}" if t else "-", f"{1000 * t['p99']:.0f}" if t else "-",
+                         f"{my_rss / 2**20:.0f}", f"{their_rss / 2**20:.0f}" if t else "-"])
+    print(f"\nstreaming /v1/completions, {args.threads} threads, {args.tokens} tokens each, greedy; "
+          f"medians of {args.repeat}")
+    print_table(["model", "N", "realm tok/s", "llama-server tok/s", "ratio", "realm TTFT p50 ms", "p99",
+                 "llama-server TTFT p50 ms", "p99", "realm RSS MiB", "llama-server RSS MiB"], rows, args.markdown)
+
+
+if __name__ == "__main__":
+    main()
