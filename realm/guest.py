@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from dataclasses import dataclass
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,17 +25,18 @@ import wasmtime
 
 from . import abi
 from .abi import Err, ModelConfig
-from .errors import FileAccessError, InternalError, InvalidArgumentError, RealmError
+from .errors import FileAccessError, InternalError, InvalidArgumentError, LimitExceeded, RealmError
 from .limits import Limits, sandbox_engine
 from .store import ModelStore
 from .tenant import Tenant
 
-__all__ = ["Guest", "GuestError", "guest_wasm_path", "guest_module"]
+__all__ = ["Guest", "GuestError", "GuestSnapshot", "guest_wasm_path", "guest_module"]
 
 #: The guest module, built from guest/*.c by the package build.
 GUEST_WASM = Path(__file__).with_name("guest.wasm")
 
 _U32_MASK = 0xFFFF_FFFF
+_WASM_PAGE = 65536
 _module_lock = threading.Lock()
 _module: wasmtime.Module | None = None
 
@@ -72,6 +74,14 @@ def guest_module() -> wasmtime.Module:
         if _module is None:
             _module = wasmtime.Module.from_file(sandbox_engine(), str(guest_wasm_path()))
         return _module
+
+
+@dataclass(frozen=True)
+class GuestSnapshot:
+    """A guest's linear memory between calls and the model ids it reads (see `Guest.snapshot`)."""
+
+    memory: bytes
+    shared: tuple[int, ...]
 
 
 class Guest(Tenant):
@@ -148,6 +158,35 @@ class Guest(Tenant):
         """Share a host-loaded model with the guest and have it read the model's header."""
         self.host.share(model_id)
         self.call_checked("guest_attach_model", model_id, what=f"guest_attach_model({model_id})")
+
+    # -- snapshots -----------------------------------------------------------------------
+    def snapshot(self) -> "GuestSnapshot":
+        """The guest's state between two calls -- its linear memory (the module's one mutable
+        global, the stack pointer, is back at its initial value then) -- with the models it
+        reads, to start new guests from (`restore`) without attaching and building a
+        tokenizer again."""
+        if self.memory is None or self.failed is not None:
+            raise InvalidArgumentError(f"this guest cannot be snapshotted: {self.failed or 'it has no memory'}")
+        return GuestSnapshot(bytes(self.memory.read(self.wasm_store, 0, self.memory_size)),
+                             tuple(self.host.shared_models))
+
+    def restore(self, snap: "GuestSnapshot") -> None:
+        """Become the guest `snap` was taken of: its models shared with this one, its memory
+        copied in.  Only for a fresh guest (nothing called since it was made).  LimitExceeded
+        if the snapshot is larger than this guest's memory cap."""
+        for model_id in snap.shared:
+            self.host.share(model_id)
+        size = len(snap.memory)
+        pages = (size - self.memory_size + _WASM_PAGE - 1) // _WASM_PAGE
+        if pages > 0:
+            try:
+                if size > self.limits.memory_bytes:
+                    raise wasmtime.WasmtimeError("over the cap")
+                self.memory.grow(self.wasm_store, pages)
+            except wasmtime.WasmtimeError:
+                raise LimitExceeded(f"a guest of {size} bytes passes the memory cap of "
+                                    f"{self.limits.memory_bytes}") from None
+        self.memory.write(self.wasm_store, snap.memory, 0)
 
     def unload(self) -> None:
         """Release the guest's model (removing it from the store if the guest stored it)."""

@@ -12,11 +12,12 @@ from gguf_helpers import Arr, RawTensor, build_gguf
 from realm import abi, dequantize
 from realm.abi import Err, Tokenizer
 from realm.cache import LayerCache
-from realm.errors import ModelNotFoundError
+from realm.errors import LimitExceeded, ModelNotFoundError
 from realm.guest import Guest, GuestError
 from realm.limits import Limits
 from realm.quants import GGMLType
 from realm.reader import GGUFValueType as VT, StringArray
+from realm.runtime import _tokenize
 from realm.store import ModelStore
 
 MiB = 1 << 20
@@ -405,3 +406,22 @@ def test_a_guest_never_closed_lets_go_when_collected(store, tiny_gguf):
     del g
     gc.collect()
     assert model_id not in store
+
+
+def test_a_guest_restored_from_a_snapshot_is_the_guest(store, smollm2):
+    """Realm starts each generation's guest from a snapshot of one with its tokenizer built."""
+    text = "Hello, snapshots! 123".encode()
+    with Guest(store) as g:
+        g.attach(smollm2)
+        want = _tokenize(g, text, abi.TOKENIZE_ADD_SPECIAL)
+        config = g.config
+        snap = g.snapshot()
+    assert snap.shared == (smollm2,) and len(snap.memory) % 65536 == 0
+    with Guest(store) as h:
+        h.restore(snap)
+        assert h.host.shared_models == [smollm2]
+        assert h.config == config and _tokenize(h, text, abi.TOKENIZE_ADD_SPECIAL) == want
+        assert h.memory_size == len(snap.memory)
+    with Guest(store, limits=Limits(memory_bytes=len(snap.memory) - 65536)) as small:
+        with pytest.raises(LimitExceeded):
+            small.restore(snap)
