@@ -37,6 +37,7 @@ GUEST_WASM = Path(__file__).with_name("guest.wasm")
 
 _U32_MASK = 0xFFFF_FFFF
 _WASM_PAGE = 65536
+_PAGE = 4096  # the host's page: the unit a snapshot leaves out when it is all zeros
 _module_lock = threading.Lock()
 _module: wasmtime.Module | None = None
 
@@ -78,9 +79,11 @@ def guest_module() -> wasmtime.Module:
 
 @dataclass(frozen=True)
 class GuestSnapshot:
-    """A guest's linear memory between calls and the model ids it reads (see `Guest.snapshot`)."""
+    """A guest's linear memory between calls -- its size and the (offset, bytes) runs of pages that
+    are not all zeros -- and the model ids it reads (see `Guest.snapshot`)."""
 
-    memory: bytes
+    size: int
+    runs: tuple[tuple[int, bytes], ...]
     shared: tuple[int, ...]
 
 
@@ -167,8 +170,19 @@ class Guest(Tenant):
         tokenizer again."""
         if self.memory is None or self.failed is not None:
             raise InvalidArgumentError(f"this guest cannot be snapshotted: {self.failed or 'it has no memory'}")
-        return GuestSnapshot(bytes(self.memory.read(self.wasm_store, 0, self.memory_size)),
-                             tuple(self.host.shared_models))
+        size = self.memory_size
+        pages = np.frombuffer(self.memory.read(self.wasm_store, 0, size), np.uint8).reshape(-1, _PAGE)
+        used = np.flatnonzero(pages.any(axis=1))
+        # runs of pages that are not all zero: a fresh memory is zeros, and pages never written stay
+        # out of the new guest's resident memory
+        runs, start = [], None
+        for i, page in enumerate(used.tolist()):
+            if start is None:
+                start = page
+            if i + 1 == len(used) or used[i + 1] != page + 1:
+                runs.append((start * _PAGE, pages[start:page + 1].tobytes()))
+                start = None
+        return GuestSnapshot(size, tuple(runs), tuple(self.host.shared_models))
 
     def restore(self, snap: "GuestSnapshot") -> None:
         """Become the guest `snap` was taken of: its models shared with this one, its memory
@@ -176,7 +190,7 @@ class Guest(Tenant):
         if the snapshot is larger than this guest's memory cap."""
         for model_id in snap.shared:
             self.host.share(model_id)
-        size = len(snap.memory)
+        size = snap.size
         pages = (size - self.memory_size + _WASM_PAGE - 1) // _WASM_PAGE
         if pages > 0:
             try:
@@ -186,7 +200,8 @@ class Guest(Tenant):
             except wasmtime.WasmtimeError:
                 raise LimitExceeded(f"a guest of {size} bytes passes the memory cap of "
                                     f"{self.limits.memory_bytes}") from None
-        self.memory.write(self.wasm_store, snap.memory, 0)
+        for offset, data in snap.runs:
+            self.memory.write(self.wasm_store, data, offset)
 
     def unload(self) -> None:
         """Release the guest's model (removing it from the store if the guest stored it)."""
