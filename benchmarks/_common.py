@@ -3,9 +3,14 @@ which puts this folder on sys.path)."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Sequence
+
+#: Where llama.cpp's tools are built from the vendored source of llama-cpp-python's sdist (README).
+LLAMA_BIN = Path.home() / ".cache/realm/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"
 
 
 def median_seconds(fn: Callable[[], object], repeat: int, *, warm: bool = True) -> float:
@@ -33,3 +38,19 @@ def print_table(cols: Sequence[str], rows: Sequence[Sequence[str]], markdown: bo
     print("  ".join(h.rjust(w) for h, w in zip(cols, widths)))
     for r in rows:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def add_load_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the concurrent-load scripts: models, client counts, tokens, threads, repeats."""
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--n", nargs="+", type=int, default=[1, 4, 16], help="concurrent clients")
+    ap.add_argument("--tokens", type=int, default=48, help="tokens each client generates")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--markdown", action="store_true")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of values, nearest rank."""
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]

@@ -30,12 +30,12 @@ import threading
 import time
 from pathlib import Path
 
-from _common import print_table
+from _common import LLAMA_BIN, add_load_args, percentile, print_table
 
 from realm import Realm
 from realm.models import resolve
 
-BENCH = Path.home() / ".cache/realm/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-batched-bench"
+BENCH = LLAMA_BIN / "llama-batched-bench"
 
 
 def prompts(rt: Realm, model, n: int) -> list[str]:
@@ -99,20 +99,10 @@ def llama_batched(path: Path, model: Path, ns: list[int], tokens: int, threads: 
     return rates
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
-    ap.add_argument("--n", nargs="+", type=int, default=[1, 4, 16])
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3)
+    add_load_args(ap)
     ap.add_argument("--llama-batched-bench", type=Path, default=Path(os.environ.get("LLAMA_BATCHED_BENCH", BENCH)))
-    ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
 
     rows = []
@@ -139,7 +129,7 @@ def main() -> None:
                 theirs = peer.get(n)
                 rows.append([name, str(n), f"{decode:.0f}", f"{theirs:.0f}" if theirs else "-",
                              f"{decode / theirs:.2f}x" if theirs else "-", f"{decode / base:.2f}x", f"{wall:.0f}",
-                             f"{1000 * pct(ttft, 0.5):.0f}", f"{1000 * pct(ttft, 0.99):.0f}",
+                             f"{1000 * percentile(ttft, 0.5):.0f}", f"{1000 * percentile(ttft, 0.99):.0f}",
                              f"{statistics.median(per):.1f}", f"{rss / 2**20:.0f}",
                              f"{peer['rss'] / 2**20:.0f}" if peer else "-"])
     print(f"\n{args.threads} threads, 8-token prompts, {args.tokens} tokens each, greedy; medians of {args.repeat}")

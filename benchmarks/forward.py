@@ -60,8 +60,6 @@ def _rss_mib() -> float:
 
 
 def realm_worker(path: str, tokens: list[int], threads: int, n_decode: int, profile: bool) -> dict:
-    import numpy as np
-
     from realm import ModelStore
     from realm.cache import LayerCache
     from realm.forward import HostModel

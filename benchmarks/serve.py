@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import print_table
+from _common import LLAMA_BIN, add_load_args, percentile, print_table
 
 from realm.models import resolve
 
-SERVER = Path.home() / ".cache/realm/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
+SERVER = LLAMA_BIN / "llama-server"
 
 
 def free_port() -> int:
@@ -107,9 +107,9 @@ def measure(url: str, ns: list[int], tokens: int, repeat: int, model: str) -> di
     for n in ns:
         round_of(url, n, 4, model)  # warm-up
         rounds = [round_of(url, n, tokens, model) for _ in range(repeat)]
-        ttft = sorted(t for r in rounds for t in r["ttft"])
-        out[n] = {"tps": statistics.median(r["tps"] for r in rounds),
-                  "p50": ttft[len(ttft) // 2], "p99": ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))]}
+        ttft = [t for r in rounds for t in r["ttft"]]
+        out[n] = {"tps": statistics.median(r["tps"] for r in rounds), "p50": percentile(ttft, 0.5),
+                  "p99": percentile(ttft, 0.99)}
     return out
 
 
@@ -129,13 +129,8 @@ def run_server(cmd: list[str], url: str, ns: list[int], tokens: int, repeat: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
-    ap.add_argument("--n", nargs="+", type=int, default=[1, 4, 16])
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3)
+    add_load_args(ap)
     ap.add_argument("--llama-server", type=Path, default=Path(os.environ.get("LLAMA_SERVER", SERVER)))
-    ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     slots = max(args.n)
 

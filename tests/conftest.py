@@ -2,6 +2,8 @@
 failure, not a skip: CI must compare against the real thing."""
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +32,29 @@ def assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         pytest.fail(f"{bad.sum()} elements differ; first at {i}: {actual[~nan_a][i]!r} != {expected[~nan_e][i]!r}")
+
+
+def run_threads(jobs, timeout: float = 300.0) -> list:
+    """Run callables on threads at once, each bounded by `timeout` seconds in all; their results
+    in order (the first error is re-raised; a thread still running fails the test)."""
+    results, errors = [None] * len(jobs), []
+
+    def work(i):
+        try:
+            results[i] = jobs[i]()
+        except BaseException as exc:  # handed to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a job did not finish in time"
+    if errors:
+        raise errors[0]
+    return results
 
 
 def ggml():

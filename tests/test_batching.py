@@ -15,7 +15,7 @@ from realm import _compute
 from realm.batching import BatchSettings, PrefixCache, _registry
 from realm.forward import HostModel
 
-from conftest import assert_same_bits
+from conftest import assert_same_bits, run_threads
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -25,28 +25,6 @@ def _engine(r: realm.Realm, model: realm.Model):
     engines = [e for (mid, _), e in _registry(r.store).engines.items() if mid == model.id]
     assert len(engines) == 1
     return engines[0]
-
-
-def _run_all(jobs, timeout=300.0):
-    """Run callables on threads at once; returns their results (re-raises the first error)."""
-    results, errors = [None] * len(jobs), []
-
-    def work(i):
-        try:
-            results[i] = jobs[i]()
-        except BaseException as exc:  # handed to the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    end = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, end - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "a generation did not finish in time"
-    if errors:
-        raise errors[0]
-    return results
 
 
 # -- the C pass: bits of a batch equal bits alone -------------------------------------------------
@@ -182,7 +160,7 @@ def test_concurrent_requests_get_their_solo_tokens(realms, requests, long_at):
             return r.complete(req["prompt"], model, **options).tokens
 
         jobs.append(job)
-    assert _run_all(jobs) == wants
+    assert run_threads(jobs) == wants
 
 
 def test_concurrent_generations_share_passes(realms):
@@ -191,7 +169,7 @@ def test_concurrent_generations_share_passes(realms):
     options = dict(max_tokens=24, temperature=0, ignore_eos=True)
     r.complete("warm up", model, max_tokens=1)
     before = _engine(r, model).stats()
-    got = _run_all([lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS])
+    got = run_threads([lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS])
     assert got == [_solo(alone, p, options) for p in _PROMPTS]
     after = _engine(r, model).stats()
     passes = after["passes"] - before["passes"]
@@ -213,7 +191,7 @@ def test_a_closed_stream_frees_its_kv_and_leaves_the_others_alone(realms):
                 stream.close()
                 return "closed"
 
-    got = _run_all([cancel] + [lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS[:5]])
+    got = run_threads([cancel] + [lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS[:5]])
     assert got[0] == "closed"
     assert got[1:] == [_solo(alone, p, options) for p in _PROMPTS[:5]]
     assert r.store.budget.used == 0  # every KV cache was freed
@@ -324,7 +302,7 @@ def test_a_member_that_does_not_come_back_does_not_hold_the_others(engine):
         b_done.set()
         return "b"
 
-    _run_all([a, b], timeout=120)
+    run_threads([a, b], timeout=120)
     assert b_done.is_set()
 
 
@@ -345,7 +323,7 @@ def test_per_layer_work_is_batched_and_exact(engine):
         assert engine.lm_head(member, h[-1:], out) == 0
         return out[0]
 
-    got = _run_all([lambda: run("x", prompts[0]), lambda: run("y", prompts[1])])
+    got = run_threads([lambda: run("x", prompts[0]), lambda: run("y", prompts[1])])
     for g, w in zip(got, want):
         assert_same_bits(g, w)
 
@@ -374,5 +352,5 @@ def test_passes_of_two_models_never_oversubscribe_the_cores(smollm2_path, gemma3
     monkeypatch.setattr(batching._Cores, "acquire", watch)
     with realm.Realm(threads=usable_cores()) as r:
         models = [r.load_model(smollm2_path), r.load_model(gemma3_path)]
-        _run_all([lambda m=m: r.complete("Hello", m, max_tokens=6, temperature=0) for m in models * 2])
+        run_threads([lambda m=m: r.complete("Hello", m, max_tokens=6, temperature=0) for m in models * 2])
     assert seen and max(seen) <= usable_cores()

@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import require, run_threads
 
 openai = require("openai")
 httpx = require("httpx")
@@ -207,27 +206,6 @@ def test_error_statuses(server):
 
 # -- many clients ------------------------------------------------------------------------------------
 
-def _bounded_threads(jobs, timeout=300):
-    results, errors = [None] * len(jobs), []
-
-    def run(i):
-        try:
-            results[i] = jobs[i]()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    end = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, end - time.monotonic()))
-    assert not any(t.is_alive() for t in threads)
-    if errors:
-        raise errors[0]
-    return results
-
-
 def test_sixteen_streaming_clients_get_their_solo_answers(server):
     prompts = [f"Write a list of {i + 2} fruits:" for i in range(16)]
 
@@ -237,7 +215,7 @@ def test_sixteen_streaming_clients_get_their_solo_answers(server):
         return "".join(ch.choices[0].text for ch in stream if ch.choices)
 
     solo = [ask(i) for i in range(16)]
-    assert _bounded_threads([lambda i=i: ask(i) for i in range(16)]) == solo
+    assert run_threads([lambda i=i: ask(i) for i in range(16)]) == solo
 
 
 def test_a_client_that_disconnects_frees_its_generation(server):
