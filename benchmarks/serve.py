@@ -98,6 +98,8 @@ def round_of(url: str, n: int, tokens: int, model: str) -> dict:
     t0 = time.perf_counter()
     for t in threads:
         t.join()
+    if None in results:
+        sys.exit(f"{results.count(None)} of {n} requests to {url} failed")
     wall = max(r[2] for r in results) - t0
     return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
 
