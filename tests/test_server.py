@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import require, run_threads
 
@@ -295,3 +297,37 @@ def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):
     assert s.proc.wait(60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/health", timeout=2)
+
+
+# -- hostile clients --------------------------------------------------------------------------------
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                            | st.text(max_size=20), lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+_fields = st.sampled_from(["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature",
+                           "top_p", "top_k", "min_p", "stop", "seed", "n", "stream", "stream_options", "logprobs",
+                           "top_logprobs", "presence_penalty", "frequency_penalty", "repeat_penalty", "ignore_eos",
+                           "user", "echo"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+       body=st.dictionaries(_fields, _json_values, max_size=8) | _json_values,
+       base=st.sampled_from([{}, {"prompt": "Hi", "max_tokens": 1},
+                             {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}]))
+def test_any_json_body_gets_an_answer(server, path, body, base):
+    """Whatever JSON a client sends, the server answers with a status and, for an error, OpenAI's
+    shape -- and keeps serving."""
+    if isinstance(body, dict):
+        body = {**base, **body}
+        # bound the work a drawn body may ask for: at most 2 tokens
+        if not isinstance(body.get("max_tokens"), int) or isinstance(body["max_tokens"], bool):
+            body.setdefault("max_tokens", 1)
+        else:
+            body["max_tokens"] = min(body["max_tokens"], 2)
+        body.pop("max_completion_tokens", None)
+    r = server.post(path, json.dumps(body).encode())
+    assert r.status_code in (200, 400, 404, 408, 413, 429), r.text
+    if r.status_code != 200:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert server.health()["status"] == "ok"
