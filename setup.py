@@ -28,9 +28,10 @@ EXTRA_C_FLAGS = os.environ.get("REALM_CFLAGS", "").split()  # e.g. -fsanitize=ad
 # The guest: every guest/*.c, compiled by zig's clang (PyPI's ziglang) for wasm32-wasi as a
 # reactor (a library, no main), linked with wasi-libc's allocator only: the module must import
 # nothing but realm_* functions (tests/test_abi_header.py checks).  A small stack: the guest
-# keeps its data on the heap.
+# keeps its data on the heap.  -msimd128: wasm SIMD (the greedy argmax over the vocabulary; float
+# arithmetic keeps its order without -ffast-math).
 HERE = os.path.dirname(os.path.abspath(__file__))
-GUEST_FLAGS = ["-target", "wasm32-wasi", "-mexec-model=reactor", "-O2", "-s", "-std=c11",
+GUEST_FLAGS = ["-target", "wasm32-wasi", "-mexec-model=reactor", "-O2", "-msimd128", "-s", "-std=c11",
                "-Wall", "-Wextra", "-Wl,-z,stack-size=262144"]
 
 

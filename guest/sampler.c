@@ -4,6 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+#endif
 
 /* ---- xoshiro256** seeded by splitmix64 ---- */
 
@@ -177,7 +180,7 @@ static int reserve(sampler *s, uint32_t n)
 }
 
 /* The first highest logit (a NaN first logit wins, as in llama.cpp's greedy). */
-static uint32_t argmax(const float *logits, uint32_t n)
+static uint32_t argmax_ref(const float *logits, uint32_t n)
 {
     uint32_t best = 0;
     float top = logits[0];
@@ -188,6 +191,33 @@ static uint32_t argmax(const float *logits, uint32_t n)
         }
     return best;
 }
+
+#ifdef __wasm_simd128__
+/* argmax_ref in two passes, the first 4 lanes wide: the highest value, found with the same
+ * comparison (a NaN never wins one; the first logit, not NaN here, seeds every lane), then
+ * the first index holding it (-0 and +0 are equal to it alike, as to the comparison). */
+static uint32_t argmax(const float *logits, uint32_t n)
+{
+    float top = logits[0];
+    if (top != top || n < 8) return argmax_ref(logits, n);
+    v128_t m = wasm_f32x4_splat(top);
+    uint32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v128_t x = wasm_v128_load(logits + i);
+        m = wasm_v128_bitselect(x, m, wasm_f32x4_gt(x, m));
+    }
+    float lanes[4];
+    wasm_v128_store(lanes, m);
+    for (int l = 0; l < 4; l++)
+        if (lanes[l] > top) top = lanes[l];
+    for (; i < n; i++)
+        if (logits[i] > top) top = logits[i];
+    for (i = 0; logits[i] != top; i++) {}
+    return i;
+}
+#else
+#define argmax argmax_ref
+#endif
 
 /* top-p over the sorted candidates c[0..k): how many to keep. */
 static uint32_t top_p_sorted(const sampler_candidate *c, uint32_t k, float top_p)

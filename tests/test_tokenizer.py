@@ -575,7 +575,7 @@ class WasmGuestCode:
         pytest.importorskip("ziglang")
         path = out_dir / "tokenizer.wasm"
         cmd = [sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-wasi", "-mexec-model=reactor",
-               "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", str(gn.GUEST),
+               "-O2", "-msimd128", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I", str(gn.GUEST),
                *[str(gn.GUEST / s) for s in gn.SOURCES], str(gn.ROOT / "tests" / "c" / "tokenizer_wasm_shim.c"),
                "-o", str(path)]
         subprocess.run(cmd, check=True)
@@ -690,6 +690,27 @@ def test_wasm_build_samples_like_native(wasm, native):
         in_wasm = np.frombuffer(wasm.get(out, 4 * n), dtype=np.int32).tolist()
         s = gn.Sampler(native, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         assert in_wasm == [s.sample(logits) for _ in range(n)]
+
+
+_logit = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.5, float("inf"), float("-inf"), float("nan")]),
+                   st.floats(-4, 4, width=32))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(logits=st.lists(_logit, min_size=1, max_size=70))
+def test_wasm_greedy_is_the_first_argmax(wasm, logits):
+    """The guest's greedy pick (4 lanes wide in wasm): the first highest logit -- ties, -0 and
+    +0, infinities, NaNs (which never win, unless the first logit is one) -- as a plain loop."""
+    x = np.array(logits, dtype=np.float32)
+    best = 0
+    for i in range(1, len(x)):
+        if x[i] > x[best]:
+            best = i
+    src, out = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4)
+    assert wasm.call("shim_sample", 0.0, 0, 1.0, 0.0, 1, 0, src, len(x), out, 1) == 0
+    assert int.from_bytes(wasm.get(out, 4), "little", signed=True) == best
+    wasm.call("shim_free", src)
+    wasm.call("shim_free", out)
 
 
 def test_repeated_merge_keeps_its_first_rank(native):
