@@ -61,7 +61,7 @@ class Server:
 
     def post(self, path: str, body, key: str | None = KEYS[0], **kw) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if isinstance(body, (bytes, str)):
+        if not isinstance(body, (dict, list)):  # bytes, or an iterator of them (sent chunked)
             return httpx.post(self.url + path, content=body, headers=headers, timeout=120, **kw)
         return httpx.post(self.url + path, json=body, headers=headers, timeout=120, **kw)
 
@@ -199,6 +199,8 @@ def test_error_statuses(server):
     _error(server.post("/v1/chat/completions", chat, key="wrong"), 401, "invalid_api_key")
     _error(server.post("/v1/chat/completions", {**chat, "model": "nope"}), 404, "model_not_found")
     _error(server.post("/v1/completions", b"x" * (9 << 20)), 413)
+    chunked = (b"x" * (1 << 20) for _ in range(9))  # no Content-Length: counted as it arrives
+    _error(server.post("/v1/completions", chunked), 413)
     with pytest.raises(openai.AuthenticationError):
         server.client("wrong").models.list()
     with pytest.raises(openai.NotFoundError):
