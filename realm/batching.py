@@ -60,7 +60,7 @@ from .store import ModelStore
 from .threads import usable_cores
 
 __all__ = ["BatchSettings", "Engine", "PrefixCache", "engine_for", "release_engine", "engine_stats", "configure",
-           "DEADLINE"]
+           "DEADLINE", "WITHDRAWN"]
 
 #: Default tokens of one pass when several sequences share it.
 DEFAULT_MAX_BATCH_TOKENS = 128

@@ -63,7 +63,7 @@ from . import abi
 from .abi import Err, LogLevel
 from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
 from ._compute import FORWARD_EINVAL, FORWARD_EKV_FULL
-from .batching import DEADLINE, Engine, engine_for, release_engine
+from .batching import DEADLINE, WITHDRAWN, Engine, engine_for, release_engine
 from .forward import KVCache, UnsupportedModelError
 from .limits import DEFAULT_LIMITS, Limits, remaining_ticks, run_wasm
 from .store import ModelStore, StoredModel
@@ -448,7 +448,7 @@ class RealmHost:
         """An engine's answer as an import's."""
         if rc == DEADLINE:
             raise _Fail(Err.DEADLINE)
-        if rc < -1000:  # withdrawn: the tenant closed meanwhile
+        if rc == WITHDRAWN:  # the tenant closed meanwhile
             raise self._refuse("the tenant is closed")
         return self._forward_code(rc)
 
