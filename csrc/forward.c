@@ -56,7 +56,9 @@ static int check_norm(const realm_tensor *t, int64_t n) {
 }
 
 static int check_config(const realm_config *c) {
-    if (c->arch != REALM_ARCH_LLAMA && c->arch != REALM_ARCH_GEMMA3) return REALM_EUNSUPPORTED;
+    const int flags[] = {c->qk_norm, c->post_norms, c->scale_q, c->gelu, c->rope_neox};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (flags[i] != 0 && flags[i] != 1) return REALM_EINVAL;
     const int dims[] = {c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->n_vocab};
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
         if (dims[i] <= 0 || dims[i] > MAX_DIM) return REALM_EINVAL;
@@ -86,7 +88,7 @@ int realm_model_check(const realm_model *m, char *what, int what_len) {
     if ((rc = check_matrix(&m->output, c->n_vocab, E)))
         return fail(what, what_len, rc, "output: unsupported type or shape is not [n_vocab, n_embd]");
     if (!m->layers) return fail(what, what_len, REALM_EINVAL, "no layers");
-    const int gemma = c->arch == REALM_ARCH_GEMMA3;
+    const int qk = c->qk_norm, post = c->post_norms;
     for (int il = 0; il < c->n_layer; il++) {
         const realm_layer_weights *L = &m->layers[il];
         const struct {
@@ -98,13 +100,14 @@ int realm_model_check(const realm_model *m, char *what, int what_len) {
             {&L->wv, KV, E, "attn_v"}, {&L->wo, E, Q, "attn_output"}, {&L->ffn_norm, 0, E, "ffn_norm"},
             {&L->ffn_gate, c->n_ff, E, "ffn_gate"}, {&L->ffn_up, c->n_ff, E, "ffn_up"},
             {&L->ffn_down, E, c->n_ff, "ffn_down"},
-            {gemma ? &L->attn_q_norm : NULL, 0, c->head_dim, "attn_q_norm"},
-            {gemma ? &L->attn_k_norm : NULL, 0, c->head_dim, "attn_k_norm"},
-            {gemma ? &L->attn_post_norm : NULL, 0, E, "post_attention_norm"},
-            {gemma ? &L->ffn_post_norm : NULL, 0, E, "post_ffw_norm"},
+            {qk ? &L->attn_q_norm : NULL, 0, c->head_dim, "attn_q_norm"},
+            {qk ? &L->attn_k_norm : NULL, 0, c->head_dim, "attn_k_norm"},
+            {post ? &L->attn_post_norm : NULL, 0, E, "post_attention_norm"},
+            {post ? &L->ffn_post_norm : NULL, 0, E, "post_ffw_norm"},
         };
-        if (!gemma && (L->attn_q_norm.data || L->attn_k_norm.data || L->attn_post_norm.data || L->ffn_post_norm.data))
-            return fail(what, what_len, REALM_EINVAL, "llama layers have no q/k or post norms");
+        if ((!qk && (L->attn_q_norm.data || L->attn_k_norm.data)) ||
+            (!post && (L->attn_post_norm.data || L->ffn_post_norm.data)))
+            return fail(what, what_len, REALM_EINVAL, "a q/k or post norm the configuration does not use");
         for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
             if (!want[i].t) continue;
             rc = want[i].rows ? check_matrix(want[i].t, want[i].rows, want[i].cols) : check_norm(want[i].t, want[i].cols);
@@ -263,11 +266,11 @@ void realm_scratch_free(realm_scratch *s) {
 /* Layer il's attention parameters. */
 static realm_attn_params attn_params(const realm_model *m, int il, int kv_type) {
     const realm_config *c = &m->c;
-    const int gemma = c->arch == REALM_ARCH_GEMMA3, local = realm_layer_is_local(c, il);
+    const int local = realm_layer_is_local(c, il);
     const int64_t KV = (int64_t)c->n_head_kv * c->head_dim;
     const realm_attn_params p = {
         .n_head = c->n_head, .n_kv_head = c->n_head_kv, .head_dim = c->head_dim, .kv_type = kv_type,
-        .kv_pos_stride = KV, .kv_head_stride = c->head_dim, .scale = gemma ? 1.0f : c->attn_scale,
+        .kv_pos_stride = KV, .kv_head_stride = c->head_dim, .scale = c->scale_q ? 1.0f : c->attn_scale,
         .window = local ? c->sliding_window : 0,
     };
     return p;
@@ -355,7 +358,7 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, const 
                        int fresh_rope, int64_t n_kv_max) {
     const realm_config *c = &m->c;
     const realm_layer_weights *L = &m->layers[il];
-    const int isa = m->isa, gemma = c->arch == REALM_ARCH_GEMMA3, local = realm_layer_is_local(c, il);
+    const int isa = m->isa, local = realm_layer_is_local(c, il);
     const int64_t E = c->n_embd, Q = (int64_t)c->n_head * c->head_dim, KV = (int64_t)c->n_head_kv * c->head_dim;
     const float base = local ? c->rope_base_swa : c->rope_base;
     float *rope = s->rope[local];
@@ -373,14 +376,14 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, const 
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float *q = s->q + i * Q, *k = s->k + i * KV, *cs = rope + i * c->n_rot;
-        if (gemma) {
+        if (c->qk_norm) {
             realm_rmsnorm(q, L->attn_q_norm.data, c->n_head, c->head_dim, c->rms_eps, q);
             realm_rmsnorm(k, L->attn_k_norm.data, c->n_head_kv, c->head_dim, c->rms_eps, k);
         }
         if (fresh_rope) realm_rope_table(&s->pos[i], 1, c->n_rot, base, c->rope_freq_scale, cs);
         realm_rope_apply(q, 1, c->n_head, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
         realm_rope_apply(k, 1, c->n_head_kv, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
-        if (gemma)
+        if (c->scale_q)
             for (int64_t j = 0; j < Q; j++) q[j] = q[j] * c->attn_scale;
         kv_store(seqs[s->seg[i]].kv, il, s->pos[i], k, s->v + i * KV, isa);
     }
@@ -401,7 +404,7 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, const 
     if (!rc) rc = project(&L->ffn_gate, s->xn, n, s->gate, s->act, &have, isa);
     if (!rc) rc = project(&L->ffn_up, s->xn, n, s->up, s->act, &have, isa);
     tick(m, s, REALM_OP_FFN_UP, &t);
-    gate_rows(gemma, s->gate, s->up, n * c->n_ff, isa);
+    gate_rows(c->gelu, s->gate, s->up, n * c->n_ff, isa);
     tick(m, s, REALM_OP_GATE, &t);
     have = 0;
     if (!rc) rc = project(&L->ffn_down, s->gate, n, s->proj, s->act, &have, isa);

@@ -8,7 +8,9 @@
  * with realm_model_check; the weights stay where they are (the file mapping) and
  * are never expanded to f32 -- the matrix products read the blocks directly.
  *
- * Architectures (the math follows llama.cpp's graphs for them):
+ * The layers follow realm_config's feature flags (qk_norm, post_norms, scale_q, gelu,
+ * rope_neox, the embedding scale and the sliding window); realm/forward.py's architecture
+ * table sets them.  The two architectures it has (the math follows llama.cpp's graphs):
  *   llama   attn_norm -> q,k,v -> rope (pairs 2i, 2i+1) -> attention(scale 1/sqrt(head_dim))
  *           -> wo -> +residual -> ffn_norm -> silu(gate) * up -> down -> +residual
  *   gemma3  embeddings * sqrt(n_embd); attn_norm -> q,k,v -> rmsnorm per head of q and k
@@ -34,15 +36,14 @@
  * size out of range, or a KV cache made for another model shape): */
 #define REALM_EKV_FULL (-5) /* the tokens would not fit in the KV cache */
 
-enum realm_arch { REALM_ARCH_LLAMA = 1, REALM_ARCH_GEMMA3 = 2 };
-
 /* Tokens one parallel region handles: a longer run is cut into chunks of this
  * many (the results do not depend on the cut: every token's arithmetic is the
  * same in any batch), which bounds the scratch memory. */
 #define REALM_FWD_CHUNK 256
 
+/* The model's shape and the features its layers use (realm/forward.py's architecture table
+ * sets them: the C code follows these flags, never an architecture's name). */
 typedef struct {
-    int arch;                  /* enum realm_arch */
     int n_layer, n_embd, n_ff;
     int n_head, n_head_kv, head_dim;
     int n_rot;                 /* leading values of each head that RoPE rotates */
@@ -54,8 +55,12 @@ typedef struct {
     int rope_neox;             /* 0: pairs (2i, 2i+1); 1: pairs (i, i + n_rot/2) */
     int sliding_window;        /* keys a local layer's query sees (0: no local layers) */
     int swa_pattern;           /* layer il is local iff il % swa_pattern < swa_pattern - 1 (0: all) */
-    float attn_scale;          /* llama: the softmax scale; gemma3: q is multiplied by it after RoPE */
+    float attn_scale;          /* the softmax scale, or (scale_q) q's factor after RoPE */
     float embd_scale;          /* embedding rows are multiplied by it (1: not at all) */
+    int qk_norm;               /* RMSNorm of each head of q and k (attn_q_norm, attn_k_norm) before RoPE */
+    int post_norms;            /* RMSNorm of the attention and FFN outputs before each residual add */
+    int scale_q;               /* q * attn_scale after RoPE, the softmax unscaled (gemma3) */
+    int gelu;                  /* the FFN gate's activation: GELU, else SiLU */
 } realm_config;
 
 /* One weight tensor as stored: `rows` rows of `cols` values of `type` blocks,
@@ -68,9 +73,10 @@ typedef struct {
 
 typedef struct {
     realm_tensor attn_norm, wq, wk, wv, wo;
-    realm_tensor attn_q_norm, attn_k_norm, attn_post_norm; /* gemma3 only (data NULL otherwise) */
+    realm_tensor attn_q_norm, attn_k_norm; /* with qk_norm only (data NULL otherwise) */
+    realm_tensor attn_post_norm;           /* with post_norms only */
     realm_tensor ffn_norm, ffn_gate, ffn_up, ffn_down;
-    realm_tensor ffn_post_norm;                            /* gemma3 only */
+    realm_tensor ffn_post_norm;            /* with post_norms only */
 } realm_layer_weights;
 
 typedef struct {

@@ -19,10 +19,8 @@ from .errors import (ArgumentTypeError, BusyError, InvalidArgumentError, OutOfMe
 
 cdef extern from "forward.h":
     int REALM_EKV_FULL, REALM_FWD_CHUNK
-    int REALM_ARCH_LLAMA, REALM_ARCH_GEMMA3
     int REALM_OP_COUNT
     ctypedef struct realm_config:
-        int arch
         int n_layer, n_embd, n_ff
         int n_head, n_head_kv, head_dim
         int n_rot
@@ -32,6 +30,7 @@ cdef extern from "forward.h":
         int rope_neox
         int sliding_window, swa_pattern
         float attn_scale, embd_scale
+        int qk_norm, post_norms, scale_q, gelu
     ctypedef struct realm_tensor:
         int type
         const void *data
@@ -101,7 +100,8 @@ PROFILE_OPS = ("attn_norm", "qkv", "rope", "attention", "attn_output", "ffn_norm
                "residual")
 assert len(PROFILE_OPS) == REALM_OP_COUNT
 KV_DTYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}  # type ids of the cache rows
-ARCHS = {"llama": REALM_ARCH_LLAMA, "gemma3": REALM_ARCH_GEMMA3}
+#: The feature flags of realm_config (forward.h), set from realm/forward.py's architecture table.
+FEATURES = ("qk_norm", "post_norms", "scale_q", "gelu", "rope_neox")
 #: Tokens one parallel region handles (longer runs are cut; results do not change).
 FORWARD_CHUNK = REALM_FWD_CHUNK
 #: Codes the raw (*_at) entry points return besides 0: a refused argument, a full KV cache.
@@ -156,7 +156,7 @@ cdef int _set_tensor(realm_tensor *t, spec, list keep) except -1:
 cdef class ForwardModel:
     """The C forward pass over one model's weights (built by realm.forward.HostModel).
 
-    config: dict of realm_config's fields (architecture as "arch": "llama" or "gemma3").
+    config: dict of realm_config's fields, the feature flags (FEATURES) as booleans.
     tensors: {"tok_embd", "output_norm", "output"} -> (type, bytes, rows, cols);
     layers: one dict per layer, realm_layer_weights' roles -> the same tuples (or None).
     """
@@ -169,10 +169,11 @@ cdef class ForwardModel:
 
     def __init__(self, dict config, dict tensors, list layers, *, threads=None, profile=False):
         cdef realm_config *c = &self.m.c
-        arch = config["arch"]
-        if arch not in ARCHS:
-            raise InvalidArgumentError(f"unsupported architecture {arch!r}")
-        c.arch = ARCHS[arch]
+        for name in FEATURES:
+            if not isinstance(config[name], (bool, np.bool_)):
+                raise InvalidArgumentError(f"config {name} must be a bool, not {config[name]!r}")
+        c.qk_norm, c.post_norms, c.scale_q = config["qk_norm"], config["post_norms"], config["scale_q"]
+        c.gelu = config["gelu"]
         for name in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_rot", "n_vocab",
                      "sliding_window", "swa_pattern"):
             v = config[name]
@@ -185,7 +186,7 @@ cdef class ForwardModel:
         c.rms_eps = config["rms_eps"]
         c.rope_base, c.rope_base_swa = config["rope_base"], config["rope_base_swa"]
         c.rope_freq_scale = config["rope_freq_scale"]
-        c.rope_neox = 1 if config["rope_neox"] else 0
+        c.rope_neox = config["rope_neox"]
         c.attn_scale, c.embd_scale = config["attn_scale"], config["embd_scale"]
         if len(layers) != c.n_layer:
             raise InvalidArgumentError(f"{len(layers)} layers given for n_layer={c.n_layer}")

@@ -31,18 +31,61 @@ from .errors import ArgumentTypeError, InvalidArgumentError, ModelNotFoundError,
 from .store import ModelStore, QuantizedTensor, StoredModel
 from .threads import check_threads
 
-__all__ = ["HostModel", "ForwardConfig", "KVCache", "UnsupportedModelError", "ContextFullError",
-           "ForwardError", "DEFAULT_KV_MAX_BYTES", "forward_config"]
+__all__ = ["HostModel", "ForwardConfig", "Architecture", "ARCHITECTURES", "KVCache", "UnsupportedModelError",
+           "ContextFullError", "ForwardError", "DEFAULT_KV_MAX_BYTES", "forward_config"]
 
 #: Largest KV cache `HostModel.new_kv_cache` makes unless told otherwise.
 DEFAULT_KV_MAX_BYTES = 2 << 30
 
-ARCHITECTURES = ("llama", "gemma3")
+# GGUF tensor names -> roles of csrc/forward.h's realm_layer_weights
+_LAYER_TENSORS = {
+    "attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
+    "ffn_norm": "ffn_norm", "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
+}
 
-# llama.cpp's fixed gemma3 values where the file has no key
-_GEMMA3_SWA_PATTERN = 6
-_GEMMA3_ROPE_BASE_SWA = 10000.0
-_GEMMA3_27B_LAYERS = 62  # llama.cpp scales gemma3-27B's attention by n_embd / n_head
+
+@dataclass(frozen=True)
+class Architecture:
+    """What an architecture's layers do, as flags the C forward pass follows (forward.h), and
+    llama.cpp's values for it where a file has no key.
+
+    qk_norm: RMSNorm per head of q and k (blk.N.attn_q_norm / attn_k_norm); post_norms: RMSNorm
+    of the attention and FFN outputs (post_attention_norm / post_ffw_norm); scale_q: q times
+    attn_scale after RoPE instead of a scaled softmax; gelu: GELU gate (else SiLU); rope_neox:
+    RoPE pairs (i, i + n_rot/2) (else (2i, 2i+1)); embd_scale: embeddings times sqrt(n_embd);
+    sliding_window: local layers with attention.sliding_window (required), one global layer in
+    swa_pattern (default below), their RoPE base rope.freq_base_swa (default below);
+    n_embd_head_scale_layers: a block count at which llama.cpp scales attention by
+    1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim) (gemma3 27B)."""
+
+    qk_norm: bool = False
+    post_norms: bool = False
+    scale_q: bool = False
+    gelu: bool = False
+    rope_neox: bool = False
+    embd_scale: bool = False
+    sliding_window: bool = False
+    swa_pattern: int = 0
+    rope_base_swa: float = 10000.0
+    n_embd_head_scale_layers: int = 0
+
+    def layer_tensors(self) -> dict[str, str]:
+        """GGUF tensor names of a layer -> roles of forward.h's realm_layer_weights."""
+        names = dict(_LAYER_TENSORS)
+        if self.qk_norm:
+            names.update(attn_q_norm="attn_q_norm", attn_k_norm="attn_k_norm")
+        if self.post_norms:
+            names.update(post_attention_norm="attn_post_norm", post_ffw_norm="ffn_post_norm")
+        return names
+
+
+#: One entry per architecture realm runs (general.architecture -> its features).
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(),
+    "gemma3": Architecture(qk_norm=True, post_norms=True, scale_q=True, gelu=True, rope_neox=True,
+                           embd_scale=True, sliding_window=True, swa_pattern=6, rope_base_swa=10000.0,
+                           n_embd_head_scale_layers=62),
+}
 
 
 class UnsupportedModelError(RealmError, ValueError):
@@ -61,6 +104,7 @@ class ForwardConfig:
     rope_base_swa: rope.freq_base_swa (gemma3 default 10000; llama: rope_base); attn_scale: llama
     1/sqrt(head_dim) on the scores, gemma3 multiplies q by it (1/sqrt(head_dim), or
     1/sqrt(n_embd / n_head) for the 62-layer 27B, as llama.cpp); embd_scale: gemma3 sqrt(n_embd).
+    qk_norm, post_norms, scale_q, gelu: the architecture's features (`Architecture`).
     """
 
     architecture: str
@@ -83,6 +127,10 @@ class ForwardConfig:
     attn_scale: float
     embd_scale: float
     tied_output: bool
+    qk_norm: bool
+    post_norms: bool
+    scale_q: bool
+    gelu: bool
 
     def layer_is_local(self, il: int) -> bool:
         """Whether layer il uses the sliding window (and rope_base_swa)."""
@@ -132,8 +180,8 @@ def forward_config(model: StoredModel) -> ForwardConfig:
     arch = model.architecture
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(f"architecture {arch!r} is not supported (realm runs {', '.join(ARCHITECTURES)})")
+    a = ARCHITECTURES[arch]
     m = _Meta(model.metadata, arch)
-    gemma = arch == "gemma3"
     n_embd, n_head = m.int("embedding_length"), m.int("attention.head_count")
     if n_head == 0:
         raise UnsupportedModelError(f"{arch}.attention.head_count is 0")
@@ -147,15 +195,12 @@ def forward_config(model: StoredModel) -> ForwardConfig:
     if scaling not in (None, "none", "linear"):
         raise UnsupportedModelError(f"RoPE scaling {scaling!r} is not supported")
     factor = m.float("rope.scaling.factor", 0.0) or m.float("rope.scale_linear", 0.0)
-    sliding_window = m.int("attention.sliding_window", 0) if gemma else 0
-    if gemma and sliding_window == 0:
-        raise UnsupportedModelError("a gemma3 model needs gemma3.attention.sliding_window")
+    sliding_window = m.int("attention.sliding_window", 0) if a.sliding_window else 0
+    if a.sliding_window and sliding_window == 0:
+        raise UnsupportedModelError(f"a {arch} model needs {arch}.attention.sliding_window")
     n_layer = m.int("block_count")
     rope_base = _f32(m.float("rope.freq_base", 10000.0))
-    if gemma:
-        attn_dim = n_embd // n_head if n_layer == _GEMMA3_27B_LAYERS else head_dim
-    else:
-        attn_dim = head_dim
+    attn_dim = n_embd // n_head if a.n_embd_head_scale_layers and n_layer == a.n_embd_head_scale_layers else head_dim
     return ForwardConfig(
         architecture=arch,
         n_layer=n_layer,
@@ -169,24 +214,18 @@ def forward_config(model: StoredModel) -> ForwardConfig:
         n_ctx_train=m.int("context_length", 0),
         rms_eps=_f32(m.float("attention.layer_norm_rms_epsilon")),
         rope_base=rope_base,
-        rope_base_swa=_f32(m.float("rope.freq_base_swa", _GEMMA3_ROPE_BASE_SWA)) if gemma else rope_base,
+        rope_base_swa=_f32(m.float("rope.freq_base_swa", a.rope_base_swa)) if a.sliding_window else rope_base,
         rope_freq_scale=_f32(1.0 / factor) if factor else 1.0,
-        rope_neox=gemma,
+        rope_neox=a.rope_neox,
         sliding_window=sliding_window,
-        swa_pattern=m.int("attention.sliding_window_pattern", _GEMMA3_SWA_PATTERN) if gemma else 0,
+        swa_pattern=m.int("attention.sliding_window_pattern", a.swa_pattern) if a.sliding_window else 0,
         attn_scale=float(np.float32(1) / np.sqrt(np.float32(attn_dim))) if attn_dim else 0.0,
-        embd_scale=float(np.sqrt(np.float32(n_embd))) if gemma else 1.0,
+        embd_scale=float(np.sqrt(np.float32(n_embd))) if a.embd_scale else 1.0,
         tied_output="output.weight" not in model.tensors,
+        qk_norm=a.qk_norm, post_norms=a.post_norms, scale_q=a.scale_q, gelu=a.gelu,
     )
 
 
-# GGUF tensor names -> roles of csrc/forward.h's realm_layer_weights
-_LAYER_TENSORS = {
-    "attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
-    "ffn_norm": "ffn_norm", "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
-}
-_GEMMA3_TENSORS = {"attn_q_norm": "attn_q_norm", "attn_k_norm": "attn_k_norm",
-                   "post_attention_norm": "attn_post_norm", "post_ffw_norm": "ffn_post_norm"}
 
 
 def _spec(t: QuantizedTensor) -> tuple[int, np.ndarray, int, int]:
@@ -201,7 +240,7 @@ def _spec(t: QuantizedTensor) -> tuple[int, np.ndarray, int, int]:
 
 
 def _tensor_table(model: StoredModel, cfg: ForwardConfig) -> tuple[dict, list[dict]]:
-    names = dict(_LAYER_TENSORS, **(_GEMMA3_TENSORS if cfg.architecture == "gemma3" else {}))
+    names = ARCHITECTURES[cfg.architecture].layer_tensors()
     tensors = model.tensors
     used = {"token_embd.weight", "output_norm.weight", "output.weight"}
 
@@ -247,7 +286,7 @@ class HostModel:
             self.config: ForwardConfig = forward_config(stored)
             top, layers = _tensor_table(stored, self.config)
             config = asdict(self.config)
-            config["arch"] = config.pop("architecture")
+            del config["architecture"]  # the C code gets the features, not the name
             profile = os.environ.get("REALM_PROFILE", "") not in ("", "0")
             try:
                 self._fm = _compute.ForwardModel(config, top, layers, threads=threads, profile=profile)

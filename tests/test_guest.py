@@ -426,3 +426,25 @@ def test_a_guest_restored_from_a_snapshot_is_the_guest(store, smollm2):
     with Guest(store, limits=Limits(memory_bytes=snap.size - 65536)) as small:
         with pytest.raises(LimitExceeded):
             small.restore(snap)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_the_guests_model_config_agrees_with_the_hosts(store, name, request):
+    """guest/model_config.c and realm/forward.py's architecture table read the same file alike
+    (each keeps llama.cpp's defaults: this holds them to each other)."""
+    from realm.forward import forward_config
+
+    model_id = request.getfixturevalue(name)
+    host = forward_config(store.get(model_id))
+    with Guest(store) as g:
+        g.attach(model_id)
+        guest = g.config
+    pairs = {"n_layers": host.n_layer, "n_embd": host.n_embd, "n_ff": host.n_ff, "n_head": host.n_head,
+             "n_head_kv": host.n_head_kv, "head_dim": host.head_dim, "rope_dim": host.n_rot,
+             "n_vocab": host.n_vocab, "n_ctx_train": host.n_ctx_train, "sliding_window": host.sliding_window,
+             "swa_pattern": host.swa_pattern}
+    assert {k: getattr(guest, k) for k in pairs} == pairs
+    assert np.float32(guest.rope_freq_base) == np.float32(host.rope_base)
+    assert np.float32(guest.rms_eps) == np.float32(host.rms_eps)
+    if host.sliding_window:
+        assert np.float32(guest.rope_freq_base_swa) == np.float32(host.rope_base_swa)
