@@ -56,7 +56,7 @@ static int check_norm(const realm_tensor *t, int64_t n) {
 }
 
 static int check_config(const realm_config *c) {
-    const int flags[] = {c->qk_norm, c->post_norms, c->scale_q, c->gelu, c->rope_neox};
+    const int flags[] = {c->qk_norm, c->post_norms, c->scale_q, c->gelu, c->qkv_bias, c->rope_neox};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         if (flags[i] != 0 && flags[i] != 1) return REALM_EINVAL;
     const int dims[] = {c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->n_vocab};
@@ -88,7 +88,7 @@ int realm_model_check(const realm_model *m, char *what, int what_len) {
     if ((rc = check_matrix(&m->output, c->n_vocab, E)))
         return fail(what, what_len, rc, "output: unsupported type or shape is not [n_vocab, n_embd]");
     if (!m->layers) return fail(what, what_len, REALM_EINVAL, "no layers");
-    const int qk = c->qk_norm, post = c->post_norms;
+    const int qk = c->qk_norm, post = c->post_norms, bias = c->qkv_bias;
     for (int il = 0; il < c->n_layer; il++) {
         const realm_layer_weights *L = &m->layers[il];
         const struct {
@@ -100,14 +100,18 @@ int realm_model_check(const realm_model *m, char *what, int what_len) {
             {&L->wv, KV, E, "attn_v"}, {&L->wo, E, Q, "attn_output"}, {&L->ffn_norm, 0, E, "ffn_norm"},
             {&L->ffn_gate, c->n_ff, E, "ffn_gate"}, {&L->ffn_up, c->n_ff, E, "ffn_up"},
             {&L->ffn_down, E, c->n_ff, "ffn_down"},
+            {bias ? &L->bq : NULL, 0, Q, "attn_q.bias"},
+            {bias ? &L->bk : NULL, 0, KV, "attn_k.bias"},
+            {bias ? &L->bv : NULL, 0, KV, "attn_v.bias"},
             {qk ? &L->attn_q_norm : NULL, 0, c->head_dim, "attn_q_norm"},
             {qk ? &L->attn_k_norm : NULL, 0, c->head_dim, "attn_k_norm"},
             {post ? &L->attn_post_norm : NULL, 0, E, "post_attention_norm"},
             {post ? &L->ffn_post_norm : NULL, 0, E, "post_ffw_norm"},
         };
         if ((!qk && (L->attn_q_norm.data || L->attn_k_norm.data)) ||
-            (!post && (L->attn_post_norm.data || L->ffn_post_norm.data)))
-            return fail(what, what_len, REALM_EINVAL, "a q/k or post norm the configuration does not use");
+            (!post && (L->attn_post_norm.data || L->ffn_post_norm.data)) ||
+            (!bias && (L->bq.data || L->bk.data || L->bv.data)))
+            return fail(what, what_len, REALM_EINVAL, "a norm or bias the configuration does not use");
         for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
             if (!want[i].t) continue;
             rc = want[i].rows ? check_matrix(want[i].t, want[i].rows, want[i].cols) : check_norm(want[i].t, want[i].cols);
@@ -376,6 +380,11 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, const 
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float *q = s->q + i * Q, *k = s->k + i * KV, *cs = rope + i * c->n_rot;
+        if (c->qkv_bias) { /* llama.cpp adds them to the products, as they are */
+            realm_add(q, L->bq.data, Q);
+            realm_add(k, L->bk.data, KV);
+            realm_add(s->v + i * KV, L->bv.data, KV);
+        }
         if (c->qk_norm) {
             realm_rmsnorm(q, L->attn_q_norm.data, c->n_head, c->head_dim, c->rms_eps, q);
             realm_rmsnorm(k, L->attn_k_norm.data, c->n_head_kv, c->head_dim, c->rms_eps, k);

@@ -9,7 +9,7 @@
  * are never expanded to f32 -- the matrix products read the blocks directly.
  *
  * The layers follow realm_config's feature flags (qk_norm, post_norms, scale_q, gelu,
- * rope_neox, the embedding scale and the sliding window); realm/forward.py's architecture
+ * qkv_bias, rope_neox, the embedding scale and the sliding window); realm/forward.py's architecture
  * table sets them.  The two architectures it has (the math follows llama.cpp's graphs):
  *   llama   attn_norm -> q,k,v -> rope (pairs 2i, 2i+1) -> attention(scale 1/sqrt(head_dim))
  *           -> wo -> +residual -> ffn_norm -> silu(gate) * up -> down -> +residual
@@ -61,6 +61,7 @@ typedef struct {
     int post_norms;            /* RMSNorm of the attention and FFN outputs before each residual add */
     int scale_q;               /* q * attn_scale after RoPE, the softmax unscaled (gemma3) */
     int gelu;                  /* the FFN gate's activation: GELU, else SiLU */
+    int qkv_bias;              /* q, k and v have biases (bq, bk, bv), added after the projections */
 } realm_config;
 
 /* One weight tensor as stored: `rows` rows of `cols` values of `type` blocks,
@@ -73,6 +74,7 @@ typedef struct {
 
 typedef struct {
     realm_tensor attn_norm, wq, wk, wv, wo;
+    realm_tensor bq, bk, bv;               /* with qkv_bias only: F32 biases of q, k, v */
     realm_tensor attn_q_norm, attn_k_norm; /* with qk_norm only (data NULL otherwise) */
     realm_tensor attn_post_norm;           /* with post_norms only */
     realm_tensor ffn_norm, ffn_gate, ffn_up, ffn_down;

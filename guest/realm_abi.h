@@ -136,7 +136,7 @@ REALM_IMPORT(int32_t, realm_log, (int32_t level, const char *msg, uint32_t msg_l
  * these imports count VALUES (f32 or i32), not bytes; the spans checked against
  * memory are 4 * length bytes.  tokens, hidden and out must be 4-byte aligned.
  * A model that realm's forward pass cannot run (an architecture other than
- * llama or gemma3, tensors it does not know) answers UNSUPPORTED.  A KV cache
+ * llama, qwen2 or gemma3, tensors it does not know) answers UNSUPPORTED.  A KV cache
  * belongs to the guest that created it and to one model; it holds K and V rows
  * of every layer for positions 0 .. n_ctx-1 (f16, as llama.cpp).
  * The host may compute the calls of many guests in one pass over the weights

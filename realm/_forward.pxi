@@ -30,13 +30,14 @@ cdef extern from "forward.h":
         int rope_neox
         int sliding_window, swa_pattern
         float attn_scale, embd_scale
-        int qk_norm, post_norms, scale_q, gelu
+        int qk_norm, post_norms, scale_q, gelu, qkv_bias
     ctypedef struct realm_tensor:
         int type
         const void *data
         int64_t rows, cols
     ctypedef struct realm_layer_weights:
         realm_tensor attn_norm, wq, wk, wv, wo
+        realm_tensor bq, bk, bv
         realm_tensor attn_q_norm, attn_k_norm, attn_post_norm
         realm_tensor ffn_norm, ffn_gate, ffn_up, ffn_down
         realm_tensor ffn_post_norm
@@ -101,15 +102,15 @@ PROFILE_OPS = ("attn_norm", "qkv", "rope", "attention", "attn_output", "ffn_norm
 assert len(PROFILE_OPS) == REALM_OP_COUNT
 KV_DTYPES = {"f16": int(GGMLType.F16), "f32": int(GGMLType.F32)}  # type ids of the cache rows
 #: The feature flags of realm_config (forward.h), set from realm/forward.py's architecture table.
-FEATURES = ("qk_norm", "post_norms", "scale_q", "gelu", "rope_neox")
+FEATURES = ("qk_norm", "post_norms", "scale_q", "gelu", "qkv_bias", "rope_neox")
 #: Tokens one parallel region handles (longer runs are cut; results do not change).
 FORWARD_CHUNK = REALM_FWD_CHUNK
 #: Codes the raw (*_at) entry points return besides 0: a refused argument, a full KV cache.
 FORWARD_EINVAL = REALM_EINVAL
 FORWARD_EKV_FULL = REALM_EKV_FULL
 
-_LAYER_ROLES = ("attn_norm", "wq", "wk", "wv", "wo", "attn_q_norm", "attn_k_norm", "attn_post_norm",
-                "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "ffn_post_norm")
+_LAYER_ROLES = ("attn_norm", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "attn_q_norm", "attn_k_norm",
+                "attn_post_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "ffn_post_norm")
 
 
 class ForwardError(RealmError, ValueError):
@@ -173,7 +174,7 @@ cdef class ForwardModel:
             if not isinstance(config[name], (bool, np.bool_)):
                 raise InvalidArgumentError(f"config {name} must be a bool, not {config[name]!r}")
         c.qk_norm, c.post_norms, c.scale_q = config["qk_norm"], config["post_norms"], config["scale_q"]
-        c.gelu = config["gelu"]
+        c.gelu, c.qkv_bias = config["gelu"], config["qkv_bias"]
         for name in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_rot", "n_vocab",
                      "sliding_window", "swa_pattern"):
             v = config[name]
@@ -212,6 +213,9 @@ cdef class ForwardModel:
             _set_tensor(&L.wk, spec.get("wk"), self._keep)
             _set_tensor(&L.wv, spec.get("wv"), self._keep)
             _set_tensor(&L.wo, spec.get("wo"), self._keep)
+            _set_tensor(&L.bq, spec.get("bq"), self._keep)
+            _set_tensor(&L.bk, spec.get("bk"), self._keep)
+            _set_tensor(&L.bv, spec.get("bv"), self._keep)
             _set_tensor(&L.attn_q_norm, spec.get("attn_q_norm"), self._keep)
             _set_tensor(&L.attn_k_norm, spec.get("attn_k_norm"), self._keep)
             _set_tensor(&L.attn_post_norm, spec.get("attn_post_norm"), self._keep)

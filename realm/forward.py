@@ -11,7 +11,8 @@ The weights stay quantized where the store mapped them; the C code
 (csrc/forward.c) multiplies them block by block.  The pieces -- `embed`,
 `layer`, `lm_head` -- are what the guest's `realm_forward_*` imports call;
 `forward` runs them all in one call.  Supported architectures: `llama`
-(SmolLM2, TinyLlama-shaped files) and `gemma3`; the configuration is read from
+(SmolLM2, TinyLlama-shaped files), `qwen2` (Qwen2 and Qwen2.5) and `gemma3` (the table
+`ARCHITECTURES`); the configuration is read from
 the GGUF metadata with llama.cpp's defaults (see `ForwardConfig`).
 """
 
@@ -37,10 +38,11 @@ __all__ = ["HostModel", "ForwardConfig", "Architecture", "ARCHITECTURES", "KVCac
 #: Largest KV cache `HostModel.new_kv_cache` makes unless told otherwise.
 DEFAULT_KV_MAX_BYTES = 2 << 30
 
-# GGUF tensor names -> roles of csrc/forward.h's realm_layer_weights
+# GGUF tensor names of a layer (after "blk.N.") -> roles of csrc/forward.h's realm_layer_weights
 _LAYER_TENSORS = {
-    "attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
-    "ffn_norm": "ffn_norm", "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
+    "attn_norm.weight": "attn_norm", "attn_q.weight": "wq", "attn_k.weight": "wk", "attn_v.weight": "wv",
+    "attn_output.weight": "wo", "ffn_norm.weight": "ffn_norm", "ffn_gate.weight": "ffn_gate",
+    "ffn_up.weight": "ffn_up", "ffn_down.weight": "ffn_down",
 }
 
 
@@ -52,7 +54,8 @@ class Architecture:
     qk_norm: RMSNorm per head of q and k (blk.N.attn_q_norm / attn_k_norm); post_norms: RMSNorm
     of the attention and FFN outputs (post_attention_norm / post_ffw_norm); scale_q: q times
     attn_scale after RoPE instead of a scaled softmax; gelu: GELU gate (else SiLU); rope_neox:
-    RoPE pairs (i, i + n_rot/2) (else (2i, 2i+1)); embd_scale: embeddings times sqrt(n_embd);
+    RoPE pairs (i, i + n_rot/2) (else (2i, 2i+1)); qkv_bias: q, k and v have biases
+    (attn_q.bias, ...); embd_scale: embeddings times sqrt(n_embd);
     sliding_window: local layers with attention.sliding_window (required), one global layer in
     swa_pattern (default below), their RoPE base rope.freq_base_swa (default below);
     n_embd_head_scale_layers: a block count at which llama.cpp scales attention by
@@ -62,6 +65,7 @@ class Architecture:
     post_norms: bool = False
     scale_q: bool = False
     gelu: bool = False
+    qkv_bias: bool = False
     rope_neox: bool = False
     embd_scale: bool = False
     sliding_window: bool = False
@@ -72,16 +76,19 @@ class Architecture:
     def layer_tensors(self) -> dict[str, str]:
         """GGUF tensor names of a layer -> roles of forward.h's realm_layer_weights."""
         names = dict(_LAYER_TENSORS)
+        if self.qkv_bias:
+            names.update({"attn_q.bias": "bq", "attn_k.bias": "bk", "attn_v.bias": "bv"})
         if self.qk_norm:
-            names.update(attn_q_norm="attn_q_norm", attn_k_norm="attn_k_norm")
+            names.update({"attn_q_norm.weight": "attn_q_norm", "attn_k_norm.weight": "attn_k_norm"})
         if self.post_norms:
-            names.update(post_attention_norm="attn_post_norm", post_ffw_norm="ffn_post_norm")
+            names.update({"post_attention_norm.weight": "attn_post_norm", "post_ffw_norm.weight": "ffn_post_norm"})
         return names
 
 
 #: One entry per architecture realm runs (general.architecture -> its features).
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(),
+    "qwen2": Architecture(qkv_bias=True, rope_neox=True),
     "gemma3": Architecture(qk_norm=True, post_norms=True, scale_q=True, gelu=True, rope_neox=True,
                            embd_scale=True, sliding_window=True, swa_pattern=6, rope_base_swa=10000.0,
                            n_embd_head_scale_layers=62),
@@ -104,7 +111,7 @@ class ForwardConfig:
     rope_base_swa: rope.freq_base_swa (gemma3 default 10000; llama: rope_base); attn_scale: llama
     1/sqrt(head_dim) on the scores, gemma3 multiplies q by it (1/sqrt(head_dim), or
     1/sqrt(n_embd / n_head) for the 62-layer 27B, as llama.cpp); embd_scale: gemma3 sqrt(n_embd).
-    qk_norm, post_norms, scale_q, gelu: the architecture's features (`Architecture`).
+    qk_norm, post_norms, scale_q, gelu, qkv_bias: the architecture's features (`Architecture`).
     """
 
     architecture: str
@@ -131,6 +138,7 @@ class ForwardConfig:
     post_norms: bool
     scale_q: bool
     gelu: bool
+    qkv_bias: bool
 
     def layer_is_local(self, il: int) -> bool:
         """Whether layer il uses the sliding window (and rope_base_swa)."""
@@ -222,7 +230,7 @@ def forward_config(model: StoredModel) -> ForwardConfig:
         attn_scale=float(np.float32(1) / np.sqrt(np.float32(attn_dim))) if attn_dim else 0.0,
         embd_scale=float(np.sqrt(np.float32(n_embd))) if a.embd_scale else 1.0,
         tied_output="output.weight" not in model.tensors,
-        qk_norm=a.qk_norm, post_norms=a.post_norms, scale_q=a.scale_q, gelu=a.gelu,
+        qk_norm=a.qk_norm, post_norms=a.post_norms, scale_q=a.scale_q, gelu=a.gelu, qkv_bias=a.qkv_bias,
     )
 
 
@@ -255,7 +263,7 @@ def _tensor_table(model: StoredModel, cfg: ForwardConfig) -> tuple[dict, list[di
     for il in range(cfg.n_layer):
         spec = {}
         for gguf_name, role in names.items():
-            name = f"blk.{il}.{gguf_name}.weight"
+            name = f"blk.{il}.{gguf_name}"
             spec[role] = _spec(get(name))
             used.add(name)
         layers.append(spec)

@@ -74,10 +74,9 @@ class RefModel:
     def forward(self, tokens: list[int]) -> np.ndarray:
         """Logits [n, n_vocab] of a whole sequence from position 0."""
         c = self.cfg
-        gemma = c.architecture == "gemma3"
         n = len(tokens)
         pos = np.arange(n)
-        x = self.rows("token_embd.weight", np.asarray(tokens)) * (np.float64(np.float32(c.embd_scale)) if gemma else 1.0)
+        x = self.rows("token_embd.weight", np.asarray(tokens)) * np.float64(np.float32(c.embd_scale))
         group = c.n_head // c.n_head_kv
         for il in range(c.n_layer):
             p = f"blk.{il}."
@@ -85,7 +84,11 @@ class RefModel:
             q = (h @ self.w(p + "attn_q.weight").T).reshape(n, c.n_head, c.head_dim)
             k = (h @ self.w(p + "attn_k.weight").T).reshape(n, c.n_head_kv, c.head_dim)
             v = (h @ self.w(p + "attn_v.weight").T).reshape(n, c.n_head_kv, c.head_dim)
-            if gemma:
+            if c.qkv_bias:
+                q = q + self.w(p + "attn_q.bias").reshape(c.n_head, c.head_dim)
+                k = k + self.w(p + "attn_k.bias").reshape(c.n_head_kv, c.head_dim)
+                v = v + self.w(p + "attn_v.bias").reshape(c.n_head_kv, c.head_dim)
+            if c.qk_norm:
                 q = self.rmsnorm(q, self.w(p + "attn_q_norm.weight"))
                 k = self.rmsnorm(k, self.w(p + "attn_k_norm.weight"))
             local = c.layer_is_local(il)
@@ -100,17 +103,17 @@ class RefModel:
             scores /= scores.sum(-1, keepdims=True)
             att = np.einsum("hts,shd->thd", scores, np.repeat(v, group, axis=1)).reshape(n, -1)
             o = att @ self.w(p + "attn_output.weight").T
-            if gemma:
+            if c.post_norms:
                 o = self.rmsnorm(o, self.w(p + "post_attention_norm.weight"))
             x = x + o
             h = self.rmsnorm(x, self.w(p + "ffn_norm.weight"))
             g, u = h @ self.w(p + "ffn_gate.weight").T, h @ self.w(p + "ffn_up.weight").T
-            if gemma:  # tanh-form GELU, as ggml
+            if c.gelu:  # tanh-form GELU, as ggml
                 act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * g * (1 + 0.044715 * g * g)))
             else:
                 act = g / (1 + np.exp(-g))
             d = (act * u) @ self.w(p + "ffn_down.weight").T
-            if gemma:
+            if c.post_norms:
                 d = self.rmsnorm(d, self.w(p + "post_ffw_norm.weight"))
             x = x + d
         h = self.rmsnorm(x, self.w("output_norm.weight"))
@@ -177,6 +180,64 @@ def write_tiny_gemma3(path: Path, *, seed: int = 0, sliding_window: int = 4, pat
     tensor("output_norm.weight", (n_embd,), None, 0.1, 1.0)
     for name, value in (extra or {}).items():
         w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny_qwen2(path: Path, *, seed: int = 0) -> Path:
+    """A 2-layer qwen2-shaped GGUF (n_embd 128, 4 heads of 32 over 2 KV heads, a 64-token
+    vocabulary) with q, k and v biases and a tied output, written with gguf.GGUFWriter."""
+    import gguf
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    n_embd, n_ff, n_vocab, n_layer, n_head, n_head_kv = 128, 256, 64, 2, 4, 2
+    head_dim = n_embd // n_head
+    Q = gguf.GGMLQuantizationType
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_context_length(128)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_types([1] * n_vocab)
+    w.add_token_merges(["t 1"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+    def tensor(name: str, shape: tuple[int, ...], qtype, scale: float, offset: float = 0.0) -> None:
+        x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+        if qtype is None:
+            w.add_tensor(name, x)
+        else:
+            blocks = quantize(x, qtype)
+            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+
+    tensor("token_embd.weight", (n_vocab, n_embd), Q.Q8_0, 0.5)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        tensor(p + "attn_norm.weight", (n_embd,), None, 0.1, 1.0)
+        tensor(p + "attn_q.weight", (n_head * head_dim, n_embd), Q.Q5_0, 0.2)
+        tensor(p + "attn_q.bias", (n_head * head_dim,), None, 0.5)
+        tensor(p + "attn_k.weight", (n_head_kv * head_dim, n_embd), Q.Q4_1, 0.2)
+        tensor(p + "attn_k.bias", (n_head_kv * head_dim,), None, 0.5)
+        tensor(p + "attn_v.weight", (n_head_kv * head_dim, n_embd), Q.Q8_0, 0.2)
+        tensor(p + "attn_v.bias", (n_head_kv * head_dim,), None, 0.5)
+        tensor(p + "attn_output.weight", (n_embd, n_head * head_dim), Q.Q8_0, 0.1)
+        tensor(p + "ffn_norm.weight", (n_embd,), None, 0.1, 1.0)
+        tensor(p + "ffn_gate.weight", (n_ff, n_embd), Q.Q4_0, 0.2)
+        tensor(p + "ffn_up.weight", (n_ff, n_embd), Q.Q4_1, 0.2)
+        tensor(p + "ffn_down.weight", (n_embd, n_ff), Q.Q8_0, 0.1)
+    tensor("output_norm.weight", (n_embd,), None, 0.1, 1.0)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

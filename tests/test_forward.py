@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from forward_helpers import RefModel, llama_cpp_exact, write_tiny_gemma3
+from forward_helpers import RefModel, llama_cpp_exact, write_tiny_gemma3, write_tiny_qwen2
 from realm import ModelStore
 from realm.cache import LayerCache
 from realm.forward import ContextFullError, ForwardError, HostModel, UnsupportedModelError
@@ -225,7 +225,7 @@ def tiny_models(tmp_path_factory):
     from gguf_helpers import write_tiny_llama
 
     tmp = tmp_path_factory.mktemp("tiny-forward")
-    return {"llama": write_tiny_llama(tmp / "llama.gguf"),
+    return {"llama": write_tiny_llama(tmp / "llama.gguf"), "qwen2": write_tiny_qwen2(tmp / "qwen2.gguf"),
             "gemma3-w4": write_tiny_gemma3(tmp / "gemma3-w4.gguf", sliding_window=4, pattern=3),
             "gemma3-w512": write_tiny_gemma3(tmp / "gemma3-w512.gguf", sliding_window=512, pattern=3)}
 
@@ -234,7 +234,7 @@ def _tiny_tokens(n: int = 24) -> list[int]:
     return [1] + [int(t) for t in np.random.default_rng(5).integers(3, 64, n - 1)]
 
 
-@pytest.mark.parametrize("name", ["llama", "gemma3-w4", "gemma3-w512"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3-w4", "gemma3-w512"])
 def test_tiny_models_match_reference_and_llama_cpp(tiny_models, name):
     llama_cpp = require("llama_cpp")
     tokens = _tiny_tokens()
@@ -255,7 +255,7 @@ def test_tiny_models_match_reference_and_llama_cpp(tiny_models, name):
     assert ours_err < max(2 * llama_err, 0.01), (ours_err, llama_err)
     assert rel_diff(ours, ref).max() < REL_TOL
     assert_top_tokens(ours, exact)
-    if name.startswith("gemma3") and llama_cpp_exact():
+    if name != "llama" and llama_cpp_exact():
         # quantized weights only (the tiny llama has F16 and BF16 ones, whose products realm
         # computes in f32): llama.cpp's bits, sliding window included
         np.testing.assert_array_equal(ours.view(np.uint32), ref1.view(np.uint32))

@@ -638,3 +638,24 @@ def test_cli_generate_subprocess_default_model_reads_stdin(rt, smollm2_path):
     assert proc.returncode == 0, proc.stderr
     want = rt.generate("1, 2, 3, 4, 5,", smollm2_path, max_tokens=6, temperature=0)
     assert proc.stdout == want + "\n" and want.startswith(" 6, 7")
+
+
+def test_a_qwen2_model_generates_llama_cpps_greedy_tokens(tmp_path):
+    """qwen2 (q, k, v biases; NEOX RoPE) through the guest: its greedy continuation of BOS (the
+    tiny vocabulary has no byte tokens: an empty prompt starts from BOS) is llama.cpp's."""
+    require("gguf")
+    llama_cpp = require("llama_cpp")
+    from forward_helpers import write_tiny_qwen2
+
+    path = write_tiny_qwen2(tmp_path / "qwen2.gguf", seed=4)
+    with Realm(threads=2) as r:
+        c = r.complete("", r.load_model(path), max_tokens=12, temperature=0, ignore_eos=True)
+    assert c.prompt_tokens == [1]
+    llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    want = []
+    llm.eval([1])
+    for _ in range(12):
+        want.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([want[-1]])
+    llm.close()
+    assert c.tokens == want
