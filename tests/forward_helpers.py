@@ -120,6 +120,48 @@ class RefModel:
         return self.project_out(h, "token_embd.weight" if c.tied_output else "output.weight")
 
 
+def _tiny_writer(path: Path, arch: str, n_embd: int, n_ff: int, n_layer: int, n_head: int, n_head_kv: int):
+    """A GGUFWriter with a small model's hyper-parameters (context 128, RMS eps 1e-6, rope base 1e6)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(128)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    return w
+
+
+def _tiny_vocab(w, n_vocab: int, pre: str) -> None:
+    """A 64-token byte-level BPE vocabulary of "t0".."t63" (BOS 1, EOS 2)."""
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_types([1] * n_vocab)
+    w.add_token_merges(["t 1"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+
+def _tensor_writer(w, rng):
+    """tensor(name, shape, qtype or None (F32), scale, offset): Gaussian values written to w."""
+    from gguf.quants import quantize
+
+    def tensor(name: str, shape: tuple[int, ...], qtype, scale: float, offset: float = 0.0) -> None:
+        x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+        if qtype is None:
+            w.add_tensor(name, x)
+        else:
+            blocks = quantize(x, qtype)
+            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+
+    return tensor
+
+
 def write_tiny_gemma3(path: Path, *, seed: int = 0, sliding_window: int = 4, pattern: int = 3,
                       extra: dict[str, np.ndarray] | None = None) -> Path:
     """A 4-layer gemma3-shaped GGUF (n_embd 128, 4 heads of 64 over 2 KV heads, a 64-token
@@ -127,39 +169,17 @@ def write_tiny_gemma3(path: Path, *, seed: int = 0, sliding_window: int = 4, pat
     Norm weights are near 1 (as Gemma's files, which hold 1 + w); `extra` tensors are added
     as they are.  Written with gguf.GGUFWriter."""
     import gguf
-    from gguf.quants import quantize
 
     rng = np.random.default_rng(seed)
     n_embd, n_ff, n_vocab, n_layer, n_head, n_head_kv, head_dim = 128, 256, 64, 4, 4, 2, 64
     Q = gguf.GGMLQuantizationType
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_context_length(128)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
+    w = _tiny_writer(path, "gemma3", n_embd, n_ff, n_layer, n_head, n_head_kv)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6)
     w.add_sliding_window(sliding_window)
     w.add_uint32("gemma3.attention.sliding_window_pattern", pattern)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list([f"t{i}" for i in range(n_vocab)])
-    w.add_token_types([1] * n_vocab)
-    w.add_token_merges(["t 1"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-
-    def tensor(name: str, shape: tuple[int, ...], qtype: Q | None, scale: float, offset: float = 0.0) -> None:
-        x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
-        if qtype is None:
-            w.add_tensor(name, x)
-        else:
-            blocks = quantize(x, qtype)
-            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+    _tiny_vocab(w, n_vocab, "default")
+    tensor = _tensor_writer(w, rng)
 
     tensor("token_embd.weight", (n_vocab, n_embd), Q.Q8_0, 0.1)
     for i in range(n_layer):
@@ -191,36 +211,14 @@ def write_tiny_qwen2(path: Path, *, seed: int = 0) -> Path:
     """A 2-layer qwen2-shaped GGUF (n_embd 128, 4 heads of 32 over 2 KV heads, a 64-token
     vocabulary) with q, k and v biases and a tied output, written with gguf.GGUFWriter."""
     import gguf
-    from gguf.quants import quantize
 
     rng = np.random.default_rng(seed)
     n_embd, n_ff, n_vocab, n_layer, n_head, n_head_kv = 128, 256, 64, 2, 4, 2
     head_dim = n_embd // n_head
     Q = gguf.GGMLQuantizationType
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_context_length(128)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list([f"t{i}" for i in range(n_vocab)])
-    w.add_token_types([1] * n_vocab)
-    w.add_token_merges(["t 1"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-
-    def tensor(name: str, shape: tuple[int, ...], qtype, scale: float, offset: float = 0.0) -> None:
-        x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
-        if qtype is None:
-            w.add_tensor(name, x)
-        else:
-            blocks = quantize(x, qtype)
-            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+    w = _tiny_writer(path, "qwen2", n_embd, n_ff, n_layer, n_head, n_head_kv)
+    _tiny_vocab(w, n_vocab, "qwen2")
+    tensor = _tensor_writer(w, rng)
 
     tensor("token_embd.weight", (n_vocab, n_embd), Q.Q8_0, 0.5)
     for i in range(n_layer):
