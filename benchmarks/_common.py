@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -48,6 +49,25 @@ def add_load_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--markdown", action="store_true")
+
+
+def start_together(n: int, work: Callable[[int], object]) -> float:
+    """work(0) .. work(n - 1) on n threads released at once; returns the release time
+    (perf_counter) once all have finished."""
+    barrier = threading.Barrier(n + 1)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return start
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -26,11 +26,10 @@ import re
 import resource
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
-from _common import LLAMA_BIN, add_load_args, percentile, print_table
+from _common import LLAMA_BIN, add_load_args, percentile, print_table, start_together
 
 from realm import Realm
 from realm.models import resolve
@@ -54,23 +53,15 @@ def run_once(rt: Realm, model, texts: list[str], tokens: int) -> dict:
     n = len(texts)
     stamps: list[list[float]] = [[] for _ in range(n)]
     counts = [0] * n
-    barrier = threading.Barrier(n + 1)
 
     def work(i: int) -> None:
-        barrier.wait()
         stream = rt.generate(texts[i], model, max_tokens=tokens, temperature=0, ignore_eos=True, stream=True)
         for _ in stream:
             stamps[i].append(time.perf_counter())
         stamps[i].append(time.perf_counter())  # the end
         counts[i] = stream.completion.usage.completion_tokens
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
+    start = start_together(n, work)
     end = time.perf_counter()
     # steady state: while every request decodes (from the last first token to the first end)
     lo, hi = max(s[0] for s in stamps), min(s[-1] for s in stamps)

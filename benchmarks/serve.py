@@ -23,12 +23,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-from _common import LLAMA_BIN, add_load_args, percentile, print_table
+from _common import LLAMA_BIN, add_load_args, percentile, print_table, start_together
 
 from realm.models import resolve
 
@@ -85,19 +84,11 @@ def one_request(url: str, prompt: str, tokens: int, model: str) -> tuple[float, 
 
 def round_of(url: str, n: int, tokens: int, model: str) -> dict:
     results: list = [None] * n
-    barrier = threading.Barrier(n + 1)
 
     def client(i: int) -> None:
-        barrier.wait()
         results[i] = one_request(url, f"Client {i} asks about the weather in", tokens, model)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
+    t0 = start_together(n, client)
     if None in results:
         sys.exit(f"{results.count(None)} of {n} requests to {url} failed")
     wall = max(r[2] for r in results) - t0

@@ -319,10 +319,9 @@ class Engine:
         return n - pos
 
     def keep_prefix(self, kv: KVCache, history: np.ndarray) -> None:
-        """Offer the rows kv holds for `history` (its tokens at 0..) to the prefix cache."""
-        n = min(len(history), kv.length)
-        if self.prefix.max_bytes and n >= PREFIX_MIN_TOKENS:
-            self.prefix.insert(history[:n], kv)
+        """Offer the rows kv holds for `history` (its tokens at 0..) to the prefix cache (which
+        refuses prefixes too short, or any when it is off)."""
+        self.prefix.insert(history[:min(len(history), kv.length)], kv)
 
     def leave(self, member: Hashable) -> None:
         """The member has no more work for now (its sequence ended, its tenant closed): the next

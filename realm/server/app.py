@@ -349,19 +349,23 @@ def _usage(c: Completion) -> dict[str, Any]:
             "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
 
 
+def _raw_tokens(srv: _Server, model: Model, entries: list) -> dict[int, bytes]:
+    """The bytes of every token the entries name, sampled or among the top alternatives."""
+    ids = [e.token for e in entries] + [t for e in entries for t, _ in e.top]
+    return dict(zip(ids, srv.token_bytes(model, ids)))
+
+
 def _chat_logprobs(srv: _Server, model: Model, entries: list) -> dict[str, Any]:
     def item(token: int, lp: float, raw: bytes) -> dict[str, Any]:
         return {"token": raw.decode("utf-8", "replace"), "logprob": lp, "bytes": list(raw)}
 
-    ids = [e.token for e in entries] + [t for e in entries for t, _ in e.top]
-    raw = dict(zip(ids, srv.token_bytes(model, ids)))
+    raw = _raw_tokens(srv, model, entries)
     return {"content": [dict(item(e.token, e.logprob, raw[e.token]),
                              top_logprobs=[item(t, lp, raw[t]) for t, lp in e.top]) for e in entries]}
 
 
 def _text_logprobs(srv: _Server, model: Model, entries: list, offset: int) -> dict[str, Any]:
-    ids = [e.token for e in entries] + [t for e in entries for t, _ in e.top]
-    raw = dict(zip(ids, srv.token_bytes(model, ids)))
+    raw = _raw_tokens(srv, model, entries)
     tokens = [raw[e.token].decode("utf-8", "replace") for e in entries]
     offsets = []
     for t in tokens:
