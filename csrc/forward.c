@@ -85,6 +85,8 @@ int realm_model_check(const realm_model *m, char *what, int what_len) {
     if (m->tok_embd.rows != c->n_vocab || m->tok_embd.cols != E || E % te->block_size)
         return fail(what, what_len, REALM_EINVAL, "token_embd: shape is not [n_vocab, n_embd]");
     if ((rc = check_norm(&m->output_norm, E))) return fail(what, what_len, rc, "output_norm: not F32 [n_embd]");
+    if (m->rope_freqs.data && (rc = check_norm(&m->rope_freqs, c->n_rot / 2)))
+        return fail(what, what_len, rc, "rope_freqs: not F32 [n_rot / 2]");
     if ((rc = check_matrix(&m->output, c->n_vocab, E)))
         return fail(what, what_len, rc, "output: unsupported type or shape is not [n_vocab, n_embd]");
     if (!m->layers) return fail(what, what_len, REALM_EINVAL, "no layers");
@@ -389,7 +391,7 @@ static int layer_chunk(const realm_model *m, int il, float *x, int64_t n, const 
             realm_rmsnorm(q, L->attn_q_norm.data, c->n_head, c->head_dim, c->rms_eps, q);
             realm_rmsnorm(k, L->attn_k_norm.data, c->n_head_kv, c->head_dim, c->rms_eps, k);
         }
-        if (fresh_rope) realm_rope_table(&s->pos[i], 1, c->n_rot, base, c->rope_freq_scale, cs);
+        if (fresh_rope) realm_rope_table(&s->pos[i], 1, c->n_rot, base, c->rope_freq_scale, m->rope_freqs.data, cs);
         realm_rope_apply(q, 1, c->n_head, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
         realm_rope_apply(k, 1, c->n_head_kv, c->head_dim, c->n_rot, cs, c->rope_neox, isa);
         if (c->scale_q)

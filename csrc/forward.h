@@ -9,8 +9,10 @@
  * are never expanded to f32 -- the matrix products read the blocks directly.
  *
  * The layers follow realm_config's feature flags (qk_norm, post_norms, scale_q, gelu,
- * qkv_bias, rope_neox, the embedding scale and the sliding window); realm/forward.py's architecture
- * table sets them.  The two architectures it has (the math follows llama.cpp's graphs):
+ * qkv_bias, rope_neox, the embedding scale, the sliding window) and the optional rope_freqs
+ * tensor; realm/forward.py's architecture table (llama, qwen2, qwen3, phi3, gemma3) sets them
+ * and cuts fused matrices (attn_qkv, phi3's gate+up) into the separate ones.  The two ends of
+ * the range (the math follows llama.cpp's graphs):
  *   llama   attn_norm -> q,k,v -> rope (pairs 2i, 2i+1) -> attention(scale 1/sqrt(head_dim))
  *           -> wo -> +residual -> ffn_norm -> silu(gate) * up -> down -> +residual
  *   gemma3  embeddings * sqrt(n_embd); attn_norm -> q,k,v -> rmsnorm per head of q and k
@@ -84,6 +86,8 @@ typedef struct {
 typedef struct {
     realm_config c;
     realm_tensor tok_embd, output_norm, output; /* output may be tok_embd's data (tied) */
+    realm_tensor rope_freqs;                    /* data NULL, or F32 [n_rot / 2]: RoPE frequency
+                                                   divisors of every layer (llama3's rope_freqs) */
     realm_layer_weights *layers;                /* [n_layer] */
     int nthreads;                               /* threads per parallel region (>= 1) */
     int isa;                                    /* a resolved REALM_ISA_* (not AUTO) */

@@ -27,14 +27,15 @@ int realm_rmsnorm(const float *x, const float *w, int64_t rows, int64_t n, float
     return 0;
 }
 
-int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale, float *cs) {
+int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale,
+                     const float *freq_factors, float *cs) {
     if (n_tok < 0 || n_rot <= 0 || n_rot % 2 || n_rot > REALM_MAX_ROT || !(base > 0.0f) || !isfinite(freq_scale))
         return REALM_EINVAL;
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int64_t t = 0; t < n_tok; t++) {
         float theta = (float)pos[t], *c = cs + t * n_rot;
         for (int i = 0; i < n_rot / 2; i++) {
-            const float th = freq_scale * theta;
+            const float th = freq_scale * (freq_factors ? theta / freq_factors[i] : theta);
             c[2 * i] = cosf(th);
             c[2 * i + 1] = sinf(th);
             theta = theta * theta_scale;

@@ -25,14 +25,17 @@ int realm_rmsnorm(const float *x, const float *w, int64_t rows, int64_t n, float
 
 /* RoPE, as ggml's rope cache: per token t, theta starts at pos[t] and is
  * multiplied by theta_scale = powf(base, -2 / n_rot) after each pair (in
- * float); pair i gets cos/sin of freq_scale * theta_i (cosf, sinf):
+ * float); pair i gets cos/sin of freq_scale * theta_i (cosf, sinf), or with
+ * freq_factors (llama3's rope_freqs, n_rot / 2 divisors) of
+ * freq_scale * (theta_i / freq_factors[i]):
  * cs[t * n_rot + 2i] = cos, cs[t * n_rot + 2i + 1] = sin.  One table serves
  * every layer with the same base.  apply rotates, in x[n_tok][n_head][head_dim],
  * the first n_rot values of each head: pairs (2i, 2i+1) (normal, llama) or
  * (i, i + n_rot/2) (neox, gemma3 / qwen):
  *     a' = fma(a, cos, -(b sin)),  b' = fma(a, sin, b cos). */
 #define REALM_MAX_ROT 1024
-int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale, float *cs);
+int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale,
+                     const float *freq_factors, float *cs);
 int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs, int neox, int isa);
 
 /* Causal attention with grouped-query heads over a KV cache whose row j holds

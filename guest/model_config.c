@@ -9,9 +9,17 @@
 #include <stdio.h>
 #include <string.h>
 
-/* gemma3 files carry neither of these; llama.cpp fixes them for the architecture. */
-#define GEMMA3_SWA_PATTERN 6
-#define GEMMA3_ROPE_BASE_SWA 10000.0f
+/* The architectures whose layers use a sliding window, with llama.cpp's values where a file
+ * has no key (gemma3 files carry neither).  Every other architecture ignores a window key, as
+ * llama.cpp does (llama/Mistral files, phi3).  realm/forward.py's ARCHITECTURES holds the
+ * same; tests/test_guest.py holds the two to each other. */
+static const struct {
+    const char *name;
+    uint32_t swa_pattern;
+    float rope_base_swa;
+} SWA_ARCHS[] = {
+    {"gemma3", 6, 10000.0f},
+};
 
 /* "{arch}.{suffix}" in a static buffer (the config is built on one thread). */
 static const char *arch_key(const struct realm_config *c, const char *suffix)
@@ -109,7 +117,9 @@ int config_from_gguf(struct realm_config *c, const struct gguf_file *f)
 
     int rc = read_architecture(c, f);
     if (rc) return rc;
-    int gemma3 = strcmp(c->architecture, "gemma3") == 0;
+    int swa = -1; /* the architecture's SWA_ARCHS entry */
+    for (size_t i = 0; i < sizeof SWA_ARCHS / sizeof SWA_ARCHS[0]; i++)
+        if (strcmp(c->architecture, SWA_ARCHS[i].name) == 0) swa = (int)i;
 
     if ((rc = u32_key(f, arch_key(c, "block_count"), &c->n_layers)) ||
         (rc = u32_key(f, arch_key(c, "embedding_length"), &c->n_embd)) ||
@@ -127,10 +137,12 @@ int config_from_gguf(struct realm_config *c, const struct gguf_file *f)
         (rc = u32_key(f, arch_key(c, "rope.dimension_count"), &c->rope_dim)))
         return rc;
 
-    c->swa_pattern = gemma3 ? GEMMA3_SWA_PATTERN : 0;
-    if ((rc = u32_key(f, arch_key(c, "attention.sliding_window"), &c->sliding_window)) ||
-        (rc = u32_key(f, arch_key(c, "attention.sliding_window_pattern"), &c->swa_pattern)))
-        return rc;
+    if (swa >= 0) {
+        c->swa_pattern = SWA_ARCHS[swa].swa_pattern;
+        if ((rc = u32_key(f, arch_key(c, "attention.sliding_window"), &c->sliding_window)) ||
+            (rc = u32_key(f, arch_key(c, "attention.sliding_window_pattern"), &c->swa_pattern)))
+            return rc;
+    }
 
     c->rope_freq_base = 10000.0f;
     c->rope_scale = 1.0f;
@@ -140,8 +152,11 @@ int config_from_gguf(struct realm_config *c, const struct gguf_file *f)
         (rc = f32_key(f, arch_key(c, "attention.layer_norm_rms_epsilon"), &c->rms_eps)))
         return rc;
     if (c->rope_scale == 0.0f) c->rope_scale = 1.0f;
-    c->rope_freq_base_swa = gemma3 ? GEMMA3_ROPE_BASE_SWA : c->rope_freq_base;
-    if ((rc = f32_key(f, arch_key(c, "rope.freq_base_swa"), &c->rope_freq_base_swa))) return rc;
+    c->rope_freq_base_swa = c->rope_freq_base;
+    if (swa >= 0) {
+        c->rope_freq_base_swa = SWA_ARCHS[swa].rope_base_swa;
+        if ((rc = f32_key(f, arch_key(c, "rope.freq_base_swa"), &c->rope_freq_base_swa))) return rc;
+    }
 
     return read_tokenizer(c, f);
 }

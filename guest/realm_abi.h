@@ -241,13 +241,14 @@ struct realm_config {
     uint32_t rope_dim;          /* {arch}.rope.dimension_count, default head_dim */
     uint32_t n_vocab;           /* length of tokenizer.ggml.tokens, else {arch}.vocab_size, else 0 */
     uint32_t n_ctx_train;       /* {arch}.context_length, default 0 */
-    uint32_t sliding_window;    /* {arch}.attention.sliding_window, default 0 (none) */
+    uint32_t sliding_window;    /* {arch}.attention.sliding_window, default 0 (none); 0 for the
+                                   architectures whose window llama.cpp ignores (all but gemma3) */
     uint32_t swa_pattern;       /* {arch}.attention.sliding_window_pattern; default 6 for gemma3
                                    (llama.cpp's fixed value), else 0.  With a window, layer i is
                                    local iff swa_pattern == 0 or i % swa_pattern < swa_pattern - 1 */
     float rope_freq_base;       /* {arch}.rope.freq_base, default 10000 */
     float rope_freq_base_swa;   /* {arch}.rope.freq_base_swa (local layers); default 10000 for
-                                   gemma3 (llama.cpp's fixed value), else rope_freq_base */
+                                   gemma3 (llama.cpp's fixed value); rope_freq_base for the others */
     float rope_scale;           /* {arch}.rope.scaling.factor, default 1 (0 reads as 1) */
     float rms_eps;              /* {arch}.attention.layer_norm_rms_epsilon, default 1e-5 */
     uint32_t tokenizer;         /* REALM_TOKENIZER_* from tokenizer.ggml.model */

@@ -51,7 +51,7 @@ cdef extern from "ops.h":
     int REALM_MAX_ROT
     int realm_rmsnorm(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *y) nogil
     int realm_rope_table(const int32_t *pos, int64_t n_tok, int n_rot, float base, float freq_scale,
-                         float *cs) nogil
+                         const float *freq_factors, float *cs) nogil
     int realm_rope_apply(float *x, int64_t n_tok, int n_head, int head_dim, int n_rot, const float *cs,
                          int neox, int isa) nogil
     int realm_attention(const realm_attn_params *p, const float *q, int64_t n_tok, const int32_t *pos,
@@ -324,10 +324,17 @@ def _positions(pos, n_tok=None):
     return pos
 
 
-def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0):
+def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0, freq_factors=None):
     """cos/sin table [n_tok, n_rot]: (cos, sin) of freq_scale * theta_i per pair i, where, as in
-    ggml's rope cache, theta_0 = pos and theta_i+1 = theta_i * powf(base, -2/n_rot) in float32."""
+    ggml's rope cache, theta_0 = pos and theta_i+1 = theta_i * powf(base, -2/n_rot) in float32;
+    freq_factors (float32 [n_rot / 2], llama3's rope_freqs): freq_scale * (theta_i / factor_i)."""
     _positions(pos)
+    cdef const float[::1] fv = None
+    if freq_factors is not None:
+        if not isinstance(freq_factors, np.ndarray) or freq_factors.dtype != np.float32 \
+                or freq_factors.shape != (n_rot // 2,) or not freq_factors.flags.c_contiguous:
+            raise InvalidArgumentError(f"freq_factors must be a contiguous float32 array of {n_rot // 2} values")
+        fv = freq_factors
     if not 0 < n_rot <= REALM_MAX_ROT or n_rot % 2:
         raise InvalidArgumentError(f"n_rot must be even and in 2..{REALM_MAX_ROT}, not {n_rot}")
     if not base > 0:
@@ -340,8 +347,9 @@ def rope_table(pos, n_rot: int, base: float, freq_scale: float = 1.0):
     cdef float[:, ::1] cv = cs
     cdef int nr = n_rot, rc
     cdef float b = base, fs = freq_scale
+    cdef const float *ff = &fv[0] if fv is not None else NULL
     with nogil:
-        rc = realm_rope_table(&pv[0], n_tok, nr, b, fs, &cv[0, 0])
+        rc = realm_rope_table(&pv[0], n_tok, nr, b, fs, ff, &cv[0, 0])
     _check(rc, "rope_table")
     return cs
 

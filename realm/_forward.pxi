@@ -43,7 +43,7 @@ cdef extern from "forward.h":
         realm_tensor ffn_post_norm
     ctypedef struct realm_model:
         realm_config c
-        realm_tensor tok_embd, output_norm, output
+        realm_tensor tok_embd, output_norm, output, rope_freqs
         realm_layer_weights *layers
         int nthreads, isa, profile
     ctypedef struct realm_kv_cache:
@@ -158,7 +158,7 @@ cdef class ForwardModel:
     """The C forward pass over one model's weights (built by realm.forward.HostModel).
 
     config: dict of realm_config's fields, the feature flags (FEATURES) as booleans.
-    tensors: {"tok_embd", "output_norm", "output"} -> (type, bytes, rows, cols);
+    tensors: {"tok_embd", "output_norm", "output", optional "rope_freqs"} -> (type, bytes, rows, cols);
     layers: one dict per layer, realm_layer_weights' roles -> the same tuples (or None).
     """
     cdef realm_model m
@@ -199,6 +199,7 @@ cdef class ForwardModel:
         _set_tensor(&self.m.tok_embd, tensors["tok_embd"], self._keep)
         _set_tensor(&self.m.output_norm, tensors["output_norm"], self._keep)
         _set_tensor(&self.m.output, tensors["output"], self._keep)
+        _set_tensor(&self.m.rope_freqs, tensors.get("rope_freqs"), self._keep)
         self.m.layers = <realm_layer_weights *>calloc(c.n_layer, sizeof(realm_layer_weights))
         if self.m.layers == NULL:
             raise OutOfMemoryError("ForwardModel: out of memory")

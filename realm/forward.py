@@ -11,8 +11,8 @@ The weights stay quantized where the store mapped them; the C code
 (csrc/forward.c) multiplies them block by block.  The pieces -- `embed`,
 `layer`, `lm_head` -- are what the guest's `realm_forward_*` imports call;
 `forward` runs them all in one call.  Supported architectures: `llama`
-(SmolLM2, TinyLlama-shaped files), `qwen2` (Qwen2 and Qwen2.5) and `gemma3` (the table
-`ARCHITECTURES`); the configuration is read from
+(SmolLM2, TinyLlama, Llama 3.x with rope_freqs, Mistral), `qwen2` (Qwen2 and Qwen2.5),
+`qwen3`, `phi3` and `gemma3` (the table `ARCHITECTURES`); the configuration is read from
 the GGUF metadata with llama.cpp's defaults (see `ForwardConfig`).
 """
 
@@ -54,12 +54,16 @@ class Architecture:
     qk_norm: RMSNorm per head of q and k (blk.N.attn_q_norm / attn_k_norm); post_norms: RMSNorm
     of the attention and FFN outputs (post_attention_norm / post_ffw_norm); scale_q: q times
     attn_scale after RoPE instead of a scaled softmax; gelu: GELU gate (else SiLU); rope_neox:
-    RoPE pairs (i, i + n_rot/2) (else (2i, 2i+1)); qkv_bias: q, k and v have biases
-    (attn_q.bias, ...); embd_scale: embeddings times sqrt(n_embd);
-    sliding_window: local layers with attention.sliding_window (required), one global layer in
-    swa_pattern (default below), their RoPE base rope.freq_base_swa (default below);
-    n_embd_head_scale_layers: a block count at which llama.cpp scales attention by
-    1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim) (gemma3 27B)."""
+    RoPE pairs (i, i + n_rot/2) (else (2i, 2i+1)); qkv_bias: q, k and v must have biases
+    (attn_q.bias, ...; other architectures use them where a file has them, as llama.cpp);
+    fused_gate_up: ffn_up holds the gate's rows, then the up rows (no ffn_gate); rope_freqs: a
+    rope_freqs.weight tensor of RoPE frequency divisors is used where the file has one (llama3);
+    embd_scale: embeddings times sqrt(n_embd); sliding_window: local layers with
+    attention.sliding_window (required), one global layer in swa_pattern (default below), their
+    RoPE base rope.freq_base_swa (default below) -- other architectures ignore a window key, as
+    llama.cpp does; n_embd_head_scale_layers: a block count at which llama.cpp scales attention
+    by 1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim) (gemma3 27B).  Every architecture
+    takes a fused attn_qkv (q, k, then v rows) in place of attn_q/k/v, as llama.cpp's loader."""
 
     qk_norm: bool = False
     post_norms: bool = False
@@ -67,6 +71,8 @@ class Architecture:
     gelu: bool = False
     qkv_bias: bool = False
     rope_neox: bool = False
+    fused_gate_up: bool = False
+    rope_freqs: bool = False
     embd_scale: bool = False
     sliding_window: bool = False
     swa_pattern: int = 0
@@ -74,10 +80,12 @@ class Architecture:
     n_embd_head_scale_layers: int = 0
 
     def layer_tensors(self) -> dict[str, str]:
-        """GGUF tensor names of a layer -> roles of forward.h's realm_layer_weights."""
+        """GGUF tensor names of a layer -> roles of forward.h's realm_layer_weights (with the
+        separate q, k, v and gate, up matrices; `_tensor_table` splits fused ones)."""
         names = dict(_LAYER_TENSORS)
-        if self.qkv_bias:
-            names.update({"attn_q.bias": "bq", "attn_k.bias": "bk", "attn_v.bias": "bv"})
+        if self.fused_gate_up:
+            del names["ffn_gate.weight"]
+            names["ffn_up.weight"] = "ffn_gate_up"
         if self.qk_norm:
             names.update({"attn_q_norm.weight": "attn_q_norm", "attn_k_norm.weight": "attn_k_norm"})
         if self.post_norms:
@@ -85,10 +93,13 @@ class Architecture:
         return names
 
 
-#: One entry per architecture realm runs (general.architecture -> its features).
+#: One entry per architecture realm runs (general.architecture -> its features).  Mistral's
+#: files are `llama` ones (llama.cpp reads no sliding window for them, nor does realm).
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture(),
+    "llama": Architecture(rope_freqs=True),
     "qwen2": Architecture(qkv_bias=True, rope_neox=True),
+    "qwen3": Architecture(qk_norm=True, rope_neox=True),
+    "phi3": Architecture(scale_q=True, rope_neox=True, fused_gate_up=True),
     "gemma3": Architecture(qk_norm=True, post_norms=True, scale_q=True, gelu=True, rope_neox=True,
                            embd_scale=True, sliding_window=True, swa_pattern=6, rope_base_swa=10000.0,
                            n_embd_head_scale_layers=62),
@@ -111,7 +122,8 @@ class ForwardConfig:
     rope_base_swa: rope.freq_base_swa (gemma3 default 10000; llama: rope_base); attn_scale: llama
     1/sqrt(head_dim) on the scores, gemma3 multiplies q by it (1/sqrt(head_dim), or
     1/sqrt(n_embd / n_head) for the 62-layer 27B, as llama.cpp); embd_scale: gemma3 sqrt(n_embd).
-    qk_norm, post_norms, scale_q, gelu, qkv_bias: the architecture's features (`Architecture`).
+    qk_norm, post_norms, scale_q, gelu: the architecture's features (`Architecture`); qkv_bias:
+    the file's layers have q, k and v biases (required by qwen2).
     """
 
     architecture: str
@@ -230,7 +242,8 @@ def forward_config(model: StoredModel) -> ForwardConfig:
         attn_scale=float(np.float32(1) / np.sqrt(np.float32(attn_dim))) if attn_dim else 0.0,
         embd_scale=float(np.sqrt(np.float32(n_embd))) if a.embd_scale else 1.0,
         tied_output="output.weight" not in model.tensors,
-        qk_norm=a.qk_norm, post_norms=a.post_norms, scale_q=a.scale_q, gelu=a.gelu, qkv_bias=a.qkv_bias,
+        qk_norm=a.qk_norm, post_norms=a.post_norms, scale_q=a.scale_q, gelu=a.gelu,
+        qkv_bias=a.qkv_bias or "blk.0.attn_q.bias" in model.tensors or "blk.0.attn_qkv.bias" in model.tensors,
     )
 
 
@@ -247,25 +260,61 @@ def _spec(t: QuantizedTensor) -> tuple[int, np.ndarray, int, int]:
     return int(t.dtype), t.data.reshape(-1), rows, cols
 
 
+def _split_rows(spec: tuple[int, np.ndarray, int, int], parts: Sequence[int], name: str) -> list[tuple]:
+    """A fused matrix (or bias) cut into consecutive runs of rows (values), one spec each: the
+    products of each row are the same in any matrix, so the results are the fused product's."""
+    qtype, data, rows, cols = spec
+    if rows == 1 and sum(parts) == cols:  # a bias vector
+        if qtype != 0:
+            raise UnsupportedModelError(f"{name} is not F32")
+        edges = np.cumsum([0, *parts])
+        return [(qtype, data[a * 4:b * 4], 1, b - a) for a, b in zip(edges[:-1], edges[1:])]
+    if rows != sum(parts):
+        raise UnsupportedModelError(f"{name} has {rows} rows, not {' + '.join(map(str, parts))}")
+    # llama.cpp multiplies a matrix of 8k rows as it repacks it (matmul.h): the parts must agree
+    if any((p % 8 == 0) != (rows % 8 == 0) for p in parts):
+        raise UnsupportedModelError(f"{name}: rows {parts} do not split on multiples of 8")
+    row_bytes = data.shape[0] // rows
+    edges = np.cumsum([0, *parts])
+    return [(qtype, data[a * row_bytes:b * row_bytes], b - a, cols) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _tensor_table(model: StoredModel, cfg: ForwardConfig) -> tuple[dict, list[dict]]:
-    names = ARCHITECTURES[cfg.architecture].layer_tensors()
+    arch = ARCHITECTURES[cfg.architecture]
     tensors = model.tensors
     used = {"token_embd.weight", "output_norm.weight", "output.weight"}
 
-    def get(name: str) -> QuantizedTensor:
+    def get(name: str) -> tuple[int, np.ndarray, int, int]:
         if name not in tensors:
             raise UnsupportedModelError(f"the model has no tensor {name!r}")
-        return tensors[name]
+        used.add(name)
+        return _spec(tensors[name])
 
-    top = {"tok_embd": _spec(get("token_embd.weight")), "output_norm": _spec(get("output_norm.weight")),
-           "output": _spec(get("token_embd.weight" if cfg.tied_output else "output.weight"))}
+    top = {"tok_embd": get("token_embd.weight"), "output_norm": get("output_norm.weight"),
+           "output": get("token_embd.weight" if cfg.tied_output else "output.weight")}
+    if arch.rope_freqs and "rope_freqs.weight" in tensors:
+        top["rope_freqs"] = get("rope_freqs.weight")
+    q_rows, kv_rows = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     layers = []
     for il in range(cfg.n_layer):
+        p = f"blk.{il}."
+        names = arch.layer_tensors()
         spec = {}
+        if p + "attn_qkv.weight" in tensors:  # q, k and v in one matrix
+            for gguf_name in ("attn_q.weight", "attn_k.weight", "attn_v.weight"):
+                del names[gguf_name]
+            spec["wq"], spec["wk"], spec["wv"] = _split_rows(get(p + "attn_qkv.weight"), (q_rows, kv_rows, kv_rows),
+                                                      p + "attn_qkv.weight")
         for gguf_name, role in names.items():
-            name = f"blk.{il}.{gguf_name}"
-            spec[role] = _spec(get(name))
-            used.add(name)
+            spec[role] = get(p + gguf_name)
+        if "ffn_gate_up" in spec:
+            spec["ffn_gate"], spec["ffn_up"] = _split_rows(spec.pop("ffn_gate_up"), (cfg.n_ff, cfg.n_ff), p + "ffn_up.weight")
+        if cfg.qkv_bias:
+            if p + "attn_qkv.bias" in tensors:
+                spec["bq"], spec["bk"], spec["bv"] = _split_rows(get(p + "attn_qkv.bias"), (q_rows, kv_rows, kv_rows),
+                                                          p + "attn_qkv.bias")
+            else:
+                spec["bq"], spec["bk"], spec["bv"] = (get(p + f"attn_{x}.bias") for x in "qkv")
         layers.append(spec)
     unknown = sorted(set(tensors) - used)
     if unknown:  # a bias, rope factors, experts...: computing without them would be wrong

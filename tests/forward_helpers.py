@@ -1,6 +1,6 @@
-"""Helpers of the forward-pass tests: a NumPy model of the forward pass and a tiny gemma3 GGUF.
+"""Helpers of the forward-pass tests: a NumPy model of the forward pass and tiny GGUFs.
 
-RefModel is a plain NumPy model of the llama and gemma3 forward passes in float64,
+RefModel is a plain NumPy model of the llama, qwen2/3, phi3 and gemma3 forward passes in float64,
 written from the architectures' definitions (llama.cpp's graphs), not from
 csrc/forward.c: weights are dequantized exactly (realm.dequantize is bit-exact with
 llama.cpp), activations stay float64 (no 8-bit activation quantization, no f16 KV
@@ -51,15 +51,23 @@ class RefModel:
         n_out = self.t[name].shape[0]
         return np.concatenate([h @ self.rows(name, slice(i, i + chunk)).T for i in range(0, n_out, chunk)], axis=1)
 
+    def fused(self, p: str, pattern: str) -> np.ndarray:
+        """q, k and v weights (or biases) of layer prefix p, stacked as a fused attn_qkv holds them."""
+        if p + pattern.format("qkv") in self.t:
+            return self.w(p + pattern.format("qkv"))
+        return np.concatenate([self.w(p + pattern.format(x)) for x in "qkv"])
+
     def rmsnorm(self, x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
         y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self.cfg.rms_eps)
         return y if w is None else y * w
 
     def rope(self, x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
-        """x [n, heads, head_dim] rotated by position."""
+        """x [n, heads, head_dim] rotated by position (llama3's rope_freqs divide the frequencies)."""
         c = self.cfg
         half = c.n_rot // 2
         inv = base ** (-2.0 * np.arange(half) / c.n_rot)
+        if "rope_freqs.weight" in self.t:
+            inv = inv / self.w("rope_freqs.weight")
         theta = pos[:, None].astype(np.float64) * c.rope_freq_scale * inv[None, :]  # [n, half]
         cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
         y = x.copy()
@@ -81,13 +89,13 @@ class RefModel:
         for il in range(c.n_layer):
             p = f"blk.{il}."
             h = self.rmsnorm(x, self.w(p + "attn_norm.weight"))
-            q = (h @ self.w(p + "attn_q.weight").T).reshape(n, c.n_head, c.head_dim)
-            k = (h @ self.w(p + "attn_k.weight").T).reshape(n, c.n_head_kv, c.head_dim)
-            v = (h @ self.w(p + "attn_v.weight").T).reshape(n, c.n_head_kv, c.head_dim)
+            qkv = h @ self.fused(p, "attn_{}.weight").T
             if c.qkv_bias:
-                q = q + self.w(p + "attn_q.bias").reshape(c.n_head, c.head_dim)
-                k = k + self.w(p + "attn_k.bias").reshape(c.n_head_kv, c.head_dim)
-                v = v + self.w(p + "attn_v.bias").reshape(c.n_head_kv, c.head_dim)
+                qkv = qkv + self.fused(p, "attn_{}.bias")
+            q_width, kv_width = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+            q = qkv[:, :q_width].reshape(n, c.n_head, c.head_dim)
+            k = qkv[:, q_width:q_width + kv_width].reshape(n, c.n_head_kv, c.head_dim)
+            v = qkv[:, q_width + kv_width:].reshape(n, c.n_head_kv, c.head_dim)
             if c.qk_norm:
                 q = self.rmsnorm(q, self.w(p + "attn_q_norm.weight"))
                 k = self.rmsnorm(k, self.w(p + "attn_k_norm.weight"))
@@ -107,7 +115,10 @@ class RefModel:
                 o = self.rmsnorm(o, self.w(p + "post_attention_norm.weight"))
             x = x + o
             h = self.rmsnorm(x, self.w(p + "ffn_norm.weight"))
-            g, u = h @ self.w(p + "ffn_gate.weight").T, h @ self.w(p + "ffn_up.weight").T
+            if p + "ffn_gate.weight" in self.t:
+                g, u = h @ self.w(p + "ffn_gate.weight").T, h @ self.w(p + "ffn_up.weight").T
+            else:  # phi3: the gate's rows, then the up rows, in ffn_up
+                g, u = np.split(h @ self.w(p + "ffn_up.weight").T, 2, axis=1)
             if c.gelu:  # tanh-form GELU, as ggml
                 act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * g * (1 + 0.044715 * g * g)))
             else:
@@ -207,33 +218,66 @@ def write_tiny_gemma3(path: Path, *, seed: int = 0, sliding_window: int = 4, pat
     return path
 
 
-def write_tiny_qwen2(path: Path, *, seed: int = 0) -> Path:
-    """A 2-layer qwen2-shaped GGUF (n_embd 128, 4 heads of 32 over 2 KV heads, a 64-token
-    vocabulary) with q, k and v biases and a tied output, written with gguf.GGUFWriter."""
+def write_tiny(path: Path, arch: str, *, seed: int = 0, pre: str = "default", head_dim: int = 32,
+               qkv_bias: bool = False, qk_norm: bool = False, fused_qkv: bool = False,
+               fused_gate_up: bool = False, rope_freqs: bool = False, sliding_window: int = 0,
+               override: dict[str, np.ndarray] | None = None) -> Path:
+    """A 2-layer GGUF of `arch` (n_embd 128, 4 heads of head_dim over 2 KV heads, a 64-token
+    vocabulary, a tied output) with the given features: q/k/v biases, per-head q/k norms, one
+    fused attn_qkv, phi3's fused gate+up in ffn_up, llama3's rope_freqs (divisors 1..8) and a
+    sliding-window key (which llama.cpp ignores for every architecture but gemma3).  The
+    weights are of several types, Q4_0 (which llama.cpp repacks) among them; `override`
+    writes the given arrays in place of tensors of those names."""
     import gguf
 
     rng = np.random.default_rng(seed)
     n_embd, n_ff, n_vocab, n_layer, n_head, n_head_kv = 128, 256, 64, 2, 4, 2
-    head_dim = n_embd // n_head
+    q_rows, kv_rows = n_head * head_dim, n_head_kv * head_dim
     Q = gguf.GGMLQuantizationType
-    w = _tiny_writer(path, "qwen2", n_embd, n_ff, n_layer, n_head, n_head_kv)
-    _tiny_vocab(w, n_vocab, "qwen2")
-    tensor = _tensor_writer(w, rng)
+    w = _tiny_writer(path, arch, n_embd, n_ff, n_layer, n_head, n_head_kv)
+    if head_dim != n_embd // n_head:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if sliding_window:
+        w.add_sliding_window(sliding_window)
+    _tiny_vocab(w, n_vocab, pre)
+    write = _tensor_writer(w, rng)
+
+    def tensor(name: str, *args) -> None:
+        if override and name in override:
+            w.add_tensor(name, override[name])
+        else:
+            write(name, *args)
 
     tensor("token_embd.weight", (n_vocab, n_embd), Q.Q8_0, 0.5)
+    if rope_freqs:
+        if override and "rope_freqs.weight" in override:
+            w.add_tensor("rope_freqs.weight", override["rope_freqs.weight"])
+        else:
+            w.add_tensor("rope_freqs.weight", rng.uniform(1.0, 8.0, head_dim // 2).astype(np.float32))
     for i in range(n_layer):
         p = f"blk.{i}."
         tensor(p + "attn_norm.weight", (n_embd,), None, 0.1, 1.0)
-        tensor(p + "attn_q.weight", (n_head * head_dim, n_embd), Q.Q5_0, 0.2)
-        tensor(p + "attn_q.bias", (n_head * head_dim,), None, 0.5)
-        tensor(p + "attn_k.weight", (n_head_kv * head_dim, n_embd), Q.Q4_1, 0.2)
-        tensor(p + "attn_k.bias", (n_head_kv * head_dim,), None, 0.5)
-        tensor(p + "attn_v.weight", (n_head_kv * head_dim, n_embd), Q.Q8_0, 0.2)
-        tensor(p + "attn_v.bias", (n_head_kv * head_dim,), None, 0.5)
-        tensor(p + "attn_output.weight", (n_embd, n_head * head_dim), Q.Q8_0, 0.1)
+        if fused_qkv:
+            tensor(p + "attn_qkv.weight", (q_rows + 2 * kv_rows, n_embd), Q.Q4_0, 0.2)
+        else:
+            tensor(p + "attn_q.weight", (q_rows, n_embd), Q.Q5_0, 0.2)
+            tensor(p + "attn_k.weight", (kv_rows, n_embd), Q.Q4_1, 0.2)
+            tensor(p + "attn_v.weight", (kv_rows, n_embd), Q.Q8_0, 0.2)
+        if qkv_bias:
+            tensor(p + "attn_q.bias", (q_rows,), None, 0.5)
+            tensor(p + "attn_k.bias", (kv_rows,), None, 0.5)
+            tensor(p + "attn_v.bias", (kv_rows,), None, 0.5)
+        if qk_norm:
+            tensor(p + "attn_q_norm.weight", (head_dim,), None, 0.1, 1.0)
+            tensor(p + "attn_k_norm.weight", (head_dim,), None, 0.1, 1.0)
+        tensor(p + "attn_output.weight", (n_embd, q_rows), Q.Q8_0, 0.1)
         tensor(p + "ffn_norm.weight", (n_embd,), None, 0.1, 1.0)
-        tensor(p + "ffn_gate.weight", (n_ff, n_embd), Q.Q4_0, 0.2)
-        tensor(p + "ffn_up.weight", (n_ff, n_embd), Q.Q4_1, 0.2)
+        if fused_gate_up:
+            tensor(p + "ffn_up.weight", (2 * n_ff, n_embd), Q.Q4_0, 0.2)
+        else:
+            tensor(p + "ffn_gate.weight", (n_ff, n_embd), Q.Q4_0, 0.2)
+            tensor(p + "ffn_up.weight", (n_ff, n_embd), Q.Q4_1, 0.2)
         tensor(p + "ffn_down.weight", (n_embd, n_ff), Q.Q8_0, 0.1)
     tensor("output_norm.weight", (n_embd,), None, 0.1, 1.0)
     w.write_header_to_file()
@@ -241,3 +285,19 @@ def write_tiny_qwen2(path: Path, *, seed: int = 0) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+#: The tiny models of each architecture's features (write_tiny's keywords).
+TINY_ARCHS = {
+    "qwen2": dict(arch="qwen2", pre="qwen2", qkv_bias=True),
+    "qwen3": dict(arch="qwen3", pre="qwen2", qk_norm=True, head_dim=64),
+    "phi3": dict(arch="phi3", fused_qkv=True, fused_gate_up=True, sliding_window=4),
+    "llama3": dict(arch="llama", pre="llama-bpe", rope_freqs=True),
+    "mistral": dict(arch="llama", sliding_window=4),
+    "llama-fused": dict(arch="llama", fused_qkv=True, qkv_bias=True),  # fused weights, separate biases
+}
+
+
+def write_tiny_qwen2(path: Path, *, seed: int = 0) -> Path:
+    """A 2-layer qwen2-shaped GGUF with q, k and v biases (write_tiny)."""
+    return write_tiny(path, seed=seed, **TINY_ARCHS["qwen2"])

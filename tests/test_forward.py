@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from forward_helpers import RefModel, llama_cpp_exact, write_tiny_gemma3, write_tiny_qwen2
+from forward_helpers import TINY_ARCHS, RefModel, llama_cpp_exact, write_tiny, write_tiny_gemma3
 from realm import ModelStore
 from realm.cache import LayerCache
 from realm.forward import ContextFullError, ForwardError, HostModel, UnsupportedModelError
@@ -225,7 +225,8 @@ def tiny_models(tmp_path_factory):
     from gguf_helpers import write_tiny_llama
 
     tmp = tmp_path_factory.mktemp("tiny-forward")
-    return {"llama": write_tiny_llama(tmp / "llama.gguf"), "qwen2": write_tiny_qwen2(tmp / "qwen2.gguf"),
+    return {"llama": write_tiny_llama(tmp / "llama.gguf"),
+            **{name: write_tiny(tmp / f"{name}.gguf", **kw) for name, kw in TINY_ARCHS.items()},
             "gemma3-w4": write_tiny_gemma3(tmp / "gemma3-w4.gguf", sliding_window=4, pattern=3),
             "gemma3-w512": write_tiny_gemma3(tmp / "gemma3-w512.gguf", sliding_window=512, pattern=3)}
 
@@ -234,7 +235,7 @@ def _tiny_tokens(n: int = 24) -> list[int]:
     return [1] + [int(t) for t in np.random.default_rng(5).integers(3, 64, n - 1)]
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3-w4", "gemma3-w512"])
+@pytest.mark.parametrize("name", ["llama", *TINY_ARCHS, "gemma3-w4", "gemma3-w512"])
 def test_tiny_models_match_reference_and_llama_cpp(tiny_models, name):
     llama_cpp = require("llama_cpp")
     tokens = _tiny_tokens()
@@ -401,15 +402,38 @@ def test_unknown_architecture_is_named(tmp_path):
 
 
 def test_unknown_tensors_are_refused(tmp_path):
-    """A tensor the forward pass would ignore (a bias here) makes the model unsupported."""
+    """A tensor the forward pass would ignore (an output bias, rope factors where the
+    architecture has none) or a half-present feature (a q bias without k and v ones) makes the
+    model unsupported, naming the tensor."""
     require("gguf")
     plain = write_tiny_gemma3(tmp_path / "plain.gguf")
-    bias = write_tiny_gemma3(tmp_path / "bias.gguf", extra={"blk.0.attn_q.bias": np.zeros(256, np.float32)})
+    cases = {"output.bias": np.zeros(64, np.float32), "rope_freqs.weight": np.ones(32, np.float32),
+             "blk.0.attn_q.bias": np.zeros(256, np.float32)}
     with ModelStore() as store:
         with HostModel(store, store.load(plain)) as host:
             assert host.config.architecture == "gemma3"
-        with pytest.raises(UnsupportedModelError, match=r"blk\.0\.attn_q\.bias"):
-            HostModel(store, store.load(bias))
+        for name, value in cases.items():
+            path = write_tiny_gemma3(tmp_path / f"{name}.gguf", extra={name: value})
+            missing = "blk.0.attn_k.bias" if name.endswith("q.bias") else name
+            with pytest.raises(UnsupportedModelError, match=missing.replace(".", r"\.")):
+                HostModel(store, store.load(path))
+
+
+def test_malformed_fused_and_factor_tensors_are_refused(tmp_path):
+    """A fused attn_qkv whose rows are not q + k + v, a phi3 ffn_up that is not twice n_ff and
+    rope_freqs of the wrong length are refused, naming the tensor."""
+    require("gguf")
+    rng = np.random.default_rng(0)
+    cases = [("llama3", {"rope_freqs.weight": np.ones(8, np.float32)}, "rope_freqs"),
+             ("phi3", {"blk.1.attn_qkv.weight": rng.standard_normal((250, 128)).astype(np.float32)},
+              r"blk\.1\.attn_qkv"),
+             ("phi3", {"blk.0.ffn_up.weight": rng.standard_normal((384, 128)).astype(np.float32)},
+              r"blk\.0\.ffn_up")]
+    with ModelStore() as store:
+        for i, (arch, override, match) in enumerate(cases):
+            path = write_tiny(tmp_path / f"{i}.gguf", override=override, **TINY_ARCHS[arch])
+            with pytest.raises(UnsupportedModelError, match=match):
+                HostModel(store, store.load(path))
 
 
 def test_host_model_holds_the_model(smollm2_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
+from conftest import require
 from gguf_helpers import Arr, RawTensor, build_gguf
 from realm import abi, dequantize
 from realm.abi import Err, Tokenizer
@@ -62,7 +63,7 @@ def expected_config(metadata) -> dict:
         return integer(key, -1, 2**31 - 1) if key in metadata else -1
 
     k = lambda suffix: f"{arch}.{suffix}"  # noqa: E731
-    gemma3 = arch == "gemma3"
+    swa = arch == "gemma3"  # the architectures with local layers: the others ignore the window keys
     c = {"architecture": arch}
     c["n_layers"] = integer(k("block_count"), 0)
     c["n_embd"] = integer(k("embedding_length"), 0)
@@ -73,12 +74,12 @@ def expected_config(metadata) -> dict:
     c["head_dim"] = integer(k("attention.key_length"), c["n_embd"] // c["n_head"] if c["n_head"] else 0)
     c["head_dim_v"] = integer(k("attention.value_length"), c["head_dim"])
     c["rope_dim"] = integer(k("rope.dimension_count"), c["head_dim"])
-    c["sliding_window"] = integer(k("attention.sliding_window"), 0)
-    c["swa_pattern"] = integer(k("attention.sliding_window_pattern"), 6 if gemma3 else 0)
+    c["sliding_window"] = integer(k("attention.sliding_window"), 0) if swa else 0
+    c["swa_pattern"] = integer(k("attention.sliding_window_pattern"), 6) if swa else 0
     c["rope_freq_base"] = number(k("rope.freq_base"), 10000.0)
     c["rope_scale"] = number(k("rope.scaling.factor"), 1.0) or 1.0
     c["rms_eps"] = number(k("attention.layer_norm_rms_epsilon"), np.float32(1e-5).item())
-    c["rope_freq_base_swa"] = number(k("rope.freq_base_swa"), 10000.0 if gemma3 else c["rope_freq_base"])
+    c["rope_freq_base_swa"] = number(k("rope.freq_base_swa"), 10000.0) if swa else c["rope_freq_base"]
 
     model = metadata.get("tokenizer.ggml.model")
     if model is not None and type(model) is not str:
@@ -218,7 +219,7 @@ _TOKENIZER = (_typed(([VT.STRING], st.sampled_from(["gpt2", "llama", "no", "bert
               _typed(([VT.UINT32], st.just(1))))
 _TOKENS = (st.lists(st.text(max_size=4), max_size=20).map(lambda items: (VT.ARRAY, Arr(VT.STRING, items))),
            st.lists(st.integers(0, 9), max_size=5).map(lambda items: (VT.ARRAY, Arr(VT.INT32, items))))
-_ARCH = (_typed(([VT.STRING], st.sampled_from(["llama", "gemma3", "qwen2", "x" * 63, "ärch"]))),
+_ARCH = (_typed(([VT.STRING], st.sampled_from(["llama", "gemma3", "qwen2", "phi3", "x" * 63, "ärch"]))),
          _typed(([VT.STRING], st.sampled_from(["x" * 64, "", "a\0b"])), ([VT.UINT32], st.just(7))))
 _U32_KEYS = ["block_count", "embedding_length", "feed_forward_length", "context_length",
              "attention.head_count", "attention.head_count_kv", "attention.key_length",
@@ -231,7 +232,7 @@ _F32_KEYS = ["rope.freq_base", "rope.scaling.factor", "attention.layer_norm_rms_
 def _metadata(draw):
     """Metadata for the config rules: each key absent or valid, except (half the time) one
     key that breaks its rule."""
-    arch = draw(st.sampled_from(["llama", "gemma3", "qwen2", "ärch"]))
+    arch = draw(st.sampled_from(["llama", "gemma3", "qwen2", "phi3", "ärch"]))
     rules = [("general.architecture", _ARCH)]
     rules += [(f"{arch}.{suffix}", _U32) for suffix in _U32_KEYS]
     rules += [(f"{arch}.{suffix}", _F32) for suffix in _F32_KEYS]
@@ -428,13 +429,20 @@ def test_a_guest_restored_from_a_snapshot_is_the_guest(store, smollm2):
             small.restore(snap)
 
 
-@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_the_guests_model_config_agrees_with_the_hosts(store, name, request):
+@pytest.mark.parametrize("name", ["smollm2", "gemma3", "qwen2", "qwen3", "phi3", "llama3", "mistral"])
+def test_the_guests_model_config_agrees_with_the_hosts(store, name, request, tmp_path):
     """guest/model_config.c and realm/forward.py's architecture table read the same file alike
-    (each keeps llama.cpp's defaults: this holds them to each other)."""
+    (each keeps llama.cpp's defaults: this holds them to each other), the tiny models of every
+    architecture included (phi3's and mistral's window keys are ignored by both)."""
     from realm.forward import forward_config
 
-    model_id = request.getfixturevalue(name)
+    if name in ("smollm2", "gemma3"):
+        model_id = request.getfixturevalue(name)
+    else:
+        require("gguf")
+        from forward_helpers import TINY_ARCHS, write_tiny
+
+        model_id = store.load(write_tiny(tmp_path / f"{name}.gguf", **TINY_ARCHS[name]))
     host = forward_config(store.get(model_id))
     with Guest(store) as g:
         g.attach(model_id)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import assert_same_bits, require
 from realm import _compute, _quant
+from realm.errors import InvalidArgumentError
 
 ISAS = sorted({"scalar", _quant.best_isa()})
 U = 2.0**-24
@@ -114,14 +115,15 @@ def test_rmsnorm_in_place_and_by_head():
 
 # ---- RoPE ----
 
-def rope_angles(pos: np.ndarray, n_rot: int, base: float, freq_scale: float) -> np.ndarray:
+def rope_angles(pos: np.ndarray, n_rot: int, base: float, freq_scale: float,
+                factors: np.ndarray | None = None) -> np.ndarray:
     """ggml's rope-cache angles [n_tok, n_rot/2], in float32 as it makes them: theta starts at
     the position and is multiplied by powf(base, -2/n_rot) after each pair; the angle is
-    freq_scale * theta."""
+    freq_scale * theta, or freq_scale * (theta / factor) with llama3's frequency factors."""
     step = np.float32(libm("powf")(np.float32(base), np.float32(-2.0) / np.float32(n_rot)))
     theta, out = pos.astype(np.float32), []
-    for _ in range(n_rot // 2):
-        out.append(np.float32(freq_scale) * theta)
+    for i in range(n_rot // 2):
+        out.append(np.float32(freq_scale) * (theta if factors is None else theta / factors[i]))
         theta = theta * step
     return np.stack(out, axis=-1)
 
@@ -165,6 +167,14 @@ def test_rope_table_is_cosf_sinf_of_ggml_angles():
         cosf, sinf = np.vectorize(libm("cosf"), otypes=[np.float32]), np.vectorize(libm("sinf"), otypes=[np.float32])
         np.testing.assert_array_equal(cs[:, 0::2], cosf(theta))
         np.testing.assert_array_equal(cs[:, 1::2], sinf(theta))
+    factors = np.random.default_rng(1).uniform(1.0, 8.0, 32).astype(np.float32)  # llama3's rope_freqs
+    cs = _compute.rope_table(pos, 64, 5e5, 1.0, factors)
+    theta = rope_angles(pos, 64, 5e5, 1.0, factors)
+    np.testing.assert_array_equal(cs[:, 0::2], cosf(theta))
+    np.testing.assert_array_equal(cs[:, 1::2], sinf(theta))
+    assert not np.array_equal(cs, _compute.rope_table(pos, 64, 5e5, 1.0))
+    with pytest.raises(InvalidArgumentError):
+        _compute.rope_table(pos, 64, 5e5, 1.0, factors[:31])
     x = np.random.default_rng(0).standard_normal((4, 2, 64)).astype(np.float32)
     cs = _compute.rope_table(pos, 64, 10000.0)
     assert_same_bits(_compute.rope(x.copy(), pos, 64, 10000.0, neox=False, table=cs),
