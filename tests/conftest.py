@@ -94,7 +94,7 @@ def gemma3_path():
 
 @pytest.fixture(scope="session")
 def smollm2_quantized(smollm2_path):
-    """SmolLM2 requantized by llama.cpp's quantizer: smollm2_quantized("Q4_K_M" | "Q6_K" | "Q8_0")
+    """SmolLM2 requantized by llama.cpp's quantizer: smollm2_quantized("Q4_K_M" | "Q3_K_M" | ...)
     -> path.  Cached as $REALM_HOME/quantized/<source sha256[:16]>-<ftype>.gguf, never in the repo."""
     import ctypes
     import hashlib

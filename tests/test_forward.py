@@ -51,7 +51,7 @@ PROMPTS = [
 ]
 DECISIVE = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # no near tie in 32 greedy steps on any model here
 GREEDY_PROMPTS = [DECISIVE, "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. January, February,"]
-MODELS = ["smollm2", "gemma3", "smollm2-Q4_K_M", "smollm2-Q6_K", "smollm2-Q8_0"]
+MODELS = ["smollm2", "gemma3", "smollm2-Q4_K_M", "smollm2-Q6_K", "smollm2-Q8_0", "smollm2-Q3_K_M"]
 
 
 class Engines:
