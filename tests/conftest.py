@@ -4,6 +4,7 @@ failure, not a skip: CI must compare against the real thing."""
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,30 +97,16 @@ def gemma3_path():
 def smollm2_quantized(smollm2_path):
     """SmolLM2 requantized by llama.cpp's quantizer: smollm2_quantized("Q4_K_M" | "Q3_K_M" | ...)
     -> path.  Cached as $REALM_HOME/quantized/<source sha256[:16]>-<ftype>.gguf, never in the repo."""
-    import ctypes
-    import hashlib
-    from pathlib import Path
-
+    from ggml_ref import requantize
     from realm.models import realm_home
 
-    llama_cpp = require("llama_cpp")
-    digest = hashlib.sha256(Path(smollm2_path).read_bytes()).hexdigest()[:16]
-    folder = realm_home() / "quantized"
+    require("llama_cpp")
 
     def quantized(ftype: str) -> Path:
-        dest = folder / f"{digest}-{ftype}.gguf"
-        if not dest.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-            params.allow_requantize = True  # the source is already Q4_1
-            params.nthread = 2
-            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")  # parallel sessions never see half a file
-            rc = llama_cpp.llama_model_quantize(str(smollm2_path).encode(), str(tmp).encode(), ctypes.byref(params))
-            if rc != 0 or not tmp.exists():
-                pytest.fail(f"llama.cpp could not quantize SmolLM2 to {ftype} (code {rc})")
-            os.replace(tmp, dest)
-        return dest
+        try:
+            return requantize(smollm2_path, ftype, realm_home() / "quantized")
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
 
     return quantized
 

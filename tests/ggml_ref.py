@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +74,31 @@ class GGML:
         else:
             self.lib.ggml_quantize_chunk(int(qtype), values.ctypes.data, out.ctypes.data, 0, nrows, n_per_row, None)
         return out
+
+
+def requantize(source: str | os.PathLike, ftype: str, folder: str | os.PathLike) -> Path:
+    """`source` requantized by llama.cpp's quantizer (llama-cpp-python's llama_model_quantize)
+    to `ftype` ("Q3_K_M", "IQ4_XS", ...: its LLAMA_FTYPE_MOSTLY_* name), cached in `folder` as
+    <source sha256[:16]>-<ftype>.gguf; RuntimeError if llama.cpp refuses."""
+    import hashlib
+
+    import llama_cpp
+
+    source, folder = Path(source), Path(folder)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    dest = folder / f"{digest}-{ftype}.gguf"
+    if not dest.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+        params.allow_requantize = True  # the PyPI models are quantized already
+        params.nthread = 2
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")  # parallel runs never see half a file
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.exists():
+            raise RuntimeError(f"llama.cpp could not quantize {source.name} to {ftype} (code {rc})")
+        os.replace(tmp, dest)
+    return dest
 
 
 def _libdir() -> str:
