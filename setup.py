@@ -17,6 +17,9 @@ KERNEL_SOURCES = [
     "csrc/dequant_ref.c",
     "csrc/dequant_avx2.c",
     "csrc/dequant_neon.c",
+    "csrc/dequant_iq_ref.c",
+    "csrc/dequant_iq_avx2.c",
+    "csrc/dequant_iq_neon.c",
 ]
 
 # -ffp-contract=off: the kernels must round every product and sum separately,
@@ -103,7 +106,7 @@ extensions = [
         "realm._quant",
         sources=["realm/_quant.pyx", *KERNEL_SOURCES],
         include_dirs=["csrc"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h"],
+        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/kernels_iq.h", "csrc/iq_tables.h"],
     ),
     Extension(  # quantized matmul and the transformer ops (csrc/matmul.h, csrc/ops.h)
         "realm._compute",
@@ -111,7 +114,7 @@ extensions = [
                  "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c", "csrc/ticker.c"],
         include_dirs=["csrc"],
         libraries=["m"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
+        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/kernels_iq.h", "csrc/iq_tables.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
                  "csrc/ops.h", "csrc/forward.h", "csrc/ticker.h", "realm/_forward.pxi", "realm/_ticker.pxi"],
     ),
 ]

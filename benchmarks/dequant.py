@@ -25,9 +25,11 @@ from _common import median_seconds  # noqa: E402
 
 
 def sample_blocks(ggml, qtype: realm.GGMLType, n: int) -> np.ndarray:
-    """Realistic blocks: llama.cpp's quantizer applied to Gaussian weights."""
+    """Realistic blocks: llama.cpp's quantizer applied to Gaussian weights (with a flat
+    importance matrix for the IQ types whose quantizer needs one)."""
     rows = np.random.default_rng(0).standard_normal((n // 4096, 4096), dtype=np.float32)
-    return ggml.quantize(rows, qtype)
+    imatrix = np.ones(4096, dtype=np.float32) if qtype != realm.GGMLType.Q8_K and ggml.requires_imatrix(qtype) else None
+    return ggml.quantize(rows, qtype, imatrix)
 
 
 def main() -> None:

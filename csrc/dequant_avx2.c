@@ -3,6 +3,7 @@
  * multiply-adds), so the outputs are bit-identical; only the bookkeeping is
  * vectorised.  Compiled for any x86-64 and selected at run time. */
 #include "dequant.h"
+#include "kernels_iq.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 
@@ -242,6 +243,8 @@ realm_to_float_fn realm_avx2_to_float(int type) {
     case REALM_TYPE_Q5_K: return q5_K_avx2;
     case REALM_TYPE_Q6_K: return q6_K_avx2;
     case REALM_TYPE_Q8_K: return q8_K_avx2;
+    case REALM_TYPE_IQ4_NL: return realm_iq4_nl_to_float_avx2;
+    case REALM_TYPE_IQ4_XS: return realm_iq4_xs_to_float_avx2;
     default: return NULL;
     }
 }

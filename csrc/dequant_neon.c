@@ -2,6 +2,7 @@
  * float operations of its scalar reference (separate multiply and add, never a
  * fused multiply-add), so the results are bit-identical. */
 #include "dequant.h"
+#include "kernels_iq.h"
 
 #if defined(__aarch64__)
 
@@ -254,6 +255,8 @@ realm_to_float_fn realm_neon_to_float(int type) {
     case REALM_TYPE_Q5_K: return q5_K_neon;
     case REALM_TYPE_Q6_K: return q6_K_neon;
     case REALM_TYPE_Q8_K: return q8_K_neon;
+    case REALM_TYPE_IQ4_NL: return realm_iq4_nl_to_float_neon;
+    case REALM_TYPE_IQ4_XS: return realm_iq4_xs_to_float_neon;
     default: return NULL;
     }
 }

@@ -3,6 +3,7 @@
  * the results are bit-identical; the SIMD paths are tested against these. */
 #include "dequant.h"
 #include "fp16.h"
+#include "kernels_iq.h"
 
 #include <string.h>
 
@@ -224,4 +225,6 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
     TRAIT(REALM_TYPE_Q5_K, "Q5_K", QK_K, block_q5_K, q5_K_ref),
     TRAIT(REALM_TYPE_Q6_K, "Q6_K", QK_K, block_q6_K, q6_K_ref),
     TRAIT(REALM_TYPE_Q8_K, "Q8_K", QK_K, block_q8_K, q8_K_ref),
+    TRAIT(REALM_TYPE_IQ4_NL, "IQ4_NL", QK4_NL, block_iq4_nl, realm_iq4_nl_to_float_ref),
+    TRAIT(REALM_TYPE_IQ4_XS, "IQ4_XS", QK_K, block_iq4_xs, realm_iq4_xs_to_float_ref),
 };

@@ -106,6 +106,99 @@ typedef struct {
 } block_q8_K;
 _Static_assert(sizeof(block_q8_K) == 4 + QK_K + QK_K / 8, "block_q8_K size");
 
+/* The IQ ("importance") formats, the ternary TQ formats and MXFP4 (ggml-common.h). */
+#define QK4_NL 32
+#define QK_MXFP4 32
+
+typedef struct {
+    realm_half d;
+    uint8_t qs[QK4_NL / 2]; /* indices into kvalues_iq4nl */
+} block_iq4_nl;
+_Static_assert(sizeof(block_iq4_nl) == 2 + QK4_NL / 2, "block_iq4_nl size");
+
+typedef struct {
+    realm_half d;
+    uint16_t scales_h;          /* the 2 high bits of eight 6-bit scales */
+    uint8_t scales_l[QK_K / 64]; /* their 4 low bits, two per byte */
+    uint8_t qs[QK_K / 2];
+} block_iq4_xs;
+_Static_assert(sizeof(block_iq4_xs) == 4 + QK_K / 64 + QK_K / 2, "block_iq4_xs size");
+
+typedef struct {
+    uint8_t e; /* E8M0 scale */
+    uint8_t qs[QK_MXFP4 / 2];
+} block_mxfp4;
+_Static_assert(sizeof(block_mxfp4) == 1 + QK_MXFP4 / 2, "block_mxfp4 size");
+
+typedef struct {
+    uint8_t qs[(QK_K - 4 * QK_K / 64) / 5]; /* 5 ternary digits per byte */
+    uint8_t qh[QK_K / 64];                  /* 4 per byte */
+    realm_half d;
+} block_tq1_0;
+_Static_assert(sizeof(block_tq1_0) == (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2, "block_tq1_0 size");
+
+typedef struct {
+    uint8_t qs[QK_K / 4]; /* 2 bits per element */
+    realm_half d;
+} block_tq2_0;
+_Static_assert(sizeof(block_tq2_0) == QK_K / 4 + 2, "block_tq2_0 size");
+
+typedef struct {
+    realm_half d;
+    uint16_t qs[QK_K / 8]; /* per 32: four grid indices (bytes), then 4x7 sign bits and a 4-bit scale */
+} block_iq2_xxs;
+_Static_assert(sizeof(block_iq2_xxs) == 2 + QK_K / 4, "block_iq2_xxs size");
+
+typedef struct {
+    realm_half d;
+    uint16_t qs[QK_K / 8]; /* 9-bit grid index | 7-bit sign index << 9 */
+    uint8_t scales[QK_K / 32];
+} block_iq2_xs;
+_Static_assert(sizeof(block_iq2_xs) == 2 + QK_K / 4 + QK_K / 32, "block_iq2_xs size");
+
+typedef struct {
+    realm_half d;
+    uint8_t qs[QK_K / 4]; /* low 8 bits of the grid indices, then the sign bytes */
+    uint8_t qh[QK_K / 32];
+    uint8_t scales[QK_K / 32];
+} block_iq2_s;
+_Static_assert(sizeof(block_iq2_s) == 2 + QK_K / 4 + QK_K / 16, "block_iq2_s size");
+
+typedef struct {
+    realm_half d;
+    uint8_t qs[3 * QK_K / 8]; /* grid indices, then per 32 a u32 of 4x7 sign bits and a scale */
+} block_iq3_xxs;
+_Static_assert(sizeof(block_iq3_xxs) == 2 + 3 * QK_K / 8, "block_iq3_xxs size");
+
+#define IQ3S_N_SCALE (QK_K / 64)
+typedef struct {
+    realm_half d;
+    uint8_t qs[QK_K / 4];
+    uint8_t qh[QK_K / 32];
+    uint8_t signs[QK_K / 8];
+    uint8_t scales[IQ3S_N_SCALE];
+} block_iq3_s;
+_Static_assert(sizeof(block_iq3_s) == 2 + 13 * (QK_K / 32) + IQ3S_N_SCALE, "block_iq3_s size");
+
+typedef struct {
+    realm_half d;
+    uint8_t qs[QK_K / 8];
+    uint16_t qh[QK_K / 32]; /* 4x3 high index bits, a 3-bit scale and the delta's sign */
+} block_iq1_s;
+_Static_assert(sizeof(block_iq1_s) == 2 + QK_K / 8 + QK_K / 16, "block_iq1_s size");
+
+typedef struct {
+    uint8_t qs[QK_K / 8];
+    uint8_t qh[QK_K / 16];
+    uint8_t scales[QK_K / 32]; /* 3-bit scales; the f16 block scale in the top nibbles of its 4 u16 */
+} block_iq1_m;
+_Static_assert(sizeof(block_iq1_m) == QK_K / 8 + QK_K / 16 + QK_K / 32, "block_iq1_m size");
+
+/* The little-endian u16 at p. */
+static inline uint16_t realm_u16le(const uint8_t *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
 /* ggml_type values as stored in GGUF files. */
 enum realm_type {
     REALM_TYPE_F32 = 0,
@@ -121,7 +214,19 @@ enum realm_type {
     REALM_TYPE_Q5_K = 13,
     REALM_TYPE_Q6_K = 14,
     REALM_TYPE_Q8_K = 15,
+    REALM_TYPE_IQ2_XXS = 16,
+    REALM_TYPE_IQ2_XS = 17,
+    REALM_TYPE_IQ3_XXS = 18,
+    REALM_TYPE_IQ1_S = 19,
+    REALM_TYPE_IQ4_NL = 20,
+    REALM_TYPE_IQ3_S = 21,
+    REALM_TYPE_IQ2_S = 22,
+    REALM_TYPE_IQ4_XS = 23,
+    REALM_TYPE_IQ1_M = 29,
     REALM_TYPE_BF16 = 30,
+    REALM_TYPE_TQ1_0 = 34,
+    REALM_TYPE_TQ2_0 = 35,
+    REALM_TYPE_MXFP4 = 39,
     REALM_TYPE_COUNT = 40 /* upper bound of ggml type ids known to realm */
 };
 

@@ -40,6 +40,8 @@ class GGML:
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
             ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
         ]
+        lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+        lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
         lib.dequantize_row_q8_K.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         lib.quantize_row_q8_K_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
 
@@ -62,17 +64,31 @@ class GGML:
             _ROW_FN(tr.to_float)(data.ctypes.data, out.ctypes.data, n)
         return out
 
-    def quantize(self, values: np.ndarray, qtype: int) -> np.ndarray:
-        """llama.cpp's quantizer: float32 rows (last axis a multiple of the block) to blocks."""
+    def requires_imatrix(self, qtype: int) -> bool:
+        """Whether llama.cpp's quantizer for `qtype` needs an importance matrix (IQ2_XXS, IQ2_XS,
+        IQ2_S, IQ1_S, IQ1_M): without one ggml_quantize_chunk aborts the process."""
+        return bool(self.lib.ggml_quantize_requires_imatrix(int(qtype)))
+
+    def quantize(self, values: np.ndarray, qtype: int, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """llama.cpp's quantizer: float32 rows (last axis a multiple of the block) to blocks.
+        imatrix: n_per_row positive float32 importances, as llama-imatrix makes them; required
+        by the types `requires_imatrix` names, optional for the other IQ types."""
         tr = self.traits(qtype)
         values = np.ascontiguousarray(values, dtype=np.float32)
         n_per_row = values.shape[-1]
         nrows = values.size // n_per_row
+        if imatrix is not None:
+            imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+            if imatrix.shape != (n_per_row,):
+                raise ValueError(f"imatrix holds {imatrix.shape} values, ({n_per_row},) needed")
+        elif int(qtype) != Q8_K and self.requires_imatrix(qtype):
+            raise ValueError(f"llama.cpp's {tr.type_name.decode()} quantizer needs an imatrix")
         out = np.empty(nrows * (n_per_row // tr.blck_size) * tr.type_size, dtype=np.uint8)
         if int(qtype) == Q8_K:
             self.lib.quantize_row_q8_K_ref(values.ctypes.data, out.ctypes.data, values.size)
         else:
-            self.lib.ggml_quantize_chunk(int(qtype), values.ctypes.data, out.ctypes.data, 0, nrows, n_per_row, None)
+            im = None if imatrix is None else imatrix.ctypes.data
+            self.lib.ggml_quantize_chunk(int(qtype), values.ctypes.data, out.ctypes.data, 0, nrows, n_per_row, im)
         return out
 
 

@@ -20,6 +20,9 @@ from gguf import quants as gq  # noqa: E402
 # gguf-py's NumPy port of llama.cpp's reference dequantizers covers all but Q8_K.
 GGUF_PY_TYPES = [t for t in realm.SUPPORTED_TYPES if t.name in gguf.GGMLQuantizationType.__members__ and t != GGMLType.Q8_K]
 QUANTIZED = [t for t in realm.SUPPORTED_TYPES if realm.quant_info(t).block_size > 1]
+# The formats of non-linear code books and grids, the ternary ones and MXFP4.
+IQ_NAMES = ("IQ4_NL", "IQ4_XS", "MXFP4", "TQ2_0", "TQ1_0", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ3_S", "IQ2_S", "IQ1_S", "IQ1_M")
+IQ_TYPES = [GGMLType[n] for n in IQ_NAMES if GGMLType[n] in realm.SUPPORTED_TYPES]
 
 
 def assert_same_floats(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -51,6 +54,16 @@ def floats_for(qtype: GGMLType) -> st.SearchStrategy[np.ndarray]:
     )
 
 
+def quantize(x: np.ndarray, qtype: GGMLType, data) -> np.ndarray:
+    """llama.cpp's blocks of the rows x; with a drawn importance matrix where its quantizer
+    needs one (IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) or may take one (the other IQ types)."""
+    imatrix = None
+    if ggml().requires_imatrix(qtype) or (qtype.name.startswith("IQ") and data.draw(st.booleans(), label="imatrix")):
+        seed = data.draw(st.integers(0, 2**32 - 1), label="imatrix seed")
+        imatrix = np.random.default_rng(seed).uniform(0.01, 10.0, x.shape[-1]).astype(np.float32)
+    return ggml().quantize(x, qtype, imatrix)
+
+
 def _gaussian_rows(n: int, scale: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, n)).astype(np.float32) * np.float32(scale)
@@ -71,7 +84,7 @@ def test_arbitrary_blocks_match_gguf_py(qtype, data):
 @given(data=st.data())
 def test_quantized_floats_match_gguf_py(qtype, data):
     x = data.draw(floats_for(qtype))
-    raw = ggml().quantize(x, qtype).reshape(x.shape[0], -1)
+    raw = quantize(x, qtype, data).reshape(x.shape[0], -1)
     assert_same_floats(realm.dequantize(raw, qtype), gguf_py_dequantize(raw, qtype))
 
 
@@ -80,7 +93,7 @@ def test_quantized_floats_match_gguf_py(qtype, data):
 @given(data=st.data())
 def test_llama_cpp_blocks_match_llama_cpp(qtype, data):
     x = data.draw(floats_for(qtype))
-    raw = ggml().quantize(x, qtype)
+    raw = quantize(x, qtype, data)
     assert_same_floats(realm.dequantize(raw, qtype), ggml().to_float(raw, qtype))
 
 
@@ -104,6 +117,52 @@ def test_every_16_bit_pattern(qtype):
 
 def available_isas() -> list[str]:
     return sorted({"scalar", _quant.best_isa()})
+
+
+@pytest.mark.parametrize("qtype", IQ_TYPES, ids=lambda t: t.name)
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_iq_formats_on_every_path_match_llama_cpp(qtype, data):
+    """llama.cpp's own blocks of drawn rows, or arbitrary bytes (every bit pattern is a block
+    of these formats: the grid indices cover their grids), on the scalar path and the CPU's
+    SIMD path, on one thread and on all."""
+    if data.draw(st.booleans(), label="arbitrary bytes"):
+        raw = data.draw(blocks(qtype)).reshape(-1)
+    else:
+        raw = quantize(data.draw(floats_for(qtype)), qtype, data)
+    expected = ggml().to_float(raw, qtype)
+    for isa in available_isas():
+        for threads in (1, 0):
+            out = np.empty_like(expected)
+            _quant.dequantize_into(raw, int(qtype), out, threads, isa)
+            assert_same_floats(out, expected)
+
+
+@pytest.mark.parametrize("qtype", IQ_TYPES, ids=lambda t: t.name)
+def test_iq_formats_every_block_scale_matches_llama_cpp(qtype):
+    """Every block scale a kernel converts: all 65536 f16 patterns (NaN, inf, subnormals)
+    of the f16-scaled formats, all 256 E8M0 exponents of MXFP4, over random payloads."""
+    info = realm.quant_info(qtype)
+    rng = np.random.default_rng(int(qtype))
+    if qtype == GGMLType.MXFP4:
+        raw = rng.integers(0, 256, (256, info.type_size), dtype=np.uint8)
+        raw[:, 0] = np.arange(256)
+    else:
+        raw = rng.integers(0, 256, (1 << 16, info.type_size), dtype=np.uint8)
+        scale = np.arange(1 << 16, dtype=np.uint16)
+        if qtype == GGMLType.IQ1_M:  # the f16's nibble k is the high nibble of scale byte 2k+1
+            for k in range(4):
+                b = info.type_size - 8 + 2 * k + 1
+                raw[:, b] = (raw[:, b] & 0x0F) | ((scale >> (4 * k)) & 0x0F).astype(np.uint8) << 4
+        else:
+            at = info.type_size - 2 if qtype.name.startswith("TQ") else 0  # the TQ formats end with d
+            raw[:, at:at + 2] = scale.view(np.uint8).reshape(-1, 2)
+    flat = raw.reshape(-1)
+    expected = ggml().to_float(flat, qtype)
+    for isa in available_isas():
+        out = np.empty_like(expected)
+        _quant.dequantize_into(flat, int(qtype), out, 1, isa)
+        assert_same_floats(out, expected)
 
 
 @pytest.mark.parametrize("qtype", realm.SUPPORTED_TYPES, ids=lambda t: t.name)
@@ -134,8 +193,8 @@ def test_thread_count_does_not_change_results(qtype):
 
 
 def test_unsupported_formats_are_named():
-    with pytest.raises(ValueError, match="IQ2_XXS is not supported"):
-        realm.dequantize(b"\0" * 66, GGMLType.IQ2_XXS)
+    with pytest.raises(ValueError, match="Q8_1 is not supported"):
+        realm.dequantize(b"\0" * 36, GGMLType.Q8_1)
     with pytest.raises(ValueError, match="unknown GGML type id 99"):
         realm.dequantize(b"\0" * 18, 99)
     with pytest.raises(ValueError, match="unknown GGML type name"):
@@ -161,8 +220,9 @@ def test_quant_info_and_supported_types():
         assert (realm.quant_info(t).block_size, realm.quant_info(t).type_size) == (tr.blck_size, tr.type_size)
     assert {t.name for t in realm.SUPPORTED_TYPES} == {
         "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", *(t.name for t in IQ_TYPES),
     }
+    assert len(IQ_TYPES) >= 2  # IQ4_NL and IQ4_XS at least
 
 
 def test_every_input_kind_is_accepted_without_copy():
