@@ -245,6 +245,9 @@ realm_to_float_fn realm_avx2_to_float(int type) {
     case REALM_TYPE_Q8_K: return q8_K_avx2;
     case REALM_TYPE_IQ4_NL: return realm_iq4_nl_to_float_avx2;
     case REALM_TYPE_IQ4_XS: return realm_iq4_xs_to_float_avx2;
+    case REALM_TYPE_MXFP4: return realm_mxfp4_to_float_avx2;
+    case REALM_TYPE_TQ1_0: return realm_tq1_0_to_float_avx2;
+    case REALM_TYPE_TQ2_0: return realm_tq2_0_to_float_avx2;
     default: return NULL;
     }
 }

@@ -50,4 +50,60 @@ AVX2 void realm_iq4_xs_to_float_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
+
+AVX2 void realm_mxfp4_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_mxfp4 *x = src;
+    const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)realm_kvalues_mxfp4));
+    for (int64_t i = 0; i < nb; i++, dst += QK_MXFP4) {
+        const uint8_t e = x[i].e;
+        const __m256 d = _mm256_set1_ps(realm_bits_to_f32(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23));
+        put32_i8(dst, _mm256_shuffle_epi8(kv, nibbles16(x[i].qs)), d);
+    }
+}
+
+AVX2 void realm_tq2_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_tq2_0 *x = src;
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        for (int j = 0; j < QK_K / 4; j += 32) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[i].qs + j));
+            for (int l = 0; l < 4; l++, dst += 32)
+                put32_i8(dst, _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(q, 2 * l), m3), one), d);
+        }
+    }
+}
+
+/* 16 ternary digits (-1, 0, 1) as int8: byte k of `bytes` at the place of multiplier mul[k]
+ * (16-bit lanes), as tq1_digit in dequant_iq_ref.c. */
+AVX2 static inline __m128i tq1_digits16(__m128i bytes, __m256i mul) {
+    __m256i w = _mm256_and_si256(_mm256_mullo_epi16(_mm256_cvtepu8_epi16(bytes), mul), _mm256_set1_epi16(0xff));
+    w = _mm256_srli_epi16(_mm256_mullo_epi16(w, _mm256_set1_epi16(3)), 8);
+    w = _mm256_sub_epi16(w, _mm256_set1_epi16(1));
+    return _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+}
+
+AVX2 void realm_tq1_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_tq1_0 *x = src;
+    static const short pow3[5] = {1, 3, 9, 27, 81};
+    /* the qh part: its 4 bytes at the places 1, 3, 9, 27 in turn */
+    const __m256i qh_mul = _mm256_setr_epi16(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27);
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
+        const __m128i a = _mm_loadu_si128((const __m128i *)x[i].qs);
+        const __m128i b = _mm_loadu_si128((const __m128i *)(x[i].qs + 16));
+        const __m128i c = _mm_loadu_si128((const __m128i *)(x[i].qs + 32));
+        for (int n = 0; n < 5; n++, dst += 32) {
+            const __m256i mul = _mm256_set1_epi16(pow3[n]);
+            put16_i8(dst, tq1_digits16(a, mul), d);
+            put16_i8(dst + 16, tq1_digits16(b, mul), d);
+        }
+        for (int n = 0; n < 5; n++, dst += 16) put16_i8(dst, tq1_digits16(c, _mm256_set1_epi16(pow3[n])), d);
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        put16_i8(dst, tq1_digits16(_mm_set1_epi32((int)qh), qh_mul), d);
+        dst += 16;
+    }
+}
+
 #endif

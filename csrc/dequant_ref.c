@@ -227,4 +227,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
     TRAIT(REALM_TYPE_Q8_K, "Q8_K", QK_K, block_q8_K, q8_K_ref),
     TRAIT(REALM_TYPE_IQ4_NL, "IQ4_NL", QK4_NL, block_iq4_nl, realm_iq4_nl_to_float_ref),
     TRAIT(REALM_TYPE_IQ4_XS, "IQ4_XS", QK_K, block_iq4_xs, realm_iq4_xs_to_float_ref),
+    TRAIT(REALM_TYPE_MXFP4, "MXFP4", QK_MXFP4, block_mxfp4, realm_mxfp4_to_float_ref),
+    TRAIT(REALM_TYPE_TQ1_0, "TQ1_0", QK_K, block_tq1_0, realm_tq1_0_to_float_ref),
+    TRAIT(REALM_TYPE_TQ2_0, "TQ2_0", QK_K, block_tq2_0, realm_tq2_0_to_float_ref),
 };
