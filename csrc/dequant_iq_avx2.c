@@ -106,4 +106,152 @@ AVX2 void realm_tq1_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
+
+/* -- the grid formats --------------------------------------------------------------------- */
+
+/* y[0..7] = db * g[j], negated where bit j of signs is set, for the 8 unsigned grid bytes g
+ * in the low half of `g`: the product rounded as in the reference, then its sign flipped
+ * (an exact negation, as multiplying by -1 is). */
+AVX2 static inline void put8_grid(float *y, __m128i g, __m256 db, unsigned signs) {
+    const __m256 v = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(g)));
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i neg = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)signs), bit), bit);
+    _mm256_storeu_ps(y, _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(neg, 31))));
+}
+
+/* Row r of an 8-byte grid (x86-64 is little-endian: byte j of the word is element j). */
+AVX2 static inline __m128i grid_row(const uint64_t *grid, int r) {
+    return _mm_loadl_epi64((const __m128i *)(grid + r));
+}
+
+/* Rows a and b of a 4-byte grid, side by side. */
+AVX2 static inline __m128i grid_rows4(const uint32_t *grid, int a, int b) {
+    const uint32_t pair[2] = {grid[a], grid[b]};
+    return _mm_loadl_epi64((const __m128i *)pair);
+}
+
+AVX2 void realm_iq2_xxs_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq2_xxs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *q = (const uint8_t *)x[i].qs;
+        for (int ib = 0; ib < QK_K / 32; ib++, q += 8) {
+            const uint32_t sc = realm_u32le(q + 4);
+            const __m256 db = _mm256_set1_ps(d * (0.5f + (float)(sc >> 28)) * 0.25f);
+            for (int l = 0; l < 4; l++, dst += 8)
+                put8_grid(dst, grid_row(realm_iq2xxs_grid, q[l]), db, realm_ksigns_iq2xs[(sc >> 7 * l) & 127]);
+        }
+    }
+}
+
+AVX2 void realm_iq2_xs_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq2_xs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const __m256 db[2] = {_mm256_set1_ps(d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f),
+                                  _mm256_set1_ps(d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f)};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const uint16_t v = x[i].qs[4 * ib + l];
+                put8_grid(dst, grid_row(realm_iq2xs_grid, v & 511), db[l / 2], realm_ksigns_iq2xs[v >> 9]);
+            }
+        }
+    }
+}
+
+AVX2 void realm_iq2_s_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq2_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *qs = x[i].qs, *signs = x[i].qs + QK_K / 8;
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const __m256 db[2] = {_mm256_set1_ps(d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f),
+                                  _mm256_set1_ps(d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f)};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int idx = qs[4 * ib + l] | ((x[i].qh[ib] << (8 - 2 * l)) & 0x300);
+                put8_grid(dst, grid_row(realm_iq2s_grid, idx), db[l / 2], signs[4 * ib + l]);
+            }
+        }
+    }
+}
+
+AVX2 void realm_iq3_xxs_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq3_xxs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *qs = x[i].qs, *scales_signs = x[i].qs + QK_K / 4;
+        for (int ib = 0; ib < QK_K / 32; ib++, qs += 8) {
+            const uint32_t sc = realm_u32le(scales_signs + 4 * ib);
+            const __m256 db = _mm256_set1_ps(d * (0.5f + (float)(sc >> 28)) * 0.5f);
+            for (int l = 0; l < 4; l++, dst += 8)
+                put8_grid(dst, grid_rows4(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]), db,
+                          realm_ksigns_iq2xs[(sc >> 7 * l) & 127]);
+        }
+    }
+}
+
+AVX2 void realm_iq3_s_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq3_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const __m256 db = _mm256_set1_ps(d * (float)(1 + 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0x0f)));
+            const uint8_t *qs = x[i].qs + 8 * ib;
+            const int qh = x[i].qh[ib];
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int a = qs[2 * l] | ((qh << (8 - 2 * l)) & 256);
+                const int b = qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256);
+                put8_grid(dst, grid_rows4(realm_iq3s_grid, a, b), db, x[i].signs[4 * ib + l]);
+            }
+        }
+    }
+}
+
+/* +-0.125f (IQ1S_DELTA): the sign bit is `sign`'s single bit moved to bit 31, with
+ * integer operations only (a select would become a branch, mispredicted half the time:
+ * the sign is a coin toss per group of 8 in IQ1_M). */
+static inline float iq1_delta(uint32_t sign, int bit) {
+    return realm_bits_to_f32(0x3e000000u | (sign << (31 - bit) & 0x80000000u));
+}
+
+/* y[0..7] = dl * (g[j] + delta) for the int8 elements g of iq1s_grid row r. */
+AVX2 static inline void put8_iq1(float *y, int r, __m256 dl, __m256 delta) {
+    const __m256 g = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(grid_row(realm_iq1s_grid, r)));
+    _mm256_storeu_ps(y, _mm256_mul_ps(dl, _mm256_add_ps(g, delta)));
+}
+
+AVX2 void realm_iq1_s_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq1_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const unsigned h = x[i].qh[ib];
+            const __m256 dl = _mm256_set1_ps(d * (float)(2 * ((h >> 12) & 7) + 1));
+            const __m256 delta = _mm256_set1_ps(iq1_delta(h & 0x8000, 15));
+            for (int l = 0; l < 4; l++, dst += 8)
+                put8_iq1(dst, x[i].qs[4 * ib + l] | ((h >> 3 * l) & 7) << 8, dl, delta);
+        }
+    }
+}
+
+AVX2 void realm_iq1_m_to_float_avx2(const void *src, float *dst, int64_t nb) {
+    const block_iq1_m *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *s = x[i].scales;
+        const uint16_t bits = (uint16_t)((realm_u16le(s) >> 12) | ((realm_u16le(s + 2) >> 8) & 0x00f0) |
+                                         ((realm_u16le(s + 4) >> 4) & 0x0f00) | (realm_u16le(s + 6) & 0xf000));
+        const float d = realm_half_to_f32(bits);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const unsigned w = realm_u16le(s + 2 * (ib / 2)), sh = 6 * (ib % 2);
+            const __m256 dl[2] = {_mm256_set1_ps(d * (float)(2 * ((w >> sh) & 7) + 1)),
+                                  _mm256_set1_ps(d * (float)(2 * ((w >> (sh + 3)) & 7) + 1))};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int qh = x[i].qh[2 * ib + l / 2] >> 4 * (l % 2);
+                const __m256 delta = _mm256_set1_ps(iq1_delta((uint32_t)qh & 0x08, 3));
+                put8_iq1(dst, x[i].qs[4 * ib + l] | (qh & 7) << 8, dl[l / 2], delta);
+            }
+        }
+    }
+}
+
 #endif

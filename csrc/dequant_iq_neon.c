@@ -105,4 +105,151 @@ void realm_tq1_0_to_float_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
+
+/* -- the grid formats --------------------------------------------------------------------- */
+
+/* y[0..7] = db * g[j], negated where bit j of signs is set, for the 8 unsigned grid bytes g
+ * (byte j of `row`): the product rounded as in the reference, then its sign flipped. */
+static inline void put8_grid(float *y, uint64_t row, float32x4_t db, unsigned signs) {
+    static const uint32_t bits[8] = {1, 2, 4, 8, 16, 32, 64, 128};
+    const uint16x8_t w = vmovl_u8(vcreate_u8(row));
+    const uint32x4_t s = vdupq_n_u32(signs);
+    const float32x4_t lo = vmulq_f32(db, vcvtq_f32_u32(vmovl_u16(vget_low_u16(w))));
+    const float32x4_t hi = vmulq_f32(db, vcvtq_f32_u32(vmovl_u16(vget_high_u16(w))));
+    const uint32x4_t nlo = vshlq_n_u32(vtstq_u32(s, vld1q_u32(bits)), 31);
+    const uint32x4_t nhi = vshlq_n_u32(vtstq_u32(s, vld1q_u32(bits + 4)), 31);
+    vst1q_f32(y, vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(lo), nlo)));
+    vst1q_f32(y + 4, vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(hi), nhi)));
+}
+
+/* Rows a and b of a 4-byte grid as one 8-byte row. */
+static inline uint64_t grid_rows4(const uint32_t *grid, int a, int b) {
+    return (uint64_t)grid[a] | (uint64_t)grid[b] << 32;
+}
+
+void realm_iq2_xxs_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq2_xxs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *q = (const uint8_t *)x[i].qs;
+        for (int ib = 0; ib < QK_K / 32; ib++, q += 8) {
+            const uint32_t sc = realm_u32le(q + 4);
+            const float32x4_t db = vdupq_n_f32(d * (0.5f + (float)(sc >> 28)) * 0.25f);
+            for (int l = 0; l < 4; l++, dst += 8)
+                put8_grid(dst, realm_iq2xxs_grid[q[l]], db, realm_ksigns_iq2xs[(sc >> 7 * l) & 127]);
+        }
+    }
+}
+
+void realm_iq2_xs_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq2_xs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float32x4_t db[2] = {vdupq_n_f32(d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f),
+                                       vdupq_n_f32(d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f)};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const uint16_t v = x[i].qs[4 * ib + l];
+                put8_grid(dst, realm_iq2xs_grid[v & 511], db[l / 2], realm_ksigns_iq2xs[v >> 9]);
+            }
+        }
+    }
+}
+
+void realm_iq2_s_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq2_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *qs = x[i].qs, *signs = x[i].qs + QK_K / 8;
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float32x4_t db[2] = {vdupq_n_f32(d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f),
+                                       vdupq_n_f32(d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f)};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int idx = qs[4 * ib + l] | ((x[i].qh[ib] << (8 - 2 * l)) & 0x300);
+                put8_grid(dst, realm_iq2s_grid[idx], db[l / 2], signs[4 * ib + l]);
+            }
+        }
+    }
+}
+
+void realm_iq3_xxs_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq3_xxs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *qs = x[i].qs, *scales_signs = x[i].qs + QK_K / 4;
+        for (int ib = 0; ib < QK_K / 32; ib++, qs += 8) {
+            const uint32_t sc = realm_u32le(scales_signs + 4 * ib);
+            const float32x4_t db = vdupq_n_f32(d * (0.5f + (float)(sc >> 28)) * 0.5f);
+            for (int l = 0; l < 4; l++, dst += 8)
+                put8_grid(dst, grid_rows4(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]), db,
+                          realm_ksigns_iq2xs[(sc >> 7 * l) & 127]);
+        }
+    }
+}
+
+void realm_iq3_s_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq3_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float32x4_t db = vdupq_n_f32(d * (float)(1 + 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0x0f)));
+            const uint8_t *qs = x[i].qs + 8 * ib;
+            const int qh = x[i].qh[ib];
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int a = qs[2 * l] | ((qh << (8 - 2 * l)) & 256);
+                const int b = qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256);
+                put8_grid(dst, grid_rows4(realm_iq3s_grid, a, b), db, x[i].signs[4 * ib + l]);
+            }
+        }
+    }
+}
+
+/* +-0.125f (IQ1S_DELTA): the sign bit is `sign`'s single bit moved to bit 31, with
+ * integer operations only (a select would become a branch, mispredicted half the time:
+ * the sign is a coin toss per group of 8 in IQ1_M). */
+static inline float iq1_delta(uint32_t sign, int bit) {
+    return realm_bits_to_f32(0x3e000000u | (sign << (31 - bit) & 0x80000000u));
+}
+
+/* y[0..7] = dl * (g[j] + delta) for the int8 elements g of iq1s_grid row r. */
+static inline void put8_iq1(float *y, int r, float32x4_t dl, float32x4_t delta) {
+    const int16x8_t w = vmovl_s8(vcreate_s8(realm_iq1s_grid[r]));
+    vst1q_f32(y, vmulq_f32(dl, vaddq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), delta)));
+    vst1q_f32(y + 4, vmulq_f32(dl, vaddq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(w))), delta)));
+}
+
+void realm_iq1_s_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq1_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const unsigned h = x[i].qh[ib];
+            const float32x4_t dl = vdupq_n_f32(d * (float)(2 * ((h >> 12) & 7) + 1));
+            const float32x4_t delta = vdupq_n_f32(iq1_delta(h & 0x8000, 15));
+            for (int l = 0; l < 4; l++, dst += 8)
+                put8_iq1(dst, x[i].qs[4 * ib + l] | ((h >> 3 * l) & 7) << 8, dl, delta);
+        }
+    }
+}
+
+void realm_iq1_m_to_float_neon(const void *src, float *dst, int64_t nb) {
+    const block_iq1_m *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *s = x[i].scales;
+        const uint16_t bits = (uint16_t)((realm_u16le(s) >> 12) | ((realm_u16le(s + 2) >> 8) & 0x00f0) |
+                                         ((realm_u16le(s + 4) >> 4) & 0x0f00) | (realm_u16le(s + 6) & 0xf000));
+        const float d = realm_half_to_f32(bits);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const unsigned w = realm_u16le(s + 2 * (ib / 2)), sh = 6 * (ib % 2);
+            const float32x4_t dl[2] = {vdupq_n_f32(d * (float)(2 * ((w >> sh) & 7) + 1)),
+                                       vdupq_n_f32(d * (float)(2 * ((w >> (sh + 3)) & 7) + 1))};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int qh = x[i].qh[2 * ib + l / 2] >> 4 * (l % 2);
+                const float32x4_t delta = vdupq_n_f32(iq1_delta((uint32_t)qh & 0x08, 3));
+                put8_iq1(dst, x[i].qs[4 * ib + l] | (qh & 7) << 8, dl[l / 2], delta);
+            }
+        }
+    }
+}
+
 #endif

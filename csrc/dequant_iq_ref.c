@@ -90,3 +90,144 @@ void realm_tq1_0_to_float_ref(const void *src, float *dst, int64_t nb) {
             for (int j = 0; j < QK_K / 64; j++) *dst++ = (float)tq1_digit(x[i].qh[j], pow3[n]) * d;
     }
 }
+
+/* -- the grid formats: 8 (or 2 x 4) grid bytes per group, a sign per element ---------------- */
+
+/* Byte j of a grid row (bits 8j..8j+7 of the table word). */
+static inline float grid_u8(uint64_t row, int j) {
+    return (float)(uint8_t)(row >> 8 * j);
+}
+
+/* y[0..7] = db * g[j], negated where bit j of signs is set, as llama.cpp's
+ * `db * grid[j] * (signs & kmask_iq2xs[j] ? -1.f : 1.f)`. */
+static inline void grid8_signed(float *y, uint64_t row, unsigned signs, float db) {
+    for (int j = 0; j < 8; j++) y[j] = db * grid_u8(row, j) * ((signs >> j) & 1 ? -1.f : 1.f);
+}
+
+void realm_iq2_xxs_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq2_xxs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *q = (const uint8_t *)x[i].qs;
+        for (int ib = 0; ib < QK_K / 32; ib++, q += 8) {
+            const uint32_t idx = realm_u32le(q), sc = realm_u32le(q + 4);
+            const float db = d * (0.5f + (float)(sc >> 28)) * 0.25f;
+            for (int l = 0; l < 4; l++, dst += 8)
+                grid8_signed(dst, realm_iq2xxs_grid[(idx >> 8 * l) & 0xff], realm_ksigns_iq2xs[(sc >> 7 * l) & 127], db);
+        }
+    }
+}
+
+void realm_iq2_xs_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq2_xs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float db[2] = {d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f,
+                                 d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const uint16_t v = x[i].qs[4 * ib + l];
+                grid8_signed(dst, realm_iq2xs_grid[v & 511], realm_ksigns_iq2xs[v >> 9], db[l / 2]);
+            }
+        }
+    }
+}
+
+void realm_iq2_s_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq2_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *qs = x[i].qs, *signs = x[i].qs + QK_K / 8;
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float db[2] = {d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f,
+                                 d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int idx = qs[4 * ib + l] | ((x[i].qh[ib] << (8 - 2 * l)) & 0x300);
+                grid8_signed(dst, realm_iq2s_grid[idx], signs[4 * ib + l], db[l / 2]);
+            }
+        }
+    }
+}
+
+/* Two rows of a 4-byte grid as one 8-byte row. */
+static inline uint64_t grid4x2(const uint32_t *grid, int a, int b) {
+    return (uint64_t)grid[a] | (uint64_t)grid[b] << 32;
+}
+
+void realm_iq3_xxs_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq3_xxs *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        const uint8_t *qs = x[i].qs, *scales_signs = x[i].qs + QK_K / 4;
+        for (int ib = 0; ib < QK_K / 32; ib++, qs += 8) {
+            const uint32_t sc = realm_u32le(scales_signs + 4 * ib);
+            const float db = d * (0.5f + (float)(sc >> 28)) * 0.5f;
+            for (int l = 0; l < 4; l++, dst += 8)
+                grid8_signed(dst, grid4x2(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]),
+                             realm_ksigns_iq2xs[(sc >> 7 * l) & 127], db);
+        }
+    }
+}
+
+void realm_iq3_s_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq3_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const float db = d * (float)(1 + 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0x0f));
+            const uint8_t *qs = x[i].qs + 8 * ib;
+            const int qh = x[i].qh[ib];
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int a = qs[2 * l] | ((qh << (8 - 2 * l)) & 256);
+                const int b = qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256);
+                grid8_signed(dst, grid4x2(realm_iq3s_grid, a, b), x[i].signs[4 * ib + l], db);
+            }
+        }
+    }
+}
+
+#define IQ1S_DELTA 0.125f
+
+/* y[0..7] = dl * (g[j] + delta) for the int8 elements g of an iq1s_grid row. */
+static inline void grid8_iq1(float *y, uint64_t row, float dl, float delta) {
+    for (int j = 0; j < 8; j++) {
+        const int g = (int)((row >> 8 * j) & 0xff);
+        y[j] = dl * ((float)(g - ((g & 0x80) << 1)) + delta);
+    }
+}
+
+void realm_iq1_s_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq1_s *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const unsigned h = x[i].qh[ib];
+            const float dl = d * (float)(2 * ((h >> 12) & 7) + 1);
+            const float delta = h & 0x8000 ? -IQ1S_DELTA : IQ1S_DELTA;
+            for (int l = 0; l < 4; l++, dst += 8)
+                grid8_iq1(dst, realm_iq1s_grid[x[i].qs[4 * ib + l] | ((h >> 3 * l) & 7) << 8], dl, delta);
+        }
+    }
+}
+
+/* IQ1_M's f16 block scale, whose 4 nibbles are the top nibbles of its 4 u16 scale words. */
+static inline uint16_t iq1_m_scale_bits(const uint8_t *scales) {
+    return (uint16_t)((realm_u16le(scales) >> 12) | ((realm_u16le(scales + 2) >> 8) & 0x00f0) |
+                      ((realm_u16le(scales + 4) >> 4) & 0x0f00) | (realm_u16le(scales + 6) & 0xf000));
+}
+
+void realm_iq1_m_to_float_ref(const void *src, float *dst, int64_t nb) {
+    const block_iq1_m *x = src;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = realm_half_to_f32(iq1_m_scale_bits(x[i].scales));
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const unsigned w = realm_u16le(x[i].scales + 2 * (ib / 2)), sh = 6 * (ib % 2);
+            const float dl[2] = {d * (float)(2 * ((w >> sh) & 7) + 1), d * (float)(2 * ((w >> (sh + 3)) & 7) + 1)};
+            for (int l = 0; l < 4; l++, dst += 8) {
+                const int qh = x[i].qh[2 * ib + l / 2] >> 4 * (l % 2); /* this group's nibble */
+                const float delta = qh & 0x08 ? -IQ1S_DELTA : IQ1S_DELTA;
+                grid8_iq1(dst, realm_iq1s_grid[x[i].qs[4 * ib + l] | (qh & 7) << 8], dl[l / 2], delta);
+            }
+        }
+    }
+}

@@ -260,6 +260,13 @@ realm_to_float_fn realm_neon_to_float(int type) {
     case REALM_TYPE_MXFP4: return realm_mxfp4_to_float_neon;
     case REALM_TYPE_TQ1_0: return realm_tq1_0_to_float_neon;
     case REALM_TYPE_TQ2_0: return realm_tq2_0_to_float_neon;
+    case REALM_TYPE_IQ2_XXS: return realm_iq2_xxs_to_float_neon;
+    case REALM_TYPE_IQ2_XS: return realm_iq2_xs_to_float_neon;
+    case REALM_TYPE_IQ2_S: return realm_iq2_s_to_float_neon;
+    case REALM_TYPE_IQ3_XXS: return realm_iq3_xxs_to_float_neon;
+    case REALM_TYPE_IQ3_S: return realm_iq3_s_to_float_neon;
+    case REALM_TYPE_IQ1_S: return realm_iq1_s_to_float_neon;
+    case REALM_TYPE_IQ1_M: return realm_iq1_m_to_float_neon;
     default: return NULL;
     }
 }

@@ -230,4 +230,11 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
     TRAIT(REALM_TYPE_MXFP4, "MXFP4", QK_MXFP4, block_mxfp4, realm_mxfp4_to_float_ref),
     TRAIT(REALM_TYPE_TQ1_0, "TQ1_0", QK_K, block_tq1_0, realm_tq1_0_to_float_ref),
     TRAIT(REALM_TYPE_TQ2_0, "TQ2_0", QK_K, block_tq2_0, realm_tq2_0_to_float_ref),
+    TRAIT(REALM_TYPE_IQ2_XXS, "IQ2_XXS", QK_K, block_iq2_xxs, realm_iq2_xxs_to_float_ref),
+    TRAIT(REALM_TYPE_IQ2_XS, "IQ2_XS", QK_K, block_iq2_xs, realm_iq2_xs_to_float_ref),
+    TRAIT(REALM_TYPE_IQ2_S, "IQ2_S", QK_K, block_iq2_s, realm_iq2_s_to_float_ref),
+    TRAIT(REALM_TYPE_IQ3_XXS, "IQ3_XXS", QK_K, block_iq3_xxs, realm_iq3_xxs_to_float_ref),
+    TRAIT(REALM_TYPE_IQ3_S, "IQ3_S", QK_K, block_iq3_s, realm_iq3_s_to_float_ref),
+    TRAIT(REALM_TYPE_IQ1_S, "IQ1_S", QK_K, block_iq1_s, realm_iq1_s_to_float_ref),
+    TRAIT(REALM_TYPE_IQ1_M, "IQ1_M", QK_K, block_iq1_m, realm_iq1_m_to_float_ref),
 };

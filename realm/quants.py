@@ -135,7 +135,8 @@ def dequantize(
     """Dequantize GGML blocks to float32, bit-exact with llama.cpp.
 
     data: bytes, bytearray, memoryview or a C-contiguous uint8 array, never copied;
-        it must be aligned as the block struct needs (2 bytes; 4 for F32 and Q8_K).
+        it must be aligned as the block struct needs (`quant_info(qtype).align`: 2 bytes;
+        4 for F32 and Q8_K; 1 for MXFP4 and IQ1_M).
         As in `gguf.quants.dequantize`, the last axis holds the bytes of whole
         blocks and becomes that many elements; leading axes are kept.
     qtype: a `GGMLType`, `gguf.GGMLQuantizationType`, its int value or its name.

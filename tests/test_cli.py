@@ -200,16 +200,16 @@ def test_dequantize_failure_leaves_the_old_output(capsys, outdir, tiny_gguf, mon
 
 def test_dequantize_all_skips_types_without_kernels(capsys, tmp_path):
     data, _ = build_gguf([("general.architecture", VT.STRING, "llama")],
-                         [RawTensor("iq", (256,), GGMLType.IQ2_XXS, bytes(66)),
+                         [RawTensor("iq", (256,), GGMLType.Q8_1, bytes(8 * 40)),
                           RawTensor("f", (4,), GGMLType.F32, np.arange(4, dtype=np.float32).tobytes())])
     src = tmp_path / "iq.gguf"
     src.write_bytes(data)
     code, _, err = run(capsys, "dequantize", src, "--all", "-o", tmp_path / "o.npz")
-    assert code == 0 and "skipping iq: realm cannot dequantize IQ2_XXS" in err
+    assert code == 0 and "skipping iq: realm cannot dequantize Q8_1" in err
     with np.load(tmp_path / "o.npz") as z:
         assert z.files == ["f"] and z["f"].tolist() == [0, 1, 2, 3]
     code, _, err = run(capsys, "dequantize", src, "iq", "-o", tmp_path / "iq.npy")
-    assert code == 1 and "tensor 'iq' is IQ2_XXS, which realm cannot dequantize" in err
+    assert code == 1 and "tensor 'iq' is Q8_1, which realm cannot dequantize" in err
 
 
 # -- realm pull ---------------------------------------------------------------------------

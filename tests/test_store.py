@@ -109,19 +109,19 @@ def test_store_bytes_keeps_a_private_copy(store, tiny_gguf):
 
 
 def test_unreadable_types_are_still_readable(store):
-    # IQ2_XXS: realm has no kernel, yet the tensor is indexed and its bytes exposed.
+    # Q8_1: realm has no kernel, yet the tensor is indexed and its bytes exposed.
     rng = np.random.default_rng(0)
-    blob = rng.integers(0, 256, 66 * 2, dtype=np.uint8).tobytes()
+    blob = rng.integers(0, 256, 40 * 16, dtype=np.uint8).tobytes()
     data, _ = build_gguf([("general.architecture", VT.STRING, "llama")],
-                         [RawTensor("iq", (512,), GGMLType.IQ2_XXS, blob),
+                         [RawTensor("iq", (512,), GGMLType.Q8_1, blob),
                           RawTensor("f", (32,), GGMLType.F32, np.arange(32, dtype=np.float32).tobytes())])
     mid = store.store_bytes(data)
     q = store.get_tensor(mid, "iq")
-    assert q.dtype == GGMLType.IQ2_XXS and q.nbytes == 132 and q.data.tobytes() == blob
+    assert q.dtype == GGMLType.Q8_1 and q.nbytes == 640 and q.data.tobytes() == blob
     assert not q.dequantizable
-    with pytest.raises(ValueError, match="IQ2_XXS"):
+    with pytest.raises(ValueError, match="Q8_1"):
         store.get_tensor_f32(mid, "iq")
-    store.prefetch(mid, ["iq", "f"]).result()  # pages the IQ tensor in, caches the F32 one
+    store.prefetch(mid, ["iq", "f"]).result()  # pages the Q8_1 tensor in, caches the F32 one
     assert (mid, "f") in store.cache and (mid, "iq") not in store.cache
 
 
