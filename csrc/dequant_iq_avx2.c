@@ -106,12 +106,12 @@ AVX2 void realm_tq1_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-
 /* -- the grid formats --------------------------------------------------------------------- */
 
 /* y[0..7] = db * g[j], negated where bit j of signs is set, for the 8 unsigned grid bytes g
  * in the low half of `g`: the product rounded as in the reference, then its sign flipped
- * (an exact negation, as multiplying by -1 is). */
+ * (an exact negation, as multiplying by -1 is; only a NaN's sign bit may differ, and
+ * any NaN is as good as another). */
 AVX2 static inline void put8_grid(float *y, __m128i g, __m256 db, unsigned signs) {
     const __m256 v = _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(g)));
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);

@@ -105,11 +105,11 @@ void realm_tq1_0_to_float_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-
 /* -- the grid formats --------------------------------------------------------------------- */
 
 /* y[0..7] = db * g[j], negated where bit j of signs is set, for the 8 unsigned grid bytes g
- * (byte j of `row`): the product rounded as in the reference, then its sign flipped. */
+ * (byte j of `row`): the product rounded as in the reference, then its sign flipped (an
+ * exact negation, as multiplying by -1 is; only a NaN's sign bit may differ). */
 static inline void put8_grid(float *y, uint64_t row, float32x4_t db, unsigned signs) {
     static const uint32_t bits[8] = {1, 2, 4, 8, 16, 32, 64, 128};
     const uint16x8_t w = vmovl_u8(vcreate_u8(row));
