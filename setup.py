@@ -12,7 +12,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
+# The table of formats (csrc/traits.c) names every format's kernels: the row
+# dequantizers and the dot products.
 KERNEL_SOURCES = [
+    "csrc/traits.c",
     "csrc/dequant.c",
     "csrc/dequant_ref.c",
     "csrc/dequant_avx2.c",
@@ -20,7 +23,12 @@ KERNEL_SOURCES = [
     "csrc/dequant_iq_ref.c",
     "csrc/dequant_iq_avx2.c",
     "csrc/dequant_iq_neon.c",
+    "csrc/matmul_ref.c",
+    "csrc/matmul_avx2.c",
 ]
+KERNEL_HEADERS = ["csrc/quants.h", "csrc/traits.h", "csrc/kernels.h", "csrc/dequant.h", "csrc/matmul.h",
+                  "csrc/matmul_dot32.h", "csrc/fp16.h", "csrc/avx2_util.h",
+                  "csrc/kernels_iq.h", "csrc/iq_tables.h"]
 
 # -ffp-contract=off: the kernels must round every product and sum separately,
 # as llama.cpp's reference code does; a fused multiply-add would change bits.
@@ -106,16 +114,16 @@ extensions = [
         "realm._quant",
         sources=["realm/_quant.pyx", *KERNEL_SOURCES],
         include_dirs=["csrc"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/kernels_iq.h", "csrc/iq_tables.h"],
+        depends=KERNEL_HEADERS,
     ),
     Extension(  # quantized matmul and the transformer ops (csrc/matmul.h, csrc/ops.h)
         "realm._compute",
-        sources=["realm/_compute.pyx", *KERNEL_SOURCES, "csrc/q8.c", "csrc/matmul.c", "csrc/matmul_ref.c",
-                 "csrc/matmul_avx2.c", "csrc/ops.c", "csrc/ops_avx2.c", "csrc/forward.c", "csrc/ticker.c"],
+        sources=["realm/_compute.pyx", *KERNEL_SOURCES, "csrc/q8.c", "csrc/matmul.c", "csrc/ops.c",
+                 "csrc/ops_avx2.c", "csrc/forward.c", "csrc/ticker.c"],
         include_dirs=["csrc"],
         libraries=["m"],
-        depends=["csrc/quants.h", "csrc/dequant.h", "csrc/fp16.h", "csrc/avx2_util.h", "csrc/kernels_iq.h", "csrc/iq_tables.h", "csrc/matmul.h", "csrc/matmul_dot32.h",
-                 "csrc/ops.h", "csrc/forward.h", "csrc/ticker.h", "realm/_forward.pxi", "realm/_ticker.pxi"],
+        depends=[*KERNEL_HEADERS, "csrc/ops.h", "csrc/forward.h", "csrc/ticker.h", "realm/_forward.pxi",
+                 "realm/_ticker.pxi"],
     ),
 ]
 

@@ -66,18 +66,21 @@ const char *realm_isa_name(int isa) {
     }
 }
 
-static realm_to_float_fn pick(const realm_type_traits *tt, int type, int isa) {
+/* The row dequantizer of the type's traits for the path, else its scalar
+ * reference (formats without a SIMD row: F32, a copy). */
+static realm_to_float_fn pick(const realm_type_traits *tt, int isa) {
     realm_to_float_fn fn = NULL;
-    if (isa == REALM_ISA_AVX2) fn = realm_avx2_to_float(type);
-    else if (isa == REALM_ISA_NEON) fn = realm_neon_to_float(type);
-    return fn ? fn : tt->to_float_ref; /* formats without a SIMD row (F32: a copy) */
+    if (isa == REALM_ISA_AVX2) fn = tt->to_float_avx2;
+    else if (isa == REALM_ISA_NEON) fn = tt->to_float_neon;
+    return fn ? fn : tt->to_float_ref;
 }
 
 int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa) {
     const realm_type_traits *tt = realm_get_traits(type);
     if (!tt) return REALM_EUNSUPPORTED;
     if ((isa = realm_resolve_isa(isa)) < 0) return isa;
-    const realm_to_float_fn fn = pick(tt, type, isa);
+    const realm_to_float_fn fn = pick(tt, isa);
+    if (!fn) return REALM_EUNSUPPORTED;
     const int nt = nblocks * tt->block_size >= REALM_MIN_PARALLEL_ELEMS ? realm_resolve_threads(nthreads) : 1;
     if (nt <= 1) {
         fn(src, dst, nblocks);

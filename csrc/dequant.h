@@ -1,9 +1,10 @@
-/* Dequantization entry points: scalar reference rows, SIMD rows, and the
- * threaded driver that picks a path for the running CPU. */
+/* Dequantization entry points: the threaded driver that picks a path for the
+ * running CPU and takes that path's row dequantizer from the type's row of
+ * the table of formats (traits.h; the rows themselves are in kernels.h). */
 #ifndef REALM_DEQUANT_H
 #define REALM_DEQUANT_H
 
-#include "quants.h"
+#include "traits.h"
 
 /* Instruction-set paths.  REALM_ISA_AUTO picks the best one the CPU has. */
 enum realm_isa { REALM_ISA_AUTO = 0, REALM_ISA_SCALAR = 1, REALM_ISA_AVX2 = 2, REALM_ISA_NEON = 3 };
@@ -28,10 +29,6 @@ int realm_max_threads(void);
 
 /* Threads a caller's nthreads means: <= 0 -> every core, else at most realm_max_threads(). */
 int realm_resolve_threads(int nthreads);
-
-/* The SIMD row for (type, isa), or NULL where that path has none. */
-realm_to_float_fn realm_avx2_to_float(int type);
-realm_to_float_fn realm_neon_to_float(int type);
 
 /* Dequantize nblocks blocks of `type` from src to dst on up to nthreads
  * threads (<= 0: all cores).  Small inputs stay on the calling thread.

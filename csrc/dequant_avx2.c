@@ -9,6 +9,7 @@
 
 #include "avx2_util.h"
 #include "fp16.h"
+#include "kernels.h"
 
 /* Stores 32 consecutive floats: (int8 q[i]) * d[i / 16 among d0, d1]. */
 AVX2 static inline void put32_mul(float *y, __m256i q, __m256 d0, __m256 d1) {
@@ -49,7 +50,7 @@ AVX2 static inline __m256i bitplane(__m256i bytes, int b, char value) {
     return _mm256_and_si256(set, _mm256_set1_epi8(value));
 }
 
-AVX2 static void f16_avx2(const void *src, float *dst, int64_t n) {
+AVX2 void realm_f16_to_float_avx2(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -59,7 +60,7 @@ AVX2 static void f16_avx2(const void *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = realm_half_to_f32(x[i]);
 }
 
-AVX2 static void bf16_avx2(const void *src, float *dst, int64_t n) {
+AVX2 void realm_bf16_to_float_avx2(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -71,7 +72,7 @@ AVX2 static void bf16_avx2(const void *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = realm_bf16_to_f32(x[i]);
 }
 
-AVX2 static void q4_0_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q4_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q4_0 *x = src;
     const __m256i off = _mm256_set1_epi8(8);
     for (int64_t i = 0; i < nb; i++, dst += QK4_0) {
@@ -80,7 +81,7 @@ AVX2 static void q4_0_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q4_1_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q4_1_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q4_1 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK4_1) {
         const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
@@ -89,7 +90,7 @@ AVX2 static void q4_1_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q5_0_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q5_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q5_0 *x = src;
     const __m256i off = _mm256_set1_epi8(16);
     for (int64_t i = 0; i < nb; i++, dst += QK5_0) {
@@ -99,7 +100,7 @@ AVX2 static void q5_0_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q5_1_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q5_1_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q5_1 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK5_1) {
         const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
@@ -108,7 +109,7 @@ AVX2 static void q5_1_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q8_0_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q8_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q8_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK8_0) {
         const __m256 d = _mm256_set1_ps(realm_half_to_f32(x[i].d));
@@ -119,7 +120,7 @@ AVX2 static void q8_0_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q8_K_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q8_K_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q8_K *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK_K) {
         const __m256 d = _mm256_set1_ps(x[i].d);
@@ -130,7 +131,7 @@ AVX2 static void q8_K_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q2_K_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q2_K_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q2_K *x = src;
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int64_t i = 0; i < nb; i++) {
@@ -147,7 +148,7 @@ AVX2 static void q2_K_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q3_K_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q3_K_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q3_K *x = src;
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int64_t i = 0; i < nb; i++) {
@@ -171,7 +172,7 @@ AVX2 static inline void put32_k(float *y, __m256i q, float d, float m) {
     put32_mul_sub2(y, q, vd, vm, vd, vm);
 }
 
-AVX2 static void q4_K_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q4_K_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q4_K *x = src;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t i = 0; i < nb; i++) {
@@ -187,7 +188,7 @@ AVX2 static void q4_K_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q5_K_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q5_K_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q5_K *x = src;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t i = 0; i < nb; i++) {
@@ -206,7 +207,7 @@ AVX2 static void q5_K_avx2(const void *src, float *dst, int64_t nb) {
     }
 }
 
-AVX2 static void q6_K_avx2(const void *src, float *dst, int64_t nb) {
+AVX2 void realm_q6_K_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_q6_K *x = src;
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), off = _mm256_set1_epi8(32);
     for (int64_t i = 0; i < nb; i++) {
@@ -226,44 +227,6 @@ AVX2 static void q6_K_avx2(const void *src, float *dst, int64_t nb) {
             }
         }
     }
-}
-
-realm_to_float_fn realm_avx2_to_float(int type) {
-    switch (type) {
-    case REALM_TYPE_F16: return f16_avx2;
-    case REALM_TYPE_BF16: return bf16_avx2;
-    case REALM_TYPE_Q4_0: return q4_0_avx2;
-    case REALM_TYPE_Q4_1: return q4_1_avx2;
-    case REALM_TYPE_Q5_0: return q5_0_avx2;
-    case REALM_TYPE_Q5_1: return q5_1_avx2;
-    case REALM_TYPE_Q8_0: return q8_0_avx2;
-    case REALM_TYPE_Q2_K: return q2_K_avx2;
-    case REALM_TYPE_Q3_K: return q3_K_avx2;
-    case REALM_TYPE_Q4_K: return q4_K_avx2;
-    case REALM_TYPE_Q5_K: return q5_K_avx2;
-    case REALM_TYPE_Q6_K: return q6_K_avx2;
-    case REALM_TYPE_Q8_K: return q8_K_avx2;
-    case REALM_TYPE_IQ4_NL: return realm_iq4_nl_to_float_avx2;
-    case REALM_TYPE_IQ4_XS: return realm_iq4_xs_to_float_avx2;
-    case REALM_TYPE_MXFP4: return realm_mxfp4_to_float_avx2;
-    case REALM_TYPE_TQ1_0: return realm_tq1_0_to_float_avx2;
-    case REALM_TYPE_TQ2_0: return realm_tq2_0_to_float_avx2;
-    case REALM_TYPE_IQ2_XXS: return realm_iq2_xxs_to_float_avx2;
-    case REALM_TYPE_IQ2_XS: return realm_iq2_xs_to_float_avx2;
-    case REALM_TYPE_IQ2_S: return realm_iq2_s_to_float_avx2;
-    case REALM_TYPE_IQ3_XXS: return realm_iq3_xxs_to_float_avx2;
-    case REALM_TYPE_IQ3_S: return realm_iq3_s_to_float_avx2;
-    case REALM_TYPE_IQ1_S: return realm_iq1_s_to_float_avx2;
-    case REALM_TYPE_IQ1_M: return realm_iq1_m_to_float_avx2;
-    default: return NULL;
-    }
-}
-
-#else
-
-realm_to_float_fn realm_avx2_to_float(int type) {
-    (void)type;
-    return NULL;
 }
 
 #endif

@@ -7,6 +7,7 @@
 #if defined(__aarch64__)
 
 #include "fp16.h"
+#include "kernels.h"
 #include <arm_neon.h>
 
 /* 8 int16 lanes times d, as floats, to y[0..7]. */
@@ -52,7 +53,7 @@ static inline uint8x16_t bitplane(uint8x16_t bytes, int b, uint8_t value) {
     return vandq_u8(vtstq_u8(bytes, vdupq_n_u8((uint8_t)(1u << b))), vdupq_n_u8(value));
 }
 
-static void f16_neon(const void *src, float *dst, int64_t n) {
+void realm_f16_to_float_neon(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -62,7 +63,7 @@ static void f16_neon(const void *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = realm_half_to_f32(x[i]);
 }
 
-static void bf16_neon(const void *src, float *dst, int64_t n) {
+void realm_bf16_to_float_neon(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -72,7 +73,7 @@ static void bf16_neon(const void *src, float *dst, int64_t n) {
     for (; i < n; i++) dst[i] = realm_bf16_to_f32(x[i]);
 }
 
-static void q4_0_neon(const void *src, float *dst, int64_t nb) {
+void realm_q4_0_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q4_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK4_0) {
         const float32x4_t d = vdupq_n_f32(realm_half_to_f32(x[i].d));
@@ -84,7 +85,7 @@ static void q4_0_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q4_1_neon(const void *src, float *dst, int64_t nb) {
+void realm_q4_1_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q4_1 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK4_1) {
         const float32x4_t d = vdupq_n_f32(realm_half_to_f32(x[i].d));
@@ -95,7 +96,7 @@ static void q4_1_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q5_0_neon(const void *src, float *dst, int64_t nb) {
+void realm_q5_0_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q5_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK5_0) {
         const float32x4_t d = vdupq_n_f32(realm_half_to_f32(x[i].d));
@@ -107,7 +108,7 @@ static void q5_0_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q5_1_neon(const void *src, float *dst, int64_t nb) {
+void realm_q5_1_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q5_1 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK5_1) {
         const float32x4_t d = vdupq_n_f32(realm_half_to_f32(x[i].d));
@@ -118,7 +119,7 @@ static void q5_1_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q8_0_neon(const void *src, float *dst, int64_t nb) {
+void realm_q8_0_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q8_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK8_0) {
         const float32x4_t d = vdupq_n_f32(realm_half_to_f32(x[i].d));
@@ -127,7 +128,7 @@ static void q8_0_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q8_K_neon(const void *src, float *dst, int64_t nb) {
+void realm_q8_K_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q8_K *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK_K) {
         const float32x4_t d = vdupq_n_f32(x[i].d);
@@ -135,7 +136,7 @@ static void q8_K_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q2_K_neon(const void *src, float *dst, int64_t nb) {
+void realm_q2_K_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q2_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d), dmin = realm_half_to_f32(x[i].dmin);
@@ -153,7 +154,7 @@ static void q2_K_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q3_K_neon(const void *src, float *dst, int64_t nb) {
+void realm_q3_K_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q3_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -173,7 +174,7 @@ static void q3_K_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q4_K_neon(const void *src, float *dst, int64_t nb) {
+void realm_q4_K_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q4_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d), dmin = realm_half_to_f32(x[i].dmin);
@@ -192,7 +193,7 @@ static void q4_K_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q5_K_neon(const void *src, float *dst, int64_t nb) {
+void realm_q5_K_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q5_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d), dmin = realm_half_to_f32(x[i].dmin);
@@ -214,7 +215,7 @@ static void q5_K_neon(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q6_K_neon(const void *src, float *dst, int64_t nb) {
+void realm_q6_K_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_q6_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -238,44 +239,6 @@ static void q6_K_neon(const void *src, float *dst, int64_t nb) {
             }
         }
     }
-}
-
-realm_to_float_fn realm_neon_to_float(int type) {
-    switch (type) {
-    case REALM_TYPE_F16: return f16_neon;
-    case REALM_TYPE_BF16: return bf16_neon;
-    case REALM_TYPE_Q4_0: return q4_0_neon;
-    case REALM_TYPE_Q4_1: return q4_1_neon;
-    case REALM_TYPE_Q5_0: return q5_0_neon;
-    case REALM_TYPE_Q5_1: return q5_1_neon;
-    case REALM_TYPE_Q8_0: return q8_0_neon;
-    case REALM_TYPE_Q2_K: return q2_K_neon;
-    case REALM_TYPE_Q3_K: return q3_K_neon;
-    case REALM_TYPE_Q4_K: return q4_K_neon;
-    case REALM_TYPE_Q5_K: return q5_K_neon;
-    case REALM_TYPE_Q6_K: return q6_K_neon;
-    case REALM_TYPE_Q8_K: return q8_K_neon;
-    case REALM_TYPE_IQ4_NL: return realm_iq4_nl_to_float_neon;
-    case REALM_TYPE_IQ4_XS: return realm_iq4_xs_to_float_neon;
-    case REALM_TYPE_MXFP4: return realm_mxfp4_to_float_neon;
-    case REALM_TYPE_TQ1_0: return realm_tq1_0_to_float_neon;
-    case REALM_TYPE_TQ2_0: return realm_tq2_0_to_float_neon;
-    case REALM_TYPE_IQ2_XXS: return realm_iq2_xxs_to_float_neon;
-    case REALM_TYPE_IQ2_XS: return realm_iq2_xs_to_float_neon;
-    case REALM_TYPE_IQ2_S: return realm_iq2_s_to_float_neon;
-    case REALM_TYPE_IQ3_XXS: return realm_iq3_xxs_to_float_neon;
-    case REALM_TYPE_IQ3_S: return realm_iq3_s_to_float_neon;
-    case REALM_TYPE_IQ1_S: return realm_iq1_s_to_float_neon;
-    case REALM_TYPE_IQ1_M: return realm_iq1_m_to_float_neon;
-    default: return NULL;
-    }
-}
-
-#else
-
-realm_to_float_fn realm_neon_to_float(int type) {
-    (void)type;
-    return NULL;
 }
 
 #endif

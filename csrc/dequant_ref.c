@@ -1,27 +1,28 @@
-/* Scalar reference dequantizers, one per format.  Every arithmetic step is the
- * same float operation, in the same order, as llama.cpp's reference code, so
- * the results are bit-identical; the SIMD paths are tested against these. */
+/* Scalar reference dequantizers, one per format (its row's to_float_ref in
+ * traits.c).  Every arithmetic step is the same float operation, in the same
+ * order, as llama.cpp's reference code, so the results are bit-identical; the
+ * SIMD paths are tested against these. */
 #include "dequant.h"
 #include "fp16.h"
-#include "kernels_iq.h"
+#include "kernels.h"
 
 #include <string.h>
 
-static void f32_ref(const void *src, float *dst, int64_t n) {
+void realm_f32_to_float_ref(const void *src, float *dst, int64_t n) {
     memcpy(dst, src, (size_t)n * sizeof(float));
 }
 
-static void f16_ref(const void *src, float *dst, int64_t n) {
+void realm_f16_to_float_ref(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     for (int64_t i = 0; i < n; i++) dst[i] = realm_half_to_f32(x[i]);
 }
 
-static void bf16_ref(const void *src, float *dst, int64_t n) {
+void realm_bf16_to_float_ref(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     for (int64_t i = 0; i < n; i++) dst[i] = realm_bf16_to_f32(x[i]);
 }
 
-static void q4_0_ref(const void *src, float *dst, int64_t nb) {
+void realm_q4_0_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q4_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK4_0) {
         const float d = realm_half_to_f32(x[i].d);
@@ -32,7 +33,7 @@ static void q4_0_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q4_1_ref(const void *src, float *dst, int64_t nb) {
+void realm_q4_1_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q4_1 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK4_1) {
         const float d = realm_half_to_f32(x[i].d);
@@ -44,7 +45,7 @@ static void q4_1_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q5_0_ref(const void *src, float *dst, int64_t nb) {
+void realm_q5_0_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q5_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK5_0) {
         const float d = realm_half_to_f32(x[i].d);
@@ -57,7 +58,7 @@ static void q5_0_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q5_1_ref(const void *src, float *dst, int64_t nb) {
+void realm_q5_1_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q5_1 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK5_1) {
         const float d = realm_half_to_f32(x[i].d);
@@ -71,7 +72,7 @@ static void q5_1_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q8_0_ref(const void *src, float *dst, int64_t nb) {
+void realm_q8_0_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q8_0 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK8_0) {
         const float d = realm_half_to_f32(x[i].d);
@@ -79,7 +80,7 @@ static void q8_0_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q2_K_ref(const void *src, float *dst, int64_t nb) {
+void realm_q2_K_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q2_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -108,7 +109,7 @@ void realm_q3_K_scales(const uint8_t packed[12], int8_t out[16]) {
     }
 }
 
-static void q3_K_ref(const void *src, float *dst, int64_t nb) {
+void realm_q3_K_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q3_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -142,7 +143,7 @@ void realm_k4_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
     }
 }
 
-static void q4_K_ref(const void *src, float *dst, int64_t nb) {
+void realm_q4_K_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q4_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -160,7 +161,7 @@ static void q4_K_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q5_K_ref(const void *src, float *dst, int64_t nb) {
+void realm_q5_K_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q5_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -180,7 +181,7 @@ static void q5_K_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q6_K_ref(const void *src, float *dst, int64_t nb) {
+void realm_q6_K_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q6_K *x = src;
     for (int64_t i = 0; i < nb; i++) {
         const float d = realm_half_to_f32(x[i].d);
@@ -202,39 +203,9 @@ static void q6_K_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-static void q8_K_ref(const void *src, float *dst, int64_t nb) {
+void realm_q8_K_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_q8_K *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK_K) {
         for (int j = 0; j < QK_K; j++) dst[j] = x[i].d * (float)x[i].qs[j];
     }
 }
-
-#define TRAIT(T, NAME, BS, BLOCK, FN) [T] = {NAME, BS, sizeof(BLOCK), _Alignof(BLOCK), FN}
-const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
-    TRAIT(REALM_TYPE_F32, "F32", 1, float, f32_ref),
-    TRAIT(REALM_TYPE_F16, "F16", 1, realm_half, f16_ref),
-    TRAIT(REALM_TYPE_BF16, "BF16", 1, realm_bf16, bf16_ref),
-    TRAIT(REALM_TYPE_Q4_0, "Q4_0", QK4_0, block_q4_0, q4_0_ref),
-    TRAIT(REALM_TYPE_Q4_1, "Q4_1", QK4_1, block_q4_1, q4_1_ref),
-    TRAIT(REALM_TYPE_Q5_0, "Q5_0", QK5_0, block_q5_0, q5_0_ref),
-    TRAIT(REALM_TYPE_Q5_1, "Q5_1", QK5_1, block_q5_1, q5_1_ref),
-    TRAIT(REALM_TYPE_Q8_0, "Q8_0", QK8_0, block_q8_0, q8_0_ref),
-    TRAIT(REALM_TYPE_Q2_K, "Q2_K", QK_K, block_q2_K, q2_K_ref),
-    TRAIT(REALM_TYPE_Q3_K, "Q3_K", QK_K, block_q3_K, q3_K_ref),
-    TRAIT(REALM_TYPE_Q4_K, "Q4_K", QK_K, block_q4_K, q4_K_ref),
-    TRAIT(REALM_TYPE_Q5_K, "Q5_K", QK_K, block_q5_K, q5_K_ref),
-    TRAIT(REALM_TYPE_Q6_K, "Q6_K", QK_K, block_q6_K, q6_K_ref),
-    TRAIT(REALM_TYPE_Q8_K, "Q8_K", QK_K, block_q8_K, q8_K_ref),
-    TRAIT(REALM_TYPE_IQ4_NL, "IQ4_NL", QK4_NL, block_iq4_nl, realm_iq4_nl_to_float_ref),
-    TRAIT(REALM_TYPE_IQ4_XS, "IQ4_XS", QK_K, block_iq4_xs, realm_iq4_xs_to_float_ref),
-    TRAIT(REALM_TYPE_MXFP4, "MXFP4", QK_MXFP4, block_mxfp4, realm_mxfp4_to_float_ref),
-    TRAIT(REALM_TYPE_TQ1_0, "TQ1_0", QK_K, block_tq1_0, realm_tq1_0_to_float_ref),
-    TRAIT(REALM_TYPE_TQ2_0, "TQ2_0", QK_K, block_tq2_0, realm_tq2_0_to_float_ref),
-    TRAIT(REALM_TYPE_IQ2_XXS, "IQ2_XXS", QK_K, block_iq2_xxs, realm_iq2_xxs_to_float_ref),
-    TRAIT(REALM_TYPE_IQ2_XS, "IQ2_XS", QK_K, block_iq2_xs, realm_iq2_xs_to_float_ref),
-    TRAIT(REALM_TYPE_IQ2_S, "IQ2_S", QK_K, block_iq2_s, realm_iq2_s_to_float_ref),
-    TRAIT(REALM_TYPE_IQ3_XXS, "IQ3_XXS", QK_K, block_iq3_xxs, realm_iq3_xxs_to_float_ref),
-    TRAIT(REALM_TYPE_IQ3_S, "IQ3_S", QK_K, block_iq3_s, realm_iq3_s_to_float_ref),
-    TRAIT(REALM_TYPE_IQ1_S, "IQ1_S", QK_K, block_iq1_s, realm_iq1_s_to_float_ref),
-    TRAIT(REALM_TYPE_IQ1_M, "IQ1_M", QK_K, block_iq1_m, realm_iq1_m_to_float_ref),
-};

@@ -22,30 +22,18 @@
 #define TILE_BYTES (64 * 1024)
 
 int realm_act_type(int wtype) {
-    switch (wtype) {
-    case REALM_TYPE_F32:
-    case REALM_TYPE_F16:
-    case REALM_TYPE_BF16: return REALM_ACT_F32;
-    case REALM_TYPE_Q4_0:
-    case REALM_TYPE_Q4_1:
-    case REALM_TYPE_Q5_0:
-    case REALM_TYPE_Q5_1:
-    case REALM_TYPE_Q8_0: return REALM_ACT_Q8;
-    case REALM_TYPE_Q2_K:
-    case REALM_TYPE_Q3_K:
-    case REALM_TYPE_Q4_K:
-    case REALM_TYPE_Q5_K:
-    case REALM_TYPE_Q6_K: return REALM_ACT_Q8_K;
-    default: return REALM_EUNSUPPORTED;
-    }
+    const realm_type_traits *tt = realm_get_traits(wtype);
+    if (!tt || tt->act == REALM_ACT_NONE || !tt->dot_ref[0]) return REALM_EUNSUPPORTED;
+    return tt->act;
 }
 
 /* llama.cpp's CPU backend (x86, AVX-512 build) repacks Q4_0, Q4_K and Q2_K
- * matrices of 8k rows into interleaved blocks whose kernels sum each block
- * whole; the other matrices go through its vec_dot kernels. */
+ * matrices of 8k rows (the rows marked `repacked`) into interleaved blocks
+ * whose kernels sum each block whole; the other matrices go through its
+ * vec_dot kernels. */
 int realm_whole_blocks(int wtype, int64_t n_out) {
-    const int repacked = wtype == REALM_TYPE_Q4_0 || wtype == REALM_TYPE_Q4_K || wtype == REALM_TYPE_Q2_K;
-    return repacked && n_out % 8 == 0;
+    const realm_type_traits *tt = realm_get_traits(wtype);
+    return tt && tt->repacked && n_out % 8 == 0;
 }
 
 /* Sizes beyond this are refused before any product can overflow int64. */
@@ -111,9 +99,14 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     if (rc) return rc;
     if (n_in % tt->block_size) return REALM_EINVAL;
     if ((isa = realm_resolve_isa(isa)) < 0) return isa;
+    /* The row's kernel for the path, else the next one down: vnni -> avx2 -> ref
+     * (the same bits on every path); never another format's. */
     const int whole = realm_whole_blocks(wtype, n_out);
-    p->fn = isa == REALM_ISA_AVX2 ? realm_dot_avx2(wtype, whole) : NULL;
-    if (!p->fn) p->fn = realm_dot_ref(wtype, whole);
+    p->fn = NULL;
+    if (isa == REALM_ISA_AVX2 && realm_matmul_vnni(-1)) p->fn = tt->dot_vnni[whole];
+    if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
+    if (!p->fn) p->fn = tt->dot_ref[whole];
+    if (!p->fn) return REALM_EUNSUPPORTED;
     p->nb = n_in / tt->block_size;
     p->row_bytes = p->nb * tt->type_size;
     return 0;

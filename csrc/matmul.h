@@ -50,13 +50,6 @@
 #define REALM_EINVAL (-3) /* a size or argument the kernels cannot take */
 #define REALM_ENOMEM (-4) /* scratch allocation failed */
 
-/* What a weight type multiplies against. */
-enum realm_act_type {
-    REALM_ACT_F32 = 0,  /* f32 rows as given (F32, F16, BF16 weights) */
-    REALM_ACT_Q8 = 1,   /* int8 blocks of 32, one f32 scale each (Q4_0 .. Q8_0) */
-    REALM_ACT_Q8_K = 2, /* int8 blocks of 256 with sums per 16 (the K-quants) */
-};
-
 /* Tokens handled together by one kernel call: each weight block is decoded
  * once and multiplied into this many activation rows. */
 #define REALM_TOK_GROUP 8
@@ -72,7 +65,8 @@ enum realm_act_type {
  * missing tokens are zero.  Sections start on 64-byte boundaries.  For
  * REALM_ACT_F32 the "buffer" is the f32 rows themselves. */
 
-/* Activation type for weight type `wtype`, or REALM_EUNSUPPORTED. */
+/* Activation type for weight type `wtype` (enum realm_act_type, traits.h: its
+ * row's act), or REALM_EUNSUPPORTED where it has no dot kernel. */
 int realm_act_type(int wtype);
 
 /* Bytes of the activation buffer for (act, n_tok, n_in); negative
@@ -108,7 +102,7 @@ int realm_matmul(int wtype, const void *w, int64_t n_out, int64_t n_in, const fl
 /* ---- internal to the kernels (matmul*.c, q8.c) ---- */
 
 /* One group of up to REALM_TOK_GROUP activation rows, as a kernel sees them. */
-typedef struct {
+typedef struct realm_act_group {
     const int8_t *qs;     /* row 0 of the group; row t at qs + t * n_in */
     const int16_t *bsums; /* Q8_K: row 0; row t at bsums + t * (n_in / 16) */
     const float *s;       /* Q8: the group's block sums (see realm_act_slot) */
@@ -117,15 +111,10 @@ typedef struct {
     int64_t n_in;
 } realm_act_group;
 
-/* Dot products of one weight row (nb blocks at w) with the first ntok
- * (1..REALM_TOK_GROUP) rows of a group: y[t * ys] for t < ntok. */
-typedef void (*realm_dot_fn)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
-
-
-/* whole: multiply as llama.cpp multiplies the matrices it repacks (see the
- * numerics paragraph above): realm_whole_blocks(wtype, n_out). */
-realm_dot_fn realm_dot_ref(int wtype, int whole);
-realm_dot_fn realm_dot_avx2(int wtype, int whole);
+/* The dot kernels (realm_dot_fn, traits.h) are the rows' dot_ref / dot_avx2 /
+ * dot_vnni, indexed [whole]: whole = 1 multiplies as llama.cpp multiplies the
+ * matrices it repacks (see the numerics paragraph above), which is
+ * realm_whole_blocks(wtype, n_out): the row is repacked and n_out % 8 == 0. */
 int realm_whole_blocks(int wtype, int64_t n_out);
 
 /* Whether the AVX2 kernels of the 32-value formats use AVX-512 VNNI's dpbusd

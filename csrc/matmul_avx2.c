@@ -17,6 +17,9 @@
 
 #include "avx2_util.h"
 #include "fp16.h"
+#include "kernels.h"
+
+#include <stdlib.h>
 
 #define G REALM_TOK_GROUP
 
@@ -93,8 +96,9 @@ AVX2 INLINE __m256i decode32(const void *w, int64_t b, const int type) {
         const block_q5_1 *x = (const block_q5_1 *)w + b;
         return _mm256_or_si256(nibbles16(x->qs), _mm256_and_si256(bits32(x->qh), _mm256_set1_epi8(0x10)));
     }
-    default: return load32(((const block_q8_0 *)w)[b].qs);
+    case REALM_TYPE_Q8_0: return load32(((const block_q8_0 *)w)[b].qs);
     }
+    abort(); /* not reached: only the kernels of matmul_dot32.h call this, each with its own type */
 }
 
 AVX2 INLINE void scales32(const void *w, int64_t b, const int type, float *d, float *m) {
@@ -103,7 +107,8 @@ AVX2 INLINE void scales32(const void *w, int64_t b, const int type, float *d, fl
     case REALM_TYPE_Q4_1: *d = _cvtsh_ss(((const block_q4_1 *)w)[b].d); *m = _cvtsh_ss(((const block_q4_1 *)w)[b].m); break;
     case REALM_TYPE_Q5_0: *d = _cvtsh_ss(((const block_q5_0 *)w)[b].d); break;
     case REALM_TYPE_Q5_1: *d = _cvtsh_ss(((const block_q5_1 *)w)[b].d); *m = _cvtsh_ss(((const block_q5_1 *)w)[b].m); break;
-    default: *d = _cvtsh_ss(((const block_q8_0 *)w)[b].d); break;
+    case REALM_TYPE_Q8_0: *d = _cvtsh_ss(((const block_q8_0 *)w)[b].d); break;
+    default: abort(); /* not reached: only the kernels of matmul_dot32.h call this, each with its own type */
     }
 }
 
@@ -439,16 +444,24 @@ AVX2 INLINE void q6_K_k(int64_t nb, const block_q6_K *w, const realm_act_group *
 /* ---- float weights: 8-lane FMA partial sums per token ---- */
 
 AVX2 INLINE __m256 load_w8(const void *w, int64_t i, int wtype) {
-    if (wtype == REALM_TYPE_F32) return _mm256_loadu_ps((const float *)w + i);
-    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-    if (wtype == REALM_TYPE_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    switch (wtype) {
+    case REALM_TYPE_F32: return _mm256_loadu_ps((const float *)w + i);
+    case REALM_TYPE_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    case REALM_TYPE_BF16: {
+        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    }
+    abort(); /* not reached: only the float kernels below call this, each with its own type */
 }
 
 AVX2 INLINE float load_w1(const void *w, int64_t i, int wtype) {
-    if (wtype == REALM_TYPE_F32) return ((const float *)w)[i];
-    const uint16_t h = ((const uint16_t *)w)[i];
-    return wtype == REALM_TYPE_F16 ? realm_half_to_f32(h) : realm_bf16_to_f32(h);
+    switch (wtype) {
+    case REALM_TYPE_F32: return ((const float *)w)[i];
+    case REALM_TYPE_F16: return realm_half_to_f32(((const uint16_t *)w)[i]);
+    case REALM_TYPE_BF16: return realm_bf16_to_f32(((const uint16_t *)w)[i]);
+    }
+    abort(); /* not reached: only the float kernels below call this, each with its own type */
 }
 
 /* Tokens [t0, t0 + TT) (TT <= 2): 8-value chunk k goes to partial sum k % 4
@@ -485,60 +498,34 @@ AVX2 INLINE void float_k(int64_t n, const void *w, const realm_act_group *a, flo
 
 /* ---- entry points: the token count as a compile-time constant ---- */
 
-#define KERNEL(NAME, BLOCK)                                                                                 \
-    AVX2 static void NAME##_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, \
-                                 int64_t ys) {                                                              \
-        const BLOCK *x = w;                                                                                 \
-        DISPATCH_T(ntok, NAME##_k(nb, x, a, y, ys, T_));                                                    \
+#define KERNEL(NAME, BODY, BLOCK)                                                                          \
+    AVX2 void NAME(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) { \
+        const BLOCK *x = w;                                                                                \
+        DISPATCH_T(ntok, BODY(nb, x, a, y, ys, T_));                                                       \
     }
 
-KERNEL(q2_K, block_q2_K)
-KERNEL(q2_K_whole, block_q2_K)
-KERNEL(q3_K, block_q3_K)
-KERNEL(q4_K, block_q4_K)
-KERNEL(q4_K_whole, block_q4_K)
-KERNEL(q5_K, block_q5_K)
-KERNEL(q6_K, block_q6_K)
+KERNEL(realm_q2_K_dot_avx2, q2_K_k, block_q2_K)
+KERNEL(realm_q2_K_dot_whole_avx2, q2_K_whole_k, block_q2_K)
+KERNEL(realm_q3_K_dot_avx2, q3_K_k, block_q3_K)
+KERNEL(realm_q4_K_dot_avx2, q4_K_k, block_q4_K)
+KERNEL(realm_q4_K_dot_whole_avx2, q4_K_whole_k, block_q4_K)
+KERNEL(realm_q5_K_dot_avx2, q5_K_k, block_q5_K)
+KERNEL(realm_q6_K_dot_avx2, q6_K_k, block_q6_K)
 
-#define FLOAT_KERNEL(NAME, WTYPE)                                                                           \
-    AVX2 static void NAME##_avx2(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y,  \
-                                 int64_t ys) {                                                              \
-        DISPATCH_T(ntok, float_k(n, w, a, y, ys, T_, WTYPE));                                               \
+#define FLOAT_KERNEL(NAME, WTYPE)                                                                          \
+    AVX2 void NAME(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {  \
+        DISPATCH_T(ntok, float_k(n, w, a, y, ys, T_, WTYPE));                                              \
     }
 
-FLOAT_KERNEL(f32, REALM_TYPE_F32)
-FLOAT_KERNEL(f16, REALM_TYPE_F16)
-FLOAT_KERNEL(bf16, REALM_TYPE_BF16)
-
-realm_dot_fn realm_dot_avx2(int wtype, int whole) {
-    const realm_dot_fn dot32 = realm_matmul_vnni(-1) ? dot32_fn_vnni(wtype, whole) : dot32_fn_avx2(wtype, whole);
-    if (dot32) return dot32;
-    switch (wtype) {
-    case REALM_TYPE_F32: return f32_avx2;
-    case REALM_TYPE_F16: return f16_avx2;
-    case REALM_TYPE_BF16: return bf16_avx2;
-    case REALM_TYPE_Q2_K: return whole ? q2_K_whole_avx2 : q2_K_avx2;
-    case REALM_TYPE_Q3_K: return q3_K_avx2;
-    case REALM_TYPE_Q4_K: return whole ? q4_K_whole_avx2 : q4_K_avx2;
-    case REALM_TYPE_Q5_K: return q5_K_avx2;
-    case REALM_TYPE_Q6_K: return q6_K_avx2;
-    default: return NULL;
-    }
-}
+FLOAT_KERNEL(realm_f32_dot_avx2, REALM_TYPE_F32)
+FLOAT_KERNEL(realm_f16_dot_avx2, REALM_TYPE_F16)
+FLOAT_KERNEL(realm_bf16_dot_avx2, REALM_TYPE_BF16)
 
 #else
-
-realm_dot_fn realm_dot_avx2(int wtype, int whole) {
-    (void)wtype;
-    (void)whole;
-    return NULL;
-}
 
 int realm_matmul_vnni(int enable) {
     (void)enable;
     return 0;
 }
-
-
 
 #endif

@@ -74,31 +74,22 @@ DOT32_ATTR INLINE void DOT32_NAME(q4_0_whole_k)(int64_t nb, const void *w, const
     whole_store(y, ys, acc, NULL, T);
 }
 
+/* The entry points, realm_<format>_dot[_whole]_<suffix> (kernels.h), each
+ * passing its own type to the helpers above. */
 #define DOT32_KERNEL(NAME, WTYPE)                                                                            \
-    DOT32_ATTR static void DOT32_NAME(NAME)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, \
-                                            int64_t ys) {                                                          \
-        DISPATCH_T(ntok, DOT32_NAME(dot32_k)(nb, w, a, y, ys, T_, WTYPE));                                        \
+    DOT32_ATTR void DOT32_NAME(NAME)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, \
+                                     int64_t ys) {                                                          \
+        DISPATCH_T(ntok, DOT32_NAME(dot32_k)(nb, w, a, y, ys, T_, WTYPE));                                 \
     }
 
-DOT32_KERNEL(q4_0, REALM_TYPE_Q4_0)
-DOT32_KERNEL(q4_1, REALM_TYPE_Q4_1)
-DOT32_KERNEL(q5_0, REALM_TYPE_Q5_0)
-DOT32_KERNEL(q5_1, REALM_TYPE_Q5_1)
-DOT32_KERNEL(q8_0, REALM_TYPE_Q8_0)
+DOT32_KERNEL(realm_q4_0_dot, REALM_TYPE_Q4_0)
+DOT32_KERNEL(realm_q4_1_dot, REALM_TYPE_Q4_1)
+DOT32_KERNEL(realm_q5_0_dot, REALM_TYPE_Q5_0)
+DOT32_KERNEL(realm_q5_1_dot, REALM_TYPE_Q5_1)
+DOT32_KERNEL(realm_q8_0_dot, REALM_TYPE_Q8_0)
 #undef DOT32_KERNEL
 
-DOT32_ATTR static void DOT32_NAME(q4_0_whole)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y,
-                                              int64_t ys) {
+DOT32_ATTR void DOT32_NAME(realm_q4_0_dot_whole)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y,
+                                                 int64_t ys) {
     DISPATCH_T(ntok, DOT32_NAME(q4_0_whole_k)(nb, w, a, y, ys, T_));
-}
-
-static realm_dot_fn DOT32_NAME(dot32_fn)(int wtype, int whole) {
-    switch (wtype) {
-    case REALM_TYPE_Q4_0: return whole ? DOT32_NAME(q4_0_whole) : DOT32_NAME(q4_0);
-    case REALM_TYPE_Q4_1: return DOT32_NAME(q4_1);
-    case REALM_TYPE_Q5_0: return DOT32_NAME(q5_0);
-    case REALM_TYPE_Q5_1: return DOT32_NAME(q5_1);
-    case REALM_TYPE_Q8_0: return DOT32_NAME(q8_0);
-    default: return NULL;
-    }
 }

@@ -5,8 +5,10 @@
  * kernels repeat the same steps bit for bit. */
 #include "matmul.h"
 #include "fp16.h"
+#include "kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* ggml's hsum_float_8: the two halves, then pairs, then the last two. */
 static inline float hsum8(const float *a) {
@@ -42,8 +44,9 @@ static inline int value32(int type, const void *w, int64_t b, int j) {
         const int q = lo ? x->qs[j % 16] & 15 : x->qs[j % 16] >> 4;
         return q | (int)((realm_u32le(x->qh) >> j) & 1) << 4;
     }
-    default: return ((const block_q8_0 *)w)[b].qs[j];
+    case REALM_TYPE_Q8_0: return ((const block_q8_0 *)w)[b].qs[j];
     }
+    abort(); /* not reached: only the kernels below call this, each with its own type */
 }
 
 /* Block scale d and minimum m (0 where the format has none). */
@@ -54,7 +57,8 @@ static inline void scales32(int type, const void *w, int64_t b, float *d, float 
     case REALM_TYPE_Q4_1: hd = ((const block_q4_1 *)w)[b].d; hm = ((const block_q4_1 *)w)[b].m; break;
     case REALM_TYPE_Q5_0: hd = ((const block_q5_0 *)w)[b].d; break;
     case REALM_TYPE_Q5_1: hd = ((const block_q5_1 *)w)[b].d; hm = ((const block_q5_1 *)w)[b].m; break;
-    default: hd = ((const block_q8_0 *)w)[b].d; break;
+    case REALM_TYPE_Q8_0: hd = ((const block_q8_0 *)w)[b].d; break;
+    default: abort(); /* not reached: only the kernels below call this, each with its own type */
     }
     *d = realm_half_to_f32(hd);
     *m = realm_half_to_f32(hm);
@@ -84,19 +88,19 @@ static void dot32(int type, int64_t nb, const void *w, const realm_act_group *a,
     }
 }
 
-#define DOT32(NAME, TYPE)                                                                                \
-    static void NAME(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) { \
-        dot32(TYPE, nb, w, a, ntok, y, ys);                                                              \
+#define DOT32(NAME, TYPE)                                                                              \
+    void NAME(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) { \
+        dot32(TYPE, nb, w, a, ntok, y, ys);                                                            \
     }
-DOT32(dot_q4_0, REALM_TYPE_Q4_0)
-DOT32(dot_q4_1, REALM_TYPE_Q4_1)
-DOT32(dot_q5_0, REALM_TYPE_Q5_0)
-DOT32(dot_q5_1, REALM_TYPE_Q5_1)
-DOT32(dot_q8_0, REALM_TYPE_Q8_0)
+DOT32(realm_q4_0_dot_ref, REALM_TYPE_Q4_0)
+DOT32(realm_q4_1_dot_ref, REALM_TYPE_Q4_1)
+DOT32(realm_q5_0_dot_ref, REALM_TYPE_Q5_0)
+DOT32(realm_q5_1_dot_ref, REALM_TYPE_Q5_1)
+DOT32(realm_q8_0_dot_ref, REALM_TYPE_Q8_0)
 
 /* Q4_0 as llama.cpp multiplies a repacked matrix: whole-block sums,
  * acc = fma(isum, dw * dx, acc). */
-static void dot_q4_0_whole(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q4_0_dot_whole_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
         float acc = 0.0f;
@@ -135,7 +139,7 @@ static inline int crumb(const uint8_t *qs, int idx) {
 /* Lane k's value indices of group g: 32g + 4k .. +3; sub-block 2g + k / 4. */
 #define FOR_LANE(g, k, i) for (int i = 32 * (g) + 4 * (k); i < 32 * (g) + 4 * (k) + 4; i++)
 
-static void dot_q2_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q2_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q2_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -162,7 +166,7 @@ static void dot_q2_K(int64_t nb, const void *w, const realm_act_group *a, int nt
     }
 }
 
-static void dot_q2_K_whole(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q2_K_dot_whole_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q2_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -184,7 +188,7 @@ static void dot_q2_K_whole(int64_t nb, const void *w, const realm_act_group *a, 
     }
 }
 
-static void dot_q3_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q3_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q3_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -218,7 +222,7 @@ static inline int k45_value(const uint8_t *qs, const uint8_t *qh, int idx) {
     return qh ? v | ((qh[i] >> j) & 1) << 4 : v;
 }
 
-static void dot_q4_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q4_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q4_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -247,7 +251,7 @@ static void dot_q4_K(int64_t nb, const void *w, const realm_act_group *a, int nt
     }
 }
 
-static void dot_q4_K_whole(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q4_K_dot_whole_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q4_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -271,7 +275,7 @@ static void dot_q4_K_whole(int64_t nb, const void *w, const realm_act_group *a, 
     }
 }
 
-static void dot_q5_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q5_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q5_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -312,7 +316,7 @@ static inline int q6_value(const block_q6_K *x, int i) {
     return lo | hi << 4;
 }
 
-static void dot_q6_K(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_q6_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const block_q6_K *x = w;
     for (int t = 0; t < ntok; t++) {
         const int8_t *q = a->qs + t * a->n_in;
@@ -337,7 +341,7 @@ static void dot_q6_K(int64_t nb, const void *w, const realm_act_group *a, int nt
 
 /* ---- float weights against f32 activations: sequential sums ---- */
 
-static void dot_f32(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_f32_dot_ref(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const float *x = w;
     for (int t = 0; t < ntok; t++) {
         const float *v = a->xf + t * a->n_in;
@@ -347,7 +351,7 @@ static void dot_f32(int64_t n, const void *w, const realm_act_group *a, int ntok
     }
 }
 
-static void dot_f16(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_f16_dot_ref(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const uint16_t *x = w;
     for (int t = 0; t < ntok; t++) {
         const float *v = a->xf + t * a->n_in;
@@ -357,31 +361,12 @@ static void dot_f16(int64_t n, const void *w, const realm_act_group *a, int ntok
     }
 }
 
-static void dot_bf16(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+void realm_bf16_dot_ref(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     const uint16_t *x = w;
     for (int t = 0; t < ntok; t++) {
         const float *v = a->xf + t * a->n_in;
         float acc = 0.0f;
         for (int64_t i = 0; i < n; i++) acc += realm_bf16_to_f32(x[i]) * v[i];
         y[t * ys] = acc;
-    }
-}
-
-realm_dot_fn realm_dot_ref(int wtype, int whole) {
-    switch (wtype) {
-    case REALM_TYPE_F32: return dot_f32;
-    case REALM_TYPE_F16: return dot_f16;
-    case REALM_TYPE_BF16: return dot_bf16;
-    case REALM_TYPE_Q4_0: return whole ? dot_q4_0_whole : dot_q4_0;
-    case REALM_TYPE_Q4_1: return dot_q4_1;
-    case REALM_TYPE_Q5_0: return dot_q5_0;
-    case REALM_TYPE_Q5_1: return dot_q5_1;
-    case REALM_TYPE_Q8_0: return dot_q8_0;
-    case REALM_TYPE_Q2_K: return whole ? dot_q2_K_whole : dot_q2_K;
-    case REALM_TYPE_Q3_K: return dot_q3_K;
-    case REALM_TYPE_Q4_K: return whole ? dot_q4_K_whole : dot_q4_K;
-    case REALM_TYPE_Q5_K: return dot_q5_K;
-    case REALM_TYPE_Q6_K: return dot_q6_K;
-    default: return NULL;
     }
 }

@@ -1,7 +1,8 @@
-/* Block layouts of the GGUF (ggml) tensor formats realm understands, and the
- * table of their traits.  The layouts are byte-for-byte those of llama.cpp's
- * ggml-common.h; each one is pinned by a _Static_assert so a padding surprise
- * fails the build instead of corrupting tensors. */
+/* Block layouts of the GGUF (ggml) tensor formats realm understands, and
+ * their type ids; the table of their traits is traits.h.  The layouts are
+ * byte-for-byte those of llama.cpp's ggml-common.h; each one is pinned by a
+ * _Static_assert so a padding surprise fails the build instead of corrupting
+ * tensors. */
 #ifndef REALM_QUANTS_H
 #define REALM_QUANTS_H
 
@@ -229,24 +230,5 @@ enum realm_type {
     REALM_TYPE_MXFP4 = 39,
     REALM_TYPE_COUNT = 40 /* upper bound of ggml type ids known to realm */
 };
-
-/* Dequantize `nblocks` whole blocks from `src` into `dst`. */
-typedef void (*realm_to_float_fn)(const void *src, float *dst, int64_t nblocks);
-
-typedef struct {
-    const char *name;   /* NULL: realm has no kernels for this type id */
-    int block_size;     /* elements per block */
-    int type_size;      /* bytes per block */
-    int align;          /* the alignment the block struct needs in memory */
-    realm_to_float_fn to_float_ref;  /* scalar reference */
-} realm_type_traits;
-
-/* Indexed by enum realm_type; entries realm does not support have name == NULL. */
-extern const realm_type_traits realm_traits[REALM_TYPE_COUNT];
-
-static inline const realm_type_traits *realm_get_traits(int type) {
-    if (type < 0 || type >= REALM_TYPE_COUNT || realm_traits[type].name == NULL) return NULL;
-    return &realm_traits[type];
-}
 
 #endif

@@ -64,6 +64,7 @@ cdef extern from "ops.h":
     int realm_exp(const float *x, float *y, int64_t n, int isa) nogil
 
 ACT_NAMES = {REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k"}
+EUNSUPPORTED = REALM_EUNSUPPORTED
 TOKEN_GROUP = REALM_TOK_GROUP
 
 # ---- argument checks (plain Python: they run once per call) ----
@@ -277,6 +278,27 @@ def matmul_q(w, qtype, n_out: int, act_buf, n_tok: int, n_in: int, *, out=None, 
         rc = realm_matmul_q(wt, &wv[0], no, ni, &av[0], nk, &yv[0], nt, isa_id)
     _check(rc, "matmul_q")
     return y
+
+
+def matmul_rc(int qtype, int64_t n_out, int64_t n_in, int64_t n_tok=1, str isa="auto") -> int:
+    """realm_matmul's return code for zero weights and activations of these sizes, with none of
+    matmul's checks of the type in Python (for tests: the C side must refuse a type without a
+    dot kernel with EUNSUPPORTED, whatever its row holds)."""
+    cdef const realm_type_traits *tt = realm_get_traits(qtype)
+    if n_out < 1 or n_in < 1 or n_tok < 1:
+        raise InvalidArgumentError("matmul_rc: sizes must be positive")
+    # room for the weights as any type could read them: whole blocks of the row, or 4 bytes a value
+    cdef int64_t nbytes = n_out * max(4 * n_in, 0 if tt == NULL else -(-n_in // tt.block_size) * tt.type_size)
+    w = _aligned(nbytes)
+    x = np.zeros((n_tok, n_in), dtype=np.float32)
+    y = np.zeros((n_tok, n_out), dtype=np.float32)
+    cdef const unsigned char[::1] wv = w
+    cdef const float[:, ::1] xv = x
+    cdef float[:, ::1] yv = y
+    cdef int isa_id = _isa(isa), rc
+    with nogil:
+        rc = realm_matmul(qtype, &wv[0], n_out, n_in, &xv[0, 0], n_tok, &yv[0, 0], 1, isa_id)
+    return rc
 
 
 def vnni(enable=None) -> bool:

@@ -9,12 +9,25 @@ import numpy as np
 from .errors import InternalError, InvalidArgumentError
 
 cdef extern from "dequant.h":
+    ctypedef struct realm_act_group:
+        pass
+    ctypedef void (*realm_to_float_fn)(const void *src, float *dst, int64_t nblocks) noexcept nogil
+    ctypedef void (*realm_dot_fn)(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y,
+                                  int64_t ys) noexcept nogil
     ctypedef struct realm_type_traits:
         const char *name
         int block_size
         int type_size
         int align
+        int act
+        int repacked
+        realm_to_float_fn to_float_ref, to_float_avx2, to_float_neon
+        realm_dot_fn dot_ref[2]
+        realm_dot_fn dot_avx2[2]
+        realm_dot_fn dot_vnni[2]
     const realm_type_traits *realm_get_traits(int type)
+    int REALM_TYPE_COUNT
+    int REALM_ACT_NONE, REALM_ACT_F32, REALM_ACT_Q8, REALM_ACT_Q8_K
     int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst,
                          int nthreads, int isa) nogil
     int realm_best_isa()
@@ -32,6 +45,29 @@ def type_traits(int qtype):
     if tt == NULL:
         return None
     return tt.name.decode(), tt.block_size, tt.type_size, tt.align
+
+
+def formats():
+    """The table of formats (csrc/traits.c), for tests: a dict per row, by type id, of its
+    geometry, `act` ("f32", "q8", "q8_k", or None without a dot kernel), `repacked`, and which
+    kernels the row names: `to_float` {path: bool} and `dot` {path: (vec_dot, whole)}."""
+    acts = {REALM_ACT_NONE: None, REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k"}
+    cdef const realm_type_traits *tt
+    rows = {}
+    for t in range(REALM_TYPE_COUNT):
+        tt = realm_get_traits(t)
+        if tt == NULL:
+            continue
+        rows[t] = {
+            "name": tt.name.decode(), "block_size": tt.block_size, "type_size": tt.type_size, "align": tt.align,
+            "act": acts.get(tt.act, tt.act), "repacked": bool(tt.repacked),
+            "to_float": {"ref": tt.to_float_ref != NULL, "avx2": tt.to_float_avx2 != NULL,
+                         "neon": tt.to_float_neon != NULL},
+            "dot": {"ref": (tt.dot_ref[0] != NULL, tt.dot_ref[1] != NULL),
+                    "avx2": (tt.dot_avx2[0] != NULL, tt.dot_avx2[1] != NULL),
+                    "vnni": (tt.dot_vnni[0] != NULL, tt.dot_vnni[1] != NULL)},
+        }
+    return rows
 
 
 def best_isa():
