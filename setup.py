@@ -12,24 +12,6 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
-# The table of formats (csrc/traits.c) names every format's kernels: the row
-# dequantizers and the dot products.
-KERNEL_SOURCES = [
-    "csrc/traits.c",
-    "csrc/dequant.c",
-    "csrc/dequant_ref.c",
-    "csrc/dequant_avx2.c",
-    "csrc/dequant_neon.c",
-    "csrc/dequant_iq_ref.c",
-    "csrc/dequant_iq_avx2.c",
-    "csrc/dequant_iq_neon.c",
-    "csrc/matmul_ref.c",
-    "csrc/matmul_avx2.c",
-]
-KERNEL_HEADERS = ["csrc/quants.h", "csrc/traits.h", "csrc/kernels.h", "csrc/dequant.h", "csrc/matmul.h",
-                  "csrc/matmul_dot32.h", "csrc/fp16.h", "csrc/avx2_util.h",
-                  "csrc/kernels_iq.h", "csrc/iq_tables.h"]
-
 # -ffp-contract=off: the kernels must round every product and sum separately,
 # as llama.cpp's reference code does; a fused multiply-add would change bits.
 C_FLAGS = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
@@ -109,21 +91,35 @@ class BuildExt(build_ext):
         return True
 
 
+# One extension, realm._native: every kernel compiled once, so a process holds one table of
+# formats (csrc/traits.c) and one cached choice of instruction set.
+NATIVE_SOURCES = [
+    "realm/_native.pyx",  # includes realm/_quant.pxi, _compute.pxi, _forward.pxi, _ticker.pxi
+    "csrc/traits.c",
+    "csrc/dequant.c",
+    "csrc/dequant_ref.c",
+    "csrc/dequant_avx2.c",
+    "csrc/dequant_neon.c",
+    "csrc/dequant_iq_ref.c",
+    "csrc/dequant_iq_avx2.c",
+    "csrc/dequant_iq_neon.c",
+    "csrc/q8.c",
+    "csrc/matmul.c",
+    "csrc/matmul_ref.c",
+    "csrc/matmul_avx2.c",
+    "csrc/ops.c",
+    "csrc/ops_avx2.c",
+    "csrc/forward.c",
+    "csrc/ticker.c",
+]
+
 extensions = [
     Extension(
-        "realm._quant",
-        sources=["realm/_quant.pyx", *KERNEL_SOURCES],
-        include_dirs=["csrc"],
-        depends=KERNEL_HEADERS,
-    ),
-    Extension(  # quantized matmul and the transformer ops (csrc/matmul.h, csrc/ops.h)
-        "realm._compute",
-        sources=["realm/_compute.pyx", *KERNEL_SOURCES, "csrc/q8.c", "csrc/matmul.c", "csrc/ops.c",
-                 "csrc/ops_avx2.c", "csrc/forward.c", "csrc/ticker.c"],
+        "realm._native",
+        sources=NATIVE_SOURCES,
         include_dirs=["csrc"],
         libraries=["m"],
-        depends=[*KERNEL_HEADERS, "csrc/ops.h", "csrc/forward.h", "csrc/ticker.h", "realm/_forward.pxi",
-                 "realm/_ticker.pxi"],
+        depends=[*sorted(glob.glob("csrc/*.h")), *sorted(glob.glob("realm/*.pxi"))],
     ),
 ]
 

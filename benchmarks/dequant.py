@@ -52,7 +52,7 @@ def main() -> None:
     out = np.empty(n, dtype=np.float32)
     fill = n / median_seconds(lambda: out.fill(1.0), args.repeat) / 1e6
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{n} elements, median of {args.repeat}; isa={realm._quant.best_isa()}, {cores} cores; "
+    print(f"{n} elements, median of {args.repeat}; isa={realm._native.best_isa()}, {cores} cores; "
           f"f32 fill {fill:.0f} Melem/s")
     cols = ["type", "realm 1t", "realm all", "llama.cpp", "gguf-py", "1t/llama", "all/fill", "all/gguf"]
     widths = [6, 9, 9, 9, 8, 8, 8, 8]

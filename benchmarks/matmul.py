@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realm import GGMLType, _compute
+from realm import GGMLType, _native
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ggml_ref import load_ggml  # noqa: E402
@@ -114,7 +114,7 @@ def measure(qtype: GGMLType, wq: np.ndarray, rows: int, cols: int, n_tok: int, t
         for nt in threads:
             def realm_run():
                 for _ in range(reps):
-                    _compute.matmul(wq, qtype, rows, x, out=y, threads=nt)
+                    _native.matmul(wq, qtype, rows, x, out=y, threads=nt)
             res[("realm", nt)] = flops / (median_seconds(realm_run, repeat) / reps) / 1e9
             res[("llama", nt)] = flops / (median_seconds(lambda: g.run(nt), repeat) / reps) / 1e9
         ref = g.result()

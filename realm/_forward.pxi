@@ -1,4 +1,4 @@
-# The forward pass (csrc/forward.c) for Python: included by _compute.pyx.
+# The forward pass (csrc/forward.c) for Python: included by _native.pyx.
 #
 # ForwardModel holds the C model struct -- a config and a table of
 # (type, pointer, dims) per weight tensor -- and references to the arrays the
@@ -76,9 +76,6 @@ cdef extern from "forward.h":
     int realm_forward_layer(const realm_model *m, int il, const float *inp, int64_t n_tok, int64_t pos,
                             realm_kv_cache *kv, realm_scratch *s, float *out) nogil
     int realm_forward_lm_head(const realm_model *m, const float *hidden, int64_t n_rows, float *logits) nogil
-
-cdef extern from "dequant.h":
-    int realm_best_isa()
 
 cdef class KVCache
 

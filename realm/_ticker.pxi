@@ -1,4 +1,4 @@
-# The epoch ticker (csrc/ticker.h) for realm/limits.py: included by _compute.pyx.
+# The epoch ticker (csrc/ticker.h) for realm/limits.py: included by _native.pyx.
 
 cdef extern from "ticker.h":
     int REALM_TICKER_MAX_ENGINES

@@ -52,8 +52,8 @@ from typing import Any, Hashable
 
 import numpy as np
 
-from . import _compute
-from ._compute import FORWARD_EINVAL
+from . import _native
+from ._native import FORWARD_EINVAL
 from .errors import ArgumentTypeError, InvalidArgumentError
 from .forward import HostModel, KVCache
 from .store import ModelStore
@@ -254,7 +254,7 @@ class Engine:
         self.model = HostModel(store, model_id, threads=threads, held=held)
         self.settings = settings
         self.prefix = PrefixCache(settings.prefix_cache_bytes)
-        self._batch = _compute.Batch(self.model._fm)
+        self._batch = _native.Batch(self.model._fm)
         self._n_layer = self.model.config.n_layer
         self._cond = threading.Condition()
         self._queue: list[_Work] = []

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import _compute
-from ._compute import ContextFullError, ForwardError, KVCache
+from . import _native
+from ._native import ContextFullError, ForwardError, KVCache
 from .errors import ArgumentTypeError, InvalidArgumentError, ModelNotFoundError, RealmError
 from .store import ModelStore, QuantizedTensor, StoredModel
 from .threads import check_threads
@@ -346,7 +346,7 @@ class HostModel:
             del config["architecture"]  # the C code gets the features, not the name
             profile = os.environ.get("REALM_PROFILE", "") not in ("", "0")
             try:
-                self._fm = _compute.ForwardModel(config, top, layers, threads=threads, profile=profile)
+                self._fm = _native.ForwardModel(config, top, layers, threads=threads, profile=profile)
             except InvalidArgumentError as exc:  # the C code's checks of shapes, types and sizes
                 raise UnsupportedModelError(str(exc)) from None
         except BaseException:

@@ -62,7 +62,7 @@ import wasmtime
 from . import abi
 from .abi import Err, LogLevel
 from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
-from ._compute import FORWARD_EINVAL, FORWARD_EKV_FULL
+from ._native import FORWARD_EINVAL, FORWARD_EKV_FULL
 from .batching import DEADLINE, WITHDRAWN, Engine, engine_for, release_engine
 from .forward import KVCache, UnsupportedModelError
 from .limits import DEFAULT_LIMITS, Limits, remaining_ticks, run_wasm

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import wasmtime
 
-from . import _compute
+from . import _native
 from .errors import (ArgumentTypeError, DeadlineExceeded, InternalError, InvalidArgumentError, LimitExceeded,
                      RealmError)
 
@@ -173,8 +173,8 @@ def _ticked(engine: wasmtime.Engine) -> wasmtime.Engine:
 
     increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value
     if not _engines:  # the interpreter frees the engines at exit: the ticker lets go of them first
-        atexit.register(_compute.ticker_clear)
-    _compute.ticker_add(increment, ctypes.cast(engine.ptr(), ctypes.c_void_p).value, round(TICK_S * 1e9))
+        atexit.register(_native.ticker_clear)
+    _native.ticker_add(increment, ctypes.cast(engine.ptr(), ctypes.c_void_p).value, round(TICK_S * 1e9))
     _engines.append(engine)
     return engine
 

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence, overload
 import numpy as np
 
 from .errors import ClosedError, GGUFError, file_error
-from ._quant import string_ends
+from ._native import string_ends
 from .quants import GGMLType, can_dequantize, quant_info
 
 GGUF_MAGIC = b"GGUF"

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import realm
-from realm import _compute
+from realm import _native
 from realm.batching import BatchSettings, PrefixCache, _registry
 from realm.forward import HostModel
 
@@ -58,7 +58,7 @@ def test_batched_pass_equals_each_sequence_alone(host_model, data):
         want.append((alone.forward(p, kv, last_only=True)[0], alone.forward(q, kv, last_only=True)[0]))
     alone.close()
 
-    batch = _compute.Batch(fm)
+    batch = _native.Batch(fm)
     kvs = [host_model.new_kv_cache(128) for _ in prompts]
     for i, tokens in enumerate((prompts, nexts)):
         outs = [np.full(fm.n_vocab, np.nan, np.float32) for _ in prompts]
@@ -80,7 +80,7 @@ def test_batched_layers_equal_each_sequence_alone(host_model):
         want.append(host_model.layer(0, h, 0, kv))
     kvs = [host_model.new_kv_cache(64) for _ in lengths]
     x = np.concatenate(hidden)
-    assert _compute.Batch(fm).layer(0, [(kv, n, 0) for kv, n in zip(kvs, lengths)], x.ctypes.data) == 0
+    assert _native.Batch(fm).layer(0, [(kv, n, 0) for kv, n in zip(kvs, lengths)], x.ctypes.data) == 0
     at = 0
     for n, w in zip(lengths, want):
         assert_same_bits(x[at:at + n], w)
@@ -90,19 +90,19 @@ def test_batched_layers_equal_each_sequence_alone(host_model):
 
 def test_a_batch_refuses_what_a_pass_alone_refuses(host_model):
     fm = host_model._fm
-    batch = _compute.Batch(fm)
+    batch = _native.Batch(fm)
     kv, other = host_model.new_kv_cache(8), host_model.new_kv_cache(8)
     good = np.array([1, 2], np.int32)
     bad = np.array([fm.n_vocab], np.int32)
     out = np.zeros(fm.n_vocab, np.float32)
     assert batch.check(kv, good.ctypes.data, 2, 0) == 0
-    assert batch.check(kv, bad.ctypes.data, 1, 0) == _compute.FORWARD_EINVAL       # a token id
-    assert batch.check(kv, good.ctypes.data, 2, 1) == _compute.FORWARD_EINVAL      # a gap
-    assert batch.check(kv, good.ctypes.data, 2, 7) == _compute.FORWARD_EKV_FULL    # past the end
+    assert batch.check(kv, bad.ctypes.data, 1, 0) == _native.FORWARD_EINVAL       # a token id
+    assert batch.check(kv, good.ctypes.data, 2, 1) == _native.FORWARD_EINVAL      # a gap
+    assert batch.check(kv, good.ctypes.data, 2, 7) == _native.FORWARD_EKV_FULL    # past the end
     twice = [(kv, good.ctypes.data, 2, 0, 0), (kv, good.ctypes.data, 2, 0, out.ctypes.data)]
-    assert batch.forward(twice) == _compute.FORWARD_EINVAL                          # one cache twice
+    assert batch.forward(twice) == _native.FORWARD_EINVAL                          # one cache twice
     assert batch.forward([(kv, good.ctypes.data, 2, 0, 0), (other, bad.ctypes.data, 1, 0, 0)]) \
-        == _compute.FORWARD_EINVAL
+        == _native.FORWARD_EINVAL
     assert kv.length == 0 and other.length == 0                                     # nothing written
 
 

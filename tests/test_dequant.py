@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import realm
-from realm import GGMLType, _quant
+from realm import GGMLType, _native
 from conftest import assert_same_bits, ggml, require
 
 gguf = require("gguf")
@@ -111,12 +111,12 @@ def test_every_16_bit_pattern(qtype):
     expected = ggml().to_float(raw, qtype)
     for isa in available_isas():
         out = np.empty(1 << 16, dtype=np.float32)
-        _quant.dequantize_into(raw, int(qtype), out, 1, isa)
+        _native.dequantize_into(raw, int(qtype), out, 1, isa)
         assert_same_floats(out, expected)
 
 
 def available_isas() -> list[str]:
-    return sorted({"scalar", _quant.best_isa()})
+    return sorted({"scalar", _native.best_isa()})
 
 
 @pytest.mark.parametrize("qtype", IQ_TYPES, ids=lambda t: t.name)
@@ -134,7 +134,7 @@ def test_iq_formats_on_every_path_match_llama_cpp(qtype, data):
     for isa in available_isas():
         for threads in (1, 0):
             out = np.empty_like(expected)
-            _quant.dequantize_into(raw, int(qtype), out, threads, isa)
+            _native.dequantize_into(raw, int(qtype), out, threads, isa)
             assert_same_floats(out, expected)
 
 
@@ -161,13 +161,13 @@ def test_iq_formats_every_block_scale_matches_llama_cpp(qtype):
     expected = ggml().to_float(flat, qtype)
     for isa in available_isas():
         out = np.empty_like(expected)
-        _quant.dequantize_into(flat, int(qtype), out, 1, isa)
+        _native.dequantize_into(flat, int(qtype), out, 1, isa)
         assert_same_floats(out, expected)
 
 
 @pytest.mark.parametrize("qtype", realm.SUPPORTED_TYPES, ids=lambda t: t.name)
 def test_simd_path_equals_scalar_path(qtype):
-    best = _quant.best_isa()
+    best = _native.best_isa()
     if best == "scalar":
         pytest.skip("this CPU has no SIMD path")
     info = realm.quant_info(qtype)
@@ -177,7 +177,7 @@ def test_simd_path_equals_scalar_path(qtype):
     outs = {}
     for isa in ("scalar", best):
         outs[isa] = np.empty(1001 * info.block_size, dtype=np.float32)
-        _quant.dequantize_into(raw, int(qtype), outs[isa], 1, isa)
+        _native.dequantize_into(raw, int(qtype), outs[isa], 1, isa)
     assert_same_floats(outs[best], outs["scalar"])
 
 
@@ -305,14 +305,14 @@ def test_bad_inputs():
 
 def test_low_level_wrapper_checks_sizes():
     with pytest.raises(ValueError, match="1 floats, 32 needed"):
-        _quant.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(1, np.float32))
+        _native.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(1, np.float32))
     with pytest.raises(ValueError, match="unknown isa"):
-        _quant.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(32, np.float32), 1, "sse9")
-    other = "neon" if _quant.best_isa() != "neon" else "avx2"
+        _native.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(32, np.float32), 1, "sse9")
+    other = "neon" if _native.best_isa() != "neon" else "avx2"
     with pytest.raises(ValueError, match="cannot run"):
-        _quant.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(32, np.float32), 1, other)
+        _native.dequantize_into(np.zeros(18, np.uint8), 2, np.zeros(32, np.float32), 1, other)
     with pytest.raises(ValueError, match="multiple of 2 bytes"):
-        _quant.dequantize_into(np.zeros(19, np.uint8)[1:], 2, np.zeros(32, np.float32))
+        _native.dequantize_into(np.zeros(19, np.uint8)[1:], 2, np.zeros(32, np.float32))
 
 
 def test_kernel_releases_the_gil():

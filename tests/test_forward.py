@@ -300,7 +300,7 @@ def test_batched_prefill_equals_token_by_token(smollm2):
 
 def test_long_batch_is_cut_without_changing_results(smollm2):
     """A prompt longer than one parallel region's chunk gives the same logits as pieces."""
-    from realm._compute import FORWARD_CHUNK
+    from realm._native import FORWARD_CHUNK
 
     n = FORWARD_CHUNK + 13
     tokens = [int(t) for t in np.random.default_rng(3).integers(100, 40000, n)]

@@ -1,4 +1,4 @@
-"""realm._compute's matrix products y = x W^T against float64 references and against
+"""realm._native's matrix products y = x W^T against float64 references and against
 llama.cpp's own kernels.
 
 Weights come from llama.cpp's own quantizer (ggml_quantize_chunk) and from the
@@ -41,7 +41,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realm import GGMLType, _compute, _quant, dequantize
+from realm import GGMLType, _native, dequantize
 from realm.reader import GGUFFile
 from conftest import assert_same_bits, ggml, require
 
@@ -50,12 +50,12 @@ FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
-ISAS = sorted({"scalar", _quant.best_isa()})
+ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
 
 
 def act_block(qtype: GGMLType) -> int:
-    return {"f32": 1, "q8": 32, "q8_k": 256}[_compute.act_type(qtype)]
+    return {"f32": 1, "q8": 32, "q8_k": 256}[_native.act_type(qtype)]
 
 
 def weight_block(qtype: GGMLType) -> int:
@@ -107,11 +107,11 @@ def np_quantize_act(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
 
 def x_hat(qtype: GGMLType, x: np.ndarray) -> tuple[np.ndarray, dict]:
     """The activations the kernels multiply (float64) and the buffer's parts."""
-    act = _compute.act_type(qtype)
+    act = _native.act_type(qtype)
     if act == "f32":
         return x.astype(np.float64), {}
     k = act_block(qtype)
-    parts = _compute.act_unpack(act, _compute.quantize_act(act, x), *x.shape)
+    parts = _native.act_unpack(act, _native.quantize_act(act, x), *x.shape)
     d = parts["d"].astype(np.float64)
     return parts["qs"].astype(np.float64) * np.repeat(d, k, axis=1), parts
 
@@ -179,7 +179,7 @@ def test_matmul_matches_float64(qtype, shape, seed, wscale, xscale):
     rng = np.random.default_rng(seed)
     wq = ggml().quantize(gaussian(rng, (n_out, n_in), wscale), qtype)
     x = gaussian(rng, (n_tok, n_in), xscale)
-    ys = {isa: _compute.matmul(wq, qtype, n_out, x, isa=isa, threads=1) for isa in ISAS}
+    ys = {isa: _native.matmul(wq, qtype, n_out, x, isa=isa, threads=1) for isa in ISAS}
     for y in ys.values():
         assert y.shape == (n_tok, n_out) and y.dtype == np.float32
         check_product(qtype, wq, n_out, x, y)
@@ -201,8 +201,8 @@ def test_quantize_act_matches_numpy_model(act, k, isa):
     x[5, :k] = np.float32(0.5) * np.arange(k, dtype=np.float32) - 3  # exact ties at x * (127 / amax)
     x[6, :k] = np.float32(2.0**-99) * rng.standard_normal(k, dtype=np.float32)  # f16-subnormal scales
     x[7, :k] = np.float32(1e-3) * rng.standard_normal(k, dtype=np.float32)
-    buf = _compute.quantize_act(act, x, isa=isa)
-    parts = _compute.act_unpack(act, buf, n_tok, n_in)
+    buf = _native.quantize_act(act, x, isa=isa)
+    parts = _native.act_unpack(act, buf, n_tok, n_in)
     want = np_quantize_act(x, k)
     np.testing.assert_array_equal(parts["qs"], want["qs"])
     assert_same_bits(parts["d"], want["d"])
@@ -220,7 +220,7 @@ def test_special_activations_give_the_same_bits_on_every_path(qtype):
     wq = ggml().quantize(gaussian(rng, (9, n_in)), qtype)
     x = gaussian(rng, (5, n_in))
     x[0, 1], x[1, 40], x[2, -1], x[3, 0] = np.inf, np.nan, -np.inf, np.float32(3.4e38)
-    ys = [_compute.matmul(wq, qtype, 9, x, isa=isa) for isa in ISAS]
+    ys = [_native.matmul(wq, qtype, 9, x, isa=isa) for isa in ISAS]
     for y in ys:
         assert_same_bits(y, ys[0])
     np.testing.assert_array_equal(np.isfinite(ys[0][4]), True)
@@ -233,16 +233,16 @@ def test_vnni_kernels_give_the_same_bits(qtype):
     for n_out in (16, 13):  # Q4_0: the repacked kernel and the other one
         wq = ggml().quantize(gaussian(rng, (n_out, 9 * 32)), qtype)
         x = gaussian(rng, (11, 9 * 32))
-        had = _compute.vnni()
+        had = _native.vnni()
         try:
-            _compute.vnni(False)
-            assert not _compute.vnni()
-            plain = _compute.matmul(wq, qtype, n_out, x, isa="auto")
+            _native.vnni(False)
+            assert not _native.vnni()
+            plain = _native.matmul(wq, qtype, n_out, x, isa="auto")
         finally:
-            _compute.vnni(had)
-        assert _compute.vnni() == had
-        assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa="auto"), plain)
-        assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa="scalar"), plain)
+            _native.vnni(had)
+        assert _native.vnni() == had
+        assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa="auto"), plain)
+        assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa="scalar"), plain)
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -253,11 +253,11 @@ def test_thread_count_and_batch_split_do_not_change_bits(qtype):
     wq = ggml().quantize(gaussian(rng, (n_out, n_in)), qtype)
     x = gaussian(rng, (n_tok, n_in))
     for isa in ISAS:
-        ref = _compute.matmul(wq, qtype, n_out, x, isa=isa, threads=1)
+        ref = _native.matmul(wq, qtype, n_out, x, isa=isa, threads=1)
         for threads in (2, 3):
-            assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa=isa, threads=threads), ref)
+            assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa=isa, threads=threads), ref)
         for t in range(n_tok):  # one token alone = the same token inside the batch
-            assert_same_bits(_compute.matmul(wq, qtype, n_out, x[t], isa=isa), ref[t])
+            assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa), ref[t])
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.F16], ids=lambda t: t.name)
@@ -266,14 +266,14 @@ def test_shared_activations(qtype):
     rng = np.random.default_rng(11)
     n_in, n_tok = 512, 6
     x = gaussian(rng, (n_tok, n_in))
-    act = _compute.act_type(qtype)
-    buf = x if act == "f32" else _compute.quantize_act(act, x)
+    act = _native.act_type(qtype)
+    buf = x if act == "f32" else _native.quantize_act(act, x)
     for n_out in (64, 17):
         wq = ggml().quantize(gaussian(rng, (n_out, n_in)), qtype)
         out = np.full((n_tok, n_out), np.nan, dtype=np.float32)
-        y = _compute.matmul_q(wq, qtype, n_out, buf, n_tok, n_in, out=out)
+        y = _native.matmul_q(wq, qtype, n_out, buf, n_tok, n_in, out=out)
         assert y is out
-        assert_same_bits(y, _compute.matmul(wq, qtype, n_out, x))
+        assert_same_bits(y, _native.matmul(wq, qtype, n_out, x))
 
 
 # ---- bit for bit with llama.cpp's kernels ----
@@ -365,7 +365,7 @@ def test_activations_equal_llama_cpp_quantizer(ggml_cpu, isa):
     rng = np.random.default_rng(12)
     x = gaussian(rng, (1, 8 * 256), 3.0)[0]
     x[:32] *= np.float32(1e-6)  # an f16-subnormal scale
-    parts = _compute.act_unpack("q8", _compute.quantize_act("q8", x, isa=isa), 1, x.size)
+    parts = _native.act_unpack("q8", _native.quantize_act("q8", x, isa=isa), 1, x.size)
     b0 = ggml_cpu.quantize_row("q8_0", x, 34).reshape(-1, 34)
     b1 = ggml_cpu.quantize_row("q8_1", x, 36).reshape(-1, 36)
     np.testing.assert_array_equal(parts["qs"][0], b0[:, 2:].view(np.int8).reshape(-1))
@@ -373,7 +373,7 @@ def test_activations_equal_llama_cpp_quantizer(ggml_cpu, isa):
     assert_same_bits(parts["d"][0], b0[:, :2].copy().view(np.float16)[:, 0].astype(np.float32))
     assert_same_bits(parts["d"][0], b1[:, :2].copy().view(np.float16)[:, 0].astype(np.float32))
     assert_same_bits(parts["s"][0], b1[:, 2:4].copy().view(np.float16)[:, 0].astype(np.float32))
-    parts = _compute.act_unpack("q8_k", _compute.quantize_act("q8_k", x, isa=isa), 1, x.size)
+    parts = _native.act_unpack("q8_k", _native.quantize_act("q8_k", x, isa=isa), 1, x.size)
     bk = ggml_cpu.quantize_row("q8_K", x, 292).reshape(-1, 292)
     d = bk[:, :4].copy().view(np.float32)[:, 0]
     sign = np.where(d < 0, -1, 1)
@@ -396,8 +396,8 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
         for t in range(x.shape[0]):
             want = ggml_cpu.gemv(qtype, wq, n_out, x[t]) if repacked else ggml_cpu.vec_dot(qtype, wq, n_out, x[t])
             for isa in ISAS:
-                assert_same_bits(_compute.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want)
-                assert_same_bits(_compute.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
+                assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want)
+                assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
 
 
 def model_tensors(path, names):
@@ -422,7 +422,7 @@ def test_real_model_tensors(model, names, request):
                 start = int(rng.integers(0, n_out - 2048))
                 raw, n_out = raw[start:start + 2048], 2048
             x = gaussian(rng, (3, n_in), 2.0)
-            ys = [_compute.matmul(raw, info.dtype, n_out, x, isa=isa) for isa in ISAS]
+            ys = [_native.matmul(raw, info.dtype, n_out, x, isa=isa) for isa in ISAS]
             check_product(info.dtype, np.ascontiguousarray(raw), n_out, x, ys[0])
             for y in ys[1:]:
                 assert_same_bits(y, ys[0])
@@ -438,9 +438,9 @@ def test_unsupported_types_are_refused():
     x = np.zeros((1, 256), dtype=np.float32)
     for bad in (T.Q8_K, T.IQ2_XXS, "nonsense", 99):
         with pytest.raises(ValueError):
-            _compute.matmul(w, bad, 1, x)
+            _native.matmul(w, bad, 1, x)
     with pytest.raises(ValueError, match="Q8_K"):
-        _compute.act_type(T.Q8_K)
+        _native.act_type(T.Q8_K)
 
 
 def test_bad_shapes_and_buffers_are_refused():
@@ -448,41 +448,41 @@ def test_bad_shapes_and_buffers_are_refused():
     wq = ggml().quantize(gaussian(rng, (4, 64)), T.Q4_0)
     x = gaussian(rng, (2, 64))
     with pytest.raises(ValueError, match="bytes"):
-        _compute.matmul(wq[:-1], T.Q4_0, 4, x)              # truncated weights
+        _native.matmul(wq[:-1], T.Q4_0, 4, x)              # truncated weights
     with pytest.raises(ValueError, match="bytes"):
-        _compute.matmul(wq, T.Q4_0, 5, x)                   # wrong row count
+        _native.matmul(wq, T.Q4_0, 5, x)                   # wrong row count
     with pytest.raises(ValueError, match="multiple"):
-        _compute.matmul(wq, T.Q4_0, 4, x[:, :48].copy())    # n_in not whole blocks
+        _native.matmul(wq, T.Q4_0, 4, x[:, :48].copy())    # n_in not whole blocks
     with pytest.raises(TypeError, match="float32"):
-        _compute.matmul(wq, T.Q4_0, 4, x.astype(np.float64))
+        _native.matmul(wq, T.Q4_0, 4, x.astype(np.float64))
     with pytest.raises(ValueError, match="contiguous"):
-        _compute.matmul(wq, T.Q4_0, 4, np.asfortranarray(np.repeat(x, 2, axis=0)))
+        _native.matmul(wq, T.Q4_0, 4, np.asfortranarray(np.repeat(x, 2, axis=0)))
     with pytest.raises(ValueError, match="dimensions"):
-        _compute.matmul(wq, T.Q4_0, 4, x.reshape(2, 1, 64))
+        _native.matmul(wq, T.Q4_0, 4, x.reshape(2, 1, 64))
     with pytest.raises(TypeError):
-        _compute.matmul(wq.view(np.int8), T.Q4_0, 4, x)
+        _native.matmul(wq.view(np.int8), T.Q4_0, 4, x)
     with pytest.raises(TypeError):
-        _compute.matmul([1, 2, 3], T.Q4_0, 4, x)
+        _native.matmul([1, 2, 3], T.Q4_0, 4, x)
     with pytest.raises(ValueError, match="shape"):
-        _compute.matmul(wq, T.Q4_0, 4, x, out=np.empty((4, 2), dtype=np.float32))
+        _native.matmul(wq, T.Q4_0, 4, x, out=np.empty((4, 2), dtype=np.float32))
     with pytest.raises(TypeError):
-        _compute.matmul(wq, T.Q4_0, 4, x, out=np.empty((2, 4), dtype=np.float64))
+        _native.matmul(wq, T.Q4_0, 4, x, out=np.empty((2, 4), dtype=np.float64))
     with pytest.raises(ValueError, match="isa"):
-        _compute.matmul(wq, T.Q4_0, 4, x, isa="sse9")
+        _native.matmul(wq, T.Q4_0, 4, x, isa="sse9")
     with pytest.raises(ValueError, match="threads"):
-        _compute.matmul(wq, T.Q4_0, 4, x, threads=-1)
-    buf = _compute.quantize_act("q8", x)
+        _native.matmul(wq, T.Q4_0, 4, x, threads=-1)
+    buf = _native.quantize_act("q8", x)
     with pytest.raises(ValueError, match="act_buf"):
-        _compute.matmul_q(wq, T.Q4_0, 4, buf[:-64], 2, 64)
+        _native.matmul_q(wq, T.Q4_0, 4, buf[:-64], 2, 64)
     with pytest.raises(ValueError, match="act_buf"):
-        _compute.matmul_q(wq, T.Q4_0, 4, buf, 3, 64)
+        _native.matmul_q(wq, T.Q4_0, 4, buf, 3, 64)
     with pytest.raises(ValueError, match="activation type"):
-        _compute.quantize_act("q4", x)
+        _native.quantize_act("q4", x)
     with pytest.raises(ValueError):
-        _compute.quantize_act("q8_k", x)                   # 64 is not whole 256-blocks
+        _native.quantize_act("q8_k", x)                   # 64 is not whole 256-blocks
 
 
 def test_empty_batches():
     wq = ggml().quantize(np.ones((3, 32), dtype=np.float32), T.Q8_0)
-    assert _compute.matmul(wq, T.Q8_0, 3, np.zeros((0, 32), dtype=np.float32)).shape == (0, 3)
-    assert _compute.matmul(wq[:0], T.Q8_0, 0, np.ones((2, 32), dtype=np.float32)).shape == (2, 0)
+    assert _native.matmul(wq, T.Q8_0, 3, np.zeros((0, 32), dtype=np.float32)).shape == (0, 3)
+    assert _native.matmul(wq[:0], T.Q8_0, 0, np.ones((2, 32), dtype=np.float32)).shape == (2, 0)

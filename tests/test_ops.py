@@ -1,4 +1,4 @@
-"""realm._compute's transformer ops against straightforward NumPy float64 models, and
+"""realm._native's transformer ops against straightforward NumPy float64 models, and
 against llama.cpp's own functions.
 
 Every op performs llama.cpp's float steps (csrc/ops.h) and gives the same bits on
@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_same_bits, require
-from realm import _compute, _quant
+from realm import _native
 from realm.errors import InvalidArgumentError
 
-ISAS = sorted({"scalar", _quant.best_isa()})
+ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
 H = 2.0**-11  # f16 rounding, relative
 
@@ -96,7 +96,7 @@ def test_rmsnorm_matches_float64(rows, n, scale, seed, weighted):
     x = (rng.standard_normal((rows, n)) * scale).astype(np.float32)
     w = rng.uniform(-3, 3, n).astype(np.float32) if weighted else None
     eps = 1e-6
-    y = _compute.rmsnorm(x, w, eps)
+    y = _native.rmsnorm(x, w, eps)
     x64 = x.astype(np.float64)
     ref = x64 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps) * (1.0 if w is None else w.astype(np.float64))
     assert_within(np.abs(y - ref), 8 * U * np.abs(ref) + 1e-37)
@@ -107,8 +107,8 @@ def test_rmsnorm_in_place_and_by_head():
     rng = np.random.default_rng(1)
     q = rng.standard_normal((3, 4, 256)).astype(np.float32)
     w = rng.standard_normal(256).astype(np.float32)
-    expected = _compute.rmsnorm(q.copy(), w, 1e-6)
-    out = _compute.rmsnorm(q, w, 1e-6, out=q)
+    expected = _native.rmsnorm(q.copy(), w, 1e-6)
+    out = _native.rmsnorm(q, w, 1e-6, out=q)
     assert out is q
     assert_same_bits(q, expected)
 
@@ -151,7 +151,7 @@ def test_rope_matches_float64_model(neox, head_dim, n_rot):
     pos = np.array([0, 1, 2, 17, 511, 8191, 32767], dtype=np.int32)
     for base, fs in ((10000.0, 1.0), (1e6, 0.125)):
         ref = rope_model(x, pos, n_rot, base, neox, fs)
-        ys = [_compute.rope(x.copy(), pos, n_rot, base, neox=neox, freq_scale=fs, isa=isa) for isa in ISAS]
+        ys = [_native.rope(x.copy(), pos, n_rot, base, neox=neox, freq_scale=fs, isa=isa) for isa in ISAS]
         tol = 6 * U * (np.abs(x) + np.abs(x)[..., ::-1]).max(axis=-1, keepdims=True) + 1e-30
         for y in ys:
             assert_within(np.abs(y - ref), tol)
@@ -162,23 +162,23 @@ def test_rope_matches_float64_model(neox, head_dim, n_rot):
 def test_rope_table_is_cosf_sinf_of_ggml_angles():
     pos = np.array([0, 5, 1000, 100000], dtype=np.int32)
     for base, fs in ((10000.0, 1.0), (1e6, 0.25)):
-        cs = _compute.rope_table(pos, 64, base, fs)
+        cs = _native.rope_table(pos, 64, base, fs)
         theta = rope_angles(pos, 64, base, fs)
         cosf, sinf = np.vectorize(libm("cosf"), otypes=[np.float32]), np.vectorize(libm("sinf"), otypes=[np.float32])
         np.testing.assert_array_equal(cs[:, 0::2], cosf(theta))
         np.testing.assert_array_equal(cs[:, 1::2], sinf(theta))
     factors = np.random.default_rng(1).uniform(1.0, 8.0, 32).astype(np.float32)  # llama3's rope_freqs
-    cs = _compute.rope_table(pos, 64, 5e5, 1.0, factors)
+    cs = _native.rope_table(pos, 64, 5e5, 1.0, factors)
     theta = rope_angles(pos, 64, 5e5, 1.0, factors)
     np.testing.assert_array_equal(cs[:, 0::2], cosf(theta))
     np.testing.assert_array_equal(cs[:, 1::2], sinf(theta))
-    assert not np.array_equal(cs, _compute.rope_table(pos, 64, 5e5, 1.0))
+    assert not np.array_equal(cs, _native.rope_table(pos, 64, 5e5, 1.0))
     with pytest.raises(InvalidArgumentError):
-        _compute.rope_table(pos, 64, 5e5, 1.0, factors[:31])
+        _native.rope_table(pos, 64, 5e5, 1.0, factors[:31])
     x = np.random.default_rng(0).standard_normal((4, 2, 64)).astype(np.float32)
-    cs = _compute.rope_table(pos, 64, 10000.0)
-    assert_same_bits(_compute.rope(x.copy(), pos, 64, 10000.0, neox=False, table=cs),
-                     _compute.rope(x.copy(), pos, 64, 10000.0, neox=False))
+    cs = _native.rope_table(pos, 64, 10000.0)
+    assert_same_bits(_native.rope(x.copy(), pos, 64, 10000.0, neox=False, table=cs),
+                     _native.rope(x.copy(), pos, 64, 10000.0, neox=False))
 
 
 # ---- attention ----
@@ -231,7 +231,7 @@ def test_attention_matches_float64_model(n_head, n_kv_head, head_dim, kv_dtype, 
         q = (rng.standard_normal((pos.size, n_head, head_dim)) * 2).astype(np.float32)
         scale = 1 / np.sqrt(head_dim)
         ref, tol = attention_model(q, k, v, pos, n_kv_head, scale, window)
-        outs = [_compute.attention(q, k, v, pos, n_kv_head=n_kv_head, window=window, isa=isa, threads=threads)
+        outs = [_native.attention(q, k, v, pos, n_kv_head=n_kv_head, window=window, isa=isa, threads=threads)
                 for isa in ISAS for threads in (1, 2, 3)]
         for out in outs:
             assert out.shape == q.shape
@@ -246,10 +246,10 @@ def test_attention_given_scale_and_batch_invariance():
     q = rng.standard_normal((10, 4, 32)).astype(np.float32)
     pos = np.arange(30, 40, dtype=np.int32)
     ref, tol = attention_model(q, k, v, pos, 2, 0.0625, 0)
-    out = _compute.attention(q, k, v, pos, n_kv_head=2, scale=0.0625)
+    out = _native.attention(q, k, v, pos, n_kv_head=2, scale=0.0625)
     assert_within(np.abs(out - ref), tol)
     for t in range(10):  # a query alone = the same query in the batch
-        alone = _compute.attention(q[t:t + 1].copy(), k, v, pos[t:t + 1].copy(), n_kv_head=2, scale=0.0625)
+        alone = _native.attention(q[t:t + 1].copy(), k, v, pos[t:t + 1].copy(), n_kv_head=2, scale=0.0625)
         assert_same_bits(alone[0], out[t])
 
 
@@ -292,7 +292,7 @@ def test_attention_equals_llama_cpp(ggml_cpu, n_head, n_kv_head, head_dim, windo
     q = (rng.standard_normal((pos.size, n_head, head_dim)) * 2).astype(np.float32)
     want = llama_cpp_attention(ggml_cpu, q, k, v, pos, n_kv_head, 1 / np.sqrt(head_dim), window)
     for isa in ISAS:
-        out = _compute.attention(q, k, v, pos, n_kv_head=n_kv_head, window=window, isa=isa)
+        out = _native.attention(q, k, v, pos, n_kv_head=n_kv_head, window=window, isa=isa)
         assert_same_bits(out, want)
 
 
@@ -334,7 +334,7 @@ def test_geglu_matches_f16_table_model():
     model = geglu_table_model(gate)
     ulp16 = np.maximum(np.abs(model) * 2.0**-10, 2.0**-24)
     tol = np.where(np.abs(gate) >= 10, 0, ulp16 + np.abs(gate) * 2.0**-23) * np.abs(up) + U * np.abs(model * up) + 1e-35
-    outs = [_compute.geglu(gate, up, isa=isa) for isa in ISAS]
+    outs = [_native.geglu(gate, up, isa=isa) for isa in ISAS]
     for out in outs:
         assert_within(np.abs(out - model * up), tol)
         assert_same_bits(out, outs[0])
@@ -351,7 +351,7 @@ def test_geglu_equals_llama_cpp_table(ggml_cpu):
     idx = gate.astype(np.float16).view(np.uint16)
     want = np.where(gate <= -10, np.float32(0), np.where(gate >= 10, gate * up, table[idx] * up)).astype(np.float32)
     for isa in ISAS:
-        assert_same_bits(_compute.geglu(gate, up, isa=isa), want)
+        assert_same_bits(_native.geglu(gate, up, isa=isa), want)
 
 
 def silu_model(x: np.ndarray) -> np.ndarray:
@@ -366,7 +366,7 @@ def test_swiglu_matches_float64():
     gate = np.concatenate([rng.standard_normal(5000) * 4, np.linspace(-12, 12, 4801)]).astype(np.float32)
     up = rng.standard_normal(gate.size).astype(np.float32)
     ref = silu_model(gate) * up.astype(np.float64)
-    outs = [_compute.swiglu(gate, up, isa=isa) for isa in ISAS]
+    outs = [_native.swiglu(gate, up, isa=isa) for isa in ISAS]
     for out in outs:
         assert_within(np.abs(out - ref), 8 * U * np.abs(ref) + 1e-35)
         assert_same_bits(out, outs[0])
@@ -382,7 +382,7 @@ def test_swiglu_and_softmax_equal_llama_cpp(ggml_cpu):
     want = np.zeros_like(x)
     ggml_cpu.lib.ggml_vec_swiglu_f32(x.size, want.ctypes.data, x.ctypes.data, g.ctypes.data)
     for isa in ISAS:
-        assert_same_bits(_compute.swiglu(x, g, isa=isa), want)
+        assert_same_bits(_native.swiglu(x, g, isa=isa), want)
     for n in (256, 301, 16, 7):  # whole 16-blocks and a tail (exp of the C library there, as ggml)
         row = (rng.standard_normal(n) * 8).astype(np.float32)
         row[rng.integers(0, n, n // 5)] = -np.inf
@@ -390,24 +390,24 @@ def test_swiglu_and_softmax_equal_llama_cpp(ggml_cpu):
         total = ggml_cpu.lib.ggml_vec_soft_max_f32(n, e.ctypes.data, row.ctypes.data, np.float32(row.max()))
         want = e * np.float32(1.0 / total)
         for isa in ISAS:
-            assert_same_bits(_compute.softmax(row[None].copy(), isa=isa)[0], want)
+            assert_same_bits(_native.softmax(row[None].copy(), isa=isa)[0], want)
 
 
 @pytest.mark.parametrize("op", ["swiglu", "geglu"])
 def test_gated_activations_special_values_and_aliasing(op):
     gate = np.tile(special_floats(), 3)[:67]  # odd length: a vector tail
     up = np.linspace(-2, 2, gate.size).astype(np.float32)
-    outs = [getattr(_compute, op)(gate, up, isa=isa) for isa in ISAS]
+    outs = [getattr(_native, op)(gate, up, isa=isa) for isa in ISAS]
     for out in outs:
         assert_same_bits(out, outs[0])
     g = gate.copy()
-    assert getattr(_compute, op)(g, up, out=g) is g  # out may alias an input
+    assert getattr(_native, op)(g, up, out=g) is g  # out may alias an input
     assert_same_bits(g, outs[0])
 
 
 def test_exp_accuracy_and_edges():
     x = np.concatenate([np.linspace(-110, 95, 200_001), special_floats()]).astype(np.float32)
-    outs = [_compute.exp(x, isa=isa) for isa in ISAS]
+    outs = [_native.exp(x, isa=isa) for isa in ISAS]
     for y in outs:
         assert_same_bits(y, outs[0])
     y = outs[0]
@@ -428,7 +428,7 @@ def test_softmax_matches_float64():
     x[2, 7] = -np.inf
     ref = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
     ref /= ref.sum(axis=-1, keepdims=True)
-    outs = [_compute.softmax(x.copy(), isa=isa) for isa in ISAS]
+    outs = [_native.softmax(x.copy(), isa=isa) for isa in ISAS]
     # exp(x - max) takes the rounding of x - max, relative u |x - max|, on top of its own
     arg = np.abs(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
     for y in outs:
@@ -442,7 +442,7 @@ def test_add():
     y = rng.standard_normal((3, 77)).astype(np.float32)
     x = rng.standard_normal((3, 77)).astype(np.float32)
     expected = y + x
-    assert _compute.add(y, x) is y
+    assert _native.add(y, x) is y
     assert_same_bits(y, expected)
 
 
@@ -466,7 +466,7 @@ def f16_cases() -> np.ndarray:
 @pytest.mark.parametrize("isa", ISAS)
 def test_f32_to_f16_matches_numpy(isa):
     x = f16_cases()
-    out = _compute.f32_to_f16(x, isa=isa)
+    out = _native.f32_to_f16(x, isa=isa)
     with np.errstate(over="ignore"):
         expected = x.astype(np.float16)
     np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
@@ -477,12 +477,12 @@ def test_f32_to_f16_nans_are_quieted_like_f16c():
     quiet bit.  Both paths follow F16C: sign | 0x7e00 | top 10 payload bits."""
     bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7F802000, 0x7FFFE000],
                     dtype=np.uint32)
-    outs = [_compute.f32_to_f16(bits.view(np.float32), isa=isa).view(np.uint16) for isa in ISAS]
+    outs = [_native.f32_to_f16(bits.view(np.float32), isa=isa).view(np.uint16) for isa in ISAS]
     expected = ((bits >> 16) & 0x8000) | 0x7E00 | ((bits >> 13) & 0x3FF)
     for out in outs:
         np.testing.assert_array_equal(out, expected.astype(np.uint16))
     quiet = bits[(bits & 0x400000) != 0].view(np.float32)  # where NumPy agrees
-    np.testing.assert_array_equal(_compute.f32_to_f16(quiet).view(np.uint16), quiet.astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(_native.f32_to_f16(quiet).view(np.uint16), quiet.astype(np.float16).view(np.uint16))
 
 
 # ---- bad input ----
@@ -490,47 +490,47 @@ def test_f32_to_f16_nans_are_quieted_like_f16c():
 def test_bad_arguments_are_refused():
     x = np.ones((2, 8), dtype=np.float32)
     with pytest.raises(TypeError):
-        _compute.rmsnorm(x.astype(np.float64))
+        _native.rmsnorm(x.astype(np.float64))
     with pytest.raises(ValueError, match="weight"):
-        _compute.rmsnorm(x, np.ones(7, dtype=np.float32))
+        _native.rmsnorm(x, np.ones(7, dtype=np.float32))
     with pytest.raises(ValueError, match="contiguous"):
-        _compute.rmsnorm(np.ones((8, 2), dtype=np.float32).T)
+        _native.rmsnorm(np.ones((8, 2), dtype=np.float32).T)
     with pytest.raises(ValueError, match="shape"):
-        _compute.rmsnorm(x, out=np.empty((8, 2), dtype=np.float32))
+        _native.rmsnorm(x, out=np.empty((8, 2), dtype=np.float32))
     q = np.ones((2, 4, 8), dtype=np.float32)
     pos = np.array([0, 1], dtype=np.int32)
     with pytest.raises(ValueError, match="n_rot"):
-        _compute.rope(q, pos, 9, 10000.0, neox=False)
+        _native.rope(q, pos, 9, 10000.0, neox=False)
     with pytest.raises(ValueError, match="n_rot"):
-        _compute.rope(q, pos, 10, 10000.0, neox=False)
+        _native.rope(q, pos, 10, 10000.0, neox=False)
     with pytest.raises(TypeError, match="int32"):
-        _compute.rope(q, pos.astype(np.int64), 8, 10000.0, neox=True)
+        _native.rope(q, pos.astype(np.int64), 8, 10000.0, neox=True)
     with pytest.raises(ValueError, match="positions"):
-        _compute.rope(q, pos[:1].copy(), 8, 10000.0, neox=True)
+        _native.rope(q, pos[:1].copy(), 8, 10000.0, neox=True)
     with pytest.raises(ValueError, match="base"):
-        _compute.rope_table(pos, 8, 0.0)
+        _native.rope_table(pos, 8, 0.0)
     with pytest.raises(ValueError, match="writable"):
         ro = q.copy()
         ro.flags.writeable = False
-        _compute.rope(ro, pos, 8, 10000.0, neox=True)
+        _native.rope(ro, pos, 8, 10000.0, neox=True)
     k = np.ones((4, 2, 8), dtype=np.float16)
     with pytest.raises(ValueError, match=r"positions must be in \[0, 4\)"):
-        _compute.attention(q, k, k, np.array([0, 4], dtype=np.int32), n_kv_head=2)
+        _native.attention(q, k, k, np.array([0, 4], dtype=np.int32), n_kv_head=2)
     with pytest.raises(ValueError, match="multiple"):
-        _compute.attention(q, np.ones((4, 3, 8), np.float16), np.ones((4, 3, 8), np.float16), pos, n_kv_head=3)
+        _native.attention(q, np.ones((4, 3, 8), np.float16), np.ones((4, 3, 8), np.float16), pos, n_kv_head=3)
     with pytest.raises(ValueError, match="k_cache"):
-        _compute.attention(q, k[:, :1].copy(), k, pos, n_kv_head=2)
+        _native.attention(q, k[:, :1].copy(), k, pos, n_kv_head=2)
     with pytest.raises(ValueError, match="same dtype"):
-        _compute.attention(q, k, k.astype(np.float32), pos, n_kv_head=2)
+        _native.attention(q, k, k.astype(np.float32), pos, n_kv_head=2)
     with pytest.raises(TypeError):
-        _compute.attention(q, k.astype(np.float64), k.astype(np.float64), pos, n_kv_head=2)
+        _native.attention(q, k.astype(np.float64), k.astype(np.float64), pos, n_kv_head=2)
     with pytest.raises(ValueError, match="window"):
-        _compute.attention(q, k, k, pos, n_kv_head=2, window=-1)
+        _native.attention(q, k, k, pos, n_kv_head=2, window=-1)
     with pytest.raises(ValueError, match="differ"):
-        _compute.swiglu(x, x[:1].copy())
+        _native.swiglu(x, x[:1].copy())
     with pytest.raises(ValueError, match="isa"):
-        _compute.geglu(x, x, isa="neon9")
+        _native.geglu(x, x, isa="neon9")
     with pytest.raises(TypeError, match="float16"):
-        _compute.f32_to_f16(x, out=np.empty((2, 8), dtype=np.float32))
+        _native.f32_to_f16(x, out=np.empty((2, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="differ"):
-        _compute.add(x, x[:, :4].copy())
+        _native.add(x, x[:, :4].copy())

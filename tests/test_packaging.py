@@ -1,7 +1,8 @@
-"""The wheel: built from this checkout, it carries both extensions and guest.wasm,
+"""The wheel: built from this checkout, it carries the one extension and guest.wasm,
 and runs from a fresh install location with no compiler on PATH."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,8 @@ def test_wheel_installs_and_runs_without_a_compiler(tmp_path, tiny_gguf):
     names = zipfile.ZipFile(wheel).namelist()
     for member in ("realm/guest.wasm", "realm/__init__.py"):
         assert member in names
-    assert any(n.startswith("realm/_quant.") and n.endswith(".so") for n in names)
-    assert any(n.startswith("realm/_compute.") and n.endswith(".so") for n in names)
+    natives = [n for n in names if n.endswith(".so")]
+    assert len(natives) == 1 and natives[0].startswith("realm/_native."), natives  # one extension
 
     site = tmp_path / "site"
     install = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
@@ -51,3 +52,15 @@ def test_wheel_installs_and_runs_without_a_compiler(tmp_path, tiny_gguf):
     ) % (str(site), str(tiny_gguf))
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_native_extension_imports_no_module_that_imports_it():
+    """realm._native (realm/_native.pyx and the .pxi files it includes) imports only realm's
+    pure-Python leaves, so realm.quants -- which reads the extension's table of formats at
+    import -- can import it without a cycle."""
+    sources = [ROOT / "realm" / "_native.pyx", *sorted((ROOT / "realm").glob("*.pxi"))]
+    imported = {m for src in sources for m in re.findall(r"^\s*from \.(\w+) c?import", src.read_text(), re.M)}
+    assert imported <= {"errors", "threads", "ggml_types"}, imported
+    for leaf in ("errors", "threads", "ggml_types"):
+        deps = set(re.findall(r"^\s*from \.(\w+) import", (ROOT / "realm" / f"{leaf}.py").read_text(), re.M))
+        assert deps <= {"errors"}, (leaf, deps)

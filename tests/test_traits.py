@@ -5,11 +5,11 @@ matrix products in C (REALM_EUNSUPPORTED), never computed as another format."""
 import numpy as np
 import pytest
 
-from realm import GGMLType, _compute, _quant, dequantize
+from realm import GGMLType, _native, dequantize
 
 T = GGMLType
-ROWS = _quant.formats()
-ISAS = sorted({"scalar", _quant.best_isa()})
+ROWS = _native.formats()
+ISAS = sorted({"scalar", _native.best_isa()})
 BLOCK_ACT = {"f32": 1, "q8": 32, "q8_k": 256}
 
 
@@ -17,7 +17,7 @@ def test_rows_name_their_ggml_types():
     assert {T(t).name for t in ROWS} == {r["name"] for r in ROWS.values()}
     for t, row in ROWS.items():
         assert row["name"] == T(t).name
-        assert _quant.type_traits(t) == (row["name"], row["block_size"], row["type_size"], row["align"])
+        assert _native.type_traits(t) == (row["name"], row["block_size"], row["type_size"], row["align"])
 
 
 @pytest.mark.parametrize("t", sorted(ROWS), ids=lambda t: T(t).name)
@@ -44,7 +44,7 @@ def test_row_is_consistent(t):
 
 def test_simd_rows_exist_on_this_cpu():
     """The build names the SIMD kernels of the machine's path (F32's row is a copy)."""
-    best = _quant.best_isa()
+    best = _native.best_isa()
     if best == "scalar":
         pytest.skip("no SIMD path on this CPU")
     for t, row in ROWS.items():
@@ -58,9 +58,9 @@ def test_matmul_acts_follow_the_table():
     for t, row in ROWS.items():
         if row["act"] is None:
             with pytest.raises(ValueError, match="no matmul kernel"):
-                _compute.act_type(t)
+                _native.act_type(t)
         else:
-            assert _compute.act_type(t) == row["act"]
+            assert _native.act_type(t) == row["act"]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -72,11 +72,11 @@ def test_type_without_dot_kernel_is_refused_in_c(isa):
     for t in no_dot:
         assert ROWS[t]["to_float"]["ref"]
         for n_out in (1, 8):  # 8: where a repacked format would take its whole-block kernel
-            assert _compute.matmul_rc(int(t), n_out, 256, 1, isa) == _compute.EUNSUPPORTED
+            assert _native.matmul_rc(int(t), n_out, 256, 1, isa) == _native.EUNSUPPORTED
         # the row still dequantizes
         assert dequantize(np.zeros(ROWS[t]["type_size"], dtype=np.uint8), t).shape == (ROWS[t]["block_size"],)
     for t in (int(T.Q8_1), int(T.IQ2_XXS), 5, 39, -1, 10_000):
-        assert _compute.matmul_rc(t, 1, 256, 1, isa) == _compute.EUNSUPPORTED
+        assert _native.matmul_rc(t, 1, 256, 1, isa) == _native.EUNSUPPORTED
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -86,4 +86,4 @@ def test_every_dot_row_runs_in_c(isa):
     for t, row in ROWS.items():
         if row["act"] is not None:
             for n_out in (1, 8):
-                assert _compute.matmul_rc(t, n_out, 256, 3, isa) == 0, T(t).name
+                assert _native.matmul_rc(t, n_out, 256, 3, isa) == 0, T(t).name

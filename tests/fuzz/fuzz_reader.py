@@ -12,7 +12,7 @@ can dequantize dequantizes (the C kernels on hostile bytes).  Every REALM_FUZZ_T
 8 x the input + 1 MiB (tests/test_corrupt_gguf.py's rule).
 
 Coverage: realm's Python modules are instrumented by atheris (instrument_imports); the C
-parts (string_ends in realm/_quant.pyx, the dequantizers in csrc/) run uninstrumented.
+parts (string_ends in realm/_quant.pxi, the dequantizers in csrc/) run uninstrumented.
 """
 
 from __future__ import annotations

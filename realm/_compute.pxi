@@ -1,33 +1,24 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
-"""realm's compute kernels (csrc/matmul*.c, csrc/q8.c, csrc/ops*.c) for Python.
-
-Arguments are checked here, before any C runs: arrays must already have the
-dtype and C-contiguous layout a kernel reads (nothing is converted or copied
-behind the caller's back), sizes must agree, and a wrong one raises TypeError
-or ValueError naming it.  The kernels then run without the GIL.  `isa` picks
-the path: "auto" (the best this CPU has), "scalar" (the reference) or "avx2".
-`threads`: None or 0 = all cores."""
+# realm's compute kernels (csrc/matmul*.c, csrc/q8.c, csrc/ops*.c) for Python: included by
+# _native.pyx, after _quant.pxi (the table of formats, ISAS).
+#
+# Arguments are checked here, before any C runs: arrays must already have the
+# dtype and C-contiguous layout a kernel reads (nothing is converted or copied
+# behind the caller's back), sizes must agree, and a wrong one raises TypeError
+# or ValueError naming it.  The kernels then run without the GIL.  `isa` picks
+# the path: "auto" (the best this CPU has), "scalar" (the reference) or "avx2".
+# `threads`: None or 0 = all cores.
 
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint16_t
+from libc.stdint cimport int32_t, uint16_t
 
-from ._quant import ISAS
 from .errors import ArgumentTypeError, InternalError, InvalidArgumentError, OutOfMemoryError
-from .quants import GGMLType, as_qtype
+from .ggml_types import GGMLType, as_qtype
 from .threads import check_threads
-
-cdef extern from "dequant.h":
-    ctypedef struct realm_type_traits:
-        const char *name
-        int block_size
-        int type_size
-    const realm_type_traits *realm_get_traits(int type)
-    int REALM_EUNSUPPORTED, REALM_ENOISA
 
 cdef extern from "matmul.h":
     int REALM_EINVAL, REALM_ENOMEM
-    int REALM_ACT_F32, REALM_ACT_Q8, REALM_ACT_Q8_K, REALM_TOK_GROUP
+    int REALM_TOK_GROUP
     ctypedef struct realm_act_layout:
         int64_t bsums, s, d, total
     int realm_act_type(int wtype)
@@ -553,6 +544,3 @@ def exp(x, *, isa: str = "auto"):
     _check(rc, "exp")
     return y
 
-
-include "_forward.pxi"
-include "_ticker.pxi"

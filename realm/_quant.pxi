@@ -1,6 +1,6 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
-"""Thin wrapper over the C dequantizers: the caller (realm.quants) validates,
-this module checks the buffer sizes once more and runs the kernel without the GIL."""
+# The dequantizers and the table of formats (csrc/dequant*.c, csrc/traits.c) for Python, and the
+# GGUF reader's walk over strings: included by _native.pyx.  A thin wrapper: the caller
+# (realm.quants) validates, this checks the buffer sizes once more and runs the kernel without the GIL.
 
 from libc.stdint cimport int64_t, uint64_t
 
