@@ -55,8 +55,7 @@ AVX2 void realm_mxfp4_to_float_avx2(const void *src, float *dst, int64_t nb) {
     const block_mxfp4 *x = src;
     const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)realm_kvalues_mxfp4));
     for (int64_t i = 0; i < nb; i++, dst += QK_MXFP4) {
-        const uint8_t e = x[i].e;
-        const __m256 d = _mm256_set1_ps(realm_bits_to_f32(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23));
+        const __m256 d = _mm256_set1_ps(realm_e8m0_to_f32_half(x[i].e));
         put32_i8(dst, _mm256_shuffle_epi8(kv, nibbles16(x[i].qs)), d);
     }
 }

@@ -41,16 +41,10 @@ void realm_iq4_xs_to_float_ref(const void *src, float *dst, int64_t nb) {
     }
 }
 
-/* The E8M0 scale of an MXFP4 block, halved (the code book holds doubled e2m1 values):
- * 2^(e - 128) as llama.cpp's ggml_e8m0_to_fp32_half builds it, subnormal for e < 2. */
-static inline float e8m0_to_f32_half(uint8_t e) {
-    return realm_bits_to_f32(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
-}
-
 void realm_mxfp4_to_float_ref(const void *src, float *dst, int64_t nb) {
     const block_mxfp4 *x = src;
     for (int64_t i = 0; i < nb; i++, dst += QK_MXFP4) {
-        const float d = e8m0_to_f32_half(x[i].e);
+        const float d = realm_e8m0_to_f32_half(x[i].e);
         for (int j = 0; j < QK_MXFP4 / 2; j++) {
             dst[j] = (float)realm_kvalues_mxfp4[x[i].qs[j] & 0x0f] * d;
             dst[j + QK_MXFP4 / 2] = (float)realm_kvalues_mxfp4[x[i].qs[j] >> 4] * d;

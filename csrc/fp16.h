@@ -36,6 +36,12 @@ static inline float realm_bf16_to_f32(uint16_t h) {
     return realm_bits_to_f32((uint32_t)h << 16);
 }
 
+/* An E8M0 scale halved (MXFP4's code book holds doubled e2m1 values): 2^(e - 128) as
+ * llama.cpp's ggml_e8m0_to_fp32_half builds it, subnormal for e < 2. */
+static inline float realm_e8m0_to_f32_half(uint8_t e) {
+    return realm_bits_to_f32(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
+}
+
 /* f32 -> binary16, round to nearest even, exactly as vcvtps2ph (imm 0):
  * overflow to inf, gradual underflow, NaN made quiet keeping its top bits. */
 static inline uint16_t realm_f32_to_half(float f) {

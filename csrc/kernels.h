@@ -12,7 +12,8 @@
 #ifndef REALM_KERNELS_H
 #define REALM_KERNELS_H
 
-#include "kernels_iq.h" /* the IQ, TQ and MXFP4 formats' */
+#include "kernels_iq.h"    /* the IQ, TQ and MXFP4 formats' row dequantizers */
+#include "kernels_iq_mm.h" /* and the IQ4_NL, IQ4_XS and MXFP4 dot kernels */
 #include "matmul.h"
 
 #define REALM_TO_FLOAT(name) void name(const void *src, float *dst, int64_t nblocks)

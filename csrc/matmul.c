@@ -27,7 +27,7 @@ int realm_act_type(int wtype) {
     return tt->act;
 }
 
-/* llama.cpp's CPU backend (x86, AVX-512 build) repacks Q4_0, Q4_K and Q2_K
+/* llama.cpp's CPU backend (x86, AVX-512 build) repacks Q4_0, Q4_K, Q2_K, IQ4_NL and MXFP4
  * matrices of 8k rows (the rows marked `repacked`) into interleaved blocks
  * whose kernels sum each block whole; the other matrices go through its
  * vec_dot kernels. */

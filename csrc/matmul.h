@@ -25,9 +25,15 @@
  *     fma(-(dx * dmin), min lane, acc_k) before the values', Q4_K 4 lanes of
  *     fma(-(dx * dmin), ...) (32-value sub-blocks 2i, 2i+1), Q5_K one sum
  *     summs = fma(-(dx * dmin), imin, summs); y = hsum8(acc) + the minimums'.
- *   Q4_0, Q4_K, Q2_K matrices with a multiple of 8 rows (llama.cpp repacks
- *     them): whole-block sums, acc = fma(isum_b, dw_b * dx_b, acc) and
- *     accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.
+ *   IQ4_NL, MXFP4 (values from a 16-entry code book; MXFP4's scale the E8M0
+ *     one halved): as Q8_0 but even blocks into acc, odd ones into acc',
+ *     y = hsum8(acc + acc'), and a last, unpaired block's whole sum added
+ *     unfused: y = y + (dw * dx) * isum.
+ *   IQ4_XS: lane_k = sum over its 8 sub-blocks of (ls - 32) * their lane k,
+ *     acc_k = fma(dw_b * dx_b, lane_k, acc_k) per block; y = hsum8(acc).
+ *   Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4 matrices with a multiple of 8 rows
+ *     (llama.cpp repacks them): whole-block sums, acc = fma(isum_b, dw_b *
+ *     dx_b, acc) and accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.
  * So the scalar and AVX2 paths give the same bits, and a token's result
  * depends neither on the batch it is in, nor on the tiling, nor on the thread
  * count (llama.cpp's own batched GEMMs, tinyBLAS and the tiled and repacked
@@ -139,6 +145,14 @@ typedef struct {
     int64_t bsums, s, d, total;
 } realm_act_layout;
 realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in);
+
+/* ggml's hsum_float_8 on 8 floats (the scalar kernels): the two halves, then pairs,
+ * then the last two. */
+static inline float realm_hsum8f(const float *a) {
+    float t[4];
+    for (int k = 0; k < 4; k++) t[k] = a[k + 4] + a[k];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
 
 /* max|x| below this: the block is stored as zeros (1/d would overflow). */
 #define REALM_Q8_TINY 0x1p-100f

@@ -10,13 +10,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* ggml's hsum_float_8: the two halves, then pairs, then the last two. */
-static inline float hsum8(const float *a) {
-    float t[4];
-    for (int k = 0; k < 4; k++) t[k] = a[k + 4] + a[k];
-    return (t[0] + t[2]) + (t[1] + t[3]);
-}
-
 /* ---- 32-element formats against REALM_ACT_Q8 ----
  * Value j of a block: Q4/Q5 keep the low nibbles of qs[0..16) as values
  * 0..15 and the high nibbles as 16..31, with bit j of qh on top for Q5.
@@ -84,7 +77,7 @@ static void dot32(int type, int64_t nb, const void *w, const realm_act_group *a,
             }
             if (with_min) summs = fmaf(mw, a->s[slot], summs);
         }
-        y[t * ys] = with_min ? hsum8(acc) + summs : hsum8(acc);
+        y[t * ys] = with_min ? realm_hsum8f(acc) + summs : realm_hsum8f(acc);
     }
 }
 
@@ -162,7 +155,7 @@ void realm_q2_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int
                 acc[k] = fmaf(d, (float)lane, acc[k]);
             }
         }
-        y[t * ys] = hsum8(acc);
+        y[t * ys] = realm_hsum8f(acc);
     }
 }
 
@@ -210,7 +203,7 @@ void realm_q3_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int
                 acc[k] = fmaf(d, (float)lane, acc[k]);
             }
         }
-        y[t * ys] = hsum8(acc);
+        y[t * ys] = realm_hsum8f(acc);
     }
 }
 
@@ -247,7 +240,7 @@ void realm_q4_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int
                 acc[k] = fmaf(d, (float)lane, acc[k]);
             }
         }
-        y[t * ys] = hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+        y[t * ys] = realm_hsum8f(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
     }
 }
 
@@ -301,7 +294,7 @@ void realm_q5_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int
                 acc[k] = fmaf(d, (float)lane, acc[k]);
             }
         }
-        y[t * ys] = hsum8(acc) + summs;
+        y[t * ys] = realm_hsum8f(acc) + summs;
     }
 }
 
@@ -335,7 +328,7 @@ void realm_q6_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int
                 acc[k] = fmaf(d, (float)lane, acc[k]);
             }
         }
-        y[t * ys] = hsum8(acc);
+        y[t * ys] = realm_hsum8f(acc);
     }
 }
 

@@ -139,24 +139,32 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q8_K_to_float_neon),
     },
 
-    /* ---- IQ, TQ and MXFP4: dequantization only (no dot kernels yet: the matmul refuses them) ---- */
+    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq_*.c).  IQ4_NL and MXFP4
+     * take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS takes Q8_K; the
+     * others have no dot kernels yet: the matmul refuses them. ---- */
     [REALM_TYPE_IQ4_NL] = {
-        BLOCK("IQ4_NL", QK4_NL, block_iq4_nl), .act = REALM_ACT_NONE,
+        BLOCK("IQ4_NL", QK4_NL, block_iq4_nl), .act = REALM_ACT_Q8, .repacked = 1,
         .to_float_ref = realm_iq4_nl_to_float_ref,
         .to_float_avx2 = X86(realm_iq4_nl_to_float_avx2),
         .to_float_neon = ARM(realm_iq4_nl_to_float_neon),
+        .dot_ref = {realm_iq4_nl_dot_ref, realm_iq4_nl_dot_whole_ref},
+        .dot_avx2 = {X86(realm_iq4_nl_dot_avx2), X86(realm_iq4_nl_dot_whole_avx2)},
     },
     [REALM_TYPE_IQ4_XS] = {
-        BLOCK("IQ4_XS", QK_K, block_iq4_xs), .act = REALM_ACT_NONE,
+        BLOCK("IQ4_XS", QK_K, block_iq4_xs), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq4_xs_to_float_ref,
         .to_float_avx2 = X86(realm_iq4_xs_to_float_avx2),
         .to_float_neon = ARM(realm_iq4_xs_to_float_neon),
+        .dot_ref = {realm_iq4_xs_dot_ref},
+        .dot_avx2 = {X86(realm_iq4_xs_dot_avx2)},
     },
     [REALM_TYPE_MXFP4] = {
-        BLOCK("MXFP4", QK_MXFP4, block_mxfp4), .act = REALM_ACT_NONE,
+        BLOCK("MXFP4", QK_MXFP4, block_mxfp4), .act = REALM_ACT_Q8, .repacked = 1,
         .to_float_ref = realm_mxfp4_to_float_ref,
         .to_float_avx2 = X86(realm_mxfp4_to_float_avx2),
         .to_float_neon = ARM(realm_mxfp4_to_float_neon),
+        .dot_ref = {realm_mxfp4_dot_ref, realm_mxfp4_dot_whole_ref},
+        .dot_avx2 = {X86(realm_mxfp4_dot_avx2), X86(realm_mxfp4_dot_whole_avx2)},
     },
     [REALM_TYPE_TQ1_0] = {
         BLOCK("TQ1_0", QK_K, block_tq1_0), .act = REALM_ACT_NONE,

@@ -12,7 +12,7 @@ sum s = f16(amax / 127 * sum q) rather than d * sum q, which the model below add
 as corr = sum over blocks of m (s - d sum q).  Three checks follow:
 
 * bit-exact: one token's y equals llama.cpp's ggml_vec_dot_* on the same blocks, or
-  for Q4_0, Q4_K and Q2_K matrices of 8k rows (the ones llama.cpp repacks) its
+  for Q4_0, Q4_K, Q2_K, IQ4_NL and MXFP4 matrices of 8k rows (the ones llama.cpp repacks) its
   ggml_gemv_*_8x8 on the repacked blocks, and the activation blocks equal
   quantize_row_q8_0 / _q8_1 / _q8_K's, when the installed llama.cpp is an x86 build
   with AVX2 (its kernels are other ones elsewhere);
@@ -47,8 +47,8 @@ from conftest import assert_same_bits, ggml, require
 
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
-Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
-K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4]  # against blocks of 32
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # against blocks of 256
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
 ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
@@ -284,7 +284,8 @@ class GGMLCPU:
     VEC_DOT = {T.Q4_0: ("q4_0_q8_0", "q8_0", 34), T.Q4_1: ("q4_1_q8_1", "q8_1", 36), T.Q5_0: ("q5_0_q8_0", "q8_0", 34),
                T.Q5_1: ("q5_1_q8_1", "q8_1", 36), T.Q8_0: ("q8_0_q8_0", "q8_0", 34), T.Q2_K: ("q2_K_q8_K", "q8_K", 292),
                T.Q3_K: ("q3_K_q8_K", "q8_K", 292), T.Q4_K: ("q4_K_q8_K", "q8_K", 292), T.Q5_K: ("q5_K_q8_K", "q8_K", 292),
-               T.Q6_K: ("q6_K_q8_K", "q8_K", 292)}
+               T.Q6_K: ("q6_K_q8_K", "q8_K", 292), T.IQ4_NL: ("iq4_nl_q8_0", "q8_0", 34),
+               T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292)}
 
     def __init__(self):
         import ctypes
@@ -322,7 +323,9 @@ class GGMLCPU:
         return y
 
     REPACKED = {T.Q4_0: ("block_q4_0", "q4_0_8x8_q8_0", "q8_0", 34), T.Q4_K: ("block_q4_K", "q4_K_8x8_q8_K", "q8_K", 292),
-                T.Q2_K: ("block_q2_K", "q2_K_8x8_q8_K", "q8_K", 292)}
+                T.Q2_K: ("block_q2_K", "q2_K_8x8_q8_K", "q8_K", 292),
+                T.IQ4_NL: ("block_iq4_nl", "iq4_nl_8x8_q8_0", "q8_0", 34),
+                T.MXFP4: ("block_mxfp4", "mxfp4_8x8_q8_0", "q8_0", 34)}
 
     def gemv(self, qtype: GGMLType, wq: np.ndarray, n_out: int, x: np.ndarray) -> np.ndarray:
         """llama.cpp's product of a repacked matrix (8 rows interleaved, n_out % 8 == 0):
@@ -386,7 +389,7 @@ def test_activations_equal_llama_cpp_quantizer(ggml_cpu, isa):
 @pytest.mark.parametrize("n_out", [24, 13])
 def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
     """One token's y = W x, bit for bit llama.cpp's (every path, alone and in a batch):
-    repacked kernels for 8k rows of Q4_0, Q4_K, Q2_K, vec_dot kernels otherwise."""
+    repacked kernels for 8k rows of Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4, vec_dot kernels otherwise."""
     rng = np.random.default_rng(int(qtype) + 100)
     n_in = 7 * weight_block(qtype) if qtype in K_TYPES else 37 * 32
     repacked = qtype in GGMLCPU.REPACKED and n_out % 8 == 0

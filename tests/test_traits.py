@@ -75,7 +75,7 @@ def test_type_without_dot_kernel_is_refused_in_c(isa):
             assert _native.matmul_rc(int(t), n_out, 256, 1, isa) == _native.EUNSUPPORTED
         # the row still dequantizes
         assert dequantize(np.zeros(ROWS[t]["type_size"], dtype=np.uint8), t).shape == (ROWS[t]["block_size"],)
-    for t in (int(T.Q8_1), int(T.IQ2_XXS), 5, 39, -1, 10_000):
+    for t in (int(T.Q8_1), int(T.IQ2_XXS), 5, 40, -1, 10_000):  # 40: NVFP4, no row
         assert _native.matmul_rc(t, 1, 256, 1, isa) == _native.EUNSUPPORTED
 
 

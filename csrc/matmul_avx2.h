@@ -1,0 +1,85 @@
+/* Pieces shared by the AVX2 matmul kernels (matmul_avx2.c, matmul_iq_avx2.c):
+ * loads, horizontal sums (ggml's hsum_float_8), the token-count dispatch and the
+ * repacked kernels' whole-block fold.  Include only inside an x86-64 #if, after
+ * avx2_util.h and matmul.h. */
+#ifndef REALM_MATMUL_AVX2_H
+#define REALM_MATMUL_AVX2_H
+
+#define G REALM_TOK_GROUP
+
+/* ---- shared pieces ---- */
+
+AVX2 INLINE __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* Lane i = sum of the 8 lanes of v[i], for i < T <= 4 (other lanes: don't care). */
+AVX2 INLINE __m128i hsum4(const __m256i *v, const int T) {
+    if (T == 1) {
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v[0]), _mm256_extracti128_si256(v[0], 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+        return _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    }
+    const __m256i z = _mm256_setzero_si256();
+    const __m256i a = _mm256_hadd_epi32(v[0], v[1]);
+    const __m256i b = _mm256_hadd_epi32(T > 2 ? v[2] : z, T > 3 ? v[3] : z);
+    const __m256i h = _mm256_hadd_epi32(a, b);
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* ggml's hsum_float_8. */
+AVX2 INLINE float hsum8(__m256 x) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* acc + (int lanes) * d, fused, for one token's 8 lanes. */
+AVX2 INLINE __m256 fold8(__m256 acc, float d, __m256i lanes) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+}
+
+/* Byte j = ((bytes[j] >> b) & 1) << s. */
+AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
+    const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(bytes, b), _mm256_set1_epi8(1));
+    return _mm256_slli_epi16(bit, s);
+}
+
+#define TOKEN_ROW(a, t) ((a)->qs + (int64_t)(t) * (a)->n_in)
+
+/* The token count as a compile-time constant. */
+#define CASE_T(n, CALL) \
+    case n: {           \
+        const int T_ = n; \
+        CALL;           \
+        break;          \
+    }
+#if REALM_TOK_GROUP == 8
+#define DISPATCH_T(ntok, CALL)                                                                       \
+    switch (ntok) {                                                                                  \
+        CASE_T(1, CALL) CASE_T(2, CALL) CASE_T(3, CALL) CASE_T(4, CALL) CASE_T(5, CALL) CASE_T(6, CALL) \
+        CASE_T(7, CALL) default : { const int T_ = 8; CALL; }                                        \
+    }
+#else
+#error "DISPATCH_T is written for REALM_TOK_GROUP 8"
+#endif
+
+/* acc[h] (tokens 4h .. 4h+3 in its lanes) = fma(isum, dw * dx, acc[h]) for a
+ * block's whole integer sums, one per token (the repacked kernels' fold). */
+AVX2 INLINE void whole_fold(__m128 *acc, const __m256i *lanes, float dw, const float *dx, const int T) {
+    for (int h = 0; 4 * h < T; h++) {
+        const int n = T - 4 * h < 4 ? T - 4 * h : 4;
+        acc[h] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4(lanes + 4 * h, n)), _mm_mul_ps(_mm_set1_ps(dw), _mm_loadu_ps(dx + 4 * h)), acc[h]);
+    }
+}
+
+AVX2 INLINE void whole_store(float *y, int64_t ys, const __m128 *acc, const __m128 *accm, const int T) {
+    for (int h = 0; 4 * h < T; h++) {
+        float tmp[4];
+        _mm_storeu_ps(tmp, accm ? _mm_sub_ps(acc[h], accm[h]) : acc[h]);
+        for (int t = 4 * h; t < T && t < 4 * h + 4; t++) y[t * ys] = tmp[t - 4 * h];
+    }
+}
+
+#define WHOLE_ACC __m128 acc[G / 4], accm[G / 4]; for (int h = 0; h < G / 4; h++) acc[h] = accm[h] = _mm_setzero_ps()
+
+#endif

@@ -1,0 +1,167 @@
+/* AVX2 dot products of IQ4_NL, IQ4_XS and MXFP4 weights against int8 activations:
+ * one weight row against a group of up to REALM_TOK_GROUP activation rows.  A block's
+ * 4-bit indices go through its code book with one byte shuffle (kvalues_iq4nl, or
+ * MXFP4's doubled e2m1 values), then maddubs + madd give 8 exact int32 lanes (lane
+ * k: values 4k..4k+3 of 32); the float steps are matmul.h's (llama.cpp's x86
+ * kernels), which matmul_iq_ref.c performs in scalar code, bit for bit. */
+#include "kernels_iq_mm.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include "avx2_util.h"
+#include "fp16.h"
+#include "iq_tables.h"
+#include "matmul_avx2.h"
+
+AVX2 INLINE __m256i book16(const int8_t *kvalues) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues));
+}
+
+/* 32 indices (16 bytes: low nibbles then high) as the code book's signed bytes. */
+AVX2 INLINE __m256i lut32(const uint8_t *qs, __m256i book) { return _mm256_shuffle_epi8(book, nibbles16(qs)); }
+
+/* Lane k = sum of u[j] x[j] for j = 4k..4k+3 (au = |u|). */
+AVX2 INLINE __m256i lanes8(__m256i au, __m256i u, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(au, _mm256_sign_epi8(x, u)), _mm256_set1_epi16(1));
+}
+
+/* Block b's indices and scale (mxfp4: E8M0, else IQ4_NL's f16). */
+AVX2 INLINE const uint8_t *qs32(const void *w, int64_t b, const int mxfp4) {
+    return mxfp4 ? ((const block_mxfp4 *)w)[b].qs : ((const block_iq4_nl *)w)[b].qs;
+}
+
+AVX2 INLINE float scale32(const void *w, int64_t b, const int mxfp4) {
+    return mxfp4 ? realm_e8m0_to_f32_half(((const block_mxfp4 *)w)[b].e) : _cvtsh_ss(((const block_iq4_nl *)w)[b].d);
+}
+
+/* vec_dot: even blocks into acc[0], odd ones into acc[1]; an unpaired last block summed
+ * whole and added after hsum8(acc[0] + acc[1]). */
+AVX2 INLINE void lut32_k(const int mxfp4, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
+                         const int T) {
+    const __m256i book = book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl);
+    __m256 acc[2][G];
+    for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+    const int64_t pairs = nb & ~(int64_t)1;
+    for (int64_t b = 0; b < pairs; b += 2) {
+        for (int h = 0; h < 2; h++) {
+            const __m256i u = lut32(qs32(w, b + h, mxfp4), book), au = _mm256_sign_epi8(u, u);
+            const float dw = scale32(w, b + h, mxfp4);
+            const float *dx = a->d + realm_act_slot(0, b + h);
+            float d[G];
+            if (T > 1) _mm256_storeu_ps(d, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(dx)));
+            for (int t = 0; t < T; t++) {
+                const __m256i p = lanes8(au, u, load32(TOKEN_ROW(a, t) + 32 * (b + h)));
+                const __m256 dt = T > 1 ? _mm256_broadcast_ss(d + t) : _mm256_set1_ps(dw * dx[0]);
+                acc[h][t] = _mm256_fmadd_ps(dt, _mm256_cvtepi32_ps(p), acc[h][t]);
+            }
+        }
+    }
+    int32_t isum[G];
+    float dlast = 0.0f;
+    if (nb & 1) {
+        const int64_t b = nb - 1;
+        const __m256i u = lut32(qs32(w, b, mxfp4), book), au = _mm256_sign_epi8(u, u);
+        dlast = scale32(w, b, mxfp4);
+        for (int t = 0; t < T; t++) {
+            const __m256i p = lanes8(au, u, load32(TOKEN_ROW(a, t) + 32 * b));
+            isum[t] = _mm_cvtsi128_si32(hsum4(&p, 1));
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        float s = hsum8(_mm256_add_ps(acc[0][t], acc[1][t]));
+        if (nb & 1) s = REALM_IQ_TAIL(dlast * a->d[realm_act_slot(t, nb - 1)], (float)isum[t], s);
+        y[t * ys] = s;
+    }
+}
+
+AVX2 INLINE __m256i lut_lanes(const void *w, int64_t b, const int mxfp4, __m256i book, __m256i x) {
+    const __m256i u = lut32(qs32(w, b, mxfp4), book);
+    return lanes8(_mm256_sign_epi8(u, u), u, x);
+}
+
+/* As llama.cpp multiplies a repacked matrix: acc = fma(isum, dw * dx, acc).  One token
+ * takes 4 blocks' sums from one reduction, then folds them in order. */
+AVX2 INLINE void lut32_whole_k(const int mxfp4, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
+                               const int T) {
+    const __m256i book = book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl);
+    if (T == 1) {
+        __m128 acc = _mm_setzero_ps();
+        int64_t b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            __m256i l[4];
+            for (int k = 0; k < 4; k++) l[k] = lut_lanes(w, b + k, mxfp4, book, load32(a->qs + 32 * (b + k)));
+            const __m128 isum = _mm_cvtepi32_ps(hsum4(l, 4));
+            const __m128 dw = _mm_setr_ps(scale32(w, b, mxfp4), scale32(w, b + 1, mxfp4), scale32(w, b + 2, mxfp4),
+                                          scale32(w, b + 3, mxfp4));
+            const __m128 d = _mm_mul_ps(dw, _mm_setr_ps(a->d[realm_act_slot(0, b)], a->d[realm_act_slot(0, b + 1)],
+                                                        a->d[realm_act_slot(0, b + 2)], a->d[realm_act_slot(0, b + 3)]));
+            acc = _mm_fmadd_ss(isum, d, acc);
+            acc = _mm_fmadd_ss(_mm_shuffle_ps(isum, isum, 1), _mm_shuffle_ps(d, d, 1), acc);
+            acc = _mm_fmadd_ss(_mm_shuffle_ps(isum, isum, 2), _mm_shuffle_ps(d, d, 2), acc);
+            acc = _mm_fmadd_ss(_mm_shuffle_ps(isum, isum, 3), _mm_shuffle_ps(d, d, 3), acc);
+        }
+        for (; b < nb; b++) {
+            const __m256i l = lut_lanes(w, b, mxfp4, book, load32(a->qs + 32 * b));
+            acc = _mm_fmadd_ss(_mm_cvtepi32_ps(hsum4(&l, 1)), _mm_set_ss(scale32(w, b, mxfp4) * a->d[realm_act_slot(0, b)]), acc);
+        }
+        y[0] = _mm_cvtss_f32(acc);
+        return;
+    }
+    WHOLE_ACC;
+    (void)accm;
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i u = lut32(qs32(w, b, mxfp4), book), au = _mm256_sign_epi8(u, u);
+        __m256i l[G];
+        for (int t = 0; t < T; t++) l[t] = lanes8(au, u, load32(TOKEN_ROW(a, t) + 32 * b));
+        whole_fold(acc, l, scale32(w, b, mxfp4), a->d + realm_act_slot(0, b), T);
+    }
+    whole_store(y, ys, acc, NULL, T);
+}
+
+/* IQ4_XS: per super-block, lane k = sum over sub-blocks i of ls_i * (values 4k..4k+3),
+ * then acc = fma(dw * dx, lanes, acc); y = hsum8(acc). */
+AVX2 INLINE void iq4_xs_k(int64_t nb, const block_iq4_xs *x, const realm_act_group *a, float *y, int64_t ys, const int T) {
+    const __m256i book = book16(realm_kvalues_iq4nl);
+    __m256 acc[G];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i s[G];
+        for (int t = 0; t < T; t++) s[t] = _mm256_setzero_si256();
+        const unsigned sh = x[b].scales_h;
+        for (int i = 0; i < QK_K / 32; i++) {
+            const __m256i u = lut32(x[b].qs + 16 * i, book), au = _mm256_sign_epi8(u, u);
+            const int ls = (((x[b].scales_l[i / 2] >> 4 * (i % 2)) & 15) | ((sh >> 2 * i) & 3) << 4) - 32;
+            const __m256i lsv = _mm256_set1_epi16((short)ls);
+            for (int t = 0; t < T; t++) {
+                const __m256i p = _mm256_maddubs_epi16(au, _mm256_sign_epi8(load32(TOKEN_ROW(a, t) + QK_K * b + 32 * i), u));
+                s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, lsv));
+            }
+        }
+        const float dw = _cvtsh_ss(x[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx[t]), _mm256_cvtepi32_ps(s[t]), acc[t]);
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
+}
+
+AVX2 void realm_iq4_nl_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    DISPATCH_T(ntok, lut32_k(0, nb, w, a, y, ys, T_));
+}
+
+AVX2 void realm_iq4_nl_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    DISPATCH_T(ntok, lut32_whole_k(0, nb, w, a, y, ys, T_));
+}
+
+AVX2 void realm_mxfp4_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    DISPATCH_T(ntok, lut32_k(1, nb, w, a, y, ys, T_));
+}
+
+AVX2 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    DISPATCH_T(ntok, lut32_whole_k(1, nb, w, a, y, ys, T_));
+}
+
+AVX2 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    DISPATCH_T(ntok, iq4_xs_k(nb, w, a, y, ys, T_));
+}
+
+#endif
