@@ -51,7 +51,8 @@ PROMPTS = [
 ]
 DECISIVE = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # no near tie in 32 greedy steps on any model here
 GREEDY_PROMPTS = [DECISIVE, "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. January, February,"]
-MODELS = ["smollm2", "gemma3", "smollm2-Q4_K_M", "smollm2-Q6_K", "smollm2-Q8_0", "smollm2-Q3_K_M"]
+MODELS = ["smollm2", "gemma3", "smollm2-Q4_K_M", "smollm2-Q6_K", "smollm2-Q8_0", "smollm2-Q3_K_M", "smollm2-IQ4_NL",
+          "smollm2-IQ4_XS"]
 
 
 class Engines:
@@ -213,6 +214,20 @@ def test_as_close_to_float64_as_llama_cpp(engines):
     ours_err, llama_err = rel_diff(ours, exact).max(), rel_diff(ref, exact).max()
     assert ours_err < 2 * llama_err, (ours_err, llama_err)
     assert_top_tokens(ours, exact)
+
+
+@pytest.mark.parametrize("ftype,formats", [("IQ4_NL", {"IQ4_NL"}), ("IQ4_XS", {"IQ4_XS", "IQ4_NL"})])
+def test_requantized_models_hold_their_formats(smollm2_quantized, ftype, formats):
+    """The IQ4 files the tests above run hold those formats: llama.cpp falls back where a row
+    does not divide into its blocks (IQ4_XS's 256 values: SmolLM2's 576 columns become IQ4_NL,
+    its 1536-column ffn_down stays IQ4_XS) and keeps some tensors at other types (Q5_K, Q8_0).
+    No dense MXFP4 model comes out of its quantizer (MXFP4_MOE quantizes only experts: SmolLM2
+    becomes Q8_0), so MXFP4 is held to llama.cpp at the matmul level only (test_matmul.py)."""
+    from realm.reader import GGUFFile
+
+    with GGUFFile.open(smollm2_quantized(ftype)) as f:
+        seen = {t.dtype.name for t in f.tensors.values()}
+    assert formats <= seen, seen
 
 
 # -- against the float64 model ----------------------------------------------------------------------
