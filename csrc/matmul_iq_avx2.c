@@ -79,6 +79,16 @@ AVX2 INLINE __m256i lut_lanes(const void *w, int64_t b, const int mxfp4, __m256i
     return lanes8(_mm256_sign_epi8(u, u), u, x);
 }
 
+/* Lane t = the sum of the 8 lanes of v[t] (exact integers: any order). */
+AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
+    __m256i p[4], q[2];
+    for (int i = 0; i < 4; i++)
+        p[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm256_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20), _mm256_permute2x128_si256(q[0], q[1], 0x31));
+}
+
 /* As llama.cpp multiplies a repacked matrix: acc = fma(isum, dw * dx, acc).  One token
  * takes 4 blocks' sums from one reduction, then folds them in order. */
 AVX2 INLINE void lut32_whole_k(const int mxfp4, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
@@ -107,15 +117,18 @@ AVX2 INLINE void lut32_whole_k(const int mxfp4, int64_t nb, const void *w, const
         y[0] = _mm_cvtss_f32(acc);
         return;
     }
-    WHOLE_ACC;
-    (void)accm;
+    /* token t's sums in lane t: acc = fma(isum, dw * dx, acc) for all tokens at once */
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const __m256i u = lut32(qs32(w, b, mxfp4), book), au = _mm256_sign_epi8(u, u);
         __m256i l[G];
-        for (int t = 0; t < T; t++) l[t] = lanes8(au, u, load32(TOKEN_ROW(a, t) + 32 * b));
-        whole_fold(acc, l, scale32(w, b, mxfp4), a->d + realm_act_slot(0, b), T);
+        for (int t = 0; t < G; t++) l[t] = t < T ? lanes8(au, u, load32(TOKEN_ROW(a, t) + 32 * b)) : _mm256_setzero_si256();
+        const __m256 d = _mm256_mul_ps(_mm256_set1_ps(scale32(w, b, mxfp4)), _mm256_loadu_ps(a->d + realm_act_slot(0, b)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8x8(l)), d, acc);
     }
-    whole_store(y, ys, acc, NULL, T);
+    float out[G];
+    _mm256_storeu_ps(out, acc);
+    for (int t = 0; t < T; t++) y[t * ys] = out[t];
 }
 
 /* IQ4_XS: per super-block, lane k = sum over sub-blocks i of ls_i * (values 4k..4k+3),
