@@ -17,8 +17,14 @@ AVX2 INLINE __m256i book16(const int8_t *kvalues) {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues));
 }
 
-/* 32 indices (16 bytes: low nibbles then high) as the code book's signed bytes. */
-AVX2 INLINE __m256i lut32(const uint8_t *qs, __m256i book) { return _mm256_shuffle_epi8(book, nibbles16(qs)); }
+/* 32 indices (16 bytes: low nibbles then high) as the code book's signed bytes.  The 16
+ * bytes in both halves, the upper half's 64-bit words shifted right by 4: masked, its
+ * bytes are the high nibbles. */
+AVX2 INLINE __m256i lut32(const uint8_t *qs, __m256i book) {
+    const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+    return _mm256_shuffle_epi8(book, idx);
+}
 
 /* Lane k = sum of u[j] x[j] for j = 4k..4k+3 (au = |u|). */
 AVX2 INLINE __m256i lanes8(__m256i au, __m256i u, __m256i x) {
@@ -79,6 +85,27 @@ AVX2 INLINE __m256i lut_lanes(const void *w, int64_t b, const int mxfp4, __m256i
     return lanes8(_mm256_sign_epi8(u, u), u, x);
 }
 
+/* The scales of blocks b .. b + 3, as scale32 gives them. */
+AVX2 INLINE __m128 scales4(const void *w, int64_t b, const int mxfp4) {
+    if (mxfp4) {
+        const block_mxfp4 *x = (const block_mxfp4 *)w + b;
+        const __m128i e = _mm_setr_epi32(x[0].e, x[1].e, x[2].e, x[3].e);
+        const __m128i normal = _mm_slli_epi32(_mm_sub_epi32(e, _mm_set1_epi32(1)), 23);
+        const __m128i tiny = _mm_sllv_epi32(_mm_set1_epi32(0x00200000), e);
+        return _mm_castsi128_ps(_mm_blendv_epi8(normal, tiny, _mm_cmplt_epi32(e, _mm_set1_epi32(2))));
+    }
+    const block_iq4_nl *x = (const block_iq4_nl *)w + b;
+    return _mm_cvtph_ps(_mm_setr_epi16((short)x[0].d, (short)x[1].d, (short)x[2].d, (short)x[3].d, 0, 0, 0, 0));
+}
+
+/* Lane i = the sum of the 8 lanes of v[i], i < 4 (exact integers: any order). */
+AVX2 INLINE __m128i hsum4x4(const __m256i *v) {
+    const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    const __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    const __m256i q = _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+    return _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+}
+
 /* Lane t = the sum of the 8 lanes of v[t] (exact integers: any order). */
 AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
     __m256i p[4], q[2];
@@ -100,9 +127,8 @@ AVX2 INLINE void lut32_whole_k(const int mxfp4, int64_t nb, const void *w, const
         for (; b + 4 <= nb; b += 4) {
             __m256i l[4];
             for (int k = 0; k < 4; k++) l[k] = lut_lanes(w, b + k, mxfp4, book, load32(a->qs + 32 * (b + k)));
-            const __m128 isum = _mm_cvtepi32_ps(hsum4(l, 4));
-            const __m128 dw = _mm_setr_ps(scale32(w, b, mxfp4), scale32(w, b + 1, mxfp4), scale32(w, b + 2, mxfp4),
-                                          scale32(w, b + 3, mxfp4));
+            const __m128 isum = _mm_cvtepi32_ps(hsum4x4(l));
+            const __m128 dw = scales4(w, b, mxfp4);
             const __m128 d = _mm_mul_ps(dw, _mm_setr_ps(a->d[realm_act_slot(0, b)], a->d[realm_act_slot(0, b + 1)],
                                                         a->d[realm_act_slot(0, b + 2)], a->d[realm_act_slot(0, b + 3)]));
             acc = _mm_fmadd_ss(isum, d, acc);
