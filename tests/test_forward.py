@@ -8,8 +8,8 @@ KV cache, ggml's exp, SiLU, f16 GELU table, RoPE cache and RMSNorm.  A token's r
 depends on its batch, so realm computes what llama.cpp computes when it evaluates one token at
 a time.  With llama.cpp built for x86 with AVX-512 (see forward_helpers.llama_cpp_exact):
   * the logits equal llama.cpp's bit for bit at every position, the prompt evaluated a token at
-    a time, on both models and on SmolLM2 requantized to Q4_K_M, Q6_K and Q8_0 (and on the tiny
-    gemma3 files);
+    a time, on both models and on SmolLM2 requantized to Q4_K_M, Q6_K, Q8_0, Q3_K_M, IQ4_NL and
+    IQ4_XS (and on the tiny gemma3 files);
   * greedy continuations of 32 tokens are equal token for token on every prompt here.
 llama.cpp evaluating a prompt in one batch takes other kernels (llamafile's tinyBLAS for F16
 attention, its tiled and repacked GEMMs): its batched logits differ from its own one-token
