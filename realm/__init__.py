@@ -2,8 +2,9 @@
 
 from .quants import SUPPORTED_TYPES, GGMLType, QuantInfo, dequantize, quant_info
 from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, FileAccessError, GGUFError,
-                     InternalError, InvalidArgumentError, LimitExceeded, ModelNotFoundError, OutOfMemoryError,
-                     OutOfRangeError, PullError, RealmError, TensorNotFoundError)
+                     InternalError, InvalidArgumentError, LimitExceeded, MissingDependencyError, ModelNotFoundError,
+                     OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError)
+from .gguf_patch import GGUFPatch, patch_gguf
 from .reader import GGUFFile, open_gguf
 from .cache import LayerCache
 from .limits import GuestTrapError, HostBudget, Limits, sandbox_engine
@@ -15,10 +16,10 @@ from .guest import Guest, GuestError
 from .host import TokenLogprob
 from .runtime import Completion, ContextWindowError, GenerationError, Model, Realm, TextStream, Usage
 
-__all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info",
+__all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info", "patch_gguf", "GGUFPatch",
            "RealmError", "InvalidArgumentError", "ArgumentTypeError", "OutOfRangeError", "GGUFError",
            "FileAccessError", "ModelNotFoundError", "TensorNotFoundError", "PullError", "ClosedError", "BusyError",
-           "OutOfMemoryError", "LimitExceeded", "DeadlineExceeded", "InternalError",
+           "OutOfMemoryError", "MissingDependencyError", "LimitExceeded", "DeadlineExceeded", "InternalError",
            "GGUFFile", "open_gguf", "LayerCache", "ModelStore", "QuantizedTensor", "StoredModel",
            "Limits", "HostBudget", "sandbox_engine", "Tenant", "GuestTrapError", "Guest", "GuestError",
            "Realm", "Model", "Completion", "Usage", "TextStream", "TokenLogprob", "ContextWindowError", "GenerationError",

@@ -56,6 +56,10 @@ class ChatTemplateError(RealmError, ValueError):
     went past its time or size limit."""
 
 
+class MissingDependencyError(RealmError, ImportError):
+    """An optional package a feature needs (e.g. `gguf` for `realm.patch_gguf`) is not installed."""
+
+
 class PullError(RealmError, RuntimeError):
     """A model could not be fetched or did not match its recorded checksum."""
 
