@@ -3,8 +3,11 @@
     python benchmarks/dequant.py [--elements 16777216] [--repeat 7] [--types Q4_K,Q6_K]
 
 Prints Melem/s (median of --repeat runs) per format for realm on one thread and
-on all threads, llama.cpp's reference dequantizer (one thread), gguf-py's NumPy
-code, and a plain float32 fill of the same size: the memory-bandwidth limit.
+on all threads into a preallocated array (`out=`), realm on one thread and on all
+threads returning a fresh array (no `out=`: page faults included, see realm/fresh.py)
+and the ratio of the two on all threads, llama.cpp's reference dequantizer (one
+thread), gguf-py's NumPy code, and a plain float32 fill of the same size: the
+memory-bandwidth limit.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{n} elements, median of {args.repeat}; isa={realm._native.best_isa()}, {cores} cores; "
           f"f32 fill {fill:.0f} Melem/s")
-    cols = ["type", "realm 1t", "realm all", "llama.cpp", "gguf-py", "1t/llama", "all/fill", "all/gguf"]
-    widths = [6, 9, 9, 9, 8, 8, 8, 8]
+    cols = ["type", "realm 1t", "realm all", "new 1t", "new all", "new/out", "llama.cpp", "gguf-py", "1t/llama",
+            "all/fill", "all/gguf"]
+    widths = [6, 9, 9, 7, 7, 7, 9, 8, 8, 8, 8]
     if args.markdown:
         print("| " + " | ".join(cols) + " |")
         print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|")
@@ -66,13 +70,15 @@ def main() -> None:
         raw = sample_blocks(ggml, qtype, n)
         r1 = n / median_seconds(lambda: realm.dequantize(raw, qtype, out=out, threads=1), args.repeat) / 1e6
         rn = n / median_seconds(lambda: realm.dequantize(raw, qtype, out=out), args.repeat) / 1e6
+        a1 = n / median_seconds(lambda: realm.dequantize(raw, qtype, threads=1), args.repeat) / 1e6
+        an = n / median_seconds(lambda: realm.dequantize(raw, qtype), args.repeat) / 1e6
         ll = n / median_seconds(lambda: ggml.to_float(raw, qtype, out), args.repeat) / 1e6
         gp = float("nan")  # gguf-py has no Q8_K, and its F32 "dequantize" is a view
         if gguf is not None and qtype.name in gguf.GGMLQuantizationType.__members__ and qtype.name not in ("Q8_K", "F32"):
             gt = gguf.GGMLQuantizationType[qtype.name]
             rows = raw.reshape(-1, realm.quant_info(qtype).type_size * 16)
             gp = n / median_seconds(lambda: gq.dequantize(rows, gt), max(3, args.repeat // 2)) / 1e6
-        row = [qtype.name, f"{r1:.0f}", f"{rn:.0f}", f"{ll:.0f}", f"{gp:.0f}", f"{r1 / ll:.2f}", f"{rn / fill:.2f}", f"{rn / gp:.1f}"]
+        row = [qtype.name, f"{r1:.0f}", f"{rn:.0f}", f"{a1:.0f}", f"{an:.0f}", f"{an / rn:.2f}", f"{ll:.0f}", f"{gp:.0f}", f"{r1 / ll:.2f}", f"{rn / fill:.2f}", f"{rn / gp:.1f}"]
         row = [c.replace("nan", "-") for c in row]
         if args.markdown:
             print("| " + " | ".join(row) + " |")

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _native
 from .errors import ArgumentTypeError, InvalidArgumentError
+from .fresh import empty_float32
 from .ggml_types import GGMLType, as_qtype  # re-exported: realm.quants is where callers find them
 from .threads import check_threads
 
@@ -127,7 +128,7 @@ def dequantize(
         result_shape = shape
 
     if out is None:
-        out = np.empty(result_shape, dtype=np.float32)
+        out = empty_float32(result_shape)  # large ones on huge pages: see realm/fresh.py
     else:
         if not isinstance(out, np.ndarray):
             raise ArgumentTypeError(f"out must be a numpy array, not {type(out).__name__}")
