@@ -286,3 +286,11 @@ def test_missing_gguf_is_a_realm_error(monkeypatch):
     with pytest.raises(realm.MissingDependencyError, match="pip install gguf") as info:
         realm.patch_gguf()
     assert isinstance(info.value, realm.RealmError) and isinstance(info.value, ImportError)
+
+
+def test_realm_does_not_import_gguf():
+    import subprocess
+
+    code = "import sys, realm; assert 'gguf' not in sys.modules, 'realm imported gguf'"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
