@@ -68,15 +68,18 @@ def empty_float32(shape: Sequence[int]) -> np.ndarray:
     nbytes = 4 * n
     if nbytes < HUGE_MIN_BYTES or not huge_pages_available():
         return np.empty(shape, dtype=np.float32)
-    try:
-        mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    # Whole huge pages, the last one too: its unused part costs at most 2 MiB of zeroed memory,
+    # against up to 511 faults of 4 KiB pages (measured: 10-30% of the faulting time of a 33 MiB result).
+    huge_bytes = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+    try:  # room to start at a 2 MiB boundary; what lies before it is never touched
+        mapping = mmap.mmap(-1, huge_bytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError, OverflowError):
         return np.empty(shape, dtype=np.float32)  # np.empty raises the MemoryError, if any
     whole = np.frombuffer(mapping, dtype=np.uint8)
     offset = -whole.ctypes.data % HUGE_PAGE  # a multiple of the 4 KiB page: mmap is page aligned
     del whole
     try:
-        mapping.madvise(mmap.MADV_HUGEPAGE, offset, nbytes)
+        mapping.madvise(mmap.MADV_HUGEPAGE, offset, huge_bytes)
     except OSError:  # a kernel built without THP: plain pages, still a valid array
         pass
     return np.frombuffer(mapping, dtype=np.float32, count=n, offset=offset).reshape(shape)

@@ -73,6 +73,17 @@ def test_small_and_mapped_results_equal_out_path(qtype, huge, monkeypatch):
         assert got.flags.owndata == (not huge)
 
 
+@needs_thp
+@pytest.mark.parametrize("n", [1, 1001, 1 << 19, (1 << 19) + 3], ids=lambda n: f"{n}")
+def test_mapped_sizes_off_page_boundaries(n, monkeypatch):
+    monkeypatch.setattr(fresh, "HUGE_MIN_BYTES", 0)
+    raw = random_blocks(GGMLType.F16, 3 * n, rows=3)
+    got = realm.dequantize(raw, GGMLType.F16)
+    assert mapping_of(got) is not None and got.ctypes.data % fresh.HUGE_PAGE == 0
+    assert_same_bits(got, realm.dequantize(raw, GGMLType.F16, out=np.empty((3, n), dtype=np.float32)))
+    assert_ordinary(got, (3, n))
+
+
 def test_below_threshold_is_numpys():
     raw = random_blocks(GGMLType.Q8_0, fresh.HUGE_MIN_BYTES // 4 - 1024)
     got = realm.dequantize(raw, GGMLType.Q8_0)
