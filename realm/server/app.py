@@ -95,14 +95,15 @@ def _tenant_name(key: str) -> str:
 class _Server:
     """The handlers' shared state."""
 
-    def __init__(self, realm: Realm, limits: ServerLimits, api_keys: tuple[str, ...]):
-        self.realm, self.limits = realm, limits
+    def __init__(self, realm: Realm, limits: ServerLimits, api_keys: tuple[str, ...],
+                 catalog: tuple[str, ...] | None):
+        self.realm, self.limits, self.catalog = realm, limits, catalog
         self.keys = {key.encode(): _tenant_name(key) for key in api_keys}
         self.admission = Admission(limits)
         # a thread per running generation (the default executor has too few for 16)
         self.pool = concurrent.futures.ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="realm-serve")
-        self.names = {m.id: m.path.stem for m in realm.models}
-        self.metrics = Metrics(realm, lambda model_id: self.names.get(model_id, str(model_id)), self.admission.figures)
+        self._names: dict[int, str] = {}  # model id -> name, kept after an unload (its metrics stay)
+        self.metrics = Metrics(realm, self.name_of, self.admission.figures)
         self.created = int(time.time())
         self._token_bytes: dict[tuple[int, int], bytes] = {}
 
@@ -120,9 +121,17 @@ class _Server:
                     return name
         raise APIError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key")
 
+    def name_of(self, model_id: int) -> str:
+        if model_id not in self._names:  # models come and go under a catalog (realm.serve_ray)
+            self._names.update((m.id, m.path.stem) for m in self.realm.models)
+        return self._names.get(model_id, str(model_id))
+
     def model(self, name: str | None) -> Model:
         if name is None:
-            return self.realm.model()
+            if self.catalog:
+                name = self.catalog[0]
+            else:
+                return self.realm.model()
         for m in self.realm.models:
             if name in (m.name, m.path.name, m.path.stem):
                 return m
@@ -195,10 +204,12 @@ class _Run:
 
 
 def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tuple[str, ...] = (),
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, catalog: tuple[str, ...] | None = None) -> FastAPI:
     """The ASGI app serving `realm`'s loaded models (the Realm's `limits` should carry
-    limits.timeout_s and limits.request_kv_bytes: `realm.server.serve` builds it so)."""
-    srv = _Server(realm, limits or ServerLimits(), tuple(api_keys))
+    limits.timeout_s and limits.request_kv_bytes: `realm.server.serve` builds it so).
+    catalog: the model names GET /v1/models lists, the first the default, when the caller loads
+    them into `realm` on demand (realm.serve_ray); None: the models loaded now."""
+    srv = _Server(realm, limits or ServerLimits(), tuple(api_keys), tuple(catalog) if catalog else None)
     app = FastAPI(title="realm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
 
@@ -227,8 +238,9 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         srv.tenant(request)
-        return {"object": "list", "data": [{"id": srv.model_id(m), "object": "model", "created": srv.created,
-                                            "owned_by": "realm"} for m in realm.models]}
+        names = srv.catalog or [srv.model_id(m) for m in realm.models]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": srv.created,
+                                            "owned_by": "realm"} for name in names]}
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
