@@ -476,9 +476,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"realm: error: {exc}", file=sys.stderr)
         return 2
+    if args.ray:
+        return _serve_on_ray(args, limits)
+    if args.address or args.replicas or args.max_models_per_replica or args.cpus_per_replica:
+        print("realm: error: --address, --replicas, --max-models-per-replica and --cpus-per-replica go with --ray",
+              file=sys.stderr)
+        return 2
     serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, threads=args.threads,
           api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout)
     return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, limits: Any) -> int:
+    if args.threads is not None:
+        print("realm: error: with --ray a replica's threads are its CPUs: use --cpus-per-replica", file=sys.stderr)
+        return 2
+    try:
+        from .serve_ray import RayOptions, serve_on_ray
+    except ImportError as exc:
+        print(f"realm: error: {exc}", file=sys.stderr)
+        return 1
+    options = RayOptions(replicas=args.replicas or 1, max_replicas=args.max_replicas,
+                         max_models_per_replica=args.max_models_per_replica or 2,
+                         cpus_per_replica=args.cpus_per_replica or 1.0)
+    serve_on_ray(args.model or [DEFAULT_MODEL], address=args.address, host=args.host, port=args.port,
+                 options=options, limits=limits, api_keys=args.api_key, shutdown_timeout_s=args.shutdown_timeout)
+    return 0
+
+
+def _replicas(text: str) -> int | str:
+    return text if text == "auto" else _positive(text)
+
+
+def _cpus(text: str) -> float:
+    x = float(text)
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError("must be > 0")
+    return x
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -504,6 +538,17 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_finite, default=300.0, help="a request's deadline in seconds (default 300)")
     p.add_argument("--shutdown-timeout", type=_finite, default=30.0,
                    help="seconds a shutdown lets requests in flight finish (default 30)")
+    ray = p.add_argument_group("Ray Serve (--ray; needs realm[ray])")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve on Ray Serve replicas, each a Realm, requests routed by their model")
+    ray.add_argument("--address", help="the Ray cluster to join (auto, ray://HEAD:10001; default: start a local one)")
+    ray.add_argument("--replicas", type=_replicas, default=None, metavar="N|auto",
+                     help="replicas, or auto: Serve's autoscaling from 1 to --max-replicas (default 1)")
+    ray.add_argument("--max-replicas", type=_positive, default=4, help="autoscaling's ceiling (default 4)")
+    ray.add_argument("--max-models-per-replica", type=_positive, default=None, metavar="N",
+                     help="models a replica keeps loaded; the least recently used is unloaded past it (default 2)")
+    ray.add_argument("--cpus-per-replica", type=_cpus, default=None, metavar="N",
+                     help="CPUs Ray reserves per replica, and its forward-pass threads (default 1)")
     p.set_defaults(func=cmd_serve)
 
 

@@ -1,0 +1,398 @@
+"""realm on Ray Serve (`pip install "realm[ray]"`, `realm serve --ray`): the app `realm serve`
+runs, on replicas that each hold one `Realm`, requests routed by their OpenAI `model`.
+
+    clients --HTTP--> Serve's proxy --> Router (1 replica, no CPU): reads the body's `model`
+                                          | handle.options(multiplexed_model_id=model)
+                                          v
+                  RealmReplica x N (each num_cpus CPUs, a Realm with as many threads):
+                  create_app(realm) run in process; models loaded on demand, LRU past
+                  max_models_per_replica (Serve's model multiplexing)
+
+Serve sends a request to a replica that already has its model (or is loading it), else to
+the least busy one, which loads it.  Every answer carries `x-realm-replica: <replica actor
+name>`.  The limits of `realm serve` (ServerLimits) hold per replica.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+    raise ImportError('realm.serve_ray needs the ray extra: pip install "realm[ray]"')
+
+import asyncio
+import collections
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import ray
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from .errors import InvalidArgumentError, ModelNotFoundError, RealmError
+from .models import MODELS
+from .runtime import Model, Realm
+from .server.admission import ServerLimits
+from .server.app import MAX_BODY_BYTES, create_app
+from .server.errors import APIError, from_realm
+from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm
+
+log = logging.getLogger("realm.serve_ray")
+
+APP_NAME = "realm"
+#: The response header naming the replica (its Ray actor, in namespace "serve") that answered.
+REPLICA_HEADER = b"x-realm-replica"
+_ROUTED = ("/v1/completions", "/v1/chat/completions")
+
+
+def model_id(spec: str) -> str:
+    """The name a model is served under (its file's stem, as `realm serve` names it), from a
+    path or a name realm pulls -- without pulling it."""
+    if spec in MODELS and not Path(spec).exists():
+        return Path(MODELS[spec].file_name).stem
+    return Path(spec).stem
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The models a deployment serves: served name -> what a replica loads (a path or a name
+    realm pulls); the first is the default.  A request may name a model by its served name,
+    its file name or what it was given as."""
+
+    specs: dict[str, str]
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, models: Sequence[str]) -> "Catalog":
+        if not models:
+            raise InvalidArgumentError("a deployment needs at least one model")
+        specs, aliases = {}, {}
+        for spec in models:
+            name = model_id(str(spec))
+            specs.setdefault(name, str(spec))
+            for alias in (name, name + ".gguf", str(spec)):
+                aliases.setdefault(alias, name)
+        return cls(specs, aliases)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.specs)
+
+    def route(self, body: bytes) -> str:
+        """The served name a request body's `model` names (the default when it names none);
+        "" for a body that is not a JSON object or names an unknown model: any replica
+        answers it, with the app's own error."""
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        if not isinstance(data, dict):
+            return ""
+        name = data.get("model")
+        if name is None:
+            return self.names[0]
+        return self.aliases.get(name, "") if isinstance(name, str) else ""
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+class _Models:
+    """A replica's models: loaded into its Realm on demand; one Serve evicts is unloaded once
+    the requests using it end (one routed but not yet generating must still find it)."""
+
+    def __init__(self, realm: Realm, catalog: Catalog):
+        self.realm, self.catalog = realm, catalog
+        self.users: collections.Counter[str] = collections.Counter()
+        self.evicted: set[str] = set()
+        self._lock = threading.Lock()  # eviction runs on Serve's executor, the rest on the event loop
+
+    def load(self, name: str) -> Model:
+        with self._lock:
+            self.evicted.discard(name)
+        return self.realm.load_model(self.catalog.specs[name])
+
+    def enter(self, name: str) -> None:
+        with self._lock:
+            self.users[name] += 1
+
+    def leave(self, name: str) -> None:
+        with self._lock:
+            self.users[name] -= 1
+            unload = self.users[name] <= 0 and name in self.evicted
+            if self.users[name] <= 0:
+                del self.users[name]
+        if unload:
+            self._unload(name)
+
+    def evict(self, name: str) -> None:
+        with self._lock:
+            if self.users[name] > 0:
+                self.evicted.add(name)
+                return
+            self.users.pop(name, None)
+        self._unload(name)
+
+    def _unload(self, name: str) -> None:
+        with self._lock:
+            if name not in self.evicted and self.users.get(name):
+                return  # loaded again meanwhile
+            self.evicted.discard(name)
+        try:
+            self.realm.unload_model(self.catalog.specs[name])
+            log.info("unloaded %s", name)
+        except RealmError:  # already gone (the Realm closed)
+            pass
+
+
+class _Loaded:
+    """What Serve's multiplexing caches per model; Serve calls __del__ when it evicts it (and
+    Python again when it collects it: only the first call counts)."""
+
+    def __init__(self, models: _Models, name: str):
+        self.models, self.name, self._done = models, name, False
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._done = True
+            self.models.evict(self.name)
+
+
+def _replica_threads() -> int:
+    """The Realm's threads: the CPUs Ray reserved for this replica (at least one)."""
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
+
+
+class RealmReplica:
+    """One Realm and the app `realm serve` runs over it, called by the Router with whole HTTP
+    requests; it streams back the app's ASGI messages."""
+
+    def __init__(self, catalog: Catalog, *, max_models: int, limits: ServerLimits, api_keys: tuple[str, ...],
+                 max_body_bytes: int):
+        self.replica = serve.get_replica_context().replica_id.to_full_id_str().encode()
+        self.realm = build_realm((), threads=_replica_threads(), limits=limits)
+        self.models = _Models(self.realm, catalog)
+        self.app = create_app(self.realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
+                              catalog=catalog.names)
+
+        async def load(name: str) -> _Loaded:
+            await asyncio.get_running_loop().run_in_executor(None, self.models.load, name)
+            return _Loaded(self.models, name)
+
+        # set up here: the LRU's size is a deployment option, not a constant
+        self.model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+
+    async def http(self, request: dict) -> AsyncIterator[dict]:
+        """The app's answer to one request (see Router), as ASGI messages, this replica's name
+        in the headers; the request's model (Serve's multiplexed model id) loaded first."""
+        name = serve.get_multiplexed_model_id()
+        if name:
+            try:
+                await self.model(name)
+            except RealmError as exc:  # a missing file, a failed pull
+                async for message in _messages(from_realm(exc).response(), request, self.replica):
+                    yield message
+                return
+            self.models.enter(name)  # at once: nothing may evict it between the load and here
+        try:
+            async for message in _messages(self.app, request, self.replica):
+                yield message
+        finally:
+            if name:
+                self.models.leave(name)
+
+    def __del__(self) -> None:
+        realm = getattr(self, "realm", None)
+        if realm is not None:
+            realm.close()
+
+
+async def _messages(app: Callable, request: dict, replica: bytes) -> AsyncIterator[dict]:
+    """Run an ASGI app on one buffered request; its messages as it sends them.  When the caller
+    stops listening (the client left), the app sees http.disconnect and cancels its work."""
+    scope = dict(request["scope"], type="http", asgi={"version": "3.0"})
+    queue: asyncio.Queue = asyncio.Queue()
+    gone = asyncio.Event()
+    body_sent = False
+
+    async def receive() -> dict:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": request["body"], "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message, headers=[*message.get("headers", ()), (REPLICA_HEADER, replica)])
+        queue.put_nowait(message)
+
+    task = asyncio.ensure_future(app(scope, receive, send))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while (message := await queue.get()) is not None:
+            yield message
+        task.result()  # the app's own failure, if any
+    finally:
+        gone.set()
+        if not task.done():
+            try:
+                await asyncio.wait({task}, timeout=10)
+            finally:
+                task.cancel()
+
+
+# -- the router ----------------------------------------------------------------------------
+
+#: What a handle raises when its replica died or none can take the request now.
+_GONE = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+_SCOPE_KEYS = ("http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "headers",
+               "client", "server")
+
+
+class Router:
+    """Serve's HTTP ingress: reads a request's body, picks the replica by its `model` (Serve's
+    multiplexing) and relays the replica's answer.  A replica that dies before answering is a
+    503 with Retry-After, which OpenAI's clients retry."""
+
+    def __init__(self, replicas: Any, catalog: Catalog, *, max_body_bytes: int):
+        self.replicas, self.catalog, self.max_body_bytes = replicas, catalog, max_body_bytes
+
+    def __serve_build_asgi_app__(self) -> Callable:
+        async def app(scope: dict, receive: Callable, send: Callable) -> None:  # a function: uvicorn takes a
+            await self._asgi(scope, receive, send)                            # bound method for ASGI 2
+        return app
+
+    async def _asgi(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        body = await self._body(receive)
+        name = self.catalog.route(body) if scope.get("path") in _ROUTED else ""
+        request = {"scope": {k: scope[k] for k in _SCOPE_KEYS if k in scope}, "body": body}
+        started = False
+        try:
+            handle = self.replicas.options(multiplexed_model_id=name, stream=True)
+            async for message in handle.http.remote(request):
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+        except _GONE as exc:
+            if started:
+                raise  # the answer was cut short: the client sees a broken stream
+            await _unavailable(exc).response()(scope, receive, send)
+
+    async def _body(self, receive: Callable) -> bytes:
+        """The body, up to one byte past the limit (the app answers 413 for that)."""
+        chunks, size, more = [], 0, True
+        while more and size <= self.max_body_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+        return b"".join(chunks)[: self.max_body_bytes + 1]
+
+
+def _unavailable(exc: BaseException) -> APIError:
+    log.warning("replica unavailable: %s: %s", type(exc).__name__, exc)
+    return APIError(503, "the replica serving this request went away: try again", code="replica_unavailable",
+                    retry_after=1)
+
+
+# -- deploying ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RayOptions:
+    """replicas: a count, or "auto" (Serve's autoscaling between min_replicas and max_replicas);
+    cpus_per_replica: the CPUs Ray reserves per replica, and its Realm's threads;
+    max_models_per_replica: models one replica keeps loaded (least recently used unloaded past it)."""
+
+    replicas: int | str = 1
+    min_replicas: int = 1
+    max_replicas: int = 4
+    cpus_per_replica: float = 1.0
+    max_models_per_replica: int = 2
+
+    def __post_init__(self) -> None:
+        if self.replicas != "auto" and (isinstance(self.replicas, bool) or not isinstance(self.replicas, int)
+                                        or self.replicas < 1):
+            raise InvalidArgumentError(f"replicas must be a count >= 1 or 'auto', not {self.replicas!r}")
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise InvalidArgumentError("need 1 <= min_replicas <= max_replicas")
+        if not self.cpus_per_replica > 0 or self.max_models_per_replica < 1:
+            raise InvalidArgumentError("cpus_per_replica must be > 0 and max_models_per_replica >= 1")
+
+
+def application(models: Sequence[str], *, options: RayOptions | None = None, limits: ServerLimits | None = None,
+                api_keys: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
+                shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> Any:
+    """The Serve application (for `serve.run(app, route_prefix="/")`): a Router in front of the
+    RealmReplica deployment."""
+    options = options or RayOptions()
+    limits = limits or ServerLimits()
+    catalog = Catalog.of(models)
+    # room for the app's own queue: its 503 answers a full replica, not a wait in Serve's queue
+    ongoing = limits.max_concurrent + limits.max_queue + 8
+    scaling: dict[str, Any] = {"num_replicas": options.replicas}
+    if options.replicas == "auto":
+        scaling["autoscaling_config"] = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
+                                         "target_ongoing_requests": max(1, limits.max_concurrent // 2)}
+    replica = serve.deployment(RealmReplica, name="RealmReplica").options(
+        ray_actor_options={"num_cpus": options.cpus_per_replica}, max_ongoing_requests=ongoing,
+        graceful_shutdown_timeout_s=shutdown_timeout_s, **scaling)
+    router = serve.deployment(serve.ingress()(Router), name="Router").options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4 * ongoing)
+    return router.bind(replica.bind(catalog, max_models=options.max_models_per_replica, limits=limits,
+                                    api_keys=tuple(api_keys), max_body_bytes=max_body_bytes),
+                       catalog, max_body_bytes=max_body_bytes)
+
+
+def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 options: RayOptions | None = None, limits: ServerLimits | None = None, api_keys: Sequence[str] = (),
+                 shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
+                 ready: Callable[[], None] | None = None) -> None:
+    """`realm serve --ray`: join the Ray cluster at `address` ("auto", "ray://head:10001"), or
+    start a local one without it, deploy, and serve until SIGINT/SIGTERM; then delete the
+    application (and, on a local cluster, stop Serve and Ray)."""
+    stop = threading.Event()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    local = address is None
+    if local:  # a cluster of this machine alone: Ray's own services on loopback, no dashboard
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    # after ray.init: its core worker installs a handler that aborts the driver on SIGTERM
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(application(models, options=options, limits=limits, api_keys=api_keys,
+                              max_body_bytes=max_body_bytes, shutdown_timeout_s=shutdown_timeout_s),
+                  name=APP_NAME, route_prefix="/", blocking=False)
+        log.info("realm on Ray Serve: http://%s:%d (%s)", host, port, ", ".join(Catalog.of(models).names))
+        if ready is not None:
+            ready()
+        while not stop.wait(0.5):
+            pass
+        log.info("stopping")
+    finally:
+        try:
+            if local:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()
