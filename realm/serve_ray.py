@@ -36,7 +36,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from .errors import InvalidArgumentError, ModelNotFoundError, RealmError
+from .errors import InvalidArgumentError, RealmError
 from .models import MODELS
 from .runtime import Model, Realm
 from .server.admission import ServerLimits
@@ -214,11 +214,13 @@ class RealmReplica:
 
 
 async def _messages(app: Callable, request: dict, replica: bytes) -> AsyncIterator[dict]:
-    """Run an ASGI app on one buffered request; its messages as it sends them.  When the caller
-    stops listening (the client left), the app sees http.disconnect and cancels its work."""
+    """Run an ASGI app on one buffered request; its messages as it sends them (body chunks that
+    queued up while Ray carried the last one go as one: fewer, larger chunks rather than falling
+    further behind).  When the caller stops listening (the client left), the app sees
+    http.disconnect and cancels its work."""
     scope = dict(request["scope"], type="http", asgi={"version": "3.0"})
-    queue: asyncio.Queue = asyncio.Queue()
-    gone = asyncio.Event()
+    sent: collections.deque = collections.deque()
+    ready, gone = asyncio.Event(), asyncio.Event()
     body_sent = False
 
     async def receive() -> dict:
@@ -232,12 +234,23 @@ async def _messages(app: Callable, request: dict, replica: bytes) -> AsyncIterat
     async def send(message: dict) -> None:
         if message["type"] == "http.response.start":
             message = dict(message, headers=[*message.get("headers", ()), (REPLICA_HEADER, replica)])
-        queue.put_nowait(message)
+        sent.append(message)
+        ready.set()
 
     task = asyncio.ensure_future(app(scope, receive, send))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
+    task.add_done_callback(lambda _: ready.set())
     try:
-        while (message := await queue.get()) is not None:
+        while True:
+            while not sent and not task.done():
+                ready.clear()
+                await ready.wait()
+            if not sent:
+                break
+            message = sent.popleft()
+            while (message["type"] == "http.response.body" and message.get("more_body") and sent
+                   and sent[0]["type"] == "http.response.body"):
+                nxt = sent.popleft()
+                message = dict(nxt, body=message.get("body", b"") + nxt.get("body", b""))
             yield message
         task.result()  # the app's own failure, if any
     finally:

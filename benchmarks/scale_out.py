@@ -1,0 +1,123 @@
+"""One `realm serve` process vs `realm serve --ray` (Ray Serve) with 1 and 2 replicas, at the
+same total threads: N concurrent streaming clients across two models.
+
+    python benchmarks/scale_out.py [--models smollm2 gemma3] [--n 16] [--tokens 48] [--threads 2]
+                                   [--repeat 3] [--probes 20] [--markdown]
+
+Each server runs alone on the machine (one after the other) on 127.0.0.1 with both models:
+`realm serve --threads T`; Ray Serve on a local Ray instance with 1 replica of T CPUs, and with
+T replicas of 1 CPU (each replica's Realm gets as many threads as Ray gives it CPUs; Serve's
+multiplexing puts each model on its own replica).  N clients at once, alternating between the
+models, each stream a /v1/completions request (an 8-token prompt of its own, greedy, --tokens
+tokens, ignore_eos).  Printed: aggregate completion tok/s (median of --repeat rounds after a
+warm-up) and its ratio to the single process, time to first token p50/p99 over all rounds, the
+latency of a one-token completion sent alone (p50 of --probes, both models), and of GET
+/v1/models sent alone (p50 of 5 x --probes): a request without model work, so what Ray adds to
+it over the single process is Ray's cost per request (its proxy, router and replica hops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from _common import percentile, print_table, start_together
+from serve import free_port, one_request, wait_up
+
+from realm.models import resolve
+
+
+def probe(url: str, model: str) -> float:
+    """Seconds for one non-streamed one-token completion, alone."""
+    t0 = time.perf_counter()
+    r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": "Hi", "max_tokens": 1, "temperature": 0},
+                   timeout=120)
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def hop(url: str) -> float:
+    """Seconds for GET /v1/models, alone: a request that does no model work."""
+    t0 = time.perf_counter()
+    httpx.get(url + "/v1/models", timeout=60).raise_for_status()
+    return time.perf_counter() - t0
+
+
+def load_round(url: str, n: int, tokens: int, models: list[str]) -> dict:
+    results: list = [None] * n
+
+    def client(i: int) -> None:
+        results[i] = one_request(url, f"Client {i} asks about the weather in", tokens, models[i % len(models)])
+
+    t0 = start_together(n, client)
+    if None in results:
+        sys.exit(f"{results.count(None)} of {n} requests to {url} failed")
+    wall = max(r[2] for r in results) - t0
+    return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
+
+
+def measure(cmd: list[str], url: str, args: argparse.Namespace, models: list[str]) -> dict:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_up(url, proc, timeout=300)
+        for m in models:  # each model loaded (on its replica) before anything is timed
+            probe(url, m)
+            time.sleep(1.0)  # Serve's routers learn where it was loaded
+        load_round(url, args.n, 4, models)
+        rounds = [load_round(url, args.n, args.tokens, models) for _ in range(args.repeat)]
+        lat = [probe(url, models[i % len(models)]) for i in range(args.probes)]
+        hops = [hop(url) for _ in range(5 * args.probes)]
+        ttft = [t for r in rounds for t in r["ttft"]]
+        return {"tps": statistics.median(r["tps"] for r in rounds), "p50": percentile(ttft, 0.5),
+                "p99": percentile(ttft, 0.99), "lat": statistics.median(lat),
+                "hop": statistics.median(hops)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--n", type=int, default=16, help="concurrent clients")
+    ap.add_argument("--tokens", type=int, default=48, help="tokens each client generates")
+    ap.add_argument("--threads", type=int, default=2, help="total threads (and Ray CPUs) of each setup")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--probes", type=int, default=20, help="one-token requests sent alone, for the latency")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    paths = [Path(resolve(m)) for m in args.models]
+    names = [p.stem for p in paths]
+    model_args = [a for p in paths for a in ("--model", str(p))]
+    limits = ["--max-concurrent", str(args.n), "--tenant-concurrent", str(args.n)]
+    setups = [("realm serve", ["--threads", str(args.threads)]),
+              ("ray, 1 replica", ["--ray", "--replicas", "1", "--cpus-per-replica", str(args.threads)])]
+    if args.threads > 1:
+        setups.append((f"ray, {args.threads} replicas",
+                       ["--ray", "--replicas", str(args.threads), "--cpus-per-replica", "1"]))
+    rows, base = [], None
+    for label, extra in setups:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "realm", "serve", "--port", str(port), *model_args, *limits, *extra]
+        f = measure(cmd, url, args, names)
+        base = base or f
+        rows.append([label, f"{f['tps']:.0f}", f"{f['tps'] / base['tps']:.2f}x", f"{1000 * f['p50']:.0f}",
+                     f"{1000 * f['p99']:.0f}", f"{1000 * f['lat']:.1f}", f"{1000 * f['hop']:.1f}",
+                     "-" if f is base else f"{1000 * (f['hop'] - base['hop']):+.1f}"])
+    print(f"\n{args.n} streaming clients across {', '.join(args.models)}; {args.threads} threads in all; "
+          f"{args.tokens} tokens each, greedy; medians of {args.repeat}")
+    print_table(["setup", "tok/s", "vs one process", "TTFT p50 ms", "p99", "1-token request p50 ms",
+                 "GET /v1/models p50 ms", "Ray's added ms"], rows, args.markdown)
+
+
+if __name__ == "__main__":
+    main()
