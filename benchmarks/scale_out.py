@@ -5,9 +5,10 @@ same total threads: N concurrent streaming clients across two models.
                                    [--repeat 3] [--probes 20] [--markdown]
 
 Each server runs alone on the machine (one after the other) on 127.0.0.1 with both models:
-`realm serve --threads T`; Ray Serve on a local Ray instance with 1 replica of T CPUs, and with
-T replicas of 1 CPU (each replica's Realm gets as many threads as Ray gives it CPUs; Serve's
-multiplexing puts each model on its own replica).  N clients at once, alternating between the
+`realm serve --threads T`; `realm serve --ray` (a local Ray instance, routed by model in Serve's
+proxy) with 1 replica of T CPUs, and with T replicas of 1 CPU (each replica's Realm gets as many
+threads as Ray gives it CPUs; Serve's multiplexing puts each model on its own replica), and the
+latter again routed by a router deployment (one more Ray call per request).  N clients at once, alternating between the
 models, each stream a /v1/completions request (an 8-token prompt of its own, greedy, --tokens
 tokens, ignore_eos).  Printed: aggregate completion tok/s (median of --repeat rounds after a
 warm-up) and its ratio to the single process, time to first token p50/p99 over all rounds, the
@@ -19,6 +20,7 @@ it over the single process is Ray's cost per request (its proxy, router and repl
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -30,21 +32,22 @@ from _common import percentile, print_table, start_together
 from serve import free_port, one_request, wait_up
 
 from realm.models import resolve
+from realm.serve_ray import PROXY_CALLBACK_ENV
 
 
-def probe(url: str, model: str) -> float:
+def probe(client: httpx.Client, url: str, model: str) -> float:
     """Seconds for one non-streamed one-token completion, alone."""
     t0 = time.perf_counter()
-    r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": "Hi", "max_tokens": 1, "temperature": 0},
-                   timeout=120)
+    r = client.post(url + "/v1/completions", json={"model": model, "prompt": "Hi", "max_tokens": 1,
+                                                   "temperature": 0})
     r.raise_for_status()
     return time.perf_counter() - t0
 
 
-def hop(url: str) -> float:
+def hop(client: httpx.Client, url: str) -> float:
     """Seconds for GET /v1/models, alone: a request that does no model work."""
     t0 = time.perf_counter()
-    httpx.get(url + "/v1/models", timeout=60).raise_for_status()
+    client.get(url + "/v1/models").raise_for_status()
     return time.perf_counter() - t0
 
 
@@ -61,22 +64,24 @@ def load_round(url: str, n: int, tokens: int, models: list[str]) -> dict:
     return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
 
 
-def measure(cmd: list[str], url: str, args: argparse.Namespace, models: list[str]) -> dict:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def measure(cmd: list[str], url: str, args: argparse.Namespace, models: list[str], env: dict[str, str]) -> dict:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
+    client = httpx.Client(timeout=120)  # one connection, kept alive: the probes time the server
     try:
         wait_up(url, proc, timeout=300)
         for m in models:  # each model loaded (on its replica) before anything is timed
-            probe(url, m)
+            probe(client, url, m)
             time.sleep(1.0)  # Serve's routers learn where it was loaded
         load_round(url, args.n, 4, models)
         rounds = [load_round(url, args.n, args.tokens, models) for _ in range(args.repeat)]
-        lat = [probe(url, models[i % len(models)]) for i in range(args.probes)]
-        hops = [hop(url) for _ in range(5 * args.probes)]
+        lat = [probe(client, url, models[i % len(models)]) for i in range(args.probes)]
+        hops = [hop(client, url) for _ in range(5 * args.probes)]
         ttft = [t for r in rounds for t in r["ttft"]]
         return {"tps": statistics.median(r["tps"] for r in rounds), "p50": percentile(ttft, 0.5),
                 "p99": percentile(ttft, 0.99), "lat": statistics.median(lat),
                 "hop": statistics.median(hops)}
     finally:
+        client.close()
         proc.terminate()
         try:
             proc.wait(90)
@@ -98,17 +103,18 @@ def main() -> None:
     names = [p.stem for p in paths]
     model_args = [a for p in paths for a in ("--model", str(p))]
     limits = ["--max-concurrent", str(args.n), "--tenant-concurrent", str(args.n)]
-    setups = [("realm serve", ["--threads", str(args.threads)]),
-              ("ray, 1 replica", ["--ray", "--replicas", "1", "--cpus-per-replica", str(args.threads)])]
+    many = ["--ray", "--replicas", str(args.threads), "--cpus-per-replica", "1"]
+    setups = [("realm serve", ["--threads", str(args.threads)], {}),
+              ("ray, 1 replica", ["--ray", "--replicas", "1", "--cpus-per-replica", str(args.threads)], {})]
     if args.threads > 1:
-        setups.append((f"ray, {args.threads} replicas",
-                       ["--ray", "--replicas", str(args.threads), "--cpus-per-replica", "1"]))
+        setups += [(f"ray, {args.threads} replicas", many, {}),
+                   (f"ray, {args.threads} replicas, router", many, {PROXY_CALLBACK_ENV: ""})]
     rows, base = [], None
-    for label, extra in setups:
+    for label, extra, env in setups:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "realm", "serve", "--port", str(port), *model_args, *limits, *extra]
-        f = measure(cmd, url, args, names)
+        f = measure(cmd, url, args, names, env)
         base = base or f
         rows.append([label, f"{f['tps']:.0f}", f"{f['tps'] / base['tps']:.2f}x", f"{1000 * f['p50']:.0f}",
                      f"{1000 * f['p99']:.0f}", f"{1000 * f['lat']:.1f}", f"{1000 * f['hop']:.1f}",

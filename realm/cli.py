@@ -478,9 +478,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.ray:
         return _serve_on_ray(args, limits)
-    if args.address or args.replicas or args.max_models_per_replica or args.cpus_per_replica:
-        print("realm: error: --address, --replicas, --max-models-per-replica and --cpus-per-replica go with --ray",
-              file=sys.stderr)
+    if args.address or args.replicas or args.max_models_per_replica or args.cpus_per_replica or args.proxy_routing:
+        print("realm: error: --address, --proxy-routing, --replicas, --max-models-per-replica and "
+              "--cpus-per-replica go with --ray", file=sys.stderr)
         return 2
     serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, threads=args.threads,
           api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout)
@@ -500,7 +500,8 @@ def _serve_on_ray(args: argparse.Namespace, limits: Any) -> int:
                          max_models_per_replica=args.max_models_per_replica or 2,
                          cpus_per_replica=args.cpus_per_replica or 1.0)
     serve_on_ray(args.model or [DEFAULT_MODEL], address=args.address, host=args.host, port=args.port,
-                 options=options, limits=limits, api_keys=args.api_key, shutdown_timeout_s=args.shutdown_timeout)
+                 options=options, limits=limits, api_keys=args.api_key, shutdown_timeout_s=args.shutdown_timeout,
+                 proxy_routing=args.proxy_routing)
     return 0
 
 
@@ -542,6 +543,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     ray.add_argument("--ray", action="store_true",
                      help="serve on Ray Serve replicas, each a Realm, requests routed by their model")
     ray.add_argument("--address", help="the Ray cluster to join (auto, ray://HEAD:10001; default: start a local one)")
+    ray.add_argument("--proxy-routing", action="store_true",
+                     help="the cluster's nodes were started with RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="
+                          "realm.serve_ray:proxy_middlewares: Serve's proxies route by model, no router "
+                          "(a local instance does so by itself)")
     ray.add_argument("--replicas", type=_replicas, default=None, metavar="N|auto",
                      help="replicas, or auto: Serve's autoscaling from 1 to --max-replicas (default 1)")
     ray.add_argument("--max-replicas", type=_positive, default=4, help="autoscaling's ceiling (default 4)")

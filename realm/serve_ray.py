@@ -1,16 +1,18 @@
 """realm on Ray Serve (`pip install "realm[ray]"`, `realm serve --ray`): the app `realm serve`
 runs, on replicas that each hold one `Realm`, requests routed by their OpenAI `model`.
 
-    clients --HTTP--> Serve's proxy --> Router (1 replica, no CPU): reads the body's `model`
-                                          | handle.options(multiplexed_model_id=model)
-                                          v
+    clients --HTTP--> Serve's proxy: ModelHeader copies the body's `model` into the header
+                      Serve routes by (proxy_middlewares, installed through PROXY_CALLBACK_ENV)
+                        |  or, without it: a Router deployment (no CPU) reads the body and
+                        |  calls handle.options(multiplexed_model_id=model) -- one more Ray call
+                        v
                   RealmReplica x N (each num_cpus CPUs, a Realm with as many threads):
                   create_app(realm) run in process; models loaded on demand, LRU past
                   max_models_per_replica (Serve's model multiplexing)
 
 Serve sends a request to a replica that already has its model (or is loading it), else to
-the least busy one, which loads it.  Every answer carries `x-realm-replica: <replica actor
-name>`.  The limits of `realm serve` (ServerLimits) hold per replica.
+the one with the fewest models, which loads it.  Every answer carries `x-realm-replica:
+<replica actor name>`.  The limits of `realm serve` (ServerLimits) hold per replica.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -89,16 +92,19 @@ class Catalog:
         """The served name a request body's `model` names (the default when it names none);
         "" for a body that is not a JSON object or names an unknown model: any replica
         answers it, with the app's own error."""
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        if not isinstance(data, dict):
-            return ""
-        name = data.get("model")
+        name = _body_model(body)
         if name is None:
             return self.names[0]
         return self.aliases.get(name, "") if isinstance(name, str) else ""
+
+
+def _body_model(body: bytes) -> Any:
+    """A JSON object's "model" (None without one); "" for a body that is not a JSON object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return data.get("model") if isinstance(data, dict) else ""
 
 
 # -- replicas ---------------------------------------------------------------------------------
@@ -176,10 +182,11 @@ class RealmReplica:
     def __init__(self, catalog: Catalog, *, max_models: int, limits: ServerLimits, api_keys: tuple[str, ...],
                  max_body_bytes: int):
         self.replica = serve.get_replica_context().replica_id.to_full_id_str().encode()
+        self.max_body_bytes = max_body_bytes
         self.realm = build_realm((), threads=_replica_threads(), limits=limits)
         self.models = _Models(self.realm, catalog)
-        self.app = create_app(self.realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
-                              catalog=catalog.names)
+        self.realm_app = create_app(self.realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
+                                    catalog=catalog.names)
 
         async def load(name: str) -> _Loaded:
             await asyncio.get_running_loop().run_in_executor(None, self.models.load, name)
@@ -188,24 +195,66 @@ class RealmReplica:
         # set up here: the LRU's size is a deployment option, not a constant
         self.model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
 
+    async def _hold(self, name: str) -> None:
+        """Load the model (Serve's LRU may unload another) and hold it for one request."""
+        await self.model(name)
+        self.models.enter(name)  # at once: nothing may evict it between the load and here
+
     async def http(self, request: dict) -> AsyncIterator[dict]:
         """The app's answer to one request (see Router), as ASGI messages, this replica's name
         in the headers; the request's model (Serve's multiplexed model id) loaded first."""
         name = serve.get_multiplexed_model_id()
+        app: Callable = self.realm_app
         if name:
             try:
-                await self.model(name)
+                await self._hold(name)
             except RealmError as exc:  # a missing file, a failed pull
-                async for message in _messages(from_realm(exc).response(), request, self.replica):
-                    yield message
-                return
-            self.models.enter(name)  # at once: nothing may evict it between the load and here
+                name, app = "", from_realm(exc).response()
         try:
-            async for message in _messages(self.app, request, self.replica):
+            async for message in _messages(app, request, self.replica):
                 yield message
         finally:
             if name:
                 self.models.leave(name)
+
+    def __serve_build_asgi_app__(self) -> Callable:
+        """The replica as Serve's HTTP ingress, when Serve's proxies route by the model themselves
+        (proxy_middlewares): one Ray call per request instead of two."""
+
+        async def app(scope: dict, receive: Callable, send: Callable) -> None:
+            if scope["type"] == "lifespan":
+                return await _lifespan(receive, send)
+            if scope["type"] != "http":
+                return
+            body = await _read_body(receive, self.max_body_bytes)
+            name = self.models.catalog.route(body) if scope.get("path") in _ROUTED else ""
+            first = True
+
+            async def replay() -> dict:
+                nonlocal first
+                if first:
+                    first = False
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            async def sending(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    message = dict(message, headers=[*message.get("headers", ()), (REPLICA_HEADER, self.replica)])
+                await send(message)
+
+            target: Callable = self.realm_app
+            if name:
+                try:
+                    await self._hold(name)
+                except RealmError as exc:
+                    name, target = "", from_realm(exc).response()
+            try:
+                await target(scope, replay, sending)
+            finally:
+                if name:
+                    self.models.leave(name)
+
+        return app
 
     def __del__(self) -> None:
         realm = getattr(self, "realm", None)
@@ -285,13 +334,10 @@ class Router:
 
     async def _asgi(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+            return await _lifespan(receive, send)
         if scope["type"] != "http":
             return
-        body = await self._body(receive)
+        body = await _read_body(receive, self.max_body_bytes)
         name = self.catalog.route(body) if scope.get("path") in _ROUTED else ""
         request = {"scope": {k: scope[k] for k in _SCOPE_KEYS if k in scope}, "body": body}
         started = False
@@ -305,17 +351,74 @@ class Router:
                 raise  # the answer was cut short: the client sees a broken stream
             await _unavailable(exc).response()(scope, receive, send)
 
-    async def _body(self, receive: Callable) -> bytes:
-        """The body, up to one byte past the limit (the app answers 413 for that)."""
-        chunks, size, more = [], 0, True
-        while more and size <= self.max_body_bytes:
+
+async def _lifespan(receive: Callable, send: Callable) -> None:
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _read_body(receive: Callable, limit: int) -> bytes:
+    """A request's body, up to one byte past the limit (the app answers 413 for that)."""
+    chunks, size, more = [], 0, True
+    while more and size <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    return b"".join(chunks)[: limit + 1]
+
+
+# -- routing in Serve's proxies ----------------------------------------------------------------
+
+#: Serve's proxies call the function this environment variable names when they start; set to
+#: PROXY_CALLBACK (on every node: `ray start`, or before `ray.init` of a local instance), they
+#: route by the body's model themselves and the replicas are Serve's ingress: one Ray call per
+#: request instead of two (see application's proxy_routing).
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "realm.serve_ray:proxy_middlewares"
+_MULTIPLEX_HEADER = b"serve_multiplexed_model_id"
+
+
+def proxy_middlewares() -> list:
+    """Serve's HTTP proxy callback: the middleware that routes completions by their model."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ModelHeader)]
+
+
+class ModelHeader:
+    """ASGI middleware in Serve's proxy: a completion request gets the header Serve routes by
+    (serve_multiplexed_model_id) set to its body's `model`; the body is handed on as it came.
+    A request naming a model otherwise than by its served name (GET /v1/models) still works,
+    on whichever replica Serve picks."""
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in _ROUTED:
+            return await self.app(scope, receive, send)
+        held: collections.deque = collections.deque()
+        size, more = 0, True
+        while more and size <= MAX_BODY_BYTES:
             message = await receive()
+            held.append(message)
             if message["type"] != "http.request":
                 break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
+            size += len(message.get("body", b""))
             more = message.get("more_body", False)
-        return b"".join(chunks)[: self.max_body_bytes + 1]
+        if not more and all(m["type"] == "http.request" for m in held):
+            name = _body_model(b"".join(m.get("body", b"") for m in held))
+            if isinstance(name, str) and 0 < len(name) <= 256:
+                scope = dict(scope, headers=[*scope.get("headers", ()), (_MULTIPLEX_HEADER, name.encode())])
+
+        async def replay() -> dict:
+            return held.popleft() if held else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _unavailable(exc: BaseException) -> APIError:
@@ -350,9 +453,10 @@ class RayOptions:
 
 def application(models: Sequence[str], *, options: RayOptions | None = None, limits: ServerLimits | None = None,
                 api_keys: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-                shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> Any:
+                shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, proxy_routing: bool = False) -> Any:
     """The Serve application (for `serve.run(app, route_prefix="/")`): a Router in front of the
-    RealmReplica deployment."""
+    RealmReplica deployment; with proxy_routing (Serve's proxies started with PROXY_CALLBACK_ENV
+    = PROXY_CALLBACK), the replicas alone, Serve's ingress."""
     options = options or RayOptions()
     limits = limits or ServerLimits()
     catalog = Catalog.of(models)
@@ -362,28 +466,35 @@ def application(models: Sequence[str], *, options: RayOptions | None = None, lim
     if options.replicas == "auto":
         scaling["autoscaling_config"] = {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                          "target_ongoing_requests": max(1, limits.max_concurrent // 2)}
-    replica = serve.deployment(RealmReplica, name="RealmReplica").options(
+    cls = serve.ingress()(RealmReplica) if proxy_routing else RealmReplica
+    replica = serve.deployment(cls, name="RealmReplica").options(
         ray_actor_options={"num_cpus": options.cpus_per_replica}, max_ongoing_requests=ongoing,
         graceful_shutdown_timeout_s=shutdown_timeout_s, **scaling)
+    replicas = replica.bind(catalog, max_models=options.max_models_per_replica, limits=limits,
+                            api_keys=tuple(api_keys), max_body_bytes=max_body_bytes)
+    if proxy_routing:
+        return replicas
     router = serve.deployment(serve.ingress()(Router), name="Router").options(
         num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4 * ongoing)
-    return router.bind(replica.bind(catalog, max_models=options.max_models_per_replica, limits=limits,
-                                    api_keys=tuple(api_keys), max_body_bytes=max_body_bytes),
-                       catalog, max_body_bytes=max_body_bytes)
+    return router.bind(replicas, catalog, max_body_bytes=max_body_bytes)
 
 
 def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  options: RayOptions | None = None, limits: ServerLimits | None = None, api_keys: Sequence[str] = (),
                  shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
-                 ready: Callable[[], None] | None = None) -> None:
+                 proxy_routing: bool = False, ready: Callable[[], None] | None = None) -> None:
     """`realm serve --ray`: join the Ray cluster at `address` ("auto", "ray://head:10001"), or
     start a local one without it, deploy, and serve until SIGINT/SIGTERM; then delete the
-    application (and, on a local cluster, stop Serve and Ray)."""
+    application (and, on a local cluster, stop Serve and Ray).  A local instance routes in
+    Serve's proxies (see PROXY_CALLBACK_ENV) unless that variable is set to something else; on
+    a cluster, proxy_routing says its nodes were started with it."""
     stop = threading.Event()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     local = address is None
     if local:  # a cluster of this machine alone: Ray's own services on loopback, no dashboard
+        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # inherited by Serve's proxy
+        proxy_routing = os.environ[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
@@ -393,9 +504,11 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(models, options=options, limits=limits, api_keys=api_keys,
-                              max_body_bytes=max_body_bytes, shutdown_timeout_s=shutdown_timeout_s),
+                              max_body_bytes=max_body_bytes, shutdown_timeout_s=shutdown_timeout_s,
+                              proxy_routing=proxy_routing),
                   name=APP_NAME, route_prefix="/", blocking=False)
-        log.info("realm on Ray Serve: http://%s:%d (%s)", host, port, ", ".join(Catalog.of(models).names))
+        log.info("realm on Ray Serve: http://%s:%d (%s; routed by %s)", host, port,
+                 ", ".join(Catalog.of(models).names), "Serve's proxies" if proxy_routing else "a router")
         if ready is not None:
             ready()
         while not stop.wait(0.5):

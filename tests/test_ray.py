@@ -165,14 +165,21 @@ class Deployment:
         return raw.parse(), raw.headers["x-realm-replica"]
 
 
-@pytest.fixture(scope="module")
-def deployment(smollm2_path, gemma3_path):
+@pytest.fixture(scope="module", params=["proxy-routing", "router"])
+def deployment(request, smollm2_path, gemma3_path):
+    """Routed by Serve's proxies (the replicas are the ingress), or by a router deployment."""
     from ray import serve
 
-    from realm.serve_ray import APP_NAME, RayOptions, application
+    from realm.serve_ray import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV, RayOptions, application
     from realm.server import ServerLimits
 
     port = _free_port()
+    proxy_routing = request.param == "proxy-routing"
+    before = os.environ.get(PROXY_CALLBACK_ENV)
+    if proxy_routing:  # Ray's processes inherit it: Serve's proxy reads it when it starts
+        os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK
+    else:
+        os.environ.pop(PROXY_CALLBACK_ENV, None)
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, _node_ip_address="127.0.0.1",
              log_to_driver=False, configure_logging=False)
     session = Path(ray._private.worker._global_node.get_session_dir_path()).name
@@ -180,7 +187,7 @@ def deployment(smollm2_path, gemma3_path):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = application([str(smollm2_path), str(gemma3_path)], api_keys=[KEY],
                           options=RayOptions(replicas=2, cpus_per_replica=1, max_models_per_replica=2),
-                          limits=ServerLimits(max_concurrent=8, tenant_concurrent=16))
+                          limits=ServerLimits(max_concurrent=8, tenant_concurrent=16), proxy_routing=proxy_routing)
         serve.run(app, name=APP_NAME, route_prefix="/")
         yield Deployment(f"http://127.0.0.1:{port}")
         ours = _ray_pids(session) | {p for p in _descendants(os.getpid()) if p in _ray_pids()}
@@ -190,6 +197,9 @@ def deployment(smollm2_path, gemma3_path):
             serve.shutdown()
         finally:
             ray.shutdown()
+            os.environ.pop(PROXY_CALLBACK_ENV, None)
+            if before is not None:
+                os.environ[PROXY_CALLBACK_ENV] = before
     assert not _wait_gone(ours), f"Ray processes left after shutdown: {sorted(_alive(ours))}"
 
 
