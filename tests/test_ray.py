@@ -64,6 +64,23 @@ def test_evicted_model_unloads_when_its_last_request_ends(smollm2_path, gemma3_p
         assert [m.path.stem for m in r.models] == [SMOL]
 
 
+def test_replicas_autoscale_and_take_their_threads_from_their_cpus(smollm2_path):
+    from realm.errors import InvalidArgumentError
+    from realm.serve_ray import RayOptions, application
+
+    app = application([str(smollm2_path)], options=RayOptions(replicas="auto", max_replicas=3, cpus_per_replica=2),
+                      proxy_routing=True)
+    d = app._bound_deployment  # what serve.run deploys (no public accessor)
+    scaling = d._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 3)
+    assert d.ray_actor_options["num_cpus"] == 2  # the replica's Realm runs as many threads
+    assert d.max_ongoing_requests == 16 + 64 + 8  # the app's own queue answers 503, not Serve's
+    for bad in (dict(replicas=0), dict(replicas="many"), dict(min_replicas=3, max_replicas=2),
+                dict(cpus_per_replica=0), dict(max_models_per_replica=0)):
+        with pytest.raises(InvalidArgumentError):
+            RayOptions(**bad)
+
+
 # -- a deployment on a local Ray instance ------------------------------------------------------
 
 def _free_port() -> int:
