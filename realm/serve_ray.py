@@ -393,36 +393,52 @@ class ModelHeader:
     """ASGI middleware in Serve's proxy: a completion request gets the header Serve routes by
     (serve_multiplexed_model_id) set to its body's `model`; the body is handed on as it came.
     A request naming a model otherwise than by its served name (GET /v1/models) still works,
-    on whichever replica Serve picks."""
+    on whichever replica Serve picks.  A request the proxy drops without an answer (a replica
+    died under it; uvicorn would send a bare 500) gets a 503 in OpenAI's shape with
+    Retry-After, as from the Router."""
 
     def __init__(self, app: Callable):
         self.app = app
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in _ROUTED:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         held: collections.deque = collections.deque()
-        size, more = 0, True
-        while more and size <= MAX_BODY_BYTES:
-            message = await receive()
-            held.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            more = message.get("more_body", False)
-        if not more and all(m["type"] == "http.request" for m in held):
-            name = _body_model(b"".join(m.get("body", b"") for m in held))
-            if isinstance(name, str) and 0 < len(name) <= 256:
-                scope = dict(scope, headers=[*scope.get("headers", ()), (_MULTIPLEX_HEADER, name.encode())])
+        if scope.get("method") == "POST" and scope.get("path") in _ROUTED:
+            size, more = 0, True
+            while more and size <= MAX_BODY_BYTES:
+                message = await receive()
+                held.append(message)
+                if message["type"] != "http.request":
+                    break
+                size += len(message.get("body", b""))
+                more = message.get("more_body", False)
+            if not more and all(m["type"] == "http.request" for m in held):
+                name = _body_model(b"".join(m.get("body", b"") for m in held))
+                if isinstance(name, str) and 0 < len(name) <= 256:
+                    scope = dict(scope, headers=[*scope.get("headers", ()), (_MULTIPLEX_HEADER, name.encode())])
+        started = False
 
         async def replay() -> dict:
             return held.popleft() if held else await receive()
 
-        await self.app(scope, replay, send)
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay, sending)
+        except Exception:
+            if started:
+                raise
+        if not started:  # the proxy gave up without an answer (uvicorn would send a bare 500)
+            await _unavailable(None).response()(scope, replay, send)
 
 
-def _unavailable(exc: BaseException) -> APIError:
-    log.warning("replica unavailable: %s: %s", type(exc).__name__, exc)
+def _unavailable(exc: BaseException | None) -> APIError:
+    if exc is not None:
+        log.warning("replica unavailable: %s: %s", type(exc).__name__, exc)
     return APIError(503, "the replica serving this request went away: try again", code="replica_unavailable",
                     retry_after=1)
 

@@ -288,9 +288,13 @@ def test_a_killed_replica_loses_no_retried_request_and_is_replaced(deployment, l
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         killed.append(time.monotonic())
 
+    statuses = []
+
     def request():
-        raw = deployment.client(retries=6).completions.with_raw_response.create(
-            model=SMOL, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True})
+        http = httpx.Client(timeout=120, event_hooks={"response": [lambda r: statuses.append(r.status_code)]})
+        client = openai.OpenAI(base_url=deployment.url + "/v1", api_key=KEY, max_retries=6, http_client=http)
+        raw = client.completions.with_raw_response.create(model=SMOL, prompt=prompt, max_tokens=n, temperature=0,
+                                                          extra_body={"ignore_eos": True})
         return raw.parse(), raw.retries_taken
 
     results = run_threads([request] * 6 + [kill_soon], timeout=240)
@@ -298,6 +302,7 @@ def test_a_killed_replica_loses_no_retried_request_and_is_replaced(deployment, l
     for c, _ in results[:-1]:
         assert c.choices[0].text == want
     assert any(retries for _, retries in results[:-1]), "no request was cut by the kill"
+    assert set(statuses) == {200, 503}, statuses  # the cut ones: 503 with Retry-After, in either routing
     end = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < end:
         states = serve.status().applications[APP_NAME].deployments["RealmReplica"].replica_states
