@@ -508,10 +508,10 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     local = address is None
-    if local:  # a cluster of this machine alone: Ray's own services on loopback, no dashboard
+    if local:  # a cluster of this machine alone, without a dashboard
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # inherited by Serve's proxy
         proxy_routing = os.environ[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
     # after ray.init: its core worker installs a handler that aborts the driver on SIGTERM

@@ -1,5 +1,5 @@
 """realm on Ray Serve (realm.serve_ray): a local Ray instance started here (2 CPUs, no dashboard,
-127.0.0.1), 2 replicas of 1 CPU, SmolLM2 and Gemma 3, driven with the official `openai` client
+Serve's proxy on 127.0.0.1), 2 replicas of 1 CPU, SmolLM2 and Gemma 3, driven with the official `openai` client
 through Serve's HTTP proxy.  Every load loop is bounded in count and time; the module's fixture
 stops Serve and Ray and checks that no Ray process is left."""
 
@@ -197,8 +197,11 @@ def deployment(request, smollm2_path, gemma3_path):
         os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK
     else:
         os.environ.pop(PROXY_CALLBACK_ENV, None)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False)
+    # Serve's HTTP proxy listens on 127.0.0.1; Ray's own services (GCS, raylet, workers) listen on
+    # every interface whatever ray.init is told (it turns 127.0.0.1 into the node's address),
+    # behind the token authentication Ray turns on by default
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, log_to_driver=False,
+             configure_logging=False)
     session = Path(ray._private.worker._global_node.get_session_dir_path()).name
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
