@@ -117,44 +117,47 @@ class _Models:
         self.realm, self.catalog = realm, catalog
         self.users: collections.Counter[str] = collections.Counter()
         self.evicted: set[str] = set()
-        self._lock = threading.Lock()  # eviction runs on Serve's executor, the rest on the event loop
+        self._lock = threading.Lock()  # the counts: eviction runs on Serve's executor, the rest on the loop
+        self._io = threading.Lock()  # loads and unloads one at a time, so none undoes a later one
 
     def load(self, name: str) -> Model:
-        with self._lock:
-            self.evicted.discard(name)
-        return self.realm.load_model(self.catalog.specs[name])
+        with self._io:
+            with self._lock:
+                self.evicted.discard(name)
+            return self.realm.load_model(self.catalog.specs[name])
 
     def enter(self, name: str) -> None:
         with self._lock:
             self.users[name] += 1
 
-    def leave(self, name: str) -> None:
+    def leave(self, name: str) -> bool:
+        """The request ended; True when the model is now to be unloaded (call unload, off the
+        event loop: it may wait for a load)."""
         with self._lock:
             self.users[name] -= 1
-            unload = self.users[name] <= 0 and name in self.evicted
-            if self.users[name] <= 0:
-                del self.users[name]
-        if unload:
-            self._unload(name)
+            if self.users[name] > 0:
+                return False
+            del self.users[name]
+            return name in self.evicted
 
     def evict(self, name: str) -> None:
         with self._lock:
+            self.evicted.add(name)
             if self.users[name] > 0:
-                self.evicted.add(name)
                 return
-            self.users.pop(name, None)
-        self._unload(name)
+        self.unload(name)
 
-    def _unload(self, name: str) -> None:
-        with self._lock:
-            if name not in self.evicted and self.users.get(name):
-                return  # loaded again meanwhile
-            self.evicted.discard(name)
-        try:
-            self.realm.unload_model(self.catalog.specs[name])
-            log.info("unloaded %s", name)
-        except RealmError:  # already gone (the Realm closed)
-            pass
+    def unload(self, name: str) -> None:
+        with self._io:
+            with self._lock:
+                if name not in self.evicted or self.users[name] > 0:
+                    return  # loaded again, or in use again, meanwhile
+                self.evicted.discard(name)
+            try:
+                self.realm.unload_model(self.catalog.specs[name])
+                log.info("unloaded %s", name)
+            except RealmError:  # already gone (the Realm closed)
+                pass
 
 
 class _Loaded:
@@ -200,6 +203,10 @@ class RealmReplica:
         await self.model(name)
         self.models.enter(name)  # at once: nothing may evict it between the load and here
 
+    async def _release(self, name: str) -> None:
+        if self.models.leave(name):  # Serve evicted it meanwhile: unload it now
+            await asyncio.get_running_loop().run_in_executor(None, self.models.unload, name)
+
     async def http(self, request: dict) -> AsyncIterator[dict]:
         """The app's answer to one request (see Router), as ASGI messages, this replica's name
         in the headers; the request's model (Serve's multiplexed model id) loaded first."""
@@ -215,7 +222,7 @@ class RealmReplica:
                 yield message
         finally:
             if name:
-                self.models.leave(name)
+                await self._release(name)
 
     def __serve_build_asgi_app__(self) -> Callable:
         """The replica as Serve's HTTP ingress, when Serve's proxies route by the model themselves
@@ -252,7 +259,7 @@ class RealmReplica:
                 await target(scope, replay, sending)
             finally:
                 if name:
-                    self.models.leave(name)
+                    await self._release(name)
 
         return app
 

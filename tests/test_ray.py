@@ -58,7 +58,17 @@ def test_evicted_model_unloads_when_its_last_request_ends(smollm2_path, gemma3_p
         models.evict(SMOL)  # in use: stays until the request leaves
         models.evict(GEMMA)
         assert [m.path.stem for m in r.models] == [SMOL]
-        models.leave(SMOL)
+        assert models.leave(SMOL)  # the last request: now unload it
+        models.unload(SMOL)
+        assert r.models == []
+        models.load(GEMMA)
+        models.enter(GEMMA)
+        models.evict(GEMMA)
+        models.load(GEMMA)  # loaded again while its last request runs: no longer evicted
+        assert not models.leave(GEMMA)
+        models.unload(GEMMA)  # a stale unload does nothing
+        assert [m.path.stem for m in r.models] == [GEMMA]
+        models.evict(GEMMA)
         assert r.models == []
         models.load(SMOL)  # loaded again after an eviction
         assert [m.path.stem for m in r.models] == [SMOL]
