@@ -179,8 +179,8 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
 
 
 class Deployment:
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, max_models: int = 2):
+        self.url, self.max_models = url, max_models
 
     def client(self, retries: int = 0) -> "openai.OpenAI":
         return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=retries, timeout=120)
@@ -194,7 +194,8 @@ class Deployment:
 
 @pytest.fixture(scope="module", params=["proxy-routing", "router"])
 def deployment(request, smollm2_path, gemma3_path):
-    """Routed by Serve's proxies (the replicas are the ingress), or by a router deployment."""
+    """Routed by Serve's proxies (the replicas are the ingress), or by a router deployment with
+    one model per replica (a replica that takes the other model evicts its own)."""
     from ray import serve
 
     from realm.serve_ray import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV, RayOptions, application
@@ -202,6 +203,7 @@ def deployment(request, smollm2_path, gemma3_path):
 
     port = _free_port()
     proxy_routing = request.param == "proxy-routing"
+    max_models = 2 if proxy_routing else 1
     before = os.environ.get(PROXY_CALLBACK_ENV)
     if proxy_routing:  # Ray's processes inherit it: Serve's proxy reads it when it starts
         os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK
@@ -216,10 +218,10 @@ def deployment(request, smollm2_path, gemma3_path):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = application([str(smollm2_path), str(gemma3_path)], api_keys=[KEY],
-                          options=RayOptions(replicas=2, cpus_per_replica=1, max_models_per_replica=2),
+                          options=RayOptions(replicas=2, cpus_per_replica=1, max_models_per_replica=max_models),
                           limits=ServerLimits(max_concurrent=8, tenant_concurrent=16), proxy_routing=proxy_routing)
         serve.run(app, name=APP_NAME, route_prefix="/")
-        yield Deployment(f"http://127.0.0.1:{port}")
+        yield Deployment(f"http://127.0.0.1:{port}", max_models)
         ours = _ray_pids(session) | {p for p in _descendants(os.getpid()) if p in _ray_pids()}
         assert ours, "found no process of this Ray session"
     finally:
@@ -294,6 +296,7 @@ def test_a_killed_replica_loses_no_retried_request_and_is_replaced(deployment, l
     prompt, n = "The quick brown fox", 128  # long enough to be running when the replica dies
     want = local.complete(prompt, _mine(local, SMOL), max_tokens=n, ignore_eos=True, **GREEDY).text
     _, victim = deployment.complete(SMOL, prompt, max_tokens=1)
+    _, survivor = deployment.complete(GEMMA, prompt, max_tokens=1)
     killed = []
 
     def kill_soon() -> None:
@@ -308,13 +311,15 @@ def test_a_killed_replica_loses_no_retried_request_and_is_replaced(deployment, l
         client = openai.OpenAI(base_url=deployment.url + "/v1", api_key=KEY, max_retries=6, http_client=http)
         raw = client.completions.with_raw_response.create(model=SMOL, prompt=prompt, max_tokens=n, temperature=0,
                                                           extra_body={"ignore_eos": True})
-        return raw.parse(), raw.retries_taken
+        return raw.parse(), raw.retries_taken, raw.headers["x-realm-replica"]
 
     results = run_threads([request] * 6 + [kill_soon], timeout=240)
     assert killed
-    for c, _ in results[:-1]:
+    for c, _, _ in results[:-1]:
         assert c.choices[0].text == want
-    assert any(retries for _, retries in results[:-1]), "no request was cut by the kill"
+    assert any(retries for _, retries, _ in results[:-1]), "no request was cut by the kill"
+    # retried before the replacement was up, they went to the other replica, which loaded SMOL
+    assert survivor in {replica for _, _, replica in results[:-1]}
     assert set(statuses) == {200, 503}, statuses  # the cut ones: 503 with Retry-After, in either routing
     end = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < end:
@@ -323,7 +328,15 @@ def test_a_killed_replica_loses_no_retried_request_and_is_replaced(deployment, l
             break
         time.sleep(1.0)
     assert states.get("RUNNING") == 2, states
-    replicas = set()
+    replicas, loaded = set(), {}
     for i in range(8):  # both replicas answer again, neither of them the killed one
-        replicas.add(deployment.complete(GEMMA if i % 2 else SMOL, "Hi", max_tokens=1, retries=3)[1])
+        model = GEMMA if i % 2 else SMOL
+        c, replica = deployment.complete(model, "The capital of France is", max_tokens=6, retries=3)
+        mine = local.complete("The capital of France is", _mine(local, model), max_tokens=6, **GREEDY)
+        assert c.choices[0].text == mine.text
+        replicas.add(replica)
+        health = httpx.get(deployment.url + "/health", timeout=60)
+        loaded[health.headers["x-realm-replica"]] = health.json()["models"]
     assert victim not in replicas
+    # the survivor took both models' requests: past max_models_per_replica it unloaded one
+    assert all(len(models) <= deployment.max_models for models in loaded.values()), loaded
