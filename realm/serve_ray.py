@@ -179,8 +179,9 @@ def _replica_threads() -> int:
 
 
 class RealmReplica:
-    """One Realm and the app `realm serve` runs over it, called by the Router with whole HTTP
-    requests; it streams back the app's ASGI messages."""
+    """One Realm and the app `realm serve` runs over it: Serve's HTTP ingress when the proxies
+    route by model (__serve_build_asgi_app__), else called by the Router with whole HTTP
+    requests (http), streaming back the app's ASGI messages."""
 
     def __init__(self, catalog: Catalog, *, max_models: int, limits: ServerLimits, api_keys: tuple[str, ...],
                  max_body_bytes: int):
