@@ -1,6 +1,6 @@
 """realm: quantized LLMs from GGUF files in a WebAssembly sandbox, weights kept quantized in the host."""
 
-from .quants import SUPPORTED_TYPES, GGMLType, QuantInfo, dequantize, quant_info
+from .quants import FORWARD_TYPES, SUPPORTED_TYPES, GGMLType, QuantInfo, dequantize, quant_info
 from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, FileAccessError, GGUFError,
                      InternalError, InvalidArgumentError, LimitExceeded, MissingDependencyError, ModelNotFoundError,
                      OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError)
@@ -16,7 +16,7 @@ from .guest import Guest, GuestError
 from .host import TokenLogprob
 from .runtime import Completion, ContextWindowError, GenerationError, Model, Realm, TextStream, Usage
 
-__all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "dequantize", "quant_info", "patch_gguf", "GGUFPatch",
+__all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "FORWARD_TYPES", "dequantize", "quant_info", "patch_gguf", "GGUFPatch",
            "RealmError", "InvalidArgumentError", "ArgumentTypeError", "OutOfRangeError", "GGUFError",
            "FileAccessError", "ModelNotFoundError", "TensorNotFoundError", "PullError", "ClosedError", "BusyError",
            "OutOfMemoryError", "MissingDependencyError", "LimitExceeded", "DeadlineExceeded", "InternalError",

@@ -40,6 +40,11 @@ _INFO = _build_info()
 #: The types `dequantize` accepts, in ggml's numbering order.
 SUPPORTED_TYPES: tuple[GGMLType, ...] = tuple(sorted(_INFO))
 
+#: The weight types the forward pass multiplies (a table row with dot kernels, csrc/traits.c);
+#: a model holding any other type in a weight matrix is refused (UnsupportedModelError).
+FORWARD_TYPES: tuple[GGMLType, ...] = tuple(
+    GGMLType(t) for t, row in sorted(_native.formats().items()) if row["act"] is not None)
+
 
 def can_dequantize(dtype: GGMLType) -> bool:
     """Whether `dequantize` has a kernel for `dtype`."""

@@ -5,6 +5,7 @@ matrix products in C (REALM_EUNSUPPORTED), never computed as another format."""
 import numpy as np
 import pytest
 
+import realm
 from realm import GGMLType, _native, dequantize
 
 T = GGMLType
@@ -87,3 +88,17 @@ def test_every_dot_row_runs_in_c(isa):
         if row["act"] is not None:
             for n_out in (1, 8):
                 assert _native.matmul_rc(t, n_out, 256, 3, isa) == 0, T(t).name
+
+
+def test_forward_types_are_the_rows_with_dot_kernels():
+    """realm.FORWARD_TYPES: the types the matrix products take, each a dequantizable type; every
+    other supported type is refused by them (the IQ2/IQ3/IQ1/TQ formats and Q8_K today)."""
+    forward = set(realm.FORWARD_TYPES)
+    assert forward <= set(realm.SUPPORTED_TYPES)
+    assert {T.F32, T.F16, T.BF16, T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4} <= forward
+    for t in realm.SUPPORTED_TYPES:
+        if t in forward:
+            assert _native.act_type(t) in ("f32", "q8", "q8_k")
+        else:
+            with pytest.raises(ValueError, match="no matmul kernel"):
+                _native.act_type(t)
