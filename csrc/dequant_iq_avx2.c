@@ -167,7 +167,7 @@ AVX2 void realm_iq2_s_to_float_avx2(const void *src, float *dst, int64_t nb) {
             const __m256 db[2] = {_mm256_set1_ps(d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f),
                                   _mm256_set1_ps(d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f)};
             for (int l = 0; l < 4; l++, dst += 8) {
-                const int idx = qs[4 * ib + l] | ((x[i].qh[ib] << (8 - 2 * l)) & 0x300);
+                const int idx = realm_iq2_s_index(qs[4 * ib + l], x[i].qh[ib], l);
                 put8_grid(dst, grid_row(realm_iq2s_grid, idx), db[l / 2], signs[4 * ib + l]);
             }
         }
@@ -198,19 +198,12 @@ AVX2 void realm_iq3_s_to_float_avx2(const void *src, float *dst, int64_t nb) {
             const uint8_t *qs = x[i].qs + 8 * ib;
             const int qh = x[i].qh[ib];
             for (int l = 0; l < 4; l++, dst += 8) {
-                const int a = qs[2 * l] | ((qh << (8 - 2 * l)) & 256);
-                const int b = qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256);
+                const int a = realm_iq3_s_index(qs, qh, 2 * l);
+                const int b = realm_iq3_s_index(qs, qh, 2 * l + 1);
                 put8_grid(dst, grid_rows4(realm_iq3s_grid, a, b), db, x[i].signs[4 * ib + l]);
             }
         }
     }
-}
-
-/* +-0.125f (IQ1S_DELTA): the sign bit is `sign`'s single bit moved to bit 31, with
- * integer operations only (a select would become a branch, mispredicted half the time:
- * the sign is a coin toss per group of 8 in IQ1_M). */
-static inline float iq1_delta(uint32_t sign, int bit) {
-    return realm_bits_to_f32(0x3e000000u | (sign << (31 - bit) & 0x80000000u));
 }
 
 /* y[0..7] = dl * (g[j] + delta) for the int8 elements g of iq1s_grid row r. */
@@ -226,7 +219,7 @@ AVX2 void realm_iq1_s_to_float_avx2(const void *src, float *dst, int64_t nb) {
         for (int ib = 0; ib < QK_K / 32; ib++) {
             const unsigned h = x[i].qh[ib];
             const __m256 dl = _mm256_set1_ps(d * (float)(2 * ((h >> 12) & 7) + 1));
-            const __m256 delta = _mm256_set1_ps(iq1_delta(h & 0x8000, 15));
+            const __m256 delta = _mm256_set1_ps(realm_iq1_delta(h & 0x8000, 15));
             for (int l = 0; l < 4; l++, dst += 8)
                 put8_iq1(dst, x[i].qs[4 * ib + l] | ((h >> 3 * l) & 7) << 8, dl, delta);
         }
@@ -246,7 +239,7 @@ AVX2 void realm_iq1_m_to_float_avx2(const void *src, float *dst, int64_t nb) {
                                   _mm256_set1_ps(d * (float)(2 * ((w >> (sh + 3)) & 7) + 1))};
             for (int l = 0; l < 4; l++, dst += 8) {
                 const int qh = x[i].qh[2 * ib + l / 2] >> 4 * (l % 2);
-                const __m256 delta = _mm256_set1_ps(iq1_delta((uint32_t)qh & 0x08, 3));
+                const __m256 delta = _mm256_set1_ps(realm_iq1_delta((uint32_t)qh & 0x08, 3));
                 put8_iq1(dst, x[i].qs[4 * ib + l] | (qh & 7) << 8, dl[l / 2], delta);
             }
         }

@@ -122,11 +122,6 @@ static inline void put8_grid(float *y, uint64_t row, float32x4_t db, unsigned si
     vst1q_f32(y + 4, vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(hi), nhi)));
 }
 
-/* Rows a and b of a 4-byte grid as one 8-byte row. */
-static inline uint64_t grid_rows4(const uint32_t *grid, int a, int b) {
-    return (uint64_t)grid[a] | (uint64_t)grid[b] << 32;
-}
-
 void realm_iq2_xxs_to_float_neon(const void *src, float *dst, int64_t nb) {
     const block_iq2_xxs *x = src;
     for (int64_t i = 0; i < nb; i++) {
@@ -165,7 +160,7 @@ void realm_iq2_s_to_float_neon(const void *src, float *dst, int64_t nb) {
             const float32x4_t db[2] = {vdupq_n_f32(d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f),
                                        vdupq_n_f32(d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f)};
             for (int l = 0; l < 4; l++, dst += 8) {
-                const int idx = qs[4 * ib + l] | ((x[i].qh[ib] << (8 - 2 * l)) & 0x300);
+                const int idx = realm_iq2_s_index(qs[4 * ib + l], x[i].qh[ib], l);
                 put8_grid(dst, realm_iq2s_grid[idx], db[l / 2], signs[4 * ib + l]);
             }
         }
@@ -181,7 +176,7 @@ void realm_iq3_xxs_to_float_neon(const void *src, float *dst, int64_t nb) {
             const uint32_t sc = realm_u32le(scales_signs + 4 * ib);
             const float32x4_t db = vdupq_n_f32(d * (0.5f + (float)(sc >> 28)) * 0.5f);
             for (int l = 0; l < 4; l++, dst += 8)
-                put8_grid(dst, grid_rows4(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]), db,
+                put8_grid(dst, realm_grid4x2(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]), db,
                           realm_ksigns_iq2xs[(sc >> 7 * l) & 127]);
         }
     }
@@ -196,19 +191,12 @@ void realm_iq3_s_to_float_neon(const void *src, float *dst, int64_t nb) {
             const uint8_t *qs = x[i].qs + 8 * ib;
             const int qh = x[i].qh[ib];
             for (int l = 0; l < 4; l++, dst += 8) {
-                const int a = qs[2 * l] | ((qh << (8 - 2 * l)) & 256);
-                const int b = qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256);
-                put8_grid(dst, grid_rows4(realm_iq3s_grid, a, b), db, x[i].signs[4 * ib + l]);
+                const int a = realm_iq3_s_index(qs, qh, 2 * l);
+                const int b = realm_iq3_s_index(qs, qh, 2 * l + 1);
+                put8_grid(dst, realm_grid4x2(realm_iq3s_grid, a, b), db, x[i].signs[4 * ib + l]);
             }
         }
     }
-}
-
-/* +-0.125f (IQ1S_DELTA): the sign bit is `sign`'s single bit moved to bit 31, with
- * integer operations only (a select would become a branch, mispredicted half the time:
- * the sign is a coin toss per group of 8 in IQ1_M). */
-static inline float iq1_delta(uint32_t sign, int bit) {
-    return realm_bits_to_f32(0x3e000000u | (sign << (31 - bit) & 0x80000000u));
 }
 
 /* y[0..7] = dl * (g[j] + delta) for the int8 elements g of iq1s_grid row r. */
@@ -225,7 +213,7 @@ void realm_iq1_s_to_float_neon(const void *src, float *dst, int64_t nb) {
         for (int ib = 0; ib < QK_K / 32; ib++) {
             const unsigned h = x[i].qh[ib];
             const float32x4_t dl = vdupq_n_f32(d * (float)(2 * ((h >> 12) & 7) + 1));
-            const float32x4_t delta = vdupq_n_f32(iq1_delta(h & 0x8000, 15));
+            const float32x4_t delta = vdupq_n_f32(realm_iq1_delta(h & 0x8000, 15));
             for (int l = 0; l < 4; l++, dst += 8)
                 put8_iq1(dst, x[i].qs[4 * ib + l] | ((h >> 3 * l) & 7) << 8, dl, delta);
         }
@@ -245,7 +233,7 @@ void realm_iq1_m_to_float_neon(const void *src, float *dst, int64_t nb) {
                                        vdupq_n_f32(d * (float)(2 * ((w >> (sh + 3)) & 7) + 1))};
             for (int l = 0; l < 4; l++, dst += 8) {
                 const int qh = x[i].qh[2 * ib + l / 2] >> 4 * (l % 2);
-                const float32x4_t delta = vdupq_n_f32(iq1_delta((uint32_t)qh & 0x08, 3));
+                const float32x4_t delta = vdupq_n_f32(realm_iq1_delta((uint32_t)qh & 0x08, 3));
                 put8_iq1(dst, x[i].qs[4 * ib + l] | (qh & 7) << 8, dl[l / 2], delta);
             }
         }

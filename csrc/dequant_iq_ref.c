@@ -136,16 +136,11 @@ void realm_iq2_s_to_float_ref(const void *src, float *dst, int64_t nb) {
             const float db[2] = {d * (0.5f + (float)(x[i].scales[ib] & 0x0f)) * 0.25f,
                                  d * (0.5f + (float)(x[i].scales[ib] >> 4)) * 0.25f};
             for (int l = 0; l < 4; l++, dst += 8) {
-                const int idx = qs[4 * ib + l] | ((x[i].qh[ib] << (8 - 2 * l)) & 0x300);
+                const int idx = realm_iq2_s_index(qs[4 * ib + l], x[i].qh[ib], l);
                 grid8_signed(dst, realm_iq2s_grid[idx], signs[4 * ib + l], db[l / 2]);
             }
         }
     }
-}
-
-/* Two rows of a 4-byte grid as one 8-byte row. */
-static inline uint64_t grid4x2(const uint32_t *grid, int a, int b) {
-    return (uint64_t)grid[a] | (uint64_t)grid[b] << 32;
 }
 
 void realm_iq3_xxs_to_float_ref(const void *src, float *dst, int64_t nb) {
@@ -157,7 +152,7 @@ void realm_iq3_xxs_to_float_ref(const void *src, float *dst, int64_t nb) {
             const uint32_t sc = realm_u32le(scales_signs + 4 * ib);
             const float db = d * (0.5f + (float)(sc >> 28)) * 0.5f;
             for (int l = 0; l < 4; l++, dst += 8)
-                grid8_signed(dst, grid4x2(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]),
+                grid8_signed(dst, realm_grid4x2(realm_iq3xxs_grid, qs[2 * l], qs[2 * l + 1]),
                              realm_ksigns_iq2xs[(sc >> 7 * l) & 127], db);
         }
     }
@@ -172,9 +167,9 @@ void realm_iq3_s_to_float_ref(const void *src, float *dst, int64_t nb) {
             const uint8_t *qs = x[i].qs + 8 * ib;
             const int qh = x[i].qh[ib];
             for (int l = 0; l < 4; l++, dst += 8) {
-                const int a = qs[2 * l] | ((qh << (8 - 2 * l)) & 256);
-                const int b = qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256);
-                grid8_signed(dst, grid4x2(realm_iq3s_grid, a, b), x[i].signs[4 * ib + l], db);
+                const int a = realm_iq3_s_index(qs, qh, 2 * l);
+                const int b = realm_iq3_s_index(qs, qh, 2 * l + 1);
+                grid8_signed(dst, realm_grid4x2(realm_iq3s_grid, a, b), x[i].signs[4 * ib + l], db);
             }
         }
     }

@@ -5,7 +5,32 @@
 #ifndef REALM_KERNELS_IQ_H
 #define REALM_KERNELS_IQ_H
 
+#include "fp16.h"
 #include "quants.h"
+
+/* ---- index and sign arithmetic shared by the three paths ---- */
+
+/* Rows a and b of a 4-byte grid (IQ3_XXS, IQ3_S) as one 8-byte row, a's bytes first. */
+static inline uint64_t realm_grid4x2(const uint32_t *grid, int a, int b) {
+    return (uint64_t)grid[a] | (uint64_t)grid[b] << 32;
+}
+
+/* IQ2_S: the grid row of group l (0..3) of a 32-value sub-block: 8 bits of qs, 2 of qh. */
+static inline int realm_iq2_s_index(uint8_t q, int qh, int l) {
+    return q | ((qh << (8 - 2 * l)) & 0x300);
+}
+
+/* IQ3_S: the grid row of the j-th (0..7) 4-value group of a sub-block: 8 bits of qs, bit j of qh. */
+static inline int realm_iq3_s_index(const uint8_t *qs, int qh, int j) {
+    return qs[j] | ((qh << (8 - j)) & 256);
+}
+
+/* IQ1_S / IQ1_M's +-0.125f: `sign`'s single set bit (or none) at position `bit` moved to bit 31,
+ * with integer operations only (a select would become a branch, mispredicted half the time:
+ * the sign is a coin toss per group of 8 in IQ1_M). */
+static inline float realm_iq1_delta(uint32_t sign, int bit) {
+    return realm_bits_to_f32(0x3e000000u | (sign << (31 - bit) & 0x80000000u));
+}
 
 void realm_iq4_nl_to_float_ref(const void *src, float *dst, int64_t nblocks);
 void realm_iq4_nl_to_float_avx2(const void *src, float *dst, int64_t nblocks);
