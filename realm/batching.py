@@ -56,6 +56,7 @@ from . import _native
 from ._native import FORWARD_EINVAL
 from .errors import ArgumentTypeError, InvalidArgumentError
 from .forward import HostModel, KVCache
+from .limits import HostBudget
 from .store import ModelStore
 from .threads import usable_cores
 
@@ -146,10 +147,14 @@ class PrefixCache:
 
     `insert(tokens, kv)` keeps rows 0..len(tokens)-1 of a cache holding those tokens; `longest(tokens)`
     finds the entry sharing the longest prefix with a sequence.  Any prefix of an entry is usable:
-    row j depends on tokens 0..j only.  Thread-safe."""
+    row j depends on tokens 0..j only.  With a `budget` (the store's HostBudget) every entry is
+    also charged there, beside the tenants' KV caches and models: an entry that does not fit
+    evicts older ones, and is dropped if even an empty cache leaves no room -- a cache never
+    takes a byte a tenant could have had.  Thread-safe."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, budget: HostBudget | None = None):
         self.max_bytes = max_bytes
+        self.budget = budget
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[int, _Prefix] = collections.OrderedDict()
         self._ids = 0
@@ -192,24 +197,32 @@ class PrefixCache:
                     self._entries.move_to_end(key)
                     return
                 if common == len(entry.tokens):  # superseded
-                    del self._entries[key]
-                    self.nbytes -= entry.nbytes
+                    self._drop(key)
         if n * kv.row_bytes + tokens.nbytes > self.max_bytes:
             return
         k, v = kv.read_rows(n)
         entry = _Prefix(tokens.copy(), k, v)
         with self._lock:
+            while self.nbytes + entry.nbytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+            while self.budget is not None and not self.budget.reserve(entry.nbytes):
+                if not self._entries:
+                    return  # the tenants hold the budget: no room for a cache
+                self._drop(next(iter(self._entries)))
             self._ids += 1
             self._entries[self._ids] = entry
             self.nbytes += entry.nbytes
-            while self.nbytes > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self.nbytes -= old.nbytes
+
+    def _drop(self, key: int) -> None:
+        entry = self._entries.pop(key)
+        self.nbytes -= entry.nbytes
+        if self.budget is not None:
+            self.budget.release(entry.nbytes)
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
-            self.nbytes = 0
+            while self._entries:
+                self._drop(next(iter(self._entries)))
 
 
 # -- work and the batcher ---------------------------------------------------------------------------
@@ -253,7 +266,7 @@ class Engine:
                  held: bool):
         self.model = HostModel(store, model_id, threads=threads, held=held)
         self.settings = settings
-        self.prefix = PrefixCache(settings.prefix_cache_bytes)
+        self.prefix = PrefixCache(settings.prefix_cache_bytes, store.budget)
         self._batch = _native.Batch(self.model._fm)
         self._n_layer = self.model.config.n_layer
         self._cond = threading.Condition()

@@ -14,6 +14,7 @@ import realm
 from realm import _native
 from realm.batching import BatchSettings, PrefixCache, _registry
 from realm.forward import HostModel
+from realm.limits import HostBudget
 
 from conftest import assert_same_bits, run_threads
 
@@ -194,7 +195,7 @@ def test_a_closed_stream_frees_its_kv_and_leaves_the_others_alone(realms):
     got = run_threads([cancel] + [lambda p=p: r.complete(p, model, **options).tokens for p in _PROMPTS[:5]])
     assert got[0] == "closed"
     assert got[1:] == [_solo(alone, p, options) for p in _PROMPTS[:5]]
-    assert r.store.budget.used == 0  # every KV cache was freed
+    assert r.store.budget.used == _engine(r, model).prefix.nbytes  # every KV cache was freed
     assert _engine(r, model).stats()["queued"] == 0
 
 
@@ -253,6 +254,33 @@ def test_prefix_cache_is_bounded_and_least_recently_used(host_model):
     k, v = again.read_rows(10)
     np.testing.assert_array_equal(entry.k, k)
     np.testing.assert_array_equal(entry.v, v)
+
+
+def test_prefix_cache_is_charged_to_the_host_budget(host_model):
+    """Entries count in the store's HostBudget beside the tenants' KV caches: a full budget
+    evicts the oldest entries, and with none left to evict the new one is not kept."""
+    tokens = np.arange(1, 41, dtype=np.int32) % host_model._fm.n_vocab
+    kvs = []
+    for start in (0, 10, 20, 30):
+        kvs.append(host_model.new_kv_cache(16))
+        host_model.forward(tokens[start:start + 10], kvs[-1])
+    entry_bytes = 10 * kvs[0].row_bytes + tokens[:10].nbytes
+    budget = HostBudget(max_bytes=2 * entry_bytes + 100)
+    cache = PrefixCache(max_bytes=1 << 30, budget=budget)
+    for i in range(3):
+        cache.insert(tokens[10 * i:10 * i + 10], kvs[i])
+    assert len(cache) == 2 and budget.used == cache.nbytes == 2 * entry_bytes  # the first went
+    assert cache.longest(tokens[:10])[1] == 0 and cache.longest(tokens[20:30])[1] == 10
+    tenant = budget.max_bytes - budget.used
+    assert budget.reserve(tenant)  # a tenant takes what is left
+    cache.insert(tokens[30:40], kvs[3])  # room made by evicting the oldest entry
+    assert len(cache) == 2 and budget.used == tenant + 2 * entry_bytes
+    assert cache.longest(tokens[10:20])[1] == 0 and cache.longest(tokens[30:40])[1] == 10
+    cache.clear()
+    assert budget.used == tenant and cache.nbytes == 0
+    assert budget.reserve(budget.max_bytes - budget.used)  # the tenants hold it all: nothing is kept
+    cache.insert(tokens[:10], kvs[0])
+    assert len(cache) == 0 and cache.nbytes == 0 and budget.used == budget.max_bytes
 
 
 def test_batch_settings_are_checked():
