@@ -65,7 +65,7 @@ from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, Inter
 from ._native import FORWARD_EINVAL, FORWARD_EKV_FULL
 from .batching import DEADLINE, WITHDRAWN, Engine, engine_for, release_engine
 from .forward import KVCache, UnsupportedModelError
-from .limits import DEFAULT_LIMITS, Limits, remaining_ticks, run_wasm
+from .limits import DEFAULT_LIMITS, HostBudget, Limits, remaining_ticks, run_wasm
 from .store import ModelStore, StoredModel
 
 __all__ = ["RealmHost", "GuestMemory", "add_realm_imports", "TokenLogprob", "TOP_LOGPROBS_MAX"]
@@ -257,6 +257,9 @@ class RealmHost:
         self._last_logits: np.ndarray | None = None  # the logits the guest samples its next token from
         self._kv: dict[int, _Kv] = {}
         self._kv_bytes = 0
+        #: a budget the guest's KV caches are charged to as well, shared with other guests (one
+        #: tenant's requests: Realm's tenant_kv_bytes); set before the guest runs
+        self.kv_budget: HostBudget | None = None
         self._logged = 0  # realm_log calls during the current `run` (abi.LOG_CALLS_MAX)
         for model_id in shared:
             self.share(model_id)
@@ -341,12 +344,12 @@ class RealmHost:
             owned, shared = list(self._owned), list(self._shared)
             self._owned.clear()
             self._shared.clear()
-            released = self._owned_bytes + self._kv_bytes
+            released, kv_released = self._owned_bytes + self._kv_bytes, self._kv_bytes
             self._owned_bytes = self._kv_bytes = 0
             forward = list(self._forward.values())
             self._forward.clear()
             self._kv.clear()
-        self.store.budget.release(released)
+        self._release(released, kv_released)
         for engine in forward:
             if isinstance(engine, Engine):
                 engine.leave(self)  # waits out a pass that writes into this guest's memory
@@ -406,6 +409,12 @@ class RealmHost:
             b = self.store.budget
             raise self._refuse(f"{what}: {nbytes} more bytes would pass the host's budget of {b.max_bytes} "
                                f"({b.used} in use by all tenants)")
+
+    def _release(self, nbytes: int, kv_bytes: int = 0) -> None:
+        """Give back bytes `_charge` took, kv_bytes of them KV caches (also in kv_budget)."""
+        self.store.budget.release(nbytes)
+        if self.kv_budget is not None and kv_bytes:
+            self.kv_budget.release(kv_bytes)
 
     def _model(self, model_id: int) -> StoredModel:
         with self._lock:
@@ -542,7 +551,7 @@ class RealmHost:
         except BaseException:
             with self._lock:
                 self._owned_bytes -= charged
-            self.store.budget.release(charged)
+            self._release(charged)
             if model_id is not None:
                 self.store.remove(model_id)
             raise
@@ -597,11 +606,12 @@ class RealmHost:
             self._owned_bytes -= released
             engine = self._forward.pop(model_id, None)
             caches = [kv_id for kv_id, kv in self._kv.items() if kv.model_id == model_id]
+            kv_released = 0
             for kv_id in caches:  # each holds the model's weights: they go with it
                 kv = self._kv.pop(kv_id)
                 self._kv_bytes -= kv.nbytes
-                released += kv.nbytes
-        self.store.budget.release(released)
+                kv_released += kv.nbytes
+        self._release(released + kv_released, kv_released)
         if isinstance(engine, Engine):
             engine.leave(self)
             release_engine(engine)
@@ -745,6 +755,11 @@ class RealmHost:
         limits = self.limits
         with self._lock:  # reserve the quota before allocating
             self._charge("a KV cache", size, self._kv_bytes, limits.kv_bytes, len(self._kv), limits.kv_caches)
+            shared = self.kv_budget
+            if shared is not None and not shared.reserve(size):
+                self.store.budget.release(size)
+                raise self._refuse(f"a KV cache: {size} more bytes would pass the tenant's share of "
+                                   f"{shared.max_bytes} ({shared.used} in use by its requests)")
             self._kv_bytes += size
         try:
             kv = model.new_kv_cache(n_ctx, max_bytes=size)
@@ -757,7 +772,7 @@ class RealmHost:
         except BaseException:
             with self._lock:
                 self._kv_bytes -= size
-            self.store.budget.release(size)
+            self._release(size, size)
             raise
 
     @_realm_import
@@ -768,7 +783,7 @@ class RealmHost:
             if kv is None:
                 raise _Fail(Err.NO_KV_CACHE)
             self._kv_bytes -= kv.nbytes
-        self.store.budget.release(kv.nbytes)
+        self._release(kv.nbytes, kv.nbytes)
         if kv.known > 0:  # the whole sequence, for a next turn that starts with it
             kv.engine.keep_prefix(kv.cache, kv.history[:kv.known])
         kv.engine.leave(self)  # the sequence ended: the next passes need not wait for it

@@ -241,6 +241,9 @@ class Realm:
         decode steps, and chunks of a prompt that arrives meanwhile); see `realm.batching`.
     prefix_cache_bytes: KV rows of prompts kept per model for later prompts that start with
         the same tokens (0: off).
+    tenant_kv_bytes: KV cache bytes the running generations of one `tenant` label hold
+        together (None: no such cap; each guest is still held to `limits.kv_bytes`).  A
+        generation that would pass it is refused with `LimitExceeded`.
 
     Threads calling `generate`/`complete`/`chat` at once are batched: their forward steps run
     as one pass over the weights, and each gets the tokens it would get alone.
@@ -249,11 +252,18 @@ class Realm:
     def __init__(self, threads: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES, *,
                  n_ctx: int | None = None, limits: Limits | None = None, budget_bytes: int | None = None,
                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, tenant_kv_bytes: int | None = None):
         check_threads(threads)
         _check_n_ctx(n_ctx)
         if limits is not None and not isinstance(limits, Limits):
             raise ArgumentTypeError(f"limits must be a realm.Limits, not {type(limits).__name__}")
+        if tenant_kv_bytes is not None:
+            if isinstance(tenant_kv_bytes, bool) or not isinstance(tenant_kv_bytes, int):
+                raise ArgumentTypeError(f"tenant_kv_bytes must be an int or None, not {type(tenant_kv_bytes).__name__}")
+            if tenant_kv_bytes < 0:
+                raise InvalidArgumentError(f"tenant_kv_bytes must be >= 0, not {tenant_kv_bytes}")
+        self.tenant_kv_bytes = tenant_kv_bytes
+        self._tenants: dict[str, list] = {}  # tenant label -> [its HostBudget, its running generations]
         self.threads = threads
         self.n_ctx = n_ctx
         self.limits = limits
@@ -609,6 +619,19 @@ class Realm:
                               self._record)
         return self._run(handle, request, None).text
 
+    def _tenant_budget(self, tenant: str | None, delta: int) -> HostBudget | None:
+        """The tenant's shared KV budget (needs self._lock), counting its running generations
+        by delta; a tenant's entry goes with its last generation."""
+        if tenant is None or self.tenant_kv_bytes is None:
+            return None
+        entry = self._tenants.get(tenant)
+        if entry is None:
+            entry = self._tenants[tenant] = [HostBudget(self.tenant_kv_bytes), 0]
+        entry[1] += delta
+        if entry[1] == 0:
+            del self._tenants[tenant]
+        return entry[0]
+
     def _record(self, completion: Completion) -> None:
         self._local.usage = completion.usage
 
@@ -625,6 +648,7 @@ class Realm:
         g = Guest(self.store, limits=self.limits, threads=self.threads)
         with self._lock:
             self._running[id(g)] = (request.tenant, g.host)
+            g.host.kv_budget = self._tenant_budget(request.tenant, +1)
         try:
             with g.deadline():  # one deadline for the whole generation
                 g.restore(snap)
@@ -643,6 +667,8 @@ class Realm:
             with self._lock:
                 self._running.pop(id(g), None)
             g.close()
+            with self._lock:
+                self._tenant_budget(request.tenant, -1)
         if record:
             self._record(completion)
         return completion

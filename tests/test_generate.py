@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from conftest import require
 from forward_helpers import llama_cpp_exact
 import guest_native as gn
-from realm import Realm, abi
+from realm import InvalidArgumentError, LimitExceeded, Realm, abi
 from realm.abi import Err
 from realm.forward import HostModel
 from realm.guest import Guest, GuestError
@@ -373,6 +373,33 @@ def test_cancelled_stream(rt, smollm2_path):
     stream.close()
     assert stream.completion is not None and stream.completion.stop_reason == "cancelled"
     assert len(stream.completion.tokens) < 200
+
+
+def test_a_tenants_generations_share_its_kv_bytes(smollm2_path):
+    """tenant_kv_bytes is one counter for all of a tenant's running generations: while a long one
+    holds its KV cache, a second that would pass the sum is refused (LimitExceeded), another
+    tenant's is not, and once the first ends the tenant may run it."""
+    options = dict(max_tokens=40, temperature=0, ignore_eos=True)
+    long = dict(max_tokens=1000, temperature=0, ignore_eos=True, stream=True)
+    with Realm(threads=1) as probe:
+        stream = probe.generate("Once upon a time", probe.load_model(smollm2_path), tenant="a", **long)
+        next(stream)
+        held = probe.in_flight()["a"]
+        stream.close()
+    assert held > 0
+    with Realm(threads=1, tenant_kv_bytes=held + 1) as r:
+        model = r.load_model(smollm2_path)
+        stream = r.generate("Once upon a time", model, tenant="a", **long)
+        next(stream)
+        with pytest.raises(LimitExceeded, match="tenant's share"):
+            r.complete("Once upon a time", model, tenant="a", **options)
+        other = r.complete("Once upon a time", model, tenant="b", **options)
+        assert r.in_flight() == {"a": held}
+        stream.close()
+        assert r.complete("Once upon a time", model, tenant="a", **options).tokens == other.tokens
+        assert r._tenants == {}  # a tenant's counter goes with its last generation
+    with pytest.raises(InvalidArgumentError):
+        Realm(tenant_kv_bytes=-1)
 
 
 # -- context -----------------------------------------------------------------------------------------

@@ -285,10 +285,13 @@ def test_a_request_past_its_deadline(small):
 
 
 def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):
-    s = Server([smollm2_path])
-    body = {"model": SMOL, "prompt": "Count: 1, 2,", "max_tokens": 48, "temperature": 0, "ignore_eos": True,
+    """A stream in flight at SIGTERM runs to its end (sse-starlette would cut it at the signal:
+    the stream is long enough to outlive its 0.5 s poll; the drain's timeout is long enough for a
+    loaded machine)."""
+    s = Server([smollm2_path], "--shutdown-timeout", "300")
+    body = {"model": SMOL, "prompt": "Count: 1, 2,", "max_tokens": 100, "temperature": 0, "ignore_eos": True,
             "stream": True}
-    with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=60) as r:
+    with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=120) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         s.proc.send_signal(signal.SIGTERM)
@@ -296,7 +299,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):
     assert rest[-1] == "data: [DONE]"
     pieces = [json.loads(line[6:]) for line in rest[:-1]]
     assert pieces[-1]["choices"][0]["finish_reason"] == "length"
-    assert s.proc.wait(60) == 0
+    assert s.proc.wait(120) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/health", timeout=2)
 

@@ -15,7 +15,8 @@ class ServerLimits:
     """max_concurrent: generations running at once, all tenants together (they share batched
     passes); max_queue: requests waiting for one of those slots (more: 503); tenant_concurrent:
     requests of one tenant queued or running (more: 429); tenant_kv_bytes: KV cache bytes a
-    tenant's requests hold together -- each may hold tenant_kv_bytes / tenant_concurrent;
+    tenant's running requests hold together, one counter for all of them (one request may use
+    it all; a KV cache past it is refused with 429);
     timeout_s: a request's deadline, from its start to its last token (408 past it)."""
 
     max_concurrent: int = 16
@@ -30,10 +31,6 @@ class ServerLimits:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_queue < 0 or not self.timeout_s > 0:
             raise ValueError("max_queue must be >= 0 and timeout_s > 0")
-
-    @property
-    def request_kv_bytes(self) -> int:
-        return self.tenant_kv_bytes // self.tenant_concurrent
 
 
 class Admission:

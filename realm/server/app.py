@@ -39,6 +39,8 @@ log = logging.getLogger("realm.server")
 
 #: Largest request body (bytes); a longer one is answered 413 before it is read further.
 MAX_BODY_BYTES = 8 << 20
+#: Seconds a shutdown waits for requests in flight before it cuts them.
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 _FINISH = {"eog": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
@@ -204,12 +206,18 @@ class _Run:
 
 
 def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tuple[str, ...] = (),
-               max_body_bytes: int = MAX_BODY_BYTES, catalog: tuple[str, ...] | None = None) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, catalog: tuple[str, ...] | None = None,
+               shutdown_grace_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> FastAPI:
     """The ASGI app serving `realm`'s loaded models (the Realm's `limits` should carry
-    limits.timeout_s and limits.request_kv_bytes: `realm.server.serve` builds it so).
+    limits.timeout_s and kv_bytes, and tenant_kv_bytes=limits.tenant_kv_bytes:
+    `realm.server.serve` builds it so).
     catalog: the model names GET /v1/models lists, the first the default, when the caller loads
-    them into `realm` on demand (realm.serve_ray); None: the models loaded now."""
+    them into `realm` on demand (realm.serve_ray); None: the models loaded now.
+    shutdown_grace_s: how long a stream in flight may go on once the server is stopping
+    (sse-starlette otherwise cuts every stream at the signal); the server's own graceful
+    timeout still bounds the whole drain."""
     srv = _Server(realm, limits or ServerLimits(), tuple(api_keys), tuple(catalog) if catalog else None)
+    srv.shutdown_grace_s = shutdown_grace_s
     app = FastAPI(title="realm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
 
@@ -306,7 +314,7 @@ async def _respond(srv: _Server, request: Request, tenant: str, model: Model, bo
             entered = False  # the stream's generator leaves the slot
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream(srv, tenant, model, run, head, rid, chat, include_usage, t0)
-            return EventSourceResponse(events, ping=15, send_timeout=60)
+            return EventSourceResponse(events, ping=15, send_timeout=60, shutdown_grace_period=srv.shutdown_grace_s)
         completion = await _collect(srv, request, run, model, t0)
         return JSONResponse(_whole(srv, model, completion, rid, chat))
     finally:

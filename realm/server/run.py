@@ -13,18 +13,17 @@ import uvicorn
 from ..limits import Limits
 from ..runtime import Realm
 from .admission import ServerLimits
-from .app import MAX_BODY_BYTES, create_app
+from .app import DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_BODY_BYTES, create_app
 
 log = logging.getLogger("realm.server")
 
-#: Seconds a shutdown waits for requests in flight before it cuts them.
-DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def build_realm(models: Sequence[str], *, threads: int | None, limits: ServerLimits) -> Realm:
     """A Realm with every model loaded (pulled on first use); each request's guest gets the
-    request deadline and its share of its tenant's KV bytes."""
-    realm = Realm(threads=threads, limits=Limits(deadline_s=limits.timeout_s, kv_bytes=limits.request_kv_bytes))
+    request deadline, and a tenant's requests share its KV bytes."""
+    realm = Realm(threads=threads, limits=Limits(deadline_s=limits.timeout_s, kv_bytes=limits.tenant_kv_bytes),
+                  tenant_kv_bytes=limits.tenant_kv_bytes)
     try:
         for name in models:
             realm.load_model(name)
@@ -44,7 +43,8 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, t
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     realm = build_realm(models, threads=threads, limits=limits)
     try:
-        app = create_app(realm, limits=limits, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes)
+        app = create_app(realm, limits=limits, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes,
+                         shutdown_grace_s=shutdown_timeout_s)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)), lifespan="off")
         server = uvicorn.Server(config)
