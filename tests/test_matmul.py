@@ -439,7 +439,7 @@ def test_real_model_tensors(model, names, request):
 def test_unsupported_types_are_refused():
     w = np.zeros(64, dtype=np.uint8)
     x = np.zeros((1, 256), dtype=np.float32)
-    for bad in (T.Q8_K, T.IQ2_XXS, "nonsense", 99):
+    for bad in (T.Q8_K, T.Q8_1, "nonsense", 99):  # Q8_K: a row, no dot kernel; Q8_1: no row
         with pytest.raises(ValueError):
             _native.matmul(w, bad, 1, x)
     with pytest.raises(ValueError, match="Q8_K"):
