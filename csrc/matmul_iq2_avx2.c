@@ -43,15 +43,45 @@ AVX2 INLINE __m256i signs4(const uint8_t *s) {
     return _mm256_or_si256(neg, _mm256_set1_epi8(1));
 }
 
-/* Weights 2 lo + 1 for the first 16 values, 2 hi + 1 for the last 16, as int16. */
-AVX2 INLINE __m256i weights2(unsigned scale) {
-    return _mm256_set_m128i(_mm_set1_epi16((short)(2 * (scale >> 4) + 1)), _mm_set1_epi16((short)(2 * (scale & 15) + 1)));
-}
-
 enum { IQ2_XXS, IQ2_XS, IQ2_S };
 
+/* What an IQ2_XS / IQ2_S block decodes to before its sub-blocks: IQ2_XS's sign bytes
+ * (bit j of byte g: the sign of value 8g + j, as IQ2_S keeps them in its block) and the
+ * weights 2 ls + 1 as int16 (scales16: the 8 low nibbles' in the low 128 bits, the high
+ * ones' in the high 128, so that an in-lane shuffle picks sub-block ib's pair). */
+typedef struct {
+    uint8_t signs[QK_K / 8];
+    __m256i scales16;
+} iq2_pre;
+
+AVX2 INLINE __m256i scales16_of(const uint8_t *scales) {
+    uint64_t s;
+    memcpy(&s, scales, 8);
+    const __m128i m4 = _mm_set1_epi8(15);
+    const __m128i v = _mm_and_si128(_mm_set_epi64x((long long)(s >> 4), (long long)s), m4);
+    return _mm256_cvtepu8_epi16(_mm_add_epi8(_mm_add_epi8(v, v), _mm_set1_epi8(1)));
+}
+
+AVX2 INLINE void predecode(const int fmt, const void *x, iq2_pre *p) {
+    if (fmt == IQ2_XS) {
+        /* the 7 sign bits (q >> 9) and their parity as bit 7: the parity of the low nibble
+         * of s ^ (s >> 4), looked up */
+        const block_iq2_xs *b = x;
+        const __m256i q0 = load32(b->qs), q1 = load32(b->qs + 16);
+        const __m256i odd = _mm256_setr_epi8(0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0,
+                                             0, -128, -128, 0, -128, 0, 0, -128, -128, 0, 0, -128, 0, -128, -128, 0);
+        const __m256i s0 = _mm256_srli_epi16(q0, 9), s1 = _mm256_srli_epi16(q1, 9);
+        const __m256i f0 = _mm256_or_si256(s0, _mm256_shuffle_epi8(odd, _mm256_xor_si256(s0, _mm256_srli_epi16(q0, 13))));
+        const __m256i f1 = _mm256_or_si256(s1, _mm256_shuffle_epi8(odd, _mm256_xor_si256(s1, _mm256_srli_epi16(q1, 13))));
+        _mm256_storeu_si256((__m256i *)p->signs, _mm256_permute4x64_epi64(_mm256_packus_epi16(f0, f1), 0xd8));
+        p->scales16 = scales16_of(b->scales);
+    } else {
+        p->scales16 = scales16_of(((const block_iq2_s *)x)->scales);
+    }
+}
+
 /* Sub-block ib of block x: grid bytes, signs and weights. */
-AVX2 INLINE void decode_sub(const int fmt, const void *x, int ib, __m256i *u, __m256i *sg, __m256i *sc) {
+AVX2 INLINE void decode_sub(const int fmt, const void *x, const iq2_pre *p, int ib, __m256i *u, __m256i *sg, __m256i *sc) {
     if (fmt == IQ2_XXS) {
         const uint8_t *q = (const uint8_t *)((const block_iq2_xxs *)x)->qs + 8 * ib;
         const uint32_t aux = realm_u32le(q + 4);
@@ -59,22 +89,20 @@ AVX2 INLINE void decode_sub(const int fmt, const void *x, int ib, __m256i *u, __
         *sg = _mm256_set_epi64x((long long)ksigns64[(aux >> 21) & 127], (long long)ksigns64[(aux >> 14) & 127],
                                 (long long)ksigns64[(aux >> 7) & 127], (long long)ksigns64[aux & 127]);
         *sc = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
-    } else if (fmt == IQ2_XS) {
-        const block_iq2_xs *b = x;
-        const uint16_t *q = b->qs + 4 * ib;
+        return;
+    }
+    if (fmt == IQ2_XS) {
+        const uint16_t *q = ((const block_iq2_xs *)x)->qs + 4 * ib;
         *u = rows4(realm_iq2xs_grid, q[0] & 511u, q[1] & 511u, q[2] & 511u, q[3] & 511u);
-        *sg = _mm256_set_epi64x((long long)ksigns64[q[3] >> 9], (long long)ksigns64[q[2] >> 9],
-                                (long long)ksigns64[q[1] >> 9], (long long)ksigns64[q[0] >> 9]);
-        *sc = weights2(b->scales[ib]);
     } else {
         const block_iq2_s *b = x;
         const uint8_t *q = b->qs + 4 * ib;
         const int qh = b->qh[ib];
         *u = rows4(realm_iq2s_grid, (unsigned)realm_iq2_s_index(q[0], qh, 0), (unsigned)realm_iq2_s_index(q[1], qh, 1),
                    (unsigned)realm_iq2_s_index(q[2], qh, 2), (unsigned)realm_iq2_s_index(q[3], qh, 3));
-        *sg = signs4(b->qs + QK_K / 8 + 4 * ib);
-        *sc = weights2(b->scales[ib]);
     }
+    *sg = signs4(fmt == IQ2_XS ? p->signs + 4 * ib : ((const block_iq2_s *)x)->qs + QK_K / 8 + 4 * ib);
+    *sc = _mm256_shuffle_epi8(p->scales16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * ib)));
 }
 
 AVX2 INLINE const void *block_at(const int fmt, const void *w, int64_t b) {
@@ -90,36 +118,47 @@ AVX2 INLINE float scale_of(const int fmt, const void *x) {
                                     : ((const block_iq2_s *)x)->d);
 }
 
+/* s[t] += token t's lanes of sub-block ib of block b (x). */
+AVX2 INLINE void sub_lanes(const int fmt, const void *x, const iq2_pre *p, int ib, const realm_act_group *a, int64_t b,
+                           __m256i *s, const int T) {
+    __m256i u, sg, sc;
+    decode_sub(fmt, x, p, ib, &u, &sg, &sc);
+    for (int t = 0; t < T; t++) {
+        const __m256i q = load32(TOKEN_ROW(a, t) + QK_K * b + 32 * ib);
+        s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(q, sg)), sc));
+    }
+}
+
 /* Per block: lanes = sum over sub-blocks of madd(maddubs(grid, sign(x, signs)), weights)
- * (two partial sums, even and odd sub-blocks: exact integers), acc = fma(dw * dx, lanes,
- * acc); y = 0.125f * hsum8(acc). */
+ * (exact integers, in any order: one token sums even and odd sub-blocks apart, for two
+ * dependency chains), acc = fma(dw * dx, lanes, acc); y = 0.125f * hsum8(acc). */
 AVX2 INLINE void iq2_k(const int fmt, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
                        const int T) {
     __m256 acc[G];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const void *x = block_at(fmt, w, b);
-        __m256i s0[G], s1[G];
-        for (int t = 0; t < T; t++) s0[t] = s1[t] = _mm256_setzero_si256();
-        for (int ib = 0; ib < QK_K / 32; ib += 2) {
-            __m256i u0, sg0, sc0, u1, sg1, sc1;
-            decode_sub(fmt, x, ib, &u0, &sg0, &sc0);
-            decode_sub(fmt, x, ib + 1, &u1, &sg1, &sc1);
-            for (int t = 0; t < T; t++) {
-                const int8_t *q = TOKEN_ROW(a, t) + QK_K * b + 32 * ib;
-                const __m256i p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(load32(q), sg0));
-                const __m256i p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(load32(q + 32), sg1));
-                s0[t] = _mm256_add_epi32(s0[t], _mm256_madd_epi16(p0, sc0));
-                s1[t] = _mm256_add_epi32(s1[t], _mm256_madd_epi16(p1, sc1));
+        iq2_pre p;
+        if (fmt != IQ2_XXS) predecode(fmt, x, &p);
+        __m256i s[G], s1[1] = {_mm256_setzero_si256()};
+        for (int t = 0; t < T; t++) s[t] = _mm256_setzero_si256();
+        if (T == 1) { /* unrolled whole: the sub-blocks' constants fold, their decoding overlaps */
+#pragma GCC unroll 4
+            for (int ib = 0; ib < QK_K / 32; ib += 2) {
+                sub_lanes(fmt, x, &p, ib, a, b, s, T);
+                sub_lanes(fmt, x, &p, ib + 1, a, b, s1, T);
             }
+        } else { /* a loop: the T tokens' sums stay in registers */
+            for (int ib = 0; ib < QK_K / 32; ib++) sub_lanes(fmt, x, &p, ib, a, b, s, T);
         }
+        if (T == 1) s[0] = _mm256_add_epi32(s[0], s1[0]);
         const float dw = scale_of(fmt, x);
         const float *dx = a->d + realm_act_slot(0, b);
         float d[G];
         if (T > 1) _mm256_storeu_ps(d, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(dx)));
         for (int t = 0; t < T; t++) {
             const __m256 dt = T > 1 ? _mm256_broadcast_ss(d + t) : _mm256_set1_ps(dw * dx[0]);
-            acc[t] = _mm256_fmadd_ps(dt, _mm256_cvtepi32_ps(_mm256_add_epi32(s0[t], s1[t])), acc[t]);
+            acc[t] = _mm256_fmadd_ps(dt, _mm256_cvtepi32_ps(s[t]), acc[t]);
         }
     }
     for (int t = 0; t < T; t++) y[t * ys] = 0.125f * hsum8(acc[t]);
