@@ -1,6 +1,7 @@
-/* Dot-product kernels of IQ4_NL, IQ4_XS and MXFP4 weights (realm_dot_fn, matmul.h):
- * scalar references (matmul_iq_ref.c) and AVX2 kernels (matmul_iq_avx2.c, defined on
- * x86-64 only) computing the same floats, bit for bit.  The *_whole kernels multiply
+/* Dot-product kernels of IQ4_NL, IQ4_XS, MXFP4, IQ2_XXS, IQ2_XS and IQ2_S weights
+ * (realm_dot_fn, matmul.h): scalar references (matmul_iq_ref.c, matmul_iq2_ref.c) and AVX2
+ * kernels (matmul_iq_avx2.c, matmul_iq2_avx2.c, defined on x86-64 only) computing the same
+ * floats, bit for bit.  The *_whole kernels multiply
  * as llama.cpp multiplies the matrices it repacks (realm_whole_blocks). */
 #ifndef REALM_KERNELS_IQ_MM_H
 #define REALM_KERNELS_IQ_MM_H
@@ -22,5 +23,14 @@ void realm_iq4_nl_dot_whole_avx2(int64_t nb, const void *w, const realm_act_grou
 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_mxfp4_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+
+/* The IQ2 formats against Q8_K (matmul_iq2_ref.c, matmul_iq2_avx2.c). */
+void realm_iq2_xxs_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq2_xs_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq2_s_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+
+void realm_iq2_xxs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq2_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq2_s_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
 #endif

@@ -31,6 +31,9 @@
  *     unfused: y = y + (dw * dx) * isum.
  *   IQ4_XS: lane_k = sum over its 8 sub-blocks of (ls - 32) * their lane k,
  *     acc_k = fma(dw_b * dx_b, lane_k, acc_k) per block; y = hsum8(acc).
+ *   IQ2_XXS, IQ2_XS, IQ2_S: lane_k = sum over the 8 sub-blocks of (2 ls + 1) *
+ *     their lane k (ls per 16 values; IQ2_XXS one per 32), acc_k = fma(dw_b * dx_b,
+ *     lane_k, acc_k) per block; y = 0.125f * hsum8(acc).
  *   Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4 matrices with a multiple of 8 rows
  *     (llama.cpp repacks them): whole-block sums, acc = fma(isum_b, dw_b *
  *     dx_b, acc) and accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.

@@ -139,9 +139,10 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q8_K_to_float_neon),
     },
 
-    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq_*.c).  IQ4_NL and MXFP4
-     * take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS takes Q8_K; the
-     * others have no dot kernels yet: the matmul refuses them. ---- */
+    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq_*.c, csrc/matmul_iq2_*.c).
+     * IQ4_NL and MXFP4 take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS and
+     * the IQ2 formats take Q8_K; the others have no dot kernels yet: the matmul refuses
+     * them. ---- */
     [REALM_TYPE_IQ4_NL] = {
         BLOCK("IQ4_NL", QK4_NL, block_iq4_nl), .act = REALM_ACT_Q8, .repacked = 1,
         .to_float_ref = realm_iq4_nl_to_float_ref,
@@ -179,22 +180,28 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_tq2_0_to_float_neon),
     },
     [REALM_TYPE_IQ2_XXS] = {
-        BLOCK("IQ2_XXS", QK_K, block_iq2_xxs), .act = REALM_ACT_NONE,
+        BLOCK("IQ2_XXS", QK_K, block_iq2_xxs), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq2_xxs_to_float_ref,
         .to_float_avx2 = X86(realm_iq2_xxs_to_float_avx2),
         .to_float_neon = ARM(realm_iq2_xxs_to_float_neon),
+        .dot_ref = {realm_iq2_xxs_dot_ref},
+        .dot_avx2 = {X86(realm_iq2_xxs_dot_avx2)},
     },
     [REALM_TYPE_IQ2_XS] = {
-        BLOCK("IQ2_XS", QK_K, block_iq2_xs), .act = REALM_ACT_NONE,
+        BLOCK("IQ2_XS", QK_K, block_iq2_xs), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq2_xs_to_float_ref,
         .to_float_avx2 = X86(realm_iq2_xs_to_float_avx2),
         .to_float_neon = ARM(realm_iq2_xs_to_float_neon),
+        .dot_ref = {realm_iq2_xs_dot_ref},
+        .dot_avx2 = {X86(realm_iq2_xs_dot_avx2)},
     },
     [REALM_TYPE_IQ2_S] = {
-        BLOCK("IQ2_S", QK_K, block_iq2_s), .act = REALM_ACT_NONE,
+        BLOCK("IQ2_S", QK_K, block_iq2_s), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq2_s_to_float_ref,
         .to_float_avx2 = X86(realm_iq2_s_to_float_avx2),
         .to_float_neon = ARM(realm_iq2_s_to_float_neon),
+        .dot_ref = {realm_iq2_s_dot_ref},
+        .dot_avx2 = {X86(realm_iq2_s_dot_avx2)},
     },
     [REALM_TYPE_IQ3_XXS] = {
         BLOCK("IQ3_XXS", QK_K, block_iq3_xxs), .act = REALM_ACT_NONE,

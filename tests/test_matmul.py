@@ -1,8 +1,9 @@
 """realm._native's matrix products y = x W^T against float64 references and against
 llama.cpp's own kernels.
 
-Weights come from llama.cpp's own quantizer (ggml_quantize_chunk) and from the
-real models' tensors; W~ below is their exact dequantization (realm.dequantize,
+Weights come from llama.cpp's own quantizer (ggml_quantize_chunk; the IQ2 types with
+a random importance matrix), from random bytes as blocks (IQ2) and from the real
+models' tensors; W~ below is their exact dequantization (realm.dequantize,
 itself bit-exact with llama.cpp).  For the quantized formats the kernels first
 quantize each activation row to int8 blocks (32 values, or 256 for the
 K-quants) as llama.cpp does: q = rne(x * 127 / amax), x^ = d * q with d the
@@ -48,7 +49,8 @@ from conftest import assert_same_bits, ggml, require
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4]  # against blocks of 32
-K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # against blocks of 256
+IQ2_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]  # their quantizer needs an importance matrix
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, *IQ2_TYPES]  # against blocks of 256
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
 ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
@@ -68,6 +70,26 @@ def gaussian(rng, shape, scale=1.0, outliers=True) -> np.ndarray:
         flat = x.reshape(-1)
         flat[rng.integers(0, flat.size, max(1, flat.size // 97))] *= 9
     return x
+
+
+def quantize(rng, values: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    """llama.cpp's quantizer; the types that need an importance matrix (IQ2_*) get a random
+    positive one drawn from rng."""
+    imatrix = None
+    if ggml().requires_imatrix(qtype):
+        imatrix = (10.0 ** rng.uniform(-2, 1, values.shape[-1])).astype(np.float32)
+    return ggml().quantize(values, qtype, imatrix)
+
+
+def random_blocks(rng, qtype: GGMLType, n_out: int, n_in: int) -> np.ndarray:
+    """n_out rows of random bytes as blocks of qtype (every grid index, sign and scale
+    pattern, not only those the quantizer picks), whose leading f16 scale d is finite, of
+    either sign and between 1e-4 and 10 in magnitude."""
+    size = _native.type_traits(qtype)[2]
+    raw = rng.integers(0, 256, (n_out, n_in // weight_block(qtype), size), dtype=np.uint8)
+    d = (rng.choice([-1, 1], raw.shape[:2]) * 10.0 ** rng.uniform(-4, 1, raw.shape[:2])).astype(np.float16)
+    raw[:, :, :2] = d[..., None].view(np.uint8)
+    return raw.reshape(n_out, -1)
 
 
 def f16_round(x: np.ndarray) -> np.ndarray:
@@ -177,7 +199,10 @@ def shapes(qtype: GGMLType):
 def test_matmul_matches_float64(qtype, shape, seed, wscale, xscale):
     n_out, n_in, n_tok = shape.draw(shapes(qtype))
     rng = np.random.default_rng(seed)
-    wq = ggml().quantize(gaussian(rng, (n_out, n_in), wscale), qtype)
+    if qtype in IQ2_TYPES and shape.draw(st.booleans(), label="random blocks"):
+        wq = random_blocks(rng, qtype, n_out, n_in)
+    else:
+        wq = quantize(rng, gaussian(rng, (n_out, n_in), wscale), qtype)
     x = gaussian(rng, (n_tok, n_in), xscale)
     ys = {isa: _native.matmul(wq, qtype, n_out, x, isa=isa, threads=1) for isa in ISAS}
     for y in ys.values():
@@ -217,7 +242,7 @@ def test_special_activations_give_the_same_bits_on_every_path(qtype):
     """Inf, NaN and huge activations give garbage, but the same garbage everywhere."""
     rng = np.random.default_rng(3)
     n_in = 3 * weight_block(qtype)
-    wq = ggml().quantize(gaussian(rng, (9, n_in)), qtype)
+    wq = quantize(rng, gaussian(rng, (9, n_in)), qtype)
     x = gaussian(rng, (5, n_in))
     x[0, 1], x[1, 40], x[2, -1], x[3, 0] = np.inf, np.nan, -np.inf, np.float32(3.4e38)
     ys = [_native.matmul(wq, qtype, 9, x, isa=isa) for isa in ISAS]
@@ -250,7 +275,7 @@ def test_thread_count_and_batch_split_do_not_change_bits(qtype):
     rng = np.random.default_rng(int(qtype))
     n_out, n_tok = 203, 9
     n_in = 4 * 256 if qtype in K_TYPES else 17 * 32 if qtype in Q32_TYPES else 517
-    wq = ggml().quantize(gaussian(rng, (n_out, n_in)), qtype)
+    wq = quantize(rng, gaussian(rng, (n_out, n_in)), qtype)
     x = gaussian(rng, (n_tok, n_in))
     for isa in ISAS:
         ref = _native.matmul(wq, qtype, n_out, x, isa=isa, threads=1)
@@ -285,7 +310,9 @@ class GGMLCPU:
                T.Q5_1: ("q5_1_q8_1", "q8_1", 36), T.Q8_0: ("q8_0_q8_0", "q8_0", 34), T.Q2_K: ("q2_K_q8_K", "q8_K", 292),
                T.Q3_K: ("q3_K_q8_K", "q8_K", 292), T.Q4_K: ("q4_K_q8_K", "q8_K", 292), T.Q5_K: ("q5_K_q8_K", "q8_K", 292),
                T.Q6_K: ("q6_K_q8_K", "q8_K", 292), T.IQ4_NL: ("iq4_nl_q8_0", "q8_0", 34),
-               T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292)}
+               T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292),
+               T.IQ2_XXS: ("iq2_xxs_q8_K", "q8_K", 292), T.IQ2_XS: ("iq2_xs_q8_K", "q8_K", 292),
+               T.IQ2_S: ("iq2_s_q8_K", "q8_K", 292)}
 
     def __init__(self):
         import ctypes
@@ -394,13 +421,31 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
     n_in = 7 * weight_block(qtype) if qtype in K_TYPES else 37 * 32
     repacked = qtype in GGMLCPU.REPACKED and n_out % 8 == 0
     for trial in range(3):
-        wq = ggml().quantize(gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-2, 1)), qtype)
+        wq = quantize(rng, gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-2, 1)), qtype)
         x = gaussian(rng, (5, n_in), 10.0 ** rng.uniform(-2, 2))
         for t in range(x.shape[0]):
             want = ggml_cpu.gemv(qtype, wq, n_out, x[t]) if repacked else ggml_cpu.vec_dot(qtype, wq, n_out, x[t])
             for isa in ISAS:
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want)
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
+
+
+@pytest.mark.parametrize("qtype", IQ2_TYPES, ids=lambda t: t.name)
+def test_random_blocks_equal_llama_cpp_kernels(ggml_cpu, qtype):
+    """Random bytes as IQ2 blocks (every grid row, sign pattern and scale): llama.cpp's bits on
+    every path, one token alone and inside batches of 3, 8 and 9 tokens, at 1 and 2 threads."""
+    rng = np.random.default_rng(int(qtype) + 200)
+    n_out, n_in = 11, 5 * 256
+    for trial in range(3):
+        wq = random_blocks(rng, qtype, n_out, n_in)
+        x = gaussian(rng, (9, n_in), 10.0 ** rng.uniform(-2, 2))
+        want = np.stack([ggml_cpu.vec_dot(qtype, wq, n_out, x[t]) for t in range(x.shape[0])])
+        for isa in ISAS:
+            for t in range(x.shape[0]):
+                assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want[t])
+            for n_tok, threads in ((9, 2), (8, 1), (3, 2)):
+                assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], isa=isa, threads=threads), want[:n_tok])
+        check_product(qtype, wq, n_out, x, want)
 
 
 def model_tensors(path, names):
@@ -439,7 +484,7 @@ def test_real_model_tensors(model, names, request):
 def test_unsupported_types_are_refused():
     w = np.zeros(64, dtype=np.uint8)
     x = np.zeros((1, 256), dtype=np.float32)
-    for bad in (T.Q8_K, T.IQ2_XXS, "nonsense", 99):
+    for bad in (T.Q8_K, T.Q8_1, "nonsense", 99):  # Q8_K: a row, no dot kernel; Q8_1: no row
         with pytest.raises(ValueError):
             _native.matmul(w, bad, 1, x)
     with pytest.raises(ValueError, match="Q8_K"):

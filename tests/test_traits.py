@@ -76,7 +76,7 @@ def test_type_without_dot_kernel_is_refused_in_c(isa):
             assert _native.matmul_rc(int(t), n_out, 256, 1, isa) == _native.EUNSUPPORTED
         # the row still dequantizes
         assert dequantize(np.zeros(ROWS[t]["type_size"], dtype=np.uint8), t).shape == (ROWS[t]["block_size"],)
-    for t in (int(T.Q8_1), int(T.IQ2_XXS), 5, 40, -1, 10_000):  # 40: NVFP4, no row
+    for t in (int(T.Q8_1), 5, 40, -1, 10_000):  # 40: NVFP4, no row
         assert _native.matmul_rc(t, 1, 256, 1, isa) == _native.EUNSUPPORTED
 
 
@@ -92,10 +92,11 @@ def test_every_dot_row_runs_in_c(isa):
 
 def test_forward_types_are_the_rows_with_dot_kernels():
     """realm.FORWARD_TYPES: the types the matrix products take, each a dequantizable type; every
-    other supported type is refused by them (the IQ2/IQ3/IQ1/TQ formats and Q8_K today)."""
+    other supported type is refused by them (the IQ3/IQ1/TQ formats and Q8_K today)."""
     forward = set(realm.FORWARD_TYPES)
     assert forward <= set(realm.SUPPORTED_TYPES)
-    assert {T.F32, T.F16, T.BF16, T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4} <= forward
+    assert {T.F32, T.F16, T.BF16, T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4,
+            T.IQ2_XXS, T.IQ2_XS, T.IQ2_S} <= forward
     for t in realm.SUPPORTED_TYPES:
         if t in forward:
             assert _native.act_type(t) in ("f32", "q8", "q8_k")
