@@ -4,10 +4,12 @@
 
 Prints Melem/s (median of --repeat runs) per format for realm on one thread and
 on all threads into a preallocated array (`out=`), realm on one thread and on all
-threads returning a fresh array (no `out=`: page faults included, see realm/fresh.py)
-and the ratio of the two on all threads, llama.cpp's reference dequantizer (one
-thread), gguf-py's NumPy code, and a plain float32 fill of the same size: the
-memory-bandwidth limit.
+threads returning a new array (no `out=`; each result is dropped before the next call, so
+from 32 MiB realm/fresh.py's pool hands its memory back, already faulted in: results a
+program keeps pay their page faults, see benchmarks/dequant_alloc.py's `kept`) and the
+ratio of the two on all threads, llama.cpp's reference dequantizer (one thread),
+gguf-py's NumPy code, and a plain float32 fill of the same size: the memory-bandwidth
+limit.
 """
 
 from __future__ import annotations

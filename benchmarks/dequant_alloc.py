@@ -1,14 +1,25 @@
-"""realm.dequantize's fresh results: np.empty vs realm's huge-page mapping (realm/fresh.py) vs out=.
+"""realm.dequantize's results without out=: np.empty, realm's huge-page mapping and its pool
+(realm/fresh.py), against out=.
 
     python benchmarks/dequant_alloc.py [--mib 4,16,32,64] [--types Q4_0,Q8_0,F16] [--repeat 15]
 
-For each result size, type and thread count (all, 1), the three ways run in turns
-(round robin, so a busy machine slows all of them alike) and each prints Melem/s and,
-for the two allocating ways, the ratio to `out=`.  With one thread the figures are
-also given in thread CPU time (user + system, page faults included), which a busy
-machine does not inflate.  The memory of each result is freed before the next call,
-so below glibc's 32 MiB mmap threshold np.empty gets memory back that is already
-faulted in.  Finally the page-fault cost of 32 MiB of fresh memory, alone.
+For each result size, type and thread count (all, 1), five ways run in turns (round
+robin, so a busy machine slows all of them alike) and each prints Melem/s and, for the
+allocating ways, the ratio to `out=`:
+  out=      into one preallocated array;
+  np.empty  realm with its huge pages off: NumPy's allocation;
+  mapped    a fresh 2 MiB aligned MADV_HUGEPAGE mapping every call (the pool off);
+  pooled    the default: each result is dropped before the next call, so its mapping,
+            already faulted in, comes back from the pool;
+  kept      every result is kept (as when a whole model is dequantized into a dict):
+            the pool cannot help, and each call pays the faults of fresh memory.
+The three realm ways map results of every size here (below 32 MiB `dequantize` itself
+uses np.empty), each with a pool of its own.  The discarding ways free each result inside
+the timed call (munmap included); `kept` frees its results after the turns.  With one
+thread the figures are also given in thread CPU time (user + system, page faults
+included), which a busy machine does not inflate.  Below glibc's 32 MiB mmap threshold
+np.empty gets memory back that is already faulted in.  Finally the page-fault cost of
+32 MiB of fresh memory, alone.
 """
 
 from __future__ import annotations
@@ -29,6 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ggml_ref import load_ggml  # noqa: E402
 
 
+def with_pool(pool, fn):
+    """fn() with `pool` as realm's result pool and realm's mapping at every size."""
+    saved = fresh._pool, fresh.HUGE_MIN_BYTES
+    fresh._pool, fresh.HUGE_MIN_BYTES = pool, 0
+    try:
+        return fn()
+    finally:
+        fresh._pool, fresh.HUGE_MIN_BYTES = saved
+
+
 def np_empty_way(raw, qtype, threads):
     saved, fresh._available = fresh._available, False
     try:
@@ -37,12 +58,6 @@ def np_empty_way(raw, qtype, threads):
         fresh._available = saved
 
 
-def mapped_way(raw, qtype, threads):
-    saved, fresh.HUGE_MIN_BYTES = fresh.HUGE_MIN_BYTES, 0  # the mapping at any size
-    try:
-        return realm.dequantize(raw, qtype, threads=threads)
-    finally:
-        fresh.HUGE_MIN_BYTES = saved
 
 
 def round_robin(ways: dict, repeat: int, clock) -> dict[str, float]:
@@ -78,11 +93,7 @@ def fault_cost_ms(repeat: int) -> dict[str, float]:
 
 
 def mapped_way_bytes(n: int) -> np.ndarray:
-    saved, fresh.HUGE_MIN_BYTES = fresh.HUGE_MIN_BYTES, 0
-    try:
-        return fresh.empty_float32((n // 4,))
-    finally:
-        fresh.HUGE_MIN_BYTES = saved
+    return with_pool(fresh._Pool(max_bytes=0), lambda: fresh.empty_float32((n // 4,)))
 
 
 def main() -> None:
@@ -93,8 +104,10 @@ def main() -> None:
     args = ap.parse_args()
     ggml = load_ggml()
     print(f"median of {args.repeat} in turns; huge pages: {fresh.huge_pages_available()}; "
-          f"realm maps results of {fresh.HUGE_MIN_BYTES >> 20} MiB and more")
-    print(f"{'MiB':>4} {'type':5} {'thr':3} {'clock':6} {'out=':>6} {'np.empty':>8} {'ratio':>5} {'realm':>6} {'ratio':>5}")
+          f"realm maps results of {fresh.HUGE_MIN_BYTES >> 20} MiB and more; "
+          f"pool: {fresh.POOL_MAX_ENTRIES} mappings, {fresh.POOL_MAX_BYTES >> 20} MiB")
+    ratioed = ["np.empty", "mapped", "pooled", "kept"]
+    print(f"{'MiB':>4} {'type':5} {'thr':3} {'clock':5} {'out=':>6} " + " ".join(f"{k:>8} {'/out=':>5}" for k in ratioed))
     for mib in (int(s) for s in args.mib.split(",")):
         n = (mib << 18) // 4096 * 4096
         rows = np.random.default_rng(0).standard_normal((n // 4096, 4096), dtype=np.float32)
@@ -103,16 +116,27 @@ def main() -> None:
             qtype = realm.GGMLType[name.strip().upper()]
             raw = ggml.quantize(rows, qtype)
             for threads in (None, 1):
+                unpooled, pooled, keeping = fresh._Pool(max_bytes=0), fresh._Pool(), fresh._Pool()
+                kept: list[np.ndarray] = []
+
+                def dequantize():
+                    return realm.dequantize(raw, qtype, threads=threads)
+
                 ways = {"out=": lambda: realm.dequantize(raw, qtype, out=out, threads=threads),
                         "np.empty": lambda: np_empty_way(raw, qtype, threads),
-                        "realm": lambda: mapped_way(raw, qtype, threads)}
+                        "mapped": lambda: with_pool(unpooled, dequantize),
+                        "pooled": lambda: with_pool(pooled, dequantize),
+                        "kept": lambda: kept.append(with_pool(keeping, dequantize))}
                 clocks = [("wall", time.perf_counter)] + ([("cpu", time.thread_time)] if threads == 1 else [])
                 for label, clock in clocks:
                     t = round_robin(ways, args.repeat, clock)
+                    kept.clear()
+                    keeping.release()  # what came back must not serve the next clock's turns
                     rate = {k: n / v / 1e6 for k, v in t.items()}
-                    print(f"{mib:>4} {name:5} {'all' if threads is None else '1':3} {label:6} {rate['out=']:6.0f} "
-                          f"{rate['np.empty']:8.0f} {t['out='] / t['np.empty']:5.2f} {rate['realm']:6.0f} "
-                          f"{t['out='] / t['realm']:5.2f}", flush=True)
+                    print(f"{mib:>4} {name:5} {'all' if threads is None else '1':3} {label:5} {rate['out=']:6.0f} "
+                          + " ".join(f"{rate[k]:8.0f} {t['out='] / t[k]:5.2f}" for k in ratioed), flush=True)
+                for pool in (unpooled, pooled, keeping):
+                    pool.release()
     cost = fault_cost_ms(args.repeat)
     print("page faults of 32 MiB of fresh memory, thread CPU ms: " + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
 

@@ -1,6 +1,7 @@
 """realm: quantized LLMs from GGUF files in a WebAssembly sandbox, weights kept quantized in the host."""
 
 from .quants import FORWARD_TYPES, SUPPORTED_TYPES, GGMLType, QuantInfo, dequantize, quant_info
+from . import fresh  # realm.fresh.release(): unmap the recycled result mappings dequantize keeps
 from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, FileAccessError, GGUFError,
                      InternalError, InvalidArgumentError, LimitExceeded, MissingDependencyError, ModelNotFoundError,
                      OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError)

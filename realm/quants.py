@@ -133,7 +133,7 @@ def dequantize(
         result_shape = shape
 
     if out is None:
-        out = empty_float32(result_shape)  # large ones on huge pages: see realm/fresh.py
+        out = empty_float32(result_shape)  # large ones on huge pages, recycled once dropped: see realm/fresh.py
     else:
         if not isinstance(out, np.ndarray):
             raise ArgumentTypeError(f"out must be a numpy array, not {type(out).__name__}")
