@@ -1,7 +1,8 @@
-/* Dot-product kernels of IQ4_NL, IQ4_XS and MXFP4 weights (realm_dot_fn, matmul.h):
- * scalar references (matmul_iq_ref.c) and AVX2 kernels (matmul_iq_avx2.c, defined on
- * x86-64 only) computing the same floats, bit for bit.  The *_whole kernels multiply
- * as llama.cpp multiplies the matrices it repacks (realm_whole_blocks). */
+/* Dot-product kernels of the IQ, TQ and MXFP4 weights (realm_dot_fn, matmul.h): scalar
+ * references (matmul_iq_ref.c: IQ4_NL, IQ4_XS, MXFP4; matmul_iq3_ref.c: IQ3_XXS, IQ3_S)
+ * and AVX2 kernels (the *_avx2.c beside them, defined on x86-64 only) computing the same
+ * floats, bit for bit.  The *_whole kernels multiply as llama.cpp multiplies the
+ * matrices it repacks (realm_whole_blocks). */
 #ifndef REALM_KERNELS_IQ_MM_H
 #define REALM_KERNELS_IQ_MM_H
 
@@ -22,5 +23,11 @@ void realm_iq4_nl_dot_whole_avx2(int64_t nb, const void *w, const realm_act_grou
 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_mxfp4_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+
+/* IQ3_XXS and IQ3_S against Q8_K: matmul_iq3_ref.c, matmul_iq3_avx2.c. */
+void realm_iq3_xxs_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq3_s_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq3_xxs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq3_s_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
 #endif

@@ -31,6 +31,8 @@
  *     unfused: y = y + (dw * dx) * isum.
  *   IQ4_XS: lane_k = sum over its 8 sub-blocks of (ls - 32) * their lane k,
  *     acc_k = fma(dw_b * dx_b, lane_k, acc_k) per block; y = hsum8(acc).
+ *   IQ3_XXS, IQ3_S: as IQ4_XS, the sub-blocks weighted 2 ls + 1 (values: signed grid
+ *     bytes); IQ3_XXS's y = 0.25f * hsum8(acc).
  *   Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4 matrices with a multiple of 8 rows
  *     (llama.cpp repacks them): whole-block sums, acc = fma(isum_b, dw_b *
  *     dx_b, acc) and accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.

@@ -139,9 +139,9 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q8_K_to_float_neon),
     },
 
-    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq_*.c).  IQ4_NL and MXFP4
-     * take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS takes Q8_K; the
-     * others have no dot kernels yet: the matmul refuses them. ---- */
+    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq*_*.c).  IQ4_NL and MXFP4
+     * take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS, IQ3_XXS and IQ3_S
+     * take Q8_K; the others have no dot kernels yet: the matmul refuses them. ---- */
     [REALM_TYPE_IQ4_NL] = {
         BLOCK("IQ4_NL", QK4_NL, block_iq4_nl), .act = REALM_ACT_Q8, .repacked = 1,
         .to_float_ref = realm_iq4_nl_to_float_ref,
@@ -197,16 +197,20 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq2_s_to_float_neon),
     },
     [REALM_TYPE_IQ3_XXS] = {
-        BLOCK("IQ3_XXS", QK_K, block_iq3_xxs), .act = REALM_ACT_NONE,
+        BLOCK("IQ3_XXS", QK_K, block_iq3_xxs), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq3_xxs_to_float_ref,
         .to_float_avx2 = X86(realm_iq3_xxs_to_float_avx2),
         .to_float_neon = ARM(realm_iq3_xxs_to_float_neon),
+        .dot_ref = {realm_iq3_xxs_dot_ref},
+        .dot_avx2 = {X86(realm_iq3_xxs_dot_avx2)},
     },
     [REALM_TYPE_IQ3_S] = {
-        BLOCK("IQ3_S", QK_K, block_iq3_s), .act = REALM_ACT_NONE,
+        BLOCK("IQ3_S", QK_K, block_iq3_s), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq3_s_to_float_ref,
         .to_float_avx2 = X86(realm_iq3_s_to_float_avx2),
         .to_float_neon = ARM(realm_iq3_s_to_float_neon),
+        .dot_ref = {realm_iq3_s_dot_ref},
+        .dot_avx2 = {X86(realm_iq3_s_dot_avx2)},
     },
     [REALM_TYPE_IQ1_S] = {
         BLOCK("IQ1_S", QK_K, block_iq1_s), .act = REALM_ACT_NONE,

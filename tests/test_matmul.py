@@ -48,7 +48,7 @@ from conftest import assert_same_bits, ggml, require
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4]  # against blocks of 32
-K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS]  # against blocks of 256
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S]  # against blocks of 256
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
 ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
@@ -68,6 +68,15 @@ def gaussian(rng, shape, scale=1.0, outliers=True) -> np.ndarray:
         flat = x.reshape(-1)
         flat[rng.integers(0, flat.size, max(1, flat.size // 97))] *= 9
     return x
+
+
+def quantize(rng, values: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    """llama.cpp's quantizer; the types it quantizes only with an importance matrix get a
+    positive random one (drawn from rng only for them)."""
+    imatrix = None
+    if ggml().requires_imatrix(qtype):
+        imatrix = rng.uniform(0.05, 2.0, values.shape[-1]).astype(np.float32)
+    return ggml().quantize(values, qtype, imatrix)
 
 
 def f16_round(x: np.ndarray) -> np.ndarray:
@@ -177,7 +186,7 @@ def shapes(qtype: GGMLType):
 def test_matmul_matches_float64(qtype, shape, seed, wscale, xscale):
     n_out, n_in, n_tok = shape.draw(shapes(qtype))
     rng = np.random.default_rng(seed)
-    wq = ggml().quantize(gaussian(rng, (n_out, n_in), wscale), qtype)
+    wq = quantize(rng, gaussian(rng, (n_out, n_in), wscale), qtype)
     x = gaussian(rng, (n_tok, n_in), xscale)
     ys = {isa: _native.matmul(wq, qtype, n_out, x, isa=isa, threads=1) for isa in ISAS}
     for y in ys.values():
@@ -217,7 +226,7 @@ def test_special_activations_give_the_same_bits_on_every_path(qtype):
     """Inf, NaN and huge activations give garbage, but the same garbage everywhere."""
     rng = np.random.default_rng(3)
     n_in = 3 * weight_block(qtype)
-    wq = ggml().quantize(gaussian(rng, (9, n_in)), qtype)
+    wq = quantize(rng, gaussian(rng, (9, n_in)), qtype)
     x = gaussian(rng, (5, n_in))
     x[0, 1], x[1, 40], x[2, -1], x[3, 0] = np.inf, np.nan, -np.inf, np.float32(3.4e38)
     ys = [_native.matmul(wq, qtype, 9, x, isa=isa) for isa in ISAS]
@@ -250,7 +259,7 @@ def test_thread_count_and_batch_split_do_not_change_bits(qtype):
     rng = np.random.default_rng(int(qtype))
     n_out, n_tok = 203, 9
     n_in = 4 * 256 if qtype in K_TYPES else 17 * 32 if qtype in Q32_TYPES else 517
-    wq = ggml().quantize(gaussian(rng, (n_out, n_in)), qtype)
+    wq = quantize(rng, gaussian(rng, (n_out, n_in)), qtype)
     x = gaussian(rng, (n_tok, n_in))
     for isa in ISAS:
         ref = _native.matmul(wq, qtype, n_out, x, isa=isa, threads=1)
@@ -260,7 +269,7 @@ def test_thread_count_and_batch_split_do_not_change_bits(qtype):
             assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa), ref[t])
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.IQ3_S, T.F16], ids=lambda t: t.name)
 def test_shared_activations(qtype):
     """Q/K/V-style reuse: one quantize_act buffer serves several weight matrices."""
     rng = np.random.default_rng(11)
@@ -269,7 +278,7 @@ def test_shared_activations(qtype):
     act = _native.act_type(qtype)
     buf = x if act == "f32" else _native.quantize_act(act, x)
     for n_out in (64, 17):
-        wq = ggml().quantize(gaussian(rng, (n_out, n_in)), qtype)
+        wq = quantize(rng, gaussian(rng, (n_out, n_in)), qtype)
         out = np.full((n_tok, n_out), np.nan, dtype=np.float32)
         y = _native.matmul_q(wq, qtype, n_out, buf, n_tok, n_in, out=out)
         assert y is out
@@ -285,7 +294,8 @@ class GGMLCPU:
                T.Q5_1: ("q5_1_q8_1", "q8_1", 36), T.Q8_0: ("q8_0_q8_0", "q8_0", 34), T.Q2_K: ("q2_K_q8_K", "q8_K", 292),
                T.Q3_K: ("q3_K_q8_K", "q8_K", 292), T.Q4_K: ("q4_K_q8_K", "q8_K", 292), T.Q5_K: ("q5_K_q8_K", "q8_K", 292),
                T.Q6_K: ("q6_K_q8_K", "q8_K", 292), T.IQ4_NL: ("iq4_nl_q8_0", "q8_0", 34),
-               T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292)}
+               T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292),
+               T.IQ3_XXS: ("iq3_xxs_q8_K", "q8_K", 292), T.IQ3_S: ("iq3_s_q8_K", "q8_K", 292)}
 
     def __init__(self):
         import ctypes
@@ -394,13 +404,51 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
     n_in = 7 * weight_block(qtype) if qtype in K_TYPES else 37 * 32
     repacked = qtype in GGMLCPU.REPACKED and n_out % 8 == 0
     for trial in range(3):
-        wq = ggml().quantize(gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-2, 1)), qtype)
+        wq = quantize(rng, gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-2, 1)), qtype)
         x = gaussian(rng, (5, n_in), 10.0 ** rng.uniform(-2, 2))
         for t in range(x.shape[0]):
             want = ggml_cpu.gemv(qtype, wq, n_out, x[t]) if repacked else ggml_cpu.vec_dot(qtype, wq, n_out, x[t])
             for isa in ISAS:
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want)
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
+
+
+# where the formats with random-block tests keep their f16 block scale (byte offset); IQ1_M
+# keeps its in the top nibbles of its 4 u16 scale words (bytes 49, 51, 53, 55)
+RAW_SCALE = {T.IQ3_XXS: 0, T.IQ3_S: 0}
+
+
+def raw_blocks(rng, qtype: GGMLType, n_out: int, n_in: int) -> np.ndarray:
+    """Random bytes as n_out rows of qtype blocks (every grid index, sign, scale and packing
+    pattern, not only those llama.cpp's quantizer writes), each block scale a finite f16 of
+    either sign."""
+    _, bs, size, _ = _native.type_traits(qtype)
+    blocks = rng.integers(0, 256, (n_out * n_in // bs, size), dtype=np.uint8)
+    d = (rng.choice([-1.0, 1.0], len(blocks)) * 2.0 ** rng.uniform(-12, 2, len(blocks))).astype(np.float16)
+    bits = d.view(np.uint16)
+    if qtype == T.IQ1_M:
+        for j in range(4):
+            nib = ((bits >> 4 * j) & 0xF).astype(np.uint8)
+            blocks[:, 49 + 2 * j] = (blocks[:, 49 + 2 * j] & 0x0F) | (nib << 4)
+    else:
+        blocks[:, RAW_SCALE[qtype]:RAW_SCALE[qtype] + 2] = d.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(-1)
+
+
+@pytest.mark.parametrize("qtype", [*RAW_SCALE], ids=lambda t: t.name)
+def test_random_blocks_equal_llama_cpp_kernels(ggml_cpu, qtype):
+    """Random weight blocks: each token's y bit for bit llama.cpp's vec_dot, on every path,
+    alone and in a batch of 9 (a whole group of 8 and one more) at 2 threads."""
+    rng = np.random.default_rng(int(qtype) + 200)
+    n_out, n_in = 11, 5 * 256
+    wq = raw_blocks(rng, qtype, n_out, n_in)
+    x = gaussian(rng, (9, n_in), 3.0)
+    batch = {isa: _native.matmul(wq, qtype, n_out, x, isa=isa, threads=2) for isa in ISAS}
+    for t in range(x.shape[0]):
+        want = ggml_cpu.vec_dot(qtype, wq, n_out, x[t])
+        for isa in ISAS:
+            assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa, threads=1), want)
+            assert_same_bits(batch[isa][t], want)
 
 
 def model_tensors(path, names):
