@@ -111,6 +111,8 @@ NATIVE_SOURCES = [
     "csrc/matmul_iq_avx2.c",
     "csrc/matmul_iq3_ref.c",
     "csrc/matmul_iq3_avx2.c",
+    "csrc/matmul_iq1_ref.c",
+    "csrc/matmul_iq1_avx2.c",
     "csrc/ops.c",
     "csrc/ops_avx2.c",
     "csrc/forward.c",

@@ -1,5 +1,6 @@
 /* Dot-product kernels of the IQ, TQ and MXFP4 weights (realm_dot_fn, matmul.h): scalar
- * references (matmul_iq_ref.c: IQ4_NL, IQ4_XS, MXFP4; matmul_iq3_ref.c: IQ3_XXS, IQ3_S)
+ * references (matmul_iq_ref.c: IQ4_NL, IQ4_XS, MXFP4; matmul_iq3_ref.c: IQ3_XXS, IQ3_S;
+ * matmul_iq1_ref.c: IQ1_S, IQ1_M)
  * and AVX2 kernels (the *_avx2.c beside them, defined on x86-64 only) computing the same
  * floats, bit for bit.  The *_whole kernels multiply as llama.cpp multiplies the
  * matrices it repacks (realm_whole_blocks). */
@@ -29,5 +30,11 @@ void realm_iq3_xxs_dot_ref(int64_t nb, const void *w, const realm_act_group *a, 
 void realm_iq3_s_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_iq3_xxs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_iq3_s_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+
+/* IQ1_S and IQ1_M against Q8_K: matmul_iq1_ref.c, matmul_iq1_avx2.c. */
+void realm_iq1_s_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq1_m_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq1_s_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq1_m_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
 #endif

@@ -140,8 +140,8 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
     },
 
     /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq*_*.c).  IQ4_NL and MXFP4
-     * take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS, IQ3_XXS and IQ3_S
-     * take Q8_K; the others have no dot kernels yet: the matmul refuses them. ---- */
+     * take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS, IQ3_XXS, IQ3_S,
+     * IQ1_S and IQ1_M take Q8_K; the others have no dot kernels yet: the matmul refuses them. ---- */
     [REALM_TYPE_IQ4_NL] = {
         BLOCK("IQ4_NL", QK4_NL, block_iq4_nl), .act = REALM_ACT_Q8, .repacked = 1,
         .to_float_ref = realm_iq4_nl_to_float_ref,
@@ -213,15 +213,19 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_iq3_s_dot_avx2)},
     },
     [REALM_TYPE_IQ1_S] = {
-        BLOCK("IQ1_S", QK_K, block_iq1_s), .act = REALM_ACT_NONE,
+        BLOCK("IQ1_S", QK_K, block_iq1_s), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq1_s_to_float_ref,
         .to_float_avx2 = X86(realm_iq1_s_to_float_avx2),
         .to_float_neon = ARM(realm_iq1_s_to_float_neon),
+        .dot_ref = {realm_iq1_s_dot_ref},
+        .dot_avx2 = {X86(realm_iq1_s_dot_avx2)},
     },
     [REALM_TYPE_IQ1_M] = {
-        BLOCK("IQ1_M", QK_K, block_iq1_m), .act = REALM_ACT_NONE,
+        BLOCK("IQ1_M", QK_K, block_iq1_m), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq1_m_to_float_ref,
         .to_float_avx2 = X86(realm_iq1_m_to_float_avx2),
         .to_float_neon = ARM(realm_iq1_m_to_float_neon),
+        .dot_ref = {realm_iq1_m_dot_ref},
+        .dot_avx2 = {X86(realm_iq1_m_dot_avx2)},
     },
 };
