@@ -113,6 +113,8 @@ NATIVE_SOURCES = [
     "csrc/matmul_iq3_avx2.c",
     "csrc/matmul_iq1_ref.c",
     "csrc/matmul_iq1_avx2.c",
+    "csrc/matmul_tq_ref.c",
+    "csrc/matmul_tq_avx2.c",
     "csrc/ops.c",
     "csrc/ops_avx2.c",
     "csrc/forward.c",

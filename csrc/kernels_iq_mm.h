@@ -1,6 +1,6 @@
 /* Dot-product kernels of the IQ, TQ and MXFP4 weights (realm_dot_fn, matmul.h): scalar
  * references (matmul_iq_ref.c: IQ4_NL, IQ4_XS, MXFP4; matmul_iq3_ref.c: IQ3_XXS, IQ3_S;
- * matmul_iq1_ref.c: IQ1_S, IQ1_M)
+ * matmul_iq1_ref.c: IQ1_S, IQ1_M; matmul_tq_ref.c: TQ1_0, TQ2_0)
  * and AVX2 kernels (the *_avx2.c beside them, defined on x86-64 only) computing the same
  * floats, bit for bit.  The *_whole kernels multiply as llama.cpp multiplies the
  * matrices it repacks (realm_whole_blocks). */
@@ -36,5 +36,11 @@ void realm_iq1_s_dot_ref(int64_t nb, const void *w, const realm_act_group *a, in
 void realm_iq1_m_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_iq1_s_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_iq1_m_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+
+/* TQ1_0 and TQ2_0 against Q8_K: matmul_tq_ref.c, matmul_tq_avx2.c. */
+void realm_tq1_0_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_tq2_0_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_tq1_0_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_tq2_0_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
 #endif

@@ -38,6 +38,9 @@
  *     y = hsum8(acc) + 0.125f * acc1.  IQ1_M: weights per 16 values, the deltas'
  *     +-w * (lane k of q) lanes into acc' as the values' into acc;
  *     y = fma(0.125f, hsum8(acc'), hsum8(acc)).
+ *   TQ1_0, TQ2_0: lane_k = sum of (value + 1) * q over positions 4k..4k+3 of
+ *     each 32-value run, less bsums 2k and 2k+1; acc_k = fma(lane_k, dw_b *
+ *     dx_b, acc_k) per block; y = hsum8(acc).
  *   Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4 matrices with a multiple of 8 rows
  *     (llama.cpp repacks them): whole-block sums, acc = fma(isum_b, dw_b *
  *     dx_b, acc) and accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.

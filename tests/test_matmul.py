@@ -48,7 +48,8 @@ from conftest import assert_same_bits, ggml, require
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4]  # against blocks of 32
-K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]  # against blocks of 256
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M,
+           T.TQ1_0, T.TQ2_0]  # against blocks of 256
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
 ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
@@ -296,7 +297,8 @@ class GGMLCPU:
                T.Q6_K: ("q6_K_q8_K", "q8_K", 292), T.IQ4_NL: ("iq4_nl_q8_0", "q8_0", 34),
                T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292),
                T.IQ3_XXS: ("iq3_xxs_q8_K", "q8_K", 292), T.IQ3_S: ("iq3_s_q8_K", "q8_K", 292),
-               T.IQ1_S: ("iq1_s_q8_K", "q8_K", 292), T.IQ1_M: ("iq1_m_q8_K", "q8_K", 292)}
+               T.IQ1_S: ("iq1_s_q8_K", "q8_K", 292), T.IQ1_M: ("iq1_m_q8_K", "q8_K", 292),
+               T.TQ1_0: ("tq1_0_q8_K", "q8_K", 292), T.TQ2_0: ("tq2_0_q8_K", "q8_K", 292)}
 
     def __init__(self):
         import ctypes
@@ -416,7 +418,7 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
 
 # where the formats with random-block tests keep their f16 block scale (byte offset); IQ1_M
 # keeps its in the top nibbles of its 4 u16 scale words (bytes 49, 51, 53, 55)
-RAW_SCALE = {T.IQ3_XXS: 0, T.IQ3_S: 0, T.IQ1_S: 0, T.IQ1_M: None}
+RAW_SCALE = {T.IQ3_XXS: 0, T.IQ3_S: 0, T.IQ1_S: 0, T.IQ1_M: None, T.TQ1_0: 52, T.TQ2_0: 64}
 
 
 def raw_blocks(rng, qtype: GGMLType, n_out: int, n_in: int) -> np.ndarray:
