@@ -78,6 +78,19 @@ AVX2 INLINE uint16_t iq1_m_scale(const uint8_t *sc) {
                       (realm_u16le(sc + 6) & 0xf000));
 }
 
+/* The 32 grid rows of an IQ1_M block: row r is qs[r] | the low 3 bits of nibble r of qh << 8. */
+AVX2 INLINE void iq1_m_rows(const block_iq1_m *x, uint16_t *idx) {
+    const __m128i qh = _mm_loadu_si128((const __m128i *)x->qh), m = _mm_set1_epi16(0x700);
+    for (int h = 0; h < 2; h++) { /* qh[8h .. 8h + 7]: rows 16h .. 16h + 15 */
+        const __m128i v = _mm_cvtepu8_epi16(h ? _mm_unpackhi_epi64(qh, qh) : qh);
+        const __m128i even = _mm_and_si128(_mm_slli_epi16(v, 8), m), odd = _mm_and_si128(_mm_slli_epi16(v, 4), m);
+        const __m128i q0 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(x->qs + 16 * h)));
+        const __m128i q1 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(x->qs + 16 * h + 8)));
+        _mm_storeu_si128((__m128i *)(idx + 16 * h), _mm_or_si128(q0, _mm_unpacklo_epi16(even, odd)));
+        _mm_storeu_si128((__m128i *)(idx + 16 * h + 8), _mm_or_si128(q1, _mm_unpackhi_epi16(even, odd)));
+    }
+}
+
 /* Per block: s[t] lane k = sum over sub-blocks of w_k * (lane k of grid * q) with w_k the
  * weight of the 16 values lane k is in; sd[t] the same of the deltas' +-q.  The deltas'
  * lane k is +-w_k * (the sum of q over its 4 values), the sign that of its 8-value row:
@@ -90,16 +103,22 @@ AVX2 INLINE void iq1_m_k(int64_t nb, const block_iq1_m *x, const realm_act_group
     for (int64_t b = 0; b < nb; b++) {
         __m256i s[G], sd[G];
         for (int t = 0; t < T; t++) s[t] = sd[t] = _mm256_setzero_si256();
+        uint16_t idx[32];
+        iq1_m_rows(x + b, idx);
+        /* the 16 weights 2 s + 1 as int16, in the words of four 64-bit lanes: sub-blocks 0, 2, 4, 6 (lane 0:
+         * their values 0..15, scale bits 0..2 of scale word ib / 2; lane 2: values 16..31, bits 3..5), and
+         * 1, 3, 5, 7 (lanes 1 and 3: bits 6..8 and 9..11) */
+        uint64_t sc8;
+        memcpy(&sc8, x[b].scales, 8);
+        __m256i wsc = _mm256_srlv_epi64(_mm256_set1_epi64x((long long)sc8), _mm256_setr_epi64x(0, 6, 3, 9));
+        wsc = _mm256_add_epi16(_mm256_slli_epi16(_mm256_and_si256(wsc, _mm256_set1_epi16(7)), 1), _mm256_set1_epi16(1));
 #pragma GCC unroll 8
         for (int ib = 0; ib < QK_K / 32; ib++) {
-            const int sw = realm_u16le(x[b].scales + 2 * (ib / 2)) >> 6 * (ib % 2);
-            const int w0 = 2 * (sw & 7) + 1, w1 = 2 * ((sw >> 3) & 7) + 1; /* values 0..15, 16..31 */
-            const __m256i wv = _mm256_set_m128i(_mm_set1_epi16((short)w1), _mm_set1_epi16((short)w0));
+            const char k = (char)(2 * (ib / 2) + 8 * (ib % 2)); /* the byte of sub-block ib's weight in each half */
+            const __m256i wv = _mm256_shuffle_epi8(wsc, _mm256_set1_epi16((short)(k | (k + 1) << 8)));
             const int h = realm_u16le(x[b].qh + 2 * ib); /* 4 nibbles: 3 index bits and the delta's sign each */
-            const uint8_t *qs = x[b].qs + 4 * ib;
-            const __m256i g = rows4(qs[0] | (h & 7) << 8, qs[1] | ((h >> 4) & 7) << 8, qs[2] | ((h >> 8) & 7) << 8,
-                                    qs[3] | ((h >> 12) & 7) << 8);
-            const __m256i gw = weighted(g, _mm256_set_m128i(_mm_set1_epi8((char)w1), _mm_set1_epi8((char)w0)));
+            const __m256i g = rows4(idx[4 * ib], idx[4 * ib + 1], idx[4 * ib + 2], idx[4 * ib + 3]);
+            const __m256i gw = weighted(g, _mm256_shuffle_epi8(wsc, _mm256_set1_epi8(k)));
             /* int16 lane i (values 2i, 2i+1) takes the sign of row i / 4: bit 4 (i / 4) + 3 of h */
             const __m256i rowbit = _mm256_setr_epi16(8, 8, 8, 8, 0x80, 0x80, 0x80, 0x80, 0x800, 0x800, 0x800, 0x800,
                                                      -0x8000, -0x8000, -0x8000, -0x8000);
