@@ -1,9 +1,10 @@
 /* AVX2 dot products of IQ1_S and IQ1_M weights against Q8_K activations: one weight row
  * against a group of up to REALM_TOK_GROUP activation rows.  Each 32-value sub-block is
  * decoded once (4 rows of the iq1s grid: 32 values in -1, 0, 1) and multiplied into every
- * token's activations with maddubs + madd (the sub-block's odd weights as the madd factor),
- * giving 8 exact int32 lanes; the deltas' terms are integer sums beside them.  The float
- * steps are matmul_iq1_ref.c's (llama.cpp's AVX2 kernels), bit for bit. */
+ * token's activations with maddubs, the sub-block's odd weights folded into its unsigned
+ * factor and the 8 sub-blocks summed in int16 lanes, then paired into 8 exact int32 lanes;
+ * the deltas' terms are integer sums beside them.  The float steps are matmul_iq1_ref.c's
+ * (llama.cpp's AVX2 kernels), bit for bit. */
 #include "kernels_iq_mm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
