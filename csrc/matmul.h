@@ -34,6 +34,16 @@
  *   IQ2_XXS, IQ2_XS, IQ2_S: lane_k = sum over the 8 sub-blocks of (2 ls + 1) *
  *     their lane k (ls per 16 values; IQ2_XXS one per 32), acc_k = fma(dw_b * dx_b,
  *     lane_k, acc_k) per block; y = 0.125f * hsum8(acc).
+ *   IQ3_XXS, IQ3_S: as IQ4_XS, the sub-blocks weighted 2 ls + 1 (values: signed grid
+ *     bytes); IQ3_XXS's y = 0.25f * hsum8(acc).
+ *   IQ1_S: as IQ3_S (grid values -1, 0, 1); the deltas apart: e_b = sum over
+ *     sub-blocks of +-w * their two bsums, acc1 = fma(dw_b * dx_b, e_b, acc1);
+ *     y = hsum8(acc) + 0.125f * acc1.  IQ1_M: weights per 16 values, the deltas'
+ *     +-w * (lane k of q) lanes into acc' as the values' into acc;
+ *     y = fma(0.125f, hsum8(acc'), hsum8(acc)).
+ *   TQ1_0, TQ2_0: lane_k = sum of (value + 1) * q over positions 4k..4k+3 of
+ *     each 32-value run, less bsums 2k and 2k+1; acc_k = fma(lane_k, dw_b *
+ *     dx_b, acc_k) per block; y = hsum8(acc).
  *   Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4 matrices with a multiple of 8 rows
  *     (llama.cpp repacks them): whole-block sums, acc = fma(isum_b, dw_b *
  *     dx_b, acc) and accm = fma(imin_b, dmin_b * dx_b, accm); y = acc - accm.

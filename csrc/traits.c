@@ -139,10 +139,9 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q8_K_to_float_neon),
     },
 
-    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq_*.c, csrc/matmul_iq2_*.c).
-     * IQ4_NL and MXFP4 take Q8 activations and are repacked on AVX2 like Q4_0; IQ4_XS and
-     * the IQ2 formats take Q8_K; the others have no dot kernels yet: the matmul refuses
-     * them. ---- */
+    /* ---- IQ, TQ and MXFP4 (csrc/dequant_iq_*.c, csrc/matmul_iq*_*.c, csrc/matmul_tq_*.c).
+     * IQ4_NL and MXFP4 take Q8 activations and are repacked on AVX2 like Q4_0; the others
+     * take Q8_K. ---- */
     [REALM_TYPE_IQ4_NL] = {
         BLOCK("IQ4_NL", QK4_NL, block_iq4_nl), .act = REALM_ACT_Q8, .repacked = 1,
         .to_float_ref = realm_iq4_nl_to_float_ref,
@@ -168,16 +167,20 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_mxfp4_dot_avx2), X86(realm_mxfp4_dot_whole_avx2)},
     },
     [REALM_TYPE_TQ1_0] = {
-        BLOCK("TQ1_0", QK_K, block_tq1_0), .act = REALM_ACT_NONE,
+        BLOCK("TQ1_0", QK_K, block_tq1_0), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_tq1_0_to_float_ref,
         .to_float_avx2 = X86(realm_tq1_0_to_float_avx2),
         .to_float_neon = ARM(realm_tq1_0_to_float_neon),
+        .dot_ref = {realm_tq1_0_dot_ref},
+        .dot_avx2 = {X86(realm_tq1_0_dot_avx2)},
     },
     [REALM_TYPE_TQ2_0] = {
-        BLOCK("TQ2_0", QK_K, block_tq2_0), .act = REALM_ACT_NONE,
+        BLOCK("TQ2_0", QK_K, block_tq2_0), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_tq2_0_to_float_ref,
         .to_float_avx2 = X86(realm_tq2_0_to_float_avx2),
         .to_float_neon = ARM(realm_tq2_0_to_float_neon),
+        .dot_ref = {realm_tq2_0_dot_ref},
+        .dot_avx2 = {X86(realm_tq2_0_dot_avx2)},
     },
     [REALM_TYPE_IQ2_XXS] = {
         BLOCK("IQ2_XXS", QK_K, block_iq2_xxs), .act = REALM_ACT_Q8_K,
@@ -204,27 +207,35 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_iq2_s_dot_avx2)},
     },
     [REALM_TYPE_IQ3_XXS] = {
-        BLOCK("IQ3_XXS", QK_K, block_iq3_xxs), .act = REALM_ACT_NONE,
+        BLOCK("IQ3_XXS", QK_K, block_iq3_xxs), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq3_xxs_to_float_ref,
         .to_float_avx2 = X86(realm_iq3_xxs_to_float_avx2),
         .to_float_neon = ARM(realm_iq3_xxs_to_float_neon),
+        .dot_ref = {realm_iq3_xxs_dot_ref},
+        .dot_avx2 = {X86(realm_iq3_xxs_dot_avx2)},
     },
     [REALM_TYPE_IQ3_S] = {
-        BLOCK("IQ3_S", QK_K, block_iq3_s), .act = REALM_ACT_NONE,
+        BLOCK("IQ3_S", QK_K, block_iq3_s), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq3_s_to_float_ref,
         .to_float_avx2 = X86(realm_iq3_s_to_float_avx2),
         .to_float_neon = ARM(realm_iq3_s_to_float_neon),
+        .dot_ref = {realm_iq3_s_dot_ref},
+        .dot_avx2 = {X86(realm_iq3_s_dot_avx2)},
     },
     [REALM_TYPE_IQ1_S] = {
-        BLOCK("IQ1_S", QK_K, block_iq1_s), .act = REALM_ACT_NONE,
+        BLOCK("IQ1_S", QK_K, block_iq1_s), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq1_s_to_float_ref,
         .to_float_avx2 = X86(realm_iq1_s_to_float_avx2),
         .to_float_neon = ARM(realm_iq1_s_to_float_neon),
+        .dot_ref = {realm_iq1_s_dot_ref},
+        .dot_avx2 = {X86(realm_iq1_s_dot_avx2)},
     },
     [REALM_TYPE_IQ1_M] = {
-        BLOCK("IQ1_M", QK_K, block_iq1_m), .act = REALM_ACT_NONE,
+        BLOCK("IQ1_M", QK_K, block_iq1_m), .act = REALM_ACT_Q8_K,
         .to_float_ref = realm_iq1_m_to_float_ref,
         .to_float_avx2 = X86(realm_iq1_m_to_float_avx2),
         .to_float_neon = ARM(realm_iq1_m_to_float_neon),
+        .dot_ref = {realm_iq1_m_dot_ref},
+        .dot_avx2 = {X86(realm_iq1_m_dot_avx2)},
     },
 };

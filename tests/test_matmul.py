@@ -49,8 +49,9 @@ from conftest import assert_same_bits, ggml, require
 T = GGMLType
 FLOAT_TYPES = [T.F32, T.F16, T.BF16]
 Q32_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.MXFP4]  # against blocks of 32
-IQ2_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]  # their quantizer needs an importance matrix
-K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, *IQ2_TYPES]  # against blocks of 256
+IQ2_TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS, *IQ2_TYPES, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M,
+           T.TQ1_0, T.TQ2_0]  # against blocks of 256
 ALL_TYPES = FLOAT_TYPES + Q32_TYPES + K_TYPES
 ISAS = sorted({"scalar", _native.best_isa()})
 U = 2.0**-24
@@ -73,23 +74,35 @@ def gaussian(rng, shape, scale=1.0, outliers=True) -> np.ndarray:
 
 
 def quantize(rng, values: np.ndarray, qtype: GGMLType) -> np.ndarray:
-    """llama.cpp's quantizer; the types that need an importance matrix (IQ2_*) get a random
-    positive one drawn from rng."""
+    """llama.cpp's quantizer; the types it quantizes only with an importance matrix (IQ2_*,
+    IQ1_*) get a positive random one drawn from rng."""
     imatrix = None
     if ggml().requires_imatrix(qtype):
         imatrix = (10.0 ** rng.uniform(-2, 1, values.shape[-1])).astype(np.float32)
     return ggml().quantize(values, qtype, imatrix)
 
 
-def random_blocks(rng, qtype: GGMLType, n_out: int, n_in: int) -> np.ndarray:
-    """n_out rows of random bytes as blocks of qtype (every grid index, sign and scale
-    pattern, not only those the quantizer picks), whose leading f16 scale d is finite, of
-    either sign and between 1e-4 and 10 in magnitude."""
-    size = _native.type_traits(qtype)[2]
-    raw = rng.integers(0, 256, (n_out, n_in // weight_block(qtype), size), dtype=np.uint8)
-    d = (rng.choice([-1, 1], raw.shape[:2]) * 10.0 ** rng.uniform(-4, 1, raw.shape[:2])).astype(np.float16)
-    raw[:, :, :2] = d[..., None].view(np.uint8)
-    return raw.reshape(n_out, -1)
+# where the formats with random-block tests keep their f16 block scale (byte offset); IQ1_M
+# keeps its in the top nibbles of its 4 u16 scale words (bytes 49, 51, 53, 55)
+RAW_SCALE = {T.IQ2_XXS: 0, T.IQ2_XS: 0, T.IQ2_S: 0, T.IQ3_XXS: 0, T.IQ3_S: 0, T.IQ1_S: 0, T.IQ1_M: None,
+             T.TQ1_0: 52, T.TQ2_0: 64}
+
+
+def raw_blocks(rng, qtype: GGMLType, n_out: int, n_in: int) -> np.ndarray:
+    """Random bytes as n_out rows of qtype blocks (every grid index, sign, scale and packing
+    pattern, not only those llama.cpp's quantizer writes), each block scale a finite f16 of
+    either sign between 2^-12 and 4 in magnitude."""
+    _, bs, size, _ = _native.type_traits(qtype)
+    blocks = rng.integers(0, 256, (n_out * n_in // bs, size), dtype=np.uint8)
+    d = (rng.choice([-1.0, 1.0], len(blocks)) * 2.0 ** rng.uniform(-12, 2, len(blocks))).astype(np.float16)
+    bits = d.view(np.uint16)
+    if qtype == T.IQ1_M:
+        for j in range(4):
+            nib = ((bits >> 4 * j) & 0xF).astype(np.uint8)
+            blocks[:, 49 + 2 * j] = (blocks[:, 49 + 2 * j] & 0x0F) | (nib << 4)
+    else:
+        blocks[:, RAW_SCALE[qtype]:RAW_SCALE[qtype] + 2] = d.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(n_out, -1)
 
 
 def f16_round(x: np.ndarray) -> np.ndarray:
@@ -199,8 +212,8 @@ def shapes(qtype: GGMLType):
 def test_matmul_matches_float64(qtype, shape, seed, wscale, xscale):
     n_out, n_in, n_tok = shape.draw(shapes(qtype))
     rng = np.random.default_rng(seed)
-    if qtype in IQ2_TYPES and shape.draw(st.booleans(), label="random blocks"):
-        wq = random_blocks(rng, qtype, n_out, n_in)
+    if qtype in RAW_SCALE and shape.draw(st.booleans(), label="random blocks"):
+        wq = raw_blocks(rng, qtype, n_out, n_in)
     else:
         wq = quantize(rng, gaussian(rng, (n_out, n_in), wscale), qtype)
     x = gaussian(rng, (n_tok, n_in), xscale)
@@ -285,7 +298,7 @@ def test_thread_count_and_batch_split_do_not_change_bits(qtype):
             assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa), ref[t])
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.IQ3_S, T.F16], ids=lambda t: t.name)
 def test_shared_activations(qtype):
     """Q/K/V-style reuse: one quantize_act buffer serves several weight matrices."""
     rng = np.random.default_rng(11)
@@ -294,7 +307,7 @@ def test_shared_activations(qtype):
     act = _native.act_type(qtype)
     buf = x if act == "f32" else _native.quantize_act(act, x)
     for n_out in (64, 17):
-        wq = ggml().quantize(gaussian(rng, (n_out, n_in)), qtype)
+        wq = quantize(rng, gaussian(rng, (n_out, n_in)), qtype)
         out = np.full((n_tok, n_out), np.nan, dtype=np.float32)
         y = _native.matmul_q(wq, qtype, n_out, buf, n_tok, n_in, out=out)
         assert y is out
@@ -312,7 +325,10 @@ class GGMLCPU:
                T.Q6_K: ("q6_K_q8_K", "q8_K", 292), T.IQ4_NL: ("iq4_nl_q8_0", "q8_0", 34),
                T.MXFP4: ("mxfp4_q8_0", "q8_0", 34), T.IQ4_XS: ("iq4_xs_q8_K", "q8_K", 292),
                T.IQ2_XXS: ("iq2_xxs_q8_K", "q8_K", 292), T.IQ2_XS: ("iq2_xs_q8_K", "q8_K", 292),
-               T.IQ2_S: ("iq2_s_q8_K", "q8_K", 292)}
+               T.IQ2_S: ("iq2_s_q8_K", "q8_K", 292),
+               T.IQ3_XXS: ("iq3_xxs_q8_K", "q8_K", 292), T.IQ3_S: ("iq3_s_q8_K", "q8_K", 292),
+               T.IQ1_S: ("iq1_s_q8_K", "q8_K", 292), T.IQ1_M: ("iq1_m_q8_K", "q8_K", 292),
+               T.TQ1_0: ("tq1_0_q8_K", "q8_K", 292), T.TQ2_0: ("tq2_0_q8_K", "q8_K", 292)}
 
     def __init__(self):
         import ctypes
@@ -430,14 +446,14 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
 
 
-@pytest.mark.parametrize("qtype", IQ2_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [*RAW_SCALE], ids=lambda t: t.name)
 def test_random_blocks_equal_llama_cpp_kernels(ggml_cpu, qtype):
-    """Random bytes as IQ2 blocks (every grid row, sign pattern and scale): llama.cpp's bits on
-    every path, one token alone and inside batches of 3, 8 and 9 tokens, at 1 and 2 threads."""
+    """Random bytes as blocks (every grid row, sign pattern and scale): llama.cpp's bits on every
+    path, one token alone and inside batches of 3, 8 and 9 tokens, at 1 and 2 threads."""
     rng = np.random.default_rng(int(qtype) + 200)
     n_out, n_in = 11, 5 * 256
     for trial in range(3):
-        wq = random_blocks(rng, qtype, n_out, n_in)
+        wq = raw_blocks(rng, qtype, n_out, n_in)
         x = gaussian(rng, (9, n_in), 10.0 ** rng.uniform(-2, 2))
         want = np.stack([ggml_cpu.vec_dot(qtype, wq, n_out, x[t]) for t in range(x.shape[0])])
         for isa in ISAS:
