@@ -111,6 +111,32 @@ def smollm2_quantized(smollm2_path):
     return quantized
 
 
+#: The IQ and TQ formats llama.cpp's file quantizer gives only with an importance matrix (or
+#: not to SmolLM2's 576-column matrices), one ffn_down each (1536 columns: blocks of 256).
+IQ_MIX = {0: "IQ2_XXS", 4: "IQ2_XS", 8: "IQ2_S", 12: "IQ3_XXS", 16: "IQ1_S", 20: "IQ1_M", 24: "TQ1_0",
+          28: "TQ2_0"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_iq_mix(smollm2_path):
+    """SmolLM2 with the ffn_down of layers 0, 4, .. 28 requantized by llama.cpp's tensor
+    quantizer to IQ_MIX's formats (under a flat importance matrix), the rest as it is."""
+    import re
+
+    from ggml_ref import requantize_tensors
+    from gguf import GGMLQuantizationType
+    from realm.models import realm_home
+
+    require("llama_cpp")
+
+    def types(name: str):
+        m = re.fullmatch(r"blk\.(\d+)\.ffn_down\.weight", name)
+        qtype = IQ_MIX.get(int(m.group(1))) if m else None
+        return None if qtype is None else GGMLQuantizationType[qtype]
+
+    return requantize_tensors(smollm2_path, "IQ-mix", types, realm_home() / "quantized")
+
+
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_path):
     """gguf-py's GGUFReader on SmolLM2: seconds to open, so shared by the session."""

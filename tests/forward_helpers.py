@@ -158,16 +158,29 @@ def _tiny_vocab(w, n_vocab: int, pre: str) -> None:
     w.add_eos_token_id(2)
 
 
+def _quantize(x: np.ndarray, qtype) -> np.ndarray:
+    """gguf-py's quantizer where it has one, else llama.cpp's (ggml_quantize_chunk, the IQ
+    formats) under a flat importance matrix."""
+    from gguf.quants import quantize
+
+    try:
+        return quantize(x, qtype)
+    except NotImplementedError:
+        from ggml_ref import load_ggml
+
+        flat = np.ones(x.shape[-1], dtype=np.float32)
+        return load_ggml().quantize(x, int(qtype), flat).reshape(*x.shape[:-1], -1)
+
+
 def _tensor_writer(w, rng):
     """tensor(name, shape, qtype or None (F32), scale, offset): Gaussian values written to w."""
-    from gguf.quants import quantize
 
     def tensor(name: str, shape: tuple[int, ...], qtype, scale: float, offset: float = 0.0) -> None:
         x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
         if qtype is None:
             w.add_tensor(name, x)
         else:
-            blocks = quantize(x, qtype)
+            blocks = _quantize(x, qtype)
             w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
 
     return tensor
@@ -218,20 +231,22 @@ def write_tiny_gemma3(path: Path, *, seed: int = 0, sliding_window: int = 4, pat
     return path
 
 
-def write_tiny(path: Path, arch: str, *, seed: int = 0, pre: str = "default", head_dim: int = 32,
-               qkv_bias: bool = False, qk_norm: bool = False, fused_qkv: bool = False,
+def write_tiny(path: Path, arch: str, *, seed: int = 0, pre: str = "default", n_embd: int = 128,
+               head_dim: int = 32, qkv_bias: bool = False, qk_norm: bool = False, fused_qkv: bool = False,
                fused_gate_up: bool = False, rope_freqs: bool = False, sliding_window: int = 0,
-               override: dict[str, np.ndarray] | None = None) -> Path:
+               types: dict[str, str] | None = None, override: dict[str, np.ndarray] | None = None) -> Path:
     """A 2-layer GGUF of `arch` (n_embd 128, 4 heads of head_dim over 2 KV heads, a 64-token
     vocabulary, a tied output) with the given features: q/k/v biases, per-head q/k norms, one
     fused attn_qkv, phi3's fused gate+up in ffn_up, llama3's rope_freqs (divisors 1..8) and a
     sliding-window key (which llama.cpp ignores for every architecture but gemma3).  The
-    weights are of several types, Q4_0 (which llama.cpp repacks) among them; `override`
-    writes the given arrays in place of tensors of those names."""
+    weights are of several types, Q4_0 (which llama.cpp repacks) among them; `types` gives
+    other ones by role ({"ffn_down": "IQ2_XXS", ...}: attn_q .. ffn_down, attn_qkv and
+    token_embd, which is also the output), `override` writes the given arrays in place of
+    tensors of those names."""
     import gguf
 
     rng = np.random.default_rng(seed)
-    n_embd, n_ff, n_vocab, n_layer, n_head, n_head_kv = 128, 256, 64, 2, 4, 2
+    n_ff, n_vocab, n_layer, n_head, n_head_kv = 2 * n_embd, 64, 2, 4, 2
     q_rows, kv_rows = n_head * head_dim, n_head_kv * head_dim
     Q = gguf.GGMLQuantizationType
     w = _tiny_writer(path, arch, n_embd, n_ff, n_layer, n_head, n_head_kv)
@@ -243,11 +258,15 @@ def write_tiny(path: Path, arch: str, *, seed: int = 0, pre: str = "default", he
     _tiny_vocab(w, n_vocab, pre)
     write = _tensor_writer(w, rng)
 
-    def tensor(name: str, *args) -> None:
+    def tensor(name: str, shape: tuple[int, ...], qtype, *args) -> None:
+        role = name.removeprefix(f"blk.{name.split('.')[1]}.") if name.startswith("blk.") else name
+        role = role.removesuffix(".weight")
         if override and name in override:
             w.add_tensor(name, override[name])
         else:
-            write(name, *args)
+            if types and role in types:
+                qtype = Q[types[role]]
+            write(name, shape, qtype, *args)
 
     tensor("token_embd.weight", (n_vocab, n_embd), Q.Q8_0, 0.5)
     if rope_freqs:
@@ -295,6 +314,19 @@ TINY_ARCHS = {
     "llama3": dict(arch="llama", pre="llama-bpe", rope_freqs=True),
     "mistral": dict(arch="llama", sliding_window=4),
     "llama-fused": dict(arch="llama", fused_qkv=True, qkv_bias=True),  # fused weights, separate biases
+}
+
+
+#: Tiny llamas whose matrices are in the IQ and TQ formats, a format per role (write_tiny's
+#: keywords; n_embd 256, so every matrix divides into blocks of 256).  The IQ2 and IQ1 ones
+#: are quantized under a flat importance matrix, as llama.cpp's quantizer needs one.
+TINY_FORMATS = {
+    "llama-iq2-iq3": dict(arch="llama", n_embd=256, head_dim=64, types={
+        "attn_q": "IQ2_XXS", "attn_k": "IQ2_XS", "attn_v": "IQ2_S", "attn_output": "IQ3_XXS",
+        "ffn_gate": "IQ3_S", "ffn_up": "IQ2_XS", "ffn_down": "IQ2_S", "token_embd": "IQ3_S"}),
+    "llama-iq1-tq": dict(arch="llama", n_embd=256, head_dim=64, types={
+        "attn_q": "IQ1_S", "attn_k": "IQ1_M", "attn_v": "TQ1_0", "attn_output": "TQ2_0",
+        "ffn_gate": "IQ1_M", "ffn_up": "IQ1_S", "ffn_down": "TQ2_0", "token_embd": "TQ1_0"}),
 }
 
 

@@ -8,6 +8,7 @@ import ctypes
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -114,6 +115,52 @@ def requantize(source: str | os.PathLike, ftype: str, folder: str | os.PathLike)
         if rc != 0 or not tmp.exists():
             raise RuntimeError(f"llama.cpp could not quantize {source.name} to {ftype} (code {rc})")
         os.replace(tmp, dest)
+    return dest
+
+
+def requantize_tensors(source: str | os.PathLike, name: str, types: Callable[[str], int | None],
+                       folder: str | os.PathLike) -> Path:
+    """`source` with some of its matrices requantized by llama.cpp's tensor quantizer
+    (ggml_quantize_chunk over the values its to_float gives) under a flat importance matrix:
+    types(tensor name) is the new GGML type, or None to copy the tensor as it is.  For the
+    formats llama.cpp's file quantizer takes only with an importance matrix, which
+    llama_model_quantize cannot be handed from Python.  Cached in `folder` as
+    <source sha256[:16]>-<name>.gguf."""
+    import hashlib
+
+    import gguf
+
+    source, folder = Path(source), Path(folder)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    dest = folder / f"{digest}-{name}.gguf"
+    if dest.exists():
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    ggml = load_ggml()
+    reader = gguf.GGUFReader(source)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")  # parallel runs never see half a file
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    w = gguf.GGUFWriter(str(tmp), arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.alignment"):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), vtype, sub)
+    for t in reader.tensors:
+        qtype = types(t.name)
+        if qtype is None:
+            w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+            continue
+        n_per_row = int(t.shape[0])
+        values = ggml.to_float(t.data.reshape(-1).view(np.uint8), int(t.tensor_type)).reshape(-1, n_per_row)
+        blocks = ggml.quantize(values, qtype, np.ones(n_per_row, dtype=np.float32)).reshape(values.shape[0], -1)
+        w.add_tensor(t.name, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType(int(qtype)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, dest)
     return dest
 
 

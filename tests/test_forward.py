@@ -8,8 +8,9 @@ KV cache, ggml's exp, SiLU, f16 GELU table, RoPE cache and RMSNorm.  A token's r
 depends on its batch, so realm computes what llama.cpp computes when it evaluates one token at
 a time.  With llama.cpp built for x86 with AVX-512 (see forward_helpers.llama_cpp_exact):
   * the logits equal llama.cpp's bit for bit at every position, the prompt evaluated a token at
-    a time, on both models and on SmolLM2 requantized to Q4_K_M, Q6_K, Q8_0, Q3_K_M, IQ4_NL and
-    IQ4_XS (and on the tiny gemma3 files);
+    a time, on both models, on SmolLM2 requantized to Q4_K_M, Q6_K, Q8_0, Q3_K_M, IQ4_NL, IQ4_XS
+    and IQ3_M and with matrices in the IQ2, IQ1, IQ3_XXS and TQ formats (conftest's IQ_MIX), and
+    on the tiny models of forward_helpers (every architecture; every weight format);
   * greedy continuations of 32 tokens are equal token for token on every prompt here.
 llama.cpp evaluating a prompt in one batch takes other kernels (llamafile's tinyBLAS for F16
 attention, its tiled and repacked GEMMs): its batched logits differ from its own one-token
@@ -33,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require
-from forward_helpers import TINY_ARCHS, RefModel, llama_cpp_exact, write_tiny, write_tiny_gemma3
+from conftest import IQ_MIX, require
+from forward_helpers import TINY_ARCHS, TINY_FORMATS, RefModel, llama_cpp_exact, write_tiny, write_tiny_gemma3
 from realm import ModelStore
 from realm.cache import LayerCache
 from realm.forward import ContextFullError, ForwardError, HostModel, UnsupportedModelError
@@ -52,7 +53,7 @@ PROMPTS = [
 DECISIVE = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # no near tie in 32 greedy steps on any model here
 GREEDY_PROMPTS = [DECISIVE, "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday. January, February,"]
 MODELS = ["smollm2", "gemma3", "smollm2-Q4_K_M", "smollm2-Q6_K", "smollm2-Q8_0", "smollm2-Q3_K_M", "smollm2-IQ4_NL",
-          "smollm2-IQ4_XS"]
+          "smollm2-IQ4_XS", "smollm2-IQ3_M", "smollm2-IQ-mix"]
 
 
 class Engines:
@@ -115,6 +116,8 @@ def _model_path(name: str, request) -> Path:
         return request.getfixturevalue("smollm2_path")
     if name == "gemma3":
         return request.getfixturevalue("gemma3_path")
+    if name == "smollm2-IQ-mix":
+        return request.getfixturevalue("smollm2_iq_mix")
     return request.getfixturevalue("smollm2_quantized")(name.split("-", 1)[1])
 
 
@@ -216,16 +219,21 @@ def test_as_close_to_float64_as_llama_cpp(engines):
     assert_top_tokens(ours, exact)
 
 
-@pytest.mark.parametrize("ftype,formats", [("IQ4_NL", {"IQ4_NL"}), ("IQ4_XS", {"IQ4_XS", "IQ4_NL"})])
-def test_requantized_models_hold_their_formats(smollm2_quantized, ftype, formats):
-    """The IQ4 files the tests above run hold those formats: llama.cpp falls back where a row
-    does not divide into its blocks (IQ4_XS's 256 values: SmolLM2's 576 columns become IQ4_NL,
-    its 1536-column ffn_down stays IQ4_XS) and keeps some tensors at other types (Q5_K, Q8_0).
-    No dense MXFP4 model comes out of its quantizer (MXFP4_MOE quantizes only experts: SmolLM2
-    becomes Q8_0), so MXFP4 is held to llama.cpp at the matmul level only (test_matmul.py)."""
+@pytest.mark.parametrize("ftype,formats", [("IQ4_NL", {"IQ4_NL"}), ("IQ4_XS", {"IQ4_XS", "IQ4_NL"}),
+                                           ("IQ3_M", {"IQ3_S", "IQ4_NL", "Q5_0", "Q4_K"}),
+                                           ("IQ-mix", set(IQ_MIX.values()))])
+def test_requantized_models_hold_their_formats(request, ftype, formats):
+    """The IQ files the tests above run hold those formats: llama.cpp falls back where a row
+    does not divide into its blocks (the 256 values of IQ4_XS and IQ3_S: SmolLM2's 576 columns
+    become IQ4_NL or Q5_0, its 1536-column ffn_down keeps the type) and keeps some tensors at
+    other types (Q4_K, Q5_K, Q8_0).  Its file quantizer makes IQ2 and IQ1 files only with an
+    importance matrix, so the IQ-mix file is written by its tensor quantizer (conftest's
+    IQ_MIX).  No dense MXFP4 model comes out of its quantizer (MXFP4_MOE quantizes only
+    experts: SmolLM2 becomes Q8_0), so MXFP4 is held to llama.cpp at the matmul level only
+    (test_matmul.py)."""
     from realm.reader import GGUFFile
 
-    with GGUFFile.open(smollm2_quantized(ftype)) as f:
+    with GGUFFile.open(_model_path(f"smollm2-{ftype}", request)) as f:
         seen = {t.dtype.name for t in f.tensors.values()}
     assert formats <= seen, seen
 
@@ -241,7 +249,7 @@ def tiny_models(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tiny-forward")
     return {"llama": write_tiny_llama(tmp / "llama.gguf"),
-            **{name: write_tiny(tmp / f"{name}.gguf", **kw) for name, kw in TINY_ARCHS.items()},
+            **{name: write_tiny(tmp / f"{name}.gguf", **kw) for name, kw in (TINY_ARCHS | TINY_FORMATS).items()},
             "gemma3-w4": write_tiny_gemma3(tmp / "gemma3-w4.gguf", sliding_window=4, pattern=3),
             "gemma3-w512": write_tiny_gemma3(tmp / "gemma3-w512.gguf", sliding_window=512, pattern=3)}
 
@@ -250,7 +258,7 @@ def _tiny_tokens(n: int = 24) -> list[int]:
     return [1] + [int(t) for t in np.random.default_rng(5).integers(3, 64, n - 1)]
 
 
-@pytest.mark.parametrize("name", ["llama", *TINY_ARCHS, "gemma3-w4", "gemma3-w512"])
+@pytest.mark.parametrize("name", ["llama", *TINY_ARCHS, *TINY_FORMATS, "gemma3-w4", "gemma3-w512"])
 def test_tiny_models_match_reference_and_llama_cpp(tiny_models, name):
     llama_cpp = require("llama_cpp")
     tokens = _tiny_tokens()

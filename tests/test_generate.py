@@ -667,16 +667,17 @@ def test_cli_generate_subprocess_default_model_reads_stdin(rt, smollm2_path):
     assert proc.stdout == want + "\n" and want.startswith(" 6, 7")
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3", "phi3", "llama3", "mistral"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3", "phi3", "llama3", "mistral", "llama-iq2-iq3", "llama-iq1-tq"])
 def test_each_architecture_generates_llama_cpps_greedy_tokens(tmp_path, name):
     """Each architecture's tiny model (forward_helpers.TINY_ARCHS: biases, q/k norms, fused
-    matrices, rope_freqs, an ignored window) through the guest: its greedy continuation of BOS
-    (the tiny vocabulary has no byte tokens: an empty prompt starts from BOS) is llama.cpp's."""
+    matrices, rope_freqs, an ignored window), and the tiny models in the IQ and TQ formats
+    (TINY_FORMATS), through the guest: its greedy continuation of BOS (the tiny vocabulary has
+    no byte tokens: an empty prompt starts from BOS) is llama.cpp's."""
     require("gguf")
     llama_cpp = require("llama_cpp")
-    from forward_helpers import TINY_ARCHS, write_tiny
+    from forward_helpers import TINY_ARCHS, TINY_FORMATS, write_tiny
 
-    path = write_tiny(tmp_path / f"{name}.gguf", seed=4, **TINY_ARCHS[name])
+    path = write_tiny(tmp_path / f"{name}.gguf", seed=4, **(TINY_ARCHS | TINY_FORMATS)[name])
     with Realm(threads=2) as r:
         c = r.complete("", r.load_model(path), max_tokens=12, temperature=0, ignore_eos=True)
     assert c.prompt_tokens == [1]
