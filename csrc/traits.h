@@ -13,12 +13,15 @@
 
 #include "quants.h"
 
-/* What a weight type's dot products multiply against. */
+/* What a weight type's dot products multiply against (llama.cpp's vec_dot_type). */
 enum realm_act_type {
     REALM_ACT_NONE = -1, /* no dot kernel: the matmuls refuse the type (REALM_EUNSUPPORTED) */
-    REALM_ACT_F32 = 0,   /* f32 rows as given (F32, F16, BF16 weights) */
+    REALM_ACT_F32 = 0,   /* f32 rows as given (F32 weights) */
     REALM_ACT_Q8 = 1,    /* int8 blocks of 32, one f32 scale each (Q4_0 .. Q8_0) */
     REALM_ACT_Q8_K = 2,  /* int8 blocks of 256 with sums per 16 (the K-quants) */
+    REALM_ACT_F16 = 3,   /* the rows rounded to f16, kept as f32 (F16 weights) */
+    REALM_ACT_BF16 = 4,  /* the rows rounded to bf16, 16 bits a value (BF16 weights) */
+    REALM_ACT_COUNT = 5
 };
 
 /* Dequantize `nblocks` whole blocks from `src` into `dst`. */
