@@ -185,7 +185,7 @@ int realm_matmul(int wtype, const void *w, int64_t n_out, int64_t n_in, const fl
     if (rc) return rc;
     if (p.act == REALM_ACT_F32) return realm_matmul_q(wtype, w, n_out, n_in, x, n_tok, y, nthreads, isa);
     const int64_t size = realm_act_size(p.act, n_tok, n_in);
-    void *buf = aligned_alloc(64, (size_t)(size > 0 ? size : 64));
+    void *buf = aligned_alloc(64, (size_t)(size > 0 ? (size + 63) & ~(int64_t)63 : 64)); /* a multiple of 64 */
     if (!buf) return REALM_ENOMEM;
     const int nt = threads_for(nthreads, n_out, n_in, n_tok);
 #pragma omp parallel num_threads(nt) if (nt > 1)

@@ -500,7 +500,7 @@ def ggml_float(ggml_cpu):
 def float_weights(rng, qtype: GGMLType, n_out: int, n_in: int, kind: str) -> np.ndarray:
     """Weights as llama.cpp stores them (float32, or f16 / bf16 bits as uint16).  kind:
     "gauss" (scales 1e-3 .. 1e2), "wide" (magnitudes 2^-60 .. 2^60, zeros, subnormals of the
-    type), "tiny" (BF16 magnitudes 2^-75 .. 2^-50, where vdpbf16ps flushes its sums)."""
+    type, an infinity), "tiny" (BF16 magnitudes 2^-75 .. 2^-50, where vdpbf16ps flushes its sums)."""
     if kind == "gauss":
         w = gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-3, 2))
     else:
@@ -509,11 +509,12 @@ def float_weights(rng, qtype: GGMLType, n_out: int, n_in: int, kind: str) -> np.
         if kind == "wide":
             w[0, ::4] = 0
             w[1, ::3] = {T.F32: 2.0**-140, T.F16: 2.0**-20, T.BF16: 2.0**-128}[qtype]  # subnormals
+            w[2, -1] = -np.inf                                                       # an infinite weight
     if qtype == T.F32:
         return w
     if qtype == T.F16:
         with np.errstate(over="ignore"):
-            w = np.clip(w, -60000, 60000).astype(np.float16).view(np.uint16)
+            w = np.where(np.isinf(w), w, np.clip(w, -60000, 60000)).astype(np.float16).view(np.uint16)
         return w
     return bf16_bits(w)
 
