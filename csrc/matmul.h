@@ -151,7 +151,7 @@ int realm_whole_blocks(int wtype, int64_t n_out);
  * 0 do not (tests of the plain AVX2 kernels), -1 only ask. */
 int realm_matmul_vnni(int enable);
 
-/* Whether the float weights (F32, F16, BF16) use the AVX-512 kernels (the same
+/* Whether the F16 and BF16 weights use the AVX-512 kernels (the same
  * bits; where the CPU has AVX-512 F, BW, VL and BF16).  enable as for
  * realm_matmul_vnni. */
 int realm_matmul_avx512(int enable);

@@ -379,27 +379,34 @@ AVX2 INLINE __m256 load_w8(const void *w, int64_t i, int wtype) {
 /* hsum16 of the lanes lo (0..7) and hi (8..15): h = hi + lo, then hsum8's steps. */
 AVX2 INLINE float hsum16(__m256 lo, __m256 hi) { return hsum8(_mm256_add_ps(hi, lo)); }
 
-/* F32 / F16, tokens [t0, t0 + TT) (TT <= 2): the 16 lanes of the four sums in two
- * passes over the row, lanes 0..7 (h = 0) then 8..15, each with 4 sums a token
- * in registers; the weights are loaded once for the TT tokens. */
+/* F32 / F16, tokens [t0, t0 + TT) (TT <= 2): the 16 lanes of the four sums as
+ * halves, lanes 0..7 (h = 0) and 8..15.  One token keeps both halves (8 sums) in
+ * registers in one pass over the row; two tokens take a pass per half, 4 sums a
+ * token, the weights loaded once for both. */
 AVX2 INLINE void float_tokens(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, int t0,
                               const int TT, const int wtype) {
     const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
-    __m256 v[2][2]; /* [token][half]: (s0 + s2) + (s1 + s3) */
-    for (int h = 0; h < 2; h++) {
-        __m256 acc[2][4];
+    const int HP = TT == 1 ? 2 : 1; /* halves per pass */
+    __m256 v[2][2];                 /* [token][half]: (s0 + s2) + (s1 + s3) */
+    for (int h0 = 0; h0 < 2; h0 += HP) {
+        __m256 acc[2][2][4]; /* [token][half in the pass][sum] */
         for (int t = 0; t < TT; t++)
-            for (int j = 0; j < 4; j++) acc[t][j] = _mm256_setzero_ps();
+            for (int hh = 0; hh < HP; hh++)
+                for (int j = 0; j < 4; j++) acc[t][hh][j] = _mm256_setzero_ps();
         for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP) {
             for (int j = 0; j < 4; j++) {
-                const int64_t k = i + 16 * j + 8 * h;
-                const __m256 wv = load_w8(w, k, wtype);
-                for (int t = 0; t < TT; t++)
-                    acc[t][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a->xf + (t0 + t) * a->n_in + k), acc[t][j]);
+                for (int hh = 0; hh < HP; hh++) {
+                    const int64_t k = i + 16 * j + 8 * (h0 + hh);
+                    const __m256 wv = load_w8(w, k, wtype);
+                    for (int t = 0; t < TT; t++)
+                        acc[t][hh][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a->xf + (t0 + t) * a->n_in + k), acc[t][hh][j]);
+                }
             }
         }
         for (int t = 0; t < TT; t++)
-            v[t][h] = _mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][2]), _mm256_add_ps(acc[t][1], acc[t][3]));
+            for (int hh = 0; hh < HP; hh++)
+                v[t][h0 + hh] = _mm256_add_ps(_mm256_add_ps(acc[t][hh][0], acc[t][hh][2]),
+                                              _mm256_add_ps(acc[t][hh][1], acc[t][hh][3]));
     }
     for (int t = 0; t < TT; t++) {
         const float *x = a->xf + (t0 + t) * a->n_in;

@@ -1,8 +1,9 @@
-/* AVX-512 kernels of the float weights (F32, F16, BF16): llama.cpp's own loops
+/* AVX-512 kernels of the F16 and BF16 weights: llama.cpp's own loops
  * (matmul_float.h) in 512-bit registers, BF16 with vdpbf16ps itself, so on the
  * CPUs that have AVX-512 F, BW, VL and BF16 (checked at run time:
  * realm_matmul_avx512) they run at llama.cpp's speed with the same bits as the
- * AVX2 and scalar kernels. */
+ * AVX2 and scalar kernels.  (F32 keeps its AVX2 kernel: reading f32 rows 64
+ * bytes at a time was slower, on Zen 4, than 32 at a time.) */
 #include "matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -42,21 +43,20 @@ AVX512 INLINE float hsum16(__m512 v) {
     return _mm_cvtss_f32(q);
 }
 
-AVX512 INLINE __m512 load_w16(const void *w, int64_t i, int f16) {
-    if (f16) return _mm512_cvtph_ps(_mm256_loadu_si256((const void *)((const char *)w + 2 * i)));
-    return _mm512_loadu_ps((const char *)w + 4 * i);
+AVX512 INLINE __m512 load_w16(const void *w, int64_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const void *)((const char *)w + 2 * i)));
 }
 
-/* F32 / F16, tokens [t0, t0 + TT) (TT <= 4): four sums of 16 lanes a token. */
-AVX512 INLINE void float_tokens(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, int t0,
-                                const int TT, const int f16) {
+/* F16, tokens [t0, t0 + TT) (TT <= 4): four sums of 16 lanes a token. */
+AVX512 INLINE void f16_tokens(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, int t0,
+                              const int TT) {
     const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
     __m512 acc[4][4];
     for (int t = 0; t < TT; t++)
         for (int j = 0; j < 4; j++) acc[t][j] = _mm512_setzero_ps();
     for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP) {
         for (int j = 0; j < 4; j++) {
-            const __m512 wv = load_w16(w, i + 16 * j, f16);
+            const __m512 wv = load_w16(w, i + 16 * j);
             for (int t = 0; t < TT; t++)
                 acc[t][j] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(a->xf + (t0 + t) * a->n_in + i + 16 * j), acc[t][j]);
         }
@@ -64,26 +64,18 @@ AVX512 INLINE void float_tokens(int64_t n, const void *w, const realm_act_group 
     for (int t = 0; t < TT; t++) {
         const float *x = a->xf + (t0 + t) * a->n_in;
         const float s = hsum16(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][2]), _mm512_add_ps(acc[t][1], acc[t][3])));
-        y[(t0 + t) * ys] = f16 ? realm_f16_tail(s, w, x, np, n) : realm_f32_tail(s, w, x, np, n);
+        y[(t0 + t) * ys] = realm_f16_tail(s, w, x, np, n);
     }
-}
-
-AVX512 INLINE void float_k(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys, const int f16) {
-    int t = 0;
-    for (; t + 4 <= ntok; t += 4) float_tokens(n, w, a, y, ys, t, 4, f16);
-    switch (ntok - t) {
-    case 3: float_tokens(n, w, a, y, ys, t, 3, f16); break;
-    case 2: float_tokens(n, w, a, y, ys, t, 2, f16); break;
-    case 1: float_tokens(n, w, a, y, ys, t, 1, f16); break;
-    }
-}
-
-AVX512 void realm_f32_dot_avx512(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    float_k(n, w, a, ntok, y, ys, 0);
 }
 
 AVX512 void realm_f16_dot_avx512(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    float_k(n, w, a, ntok, y, ys, 1);
+    int t = 0;
+    for (; t + 4 <= ntok; t += 4) f16_tokens(n, w, a, y, ys, t, 4);
+    switch (ntok - t) {
+    case 3: f16_tokens(n, w, a, y, ys, t, 3); break;
+    case 2: f16_tokens(n, w, a, y, ys, t, 2); break;
+    case 1: f16_tokens(n, w, a, y, ys, t, 1); break;
+    }
 }
 
 _Static_assert(REALM_TOK_GROUP == 8, "realm_bf16_dot_avx512 takes a group in one pass");

@@ -302,7 +302,7 @@ def matmul_rc(int qtype, int64_t n_out, int64_t n_in, int64_t n_tok=1, str isa="
 
 
 def avx512(enable=None) -> bool:
-    """Whether the float weights (F32, F16, BF16) use the AVX-512 kernels (the same bits,
+    """Whether the F16 and BF16 weights use the AVX-512 kernels (the same bits,
     faster, where the CPU has AVX-512 F, BW, VL and BF16).  enable=False turns them off (to
     test the AVX2 kernels), True back on where available; None only asks."""
     return bool(realm_matmul_avx512(-1 if enable is None else (1 if enable else 0)))

@@ -283,7 +283,7 @@ def test_round_act_matches_numpy_model(isa):
 
 
 def test_avx512_kernels_give_the_same_bits():
-    """Where the CPU has AVX-512 F, BW, VL and BF16 the float weights use it; without, the same bits."""
+    """Where the CPU has AVX-512 F, BW, VL and BF16 the F16 / BF16 weights use it; without, the same bits."""
     rng = np.random.default_rng(17)
     for qtype in FLOAT_TYPES:
         for n_in in (517, 64 * 5, 40):
