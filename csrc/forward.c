@@ -207,12 +207,12 @@ static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
  * multiplying against act type `act`, for n tokens. */
 static int64_t act_bytes(const realm_model *m, int act, int64_t n) {
     int64_t best = 0;
-    const realm_tensor *mats[6];
+    const realm_tensor *mats[7];
     for (int il = 0; il < m->c.n_layer; il++) {
         const realm_layer_weights *L = &m->layers[il];
         mats[0] = &L->wq, mats[1] = &L->wk, mats[2] = &L->wv, mats[3] = &L->wo, mats[4] = &L->ffn_gate,
-        mats[5] = &L->ffn_down; /* ffn_up has ffn_gate's input */
-        for (int i = 0; i < 6; i++) {
+        mats[5] = &L->ffn_up, mats[6] = &L->ffn_down; /* ffn_up: ffn_gate's input, maybe another act type */
+        for (int i = 0; i < 7; i++) {
             if (realm_act_type(mats[i]->type) != act) continue;
             const int64_t b = realm_act_size(act, n, mats[i]->cols);
             if (b > best) best = b;
@@ -231,7 +231,8 @@ int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok)
     const int64_t sizes[] = {
         cap * E * f, cap * Q * f, cap * KV * f, cap * KV * f, cap * Q * f, cap * c->n_ff * f, cap * c->n_ff * f,
         cap * E * f, cap * c->n_rot * f, cap * c->n_rot * f, cap * (int64_t)sizeof(int32_t),
-        act_bytes(m, REALM_ACT_Q8, cap), act_bytes(m, REALM_ACT_Q8_K, cap),
+        act_bytes(m, REALM_ACT_Q8, cap), act_bytes(m, REALM_ACT_Q8_K, cap), act_bytes(m, REALM_ACT_F16, cap),
+        act_bytes(m, REALM_ACT_BF16, cap),
         cap * (int64_t)sizeof(int32_t), cap * (int64_t)sizeof(int32_t), cap * (int64_t)sizeof(int32_t),
         cap * (int64_t)sizeof(void *), cap * (int64_t)sizeof(void *), cap * (int64_t)sizeof(int64_t),
     };
@@ -249,14 +250,17 @@ int realm_scratch_reserve(realm_scratch *s, const realm_model *m, int64_t n_tok)
     float **fl[] = {&s->xn, &s->q, &s->k, &s->v, &s->att, &s->gate, &s->up, &s->proj, &s->rope[0], &s->rope[1]};
     for (int i = 0; i < 10; i++) *fl[i] = (float *)(block + offs[i]);
     s->pos = (int32_t *)(block + offs[10]);
-    s->act[0] = block + offs[11];
-    s->act[1] = block + offs[12];
-    s->seg = (int32_t *)(block + offs[13]);
-    s->rope_pos[0] = (int32_t *)(block + offs[14]);
-    s->rope_pos[1] = (int32_t *)(block + offs[15]);
-    s->kv_k = (const void **)(block + offs[16]);
-    s->kv_v = (const void **)(block + offs[17]);
-    s->kv_len = (int64_t *)(block + offs[18]);
+    s->act[REALM_ACT_F32] = NULL;
+    s->act[REALM_ACT_Q8] = block + offs[11];
+    s->act[REALM_ACT_Q8_K] = block + offs[12];
+    s->act[REALM_ACT_F16] = block + offs[13];
+    s->act[REALM_ACT_BF16] = block + offs[14];
+    s->seg = (int32_t *)(block + offs[15]);
+    s->rope_pos[0] = (int32_t *)(block + offs[16]);
+    s->rope_pos[1] = (int32_t *)(block + offs[17]);
+    s->kv_k = (const void **)(block + offs[18]);
+    s->kv_v = (const void **)(block + offs[19]);
+    s->kv_len = (int64_t *)(block + offs[20]);
     s->rope_n[0] = s->rope_n[1] = 0;
     return 0;
 }
@@ -328,22 +332,22 @@ static void gate_rows(int gelu, float *gate, const float *up, int64_t n, int isa
     }
 }
 
-/* y = x W^T.  x is quantized into act_buf[0] (Q8) or act_buf[1] (Q8_K) for
- * W's activation type unless `have` says that buffer already holds it
- * (matrices sharing an input share its quantization); `have` is each
- * thread's own copy, updated alike in all of them. */
-static int project(const realm_tensor *w, const float *x, int64_t n, float *y, void *const act_buf[2], int *have,
-                   int isa) {
+/* y = x W^T.  x is quantized (or rounded) into act_buf[act] for W's
+ * activation type unless `have` says that buffer already holds it (matrices
+ * sharing an input share its quantization); `have` is each thread's own copy,
+ * updated alike in all of them.  F32 weights take x itself. */
+static int project(const realm_tensor *w, const float *x, int64_t n, float *y, void *const act_buf[REALM_ACT_COUNT],
+                   int *have, int isa) {
     const int act = realm_act_type(w->type);
     const void *a = x;
     if (act != REALM_ACT_F32) {
-        const int slot = act == REALM_ACT_Q8_K;
-        if (!(*have & (1 << slot))) {
-            const int rc = realm_quantize_act_ws(act, x, n, w->cols, act_buf[slot], isa);
+        if (act < 0) return act;
+        if (!(*have & (1 << act))) {
+            const int rc = realm_quantize_act_ws(act, x, n, w->cols, act_buf[act], isa);
             if (rc) return rc;
-            *have |= 1 << slot;
+            *have |= 1 << act;
         }
-        a = act_buf[slot];
+        a = act_buf[act];
     }
     return realm_matmul_q_ws(w->type, w->data, w->rows, w->cols, a, n, y, isa);
 }
@@ -620,7 +624,8 @@ int realm_forward_lm_head(const realm_model *m, const float *hidden, int64_t n_r
         const float *x = normed + r0 * E;
 #pragma omp parallel num_threads(m->nthreads) if (m->nthreads > 1)
         {
-            void *const bufs[2] = {abuf, abuf};
+            void *bufs[REALM_ACT_COUNT];
+            for (int k = 0; k < REALM_ACT_COUNT; k++) bufs[k] = abuf;
             int have = 0;
             const int r = project(&m->output, x, n, logits + r0 * V, bufs, &have, m->isa);
             if (thread_num() == 0) rc = r;

@@ -152,7 +152,7 @@ typedef struct {
     int32_t *rope_pos[2];         /* [cap]: the positions each rope table was made for */
     const void **kv_k, **kv_v;    /* [cap]: this layer's K and V rows of each token's cache */
     int64_t *kv_len;              /* [cap]: positions each token's cache has room for */
-    void *act[2];                 /* quantized activations: Q8 and Q8_K (64-byte aligned) */
+    void *act[REALM_ACT_COUNT];   /* activations by act type: Q8, Q8_K, F16, BF16 (64-byte aligned; F32's unused) */
     void *block;                  /* the one allocation all of the above live in */
     float *attn;                  /* attention's per-thread scratch (realm_attn_scratch each) */
     int64_t attn_floats;          /* its size */

@@ -36,6 +36,14 @@ static inline float realm_bf16_to_f32(uint16_t h) {
     return realm_bits_to_f32((uint32_t)h << 16);
 }
 
+/* f32 -> bf16 as ggml's ggml_compute_fp32_to_bf16: round to nearest even on the
+ * bits (overflow to inf, subnormals kept), NaN made quiet keeping its top bits. */
+static inline uint16_t realm_f32_to_bf16(float f) {
+    const uint32_t u = realm_f32_to_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64u);
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
 /* An E8M0 scale halved (MXFP4's code book holds doubled e2m1 values): 2^(e - 128) as
  * llama.cpp's ggml_e8m0_to_fp32_half builds it, subnormal for e < 2. */
 static inline float realm_e8m0_to_f32_half(uint8_t e) {

@@ -108,6 +108,10 @@ REALM_DOT(realm_q5_0_dot_vnni);
 REALM_DOT(realm_q5_1_dot_vnni);
 REALM_DOT(realm_q8_0_dot_vnni);
 
+/* AVX-512 F, BW, VL, BF16 (matmul_avx512.c): the F16 and BF16 weights. */
+REALM_DOT(realm_f16_dot_avx512);
+REALM_DOT(realm_bf16_dot_avx512);
+
 #undef REALM_TO_FLOAT
 #undef REALM_DOT
 

@@ -40,7 +40,7 @@ int realm_whole_blocks(int wtype, int64_t n_out) {
 #define MAX_DIM ((int64_t)1 << 40)
 
 static int check_act(int act, int64_t n_tok, int64_t n_in) {
-    if (act != REALM_ACT_F32 && act != REALM_ACT_Q8 && act != REALM_ACT_Q8_K) return REALM_EUNSUPPORTED;
+    if (act < REALM_ACT_F32 || act >= REALM_ACT_COUNT) return REALM_EUNSUPPORTED;
     if (n_tok < 0 || n_in <= 0 || n_tok > MAX_DIM || n_in > MAX_DIM || n_tok * (n_in / 16 + 1) > MAX_DIM)
         return REALM_EINVAL;
     const int64_t k = act == REALM_ACT_Q8 ? 32 : act == REALM_ACT_Q8_K ? QK_K : 1;
@@ -59,6 +59,14 @@ int realm_quantize_act_ws(int act, const float *x, int64_t n_tok, int64_t n_in, 
     if (act == REALM_ACT_F32) {
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tok; t++) memcpy((float *)buf + t * n_in, x + t * n_in, (size_t)n_in * sizeof(float));
+        return 0;
+    }
+    if (act == REALM_ACT_F16 || act == REALM_ACT_BF16) {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tok; t++) {
+            if (isa == REALM_ISA_AVX2) realm_round_rows_avx2(act, x, n_tok, n_in, buf, t, t + 1);
+            else realm_round_rows_ref(act, x, n_tok, n_in, buf, t, t + 1);
+        }
         return 0;
     }
 #pragma omp for schedule(static)
@@ -99,11 +107,12 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     if (rc) return rc;
     if (n_in % tt->block_size) return REALM_EINVAL;
     if ((isa = realm_resolve_isa(isa)) < 0) return isa;
-    /* The row's kernel for the path, else the next one down: vnni -> avx2 -> ref
-     * (the same bits on every path); never another format's. */
+    /* The row's kernel for the path, else the next one down: avx512 -> vnni ->
+     * avx2 -> ref (the same bits on every path); never another format's. */
     const int whole = realm_whole_blocks(wtype, n_out);
     p->fn = NULL;
-    if (isa == REALM_ISA_AVX2 && realm_matmul_vnni(-1)) p->fn = tt->dot_vnni[whole];
+    if (isa == REALM_ISA_AVX2 && realm_matmul_avx512(-1)) p->fn = tt->dot_avx512[whole];
+    if (isa == REALM_ISA_AVX2 && !p->fn && realm_matmul_vnni(-1)) p->fn = tt->dot_vnni[whole];
     if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
     if (!p->fn) p->fn = tt->dot_ref[whole];
     if (!p->fn) return REALM_EUNSUPPORTED;
@@ -176,7 +185,7 @@ int realm_matmul(int wtype, const void *w, int64_t n_out, int64_t n_in, const fl
     if (rc) return rc;
     if (p.act == REALM_ACT_F32) return realm_matmul_q(wtype, w, n_out, n_in, x, n_tok, y, nthreads, isa);
     const int64_t size = realm_act_size(p.act, n_tok, n_in);
-    void *buf = aligned_alloc(64, (size_t)(size > 0 ? size : 64));
+    void *buf = aligned_alloc(64, (size_t)(size > 0 ? (size + 63) & ~(int64_t)63 : 64)); /* a multiple of 64 */
     if (!buf) return REALM_ENOMEM;
     const int nt = threads_for(nthreads, n_out, n_in, n_tok);
 #pragma omp parallel num_threads(nt) if (nt > 1)

@@ -5,7 +5,8 @@
  * quantized to 8 bits per element ("activations"): blocks of 32 for the
  * 32-element formats, blocks of 256 with per-16 sums for the K-quants.  The
  * kernels then take integer dot products per block (exact) and accumulate in
- * f32; F32/F16/BF16 weights take the f32 activations as they are.
+ * f32.  F32 weights take the f32 activations as they are; F16 / BF16 weights
+ * take them rounded to f16 / bf16, as llama.cpp does.
  *
  * Numerics: llama.cpp's.  The quantizer and the float steps are those of
  * llama.cpp's CPU kernels for x86 (ggml's quantize_row_q8_0 / _q8_1 / _q8_K,
@@ -51,10 +52,25 @@
  * depends neither on the batch it is in, nor on the tiling, nor on the thread
  * count (llama.cpp's own batched GEMMs, tinyBLAS and the tiled and repacked
  * ones, sum in other orders: realm matches its one-token path).
- * F32/F16/BF16 weights multiply the f32 activations with FMA in four partial
- * sums of 8 lanes per token; the scalar reference sums sequentially, so those
- * agree to rounding, not bit for bit (and llama.cpp, which rounds the
- * activations to f16 / bf16 for such weights, to rounding only).
+ * F32, F16, BF16 weights: ggml_vec_dot_f32 / _f16 / _bf16 of an x86 build with
+ * AVX-512F and AVX512_BF16, as GCC compiles them (matmul_float.h), with
+ * np = n - n % 64 and x the activations (F16: rounded to f16, by vcvtps2ph;
+ * BF16: rounded to bf16, by ggml's integer rounding, NaN made quiet):
+ *   F32, F16: element 64 i + 16 j + l goes to sum j (of 4), lane l (of 16),
+ *     acc_jl = fma(w, x, acc_jl); then v_l = (acc_0l + acc_2l) + (acc_1l + acc_3l)
+ *     and s = hsum16(v), hsum16 _mm512_reduce_add_ps's tree: h_k = v_k+8 + v_k,
+ *     q_k = h_k+4 + h_k, s = (q0 + q2) + (q1 + q3).  Then the leftovers
+ *     [np, n): F32 in f32, s = s + w x for the first (n - np) - (n - np) % 8
+ *     (GCC's vectorized loop rounds the products), s = fma(w, x, s) for the
+ *     rest; F16 in double, d = s, d += (double)(w x), y = (float)d.
+ *   BF16: two accumulators of 16 lanes, c1 over values 64 i .. 64 i + 31, c2
+ *     over the next 32, as vdpbf16ps: lane j of a step takes the pair (2j, 2j+1),
+ *     t = fma(w, x, t) for the odd one, then the even one, each input subnormal
+ *     read as zero and each result tiny after rounding (x86's FTZ) flushed to
+ *     zero.  d = 0.0, d += hsum16(c1), d += hsum16(c2), then the leftovers
+ *     d += (double)(w x) (the product in f32), y = (float)d.
+ * On every path (the AVX-512 kernels use vdpbf16ps itself; tests compare with
+ * llama.cpp's exported ggml_vec_dot_f32 / _f16 / _bf16).
  *
  * Threads.  realm_matmul / realm_matmul_q / realm_quantize_act open their own
  * OpenMP parallel region.  The *_ws variants contain only work-sharing loops:
@@ -82,7 +98,11 @@
  * with n_groups = ceil(n_tok / REALM_TOK_GROUP): a group's scalars sit token by
  * token for each block (realm_act_slot), the slots of a last, partial group's
  * missing tokens are zero.  Sections start on 64-byte boundaries.  For
- * REALM_ACT_F32 the "buffer" is the f32 rows themselves. */
+ * REALM_ACT_F32 the "buffer" is the f32 rows themselves; REALM_ACT_F16 holds
+ * the rows rounded to f16 as f32 values [n_tok][n_in], REALM_ACT_BF16 the rows
+ * rounded to bf16 as uint16 [n_tok][n_in], then (64-byte aligned) uint8
+ * tiny[n_tok], 1 where the row holds a nonzero value below 2^-50 in magnitude
+ * (the AVX2 BF16 kernel's shortcut needs none: matmul_avx2.c). */
 
 /* Activation type for weight type `wtype` (enum realm_act_type, traits.h: its
  * row's act), or REALM_EUNSUPPORTED where it has no dot kernel. */
@@ -93,7 +113,8 @@ int realm_act_type(int wtype);
 int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in);
 
 /* Quantize x [n_tok][n_in] into buf (realm_act_size bytes).  For
- * REALM_ACT_F32 this copies x.  Per block, as ggml's quantize_row_q8_0 / _q8_1
+ * REALM_ACT_F32 this copies x; REALM_ACT_F16 / _BF16 round each value (see
+ * the layout above).  Per block, as ggml's quantize_row_q8_0 / _q8_1
  * (Q8) and quantize_row_q8_K (Q8_K), with amax = max|x| (NaNs skipped):
  *   Q8:   d' = amax / 127, d = f16(d'), q = rne(x * (127 / amax)),
  *         s = f16(d' * sum(q))  (the block sum ggml's Q8_1 keeps);
@@ -126,7 +147,9 @@ typedef struct realm_act_group {
     const int16_t *bsums; /* Q8_K: row 0; row t at bsums + t * (n_in / 16) */
     const float *s;       /* Q8: the group's block sums (see realm_act_slot) */
     const float *d;       /* the group's block scales */
-    const float *xf;      /* F32: row 0; row t at xf + t * n_in */
+    const float *xf;      /* F32, F16: row 0; row t at xf + t * n_in */
+    const uint16_t *xh;   /* BF16: row 0; row t at xh + t * n_in */
+    const uint8_t *xtiny; /* BF16: row t's tiny flag at xtiny[t] */
     int64_t n_in;
 } realm_act_group;
 
@@ -141,9 +164,17 @@ int realm_whole_blocks(int wtype, int64_t n_out);
  * 0 do not (tests of the plain AVX2 kernels), -1 only ask. */
 int realm_matmul_vnni(int enable);
 
-/* Row quantizers: n_tok rows into the buffer layout above, rows [t0, t1). */
+/* Whether the F16 and BF16 weights use the AVX-512 kernels (the same
+ * bits; where the CPU has AVX-512 F, BW, VL and BF16).  enable as for
+ * realm_matmul_vnni. */
+int realm_matmul_avx512(int enable);
+
+/* Row quantizers: n_tok rows into the buffer layout above, rows [t0, t1).
+ * realm_round_rows_*: REALM_ACT_F16 / _BF16. */
 void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
 void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
+void realm_round_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
+void realm_round_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1);
 
 /* The group view of rows [G g, G g + G) of an activation buffer (G = REALM_TOK_GROUP). */
 realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t n_in, int64_t g);
@@ -155,7 +186,7 @@ static inline int64_t realm_act_slot(int tg, int64_t b) { return b * REALM_TOK_G
 
 /* Section offsets of an activation buffer (bytes from its start). */
 typedef struct {
-    int64_t bsums, s, d, total;
+    int64_t bsums, s, d, tiny, total;
 } realm_act_layout;
 realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in);
 

@@ -10,7 +10,10 @@
  * matmul.h (llama.cpp's x86 kernels): per block, lane-wise FMAs into 8 partial
  * sums per token and ggml's hsum_float_8 at the end, or, for the matrices
  * llama.cpp repacks, FMAs of whole-block sums.  The scalar reference in
- * matmul_ref.c performs the same steps, bit for bit. */
+ * matmul_ref.c performs the same steps, bit for bit.  The float weights
+ * (F32, F16, BF16) keep ggml_vec_dot_f32 / _f16 / _bf16's 16-lane sums as pairs
+ * of 8-lane registers, and emulate vdpbf16ps for BF16 (matmul_float.h; the
+ * AVX-512 kernels are in matmul_avx512.c). */
 #include "matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -19,8 +22,10 @@
 #include "fp16.h"
 #include "kernels.h"
 #include "matmul_avx2.h"
+#include "matmul_float.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* ---- 32-element formats ---- */
 
@@ -364,59 +369,153 @@ AVX2 INLINE void q6_K_k(int64_t nb, const block_q6_K *w, const realm_act_group *
     store_hsum8(y, ys, acc, T);
 }
 
-/* ---- float weights: 8-lane FMA partial sums per token ---- */
+/* ---- float weights: llama.cpp's 16-lane sums (matmul_float.h), as two halves ---- */
 
 AVX2 INLINE __m256 load_w8(const void *w, int64_t i, int wtype) {
-    switch (wtype) {
-    case REALM_TYPE_F32: return _mm256_loadu_ps((const float *)w + i);
-    case REALM_TYPE_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
-    case REALM_TYPE_BF16: {
-        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    }
-    abort(); /* not reached: only the float kernels below call this, each with its own type */
+    if (wtype == REALM_TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const void *)((const char *)w + 2 * i)));
+    return _mm256_loadu_ps((const float *)(const void *)((const char *)w + 4 * i));
 }
 
-AVX2 INLINE float load_w1(const void *w, int64_t i, int wtype) {
-    switch (wtype) {
-    case REALM_TYPE_F32: return ((const float *)w)[i];
-    case REALM_TYPE_F16: return realm_half_to_f32(((const uint16_t *)w)[i]);
-    case REALM_TYPE_BF16: return realm_bf16_to_f32(((const uint16_t *)w)[i]);
-    }
-    abort(); /* not reached: only the float kernels below call this, each with its own type */
-}
+/* hsum16 of the lanes lo (0..7) and hi (8..15): h = hi + lo, then hsum8's steps. */
+AVX2 INLINE float hsum16(__m256 lo, __m256 hi) { return hsum8(_mm256_add_ps(hi, lo)); }
 
-/* Tokens [t0, t0 + TT) (TT <= 2): 8-value chunk k goes to partial sum k % 4
- * (four FMA chains per token), combined as ((a0 + a1) + (a2 + a3)), then the
- * 8 lanes, then the scalar tail; the same for every batch size. */
+/* F32 / F16, tokens [t0, t0 + TT) (TT <= 2): the 16 lanes of the four sums as
+ * halves, lanes 0..7 (h = 0) and 8..15.  One token keeps both halves (8 sums) in
+ * registers in one pass over the row; two tokens take a pass per half, 4 sums a
+ * token, the weights loaded once for both. */
 AVX2 INLINE void float_tokens(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, int t0,
                               const int TT, const int wtype) {
-    __m256 acc[2][4];
-    for (int t = 0; t < TT; t++)
-        for (int c = 0; c < 4; c++) acc[t][c] = _mm256_setzero_ps();
-    const float *x[2] = {a->xf + t0 * a->n_in, a->xf + (t0 + TT - 1) * a->n_in};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        for (int c = 0; c < 4; c++) {
-            const __m256 wv = load_w8(w, i + 8 * c, wtype);
-            for (int t = 0; t < TT; t++) acc[t][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + i + 8 * c), acc[t][c]);
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
+    const int HP = TT == 1 ? 2 : 1; /* halves per pass */
+    __m256 v[2][2];                 /* [token][half]: (s0 + s2) + (s1 + s3) */
+    for (int h0 = 0; h0 < 2; h0 += HP) {
+        __m256 acc[2][2][4]; /* [token][half in the pass][sum] */
+        for (int t = 0; t < TT; t++)
+            for (int hh = 0; hh < HP; hh++)
+                for (int j = 0; j < 4; j++) acc[t][hh][j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP) {
+            for (int j = 0; j < 4; j++) {
+                for (int hh = 0; hh < HP; hh++) {
+                    const int64_t k = i + 16 * j + 8 * (h0 + hh);
+                    const __m256 wv = load_w8(w, k, wtype);
+                    for (int t = 0; t < TT; t++)
+                        acc[t][hh][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a->xf + (t0 + t) * a->n_in + k), acc[t][hh][j]);
+                }
+            }
         }
-    }
-    for (int c = 0; i + 8 <= n; i += 8, c++) {
-        const __m256 wv = load_w8(w, i, wtype);
-        for (int t = 0; t < TT; t++) acc[t][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + i), acc[t][c]);
+        for (int t = 0; t < TT; t++)
+            for (int hh = 0; hh < HP; hh++)
+                v[t][h0 + hh] = _mm256_add_ps(_mm256_add_ps(acc[t][hh][0], acc[t][hh][2]),
+                                              _mm256_add_ps(acc[t][hh][1], acc[t][hh][3]));
     }
     for (int t = 0; t < TT; t++) {
-        float s = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
-        for (int64_t k = i; k < n; k++) s += load_w1(w, k, wtype) * x[t][k];
-        y[(t0 + t) * ys] = s;
+        const float *x = a->xf + (t0 + t) * a->n_in;
+        const float s = hsum16(v[t][0], v[t][1]);
+        y[(t0 + t) * ys] = wtype == REALM_TYPE_F16 ? realm_f16_tail(s, w, x, np, n) : realm_f32_tail(s, w, x, np, n);
     }
 }
 
 AVX2 INLINE void float_k(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, const int T, const int wtype) {
     for (int t = 0; t + 1 < T; t += 2) float_tokens(n, w, a, y, ys, t, 2, wtype);
     if (T & 1) float_tokens(n, w, a, y, ys, T - 1, 1, wtype);
+}
+
+/* BF16: vdpbf16ps emulated on 8 lanes.  32 bits of a bf16 row hold the pair
+ * (even value low, odd value high); the odd one is the high half as it stands. */
+AVX2 INLINE __m256 bf16_odd(__m256i v) { return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u))); }
+AVX2 INLINE __m256 bf16_even(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }
+
+/* Subnormal inputs read as zeros of their sign. */
+AVX2 INLINE __m256 daz8(__m256 v) {
+    const __m256i e = _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7f800000));
+    return _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())), v);
+}
+
+/* The lanes whose fma gave exactly +-2^-126: realm_dpbf16_ftz decides them. */
+AVX2 __attribute__((noinline, cold)) static __m256 dp_edge(__m256 r, __m256 a, __m256 b, __m256 t) {
+    float rv[8], av[8], bv[8], tv[8];
+    memcpy(rv, &r, sizeof rv);
+    memcpy(av, &a, sizeof av);
+    memcpy(bv, &b, sizeof bv);
+    memcpy(tv, &t, sizeof tv);
+    for (int l = 0; l < 8; l++) rv[l] = realm_dpbf16_ftz(rv[l], av[l], bv[l], tv[l]);
+    memcpy(&r, rv, sizeof rv);
+    return r;
+}
+
+/* t = fma(a, b, t), results tiny after rounding flushed to zero of their sign
+ * (a, b already DAZ). */
+AVX2 INLINE __m256 dp_step8(__m256 t, __m256 a, __m256 b) {
+    const __m256 r = _mm256_fmadd_ps(a, b, t);
+    const __m256i abs = _mm256_and_si256(_mm256_castps_si256(r), _mm256_set1_epi32(0x7fffffff));
+    const __m256i tiny = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x00800000), abs); /* subnormal or zero */
+    const __m256i edge = _mm256_cmpeq_epi32(abs, _mm256_set1_epi32(0x00800000));
+    if (__builtin_expect(!_mm256_testz_si256(edge, edge), 0)) return dp_edge(r, a, b, t);
+    return _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_and_si256(tiny, _mm256_set1_epi32(0x7fffffff))), r);
+}
+
+/* Piece p of a 64-value step (values 16p .. 16p + 15) is lanes 8 (p % 2) .. + 7 of
+ * accumulator c1 (p < 2) or c2 (acc[p] below).
+ *
+ * The exact emulation of one token: DAZ inputs, each fma flushed. */
+AVX2 INLINE void bf16_exact(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, int t) {
+    const char *wb = w; /* 2 bytes a value */
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
+    const uint16_t *xh = a->xh + t * a->n_in;
+    __m256 acc[4];
+    for (int p = 0; p < 4; p++) acc[p] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP) {
+        for (int p = 0; p < 4; p++) {
+            const __m256i wv = _mm256_loadu_si256((const void *)(wb + 2 * (i + 16 * p)));
+            const __m256i xv = _mm256_loadu_si256((const void *)(xh + i + 16 * p));
+            acc[p] = dp_step8(acc[p], daz8(bf16_odd(wv)), daz8(bf16_odd(xv)));
+            acc[p] = dp_step8(acc[p], daz8(bf16_even(wv)), daz8(bf16_even(xv)));
+        }
+    }
+    y[t * ys] = realm_bf16_tail(hsum16(acc[0], acc[1]), hsum16(acc[2], acc[3]), w, xh, np, n);
+}
+
+/* The shortcut, tokens [t0, t0 + TT) (TT <= 2): plain fmas.  Where every input is
+ * zero or at least 2^-50 in magnitude, they are the exact steps: no input is
+ * subnormal, and no result is tiny -- t + ab with |ab| >= 2^-100 and t zero or
+ * normal is 0 or a multiple of 2^-124 (the last bits of t, |t| >= 2^-101 where it
+ * cancels ab, and of ab's 16-bit significand).  Returns whether the weights hold
+ * a tiny value (the activations' rows say so in a->xtiny). */
+AVX2 INLINE int bf16_fast(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, int t0,
+                          const int TT) {
+    const char *wb = w; /* 2 bytes a value */
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
+    __m256 acc[2][4];
+    for (int t = 0; t < TT; t++)
+        for (int p = 0; p < 4; p++) acc[t][p] = _mm256_setzero_ps();
+    __m256i low = _mm256_set1_epi16(-1); /* min of |w| - 1 (16 bits, unsigned): 0 -> 0xffff */
+    for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP) {
+        for (int p = 0; p < 4; p++) {
+            const __m256i wv = _mm256_loadu_si256((const void *)(wb + 2 * (i + 16 * p)));
+            low = _mm256_min_epu16(low, _mm256_sub_epi16(_mm256_and_si256(wv, _mm256_set1_epi16(0x7fff)), _mm256_set1_epi16(1)));
+            const __m256 wo = bf16_odd(wv), we = bf16_even(wv);
+            for (int t = 0; t < TT; t++) {
+                const __m256i xv = _mm256_loadu_si256((const void *)(a->xh + (t0 + t) * a->n_in + i + 16 * p));
+                acc[t][p] = _mm256_fmadd_ps(we, bf16_even(xv), _mm256_fmadd_ps(wo, bf16_odd(xv), acc[t][p]));
+            }
+        }
+    }
+    for (int t = 0; t < TT; t++)
+        y[(t0 + t) * ys] = realm_bf16_tail(hsum16(acc[t][0], acc[t][1]), hsum16(acc[t][2], acc[t][3]), w,
+                                           a->xh + (t0 + t) * a->n_in, np, n);
+    /* some |w| - 1 <= 0x267e, i.e. 0 < |w| < 2^-50 */
+    const __m256i lim = _mm256_set1_epi16(0x267e);
+    return !_mm256_testz_si256(_mm256_cmpeq_epi16(_mm256_min_epu16(low, lim), low), _mm256_set1_epi16(-1));
+}
+
+/* The shortcut for the group, then the exact emulation for the tokens it does
+ * not hold for. */
+AVX2 INLINE void bf16_k(int64_t n, const void *w, const realm_act_group *a, float *y, int64_t ys, const int T) {
+    int tiny_w = 0;
+    for (int t = 0; t + 1 < T; t += 2) tiny_w |= bf16_fast(n, w, a, y, ys, t, 2);
+    if (T & 1) tiny_w |= bf16_fast(n, w, a, y, ys, T - 1, 1);
+    for (int t = 0; t < T; t++)
+        if (tiny_w || a->xtiny[t]) bf16_exact(n, w, a, y, ys, t);
 }
 
 /* ---- entry points: the token count as a compile-time constant ---- */
@@ -442,7 +541,10 @@ KERNEL(realm_q6_K_dot_avx2, q6_K_k, block_q6_K)
 
 FLOAT_KERNEL(realm_f32_dot_avx2, REALM_TYPE_F32)
 FLOAT_KERNEL(realm_f16_dot_avx2, REALM_TYPE_F16)
-FLOAT_KERNEL(realm_bf16_dot_avx2, REALM_TYPE_BF16)
+
+AVX2 void realm_bf16_dot_avx2(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    DISPATCH_T(ntok, bf16_k(n, w, a, y, ys, T_));
+}
 
 #else
 

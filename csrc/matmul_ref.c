@@ -2,10 +2,12 @@
  * rows.  The float steps are the ones matmul.h defines (llama.cpp's x86
  * kernels'), with fmaf for each fused multiply-add; the integer sums are
  * exact, so only which values go into which lane matters, and the AVX2
- * kernels repeat the same steps bit for bit. */
+ * kernels repeat the same steps bit for bit.  The float weights' steps are
+ * matmul_float.h's. */
 #include "matmul.h"
 #include "fp16.h"
 #include "kernels.h"
+#include "matmul_float.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -332,34 +334,63 @@ void realm_q6_K_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int
     }
 }
 
-/* ---- float weights against f32 activations: sequential sums ---- */
+/* ---- float weights: llama.cpp's ggml_vec_dot_f32 / _f16 / _bf16 (matmul_float.h) ---- */
+
+/* The first np (a multiple of 64) elements in four sums of 16 lanes: element
+ * 64 i + 16 j + l into sum j, lane l, fused (F16's products are exact in f32, so
+ * a plain add rounds alike); then (s0 + s2) + (s1 + s3) lane-wise, reduced. */
+static float lanes16(const void *w, int f16, const float *x, int64_t np) {
+    float acc[4][16] = {{0}};
+    for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++) {
+                const int64_t k = i + 16 * j + l;
+                if (f16) {
+                    const float p = realm_half_to_f32(realm_ld_u16(w, k)) * realm_ld_f32(x, k);
+                    acc[j][l] = acc[j][l] + p;
+                } else {
+                    acc[j][l] = fmaf(realm_ld_f32(w, k), realm_ld_f32(x, k), acc[j][l]);
+                }
+            }
+    float v[16];
+    for (int l = 0; l < 16; l++) v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    return realm_hsum16f(v);
+}
 
 void realm_f32_dot_ref(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    const float *x = w;
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
     for (int t = 0; t < ntok; t++) {
-        const float *v = a->xf + t * a->n_in;
-        float acc = 0.0f;
-        for (int64_t i = 0; i < n; i++) acc += x[i] * v[i];
-        y[t * ys] = acc;
+        const float *x = a->xf + t * a->n_in;
+        y[t * ys] = realm_f32_tail(lanes16(w, 0, x, np), w, x, np, n);
     }
 }
 
 void realm_f16_dot_ref(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    const uint16_t *x = w;
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
     for (int t = 0; t < ntok; t++) {
-        const float *v = a->xf + t * a->n_in;
-        float acc = 0.0f;
-        for (int64_t i = 0; i < n; i++) acc += realm_half_to_f32(x[i]) * v[i];
-        y[t * ys] = acc;
+        const float *x = a->xf + t * a->n_in; /* rounded to f16 (REALM_ACT_F16) */
+        y[t * ys] = realm_f16_tail(lanes16(w, 1, x, np), w, x, np, n);
     }
 }
 
+/* vdpbf16ps, 16 lanes: lane j takes pair (2j, 2j + 1) of the 32 values, the odd
+ * product first (realm_dpbf16_step). */
+static void dpbf16(float *acc, const char *w, const uint16_t *x) {
+    for (int j = 0; j < 16; j++)
+        acc[j] = realm_dpbf16_step(realm_dpbf16_step(acc[j], realm_ld_u16(w, 2 * j + 1), x[2 * j + 1]),
+                                   realm_ld_u16(w, 2 * j), x[2 * j]);
+}
+
 void realm_bf16_dot_ref(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    const uint16_t *x = w;
+    const char *wh = w; /* 2 bytes a value */
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
     for (int t = 0; t < ntok; t++) {
-        const float *v = a->xf + t * a->n_in;
-        float acc = 0.0f;
-        for (int64_t i = 0; i < n; i++) acc += realm_bf16_to_f32(x[i]) * v[i];
-        y[t * ys] = acc;
+        const uint16_t *x = a->xh + t * a->n_in; /* rounded to bf16 (REALM_ACT_BF16) */
+        float c1[16] = {0}, c2[16] = {0};
+        for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP) {
+            dpbf16(c1, wh + 2 * i, x + i);
+            dpbf16(c2, wh + 2 * (i + 32), x + i + 32);
+        }
+        y[t * ys] = realm_bf16_tail(realm_hsum16f(c1), realm_hsum16f(c2), wh, x, np, n);
     }
 }

@@ -10,7 +10,8 @@
  * (d, s, id all 0 when amax < 2^-100).  The scalar and AVX2 rows perform the
  * same float operations, and the scalar code spells out what cvtps2dq + packs
  * do at the edges, so the two are bit-identical on every input, NaN and
- * infinity included. */
+ * infinity included.  The float weights' activations are the rows rounded to
+ * f16 / bf16 (realm_round_rows_*), as llama.cpp's from_float does. */
 #include "matmul.h"
 #include "fp16.h"
 
@@ -20,9 +21,14 @@
 static int64_t align64(int64_t n) { return (n + 63) & ~(int64_t)63; }
 
 realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in) {
-    realm_act_layout l = {0, 0, 0, 0};
-    if (act == REALM_ACT_F32) {
-        l.total = n_tok * n_in * (int64_t)sizeof(float);
+    realm_act_layout l = {0, 0, 0, 0, 0};
+    if (act == REALM_ACT_F32 || act == REALM_ACT_F16) {
+        l.total = n_tok * n_in * 4;
+        return l;
+    }
+    if (act == REALM_ACT_BF16) {
+        l.tiny = align64(n_tok * n_in * 2);
+        l.total = l.tiny + n_tok;
         return l;
     }
     const int64_t groups = (n_tok + REALM_TOK_GROUP - 1) / REALM_TOK_GROUP;
@@ -46,8 +52,13 @@ realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t 
     v.n_in = n_in;
     const char *p = buf;
     const int64_t first = g * REALM_TOK_GROUP;
-    if (act == REALM_ACT_F32) {
+    if (act == REALM_ACT_F32 || act == REALM_ACT_F16) {
         v.xf = (const float *)buf + first * n_in;
+        return v;
+    }
+    if (act == REALM_ACT_BF16) {
+        v.xh = (const uint16_t *)buf + first * n_in;
+        v.xtiny = (const uint8_t *)buf + realm_act_layout_of(act, n_tok, n_in).tiny + first;
         return v;
     }
     const realm_act_layout l = realm_act_layout_of(act, n_tok, n_in);
@@ -156,6 +167,26 @@ void realm_q8_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, voi
     }
 }
 
+/* F16 / BF16 activations: each value rounded as llama.cpp's from_float for the
+ * weight's vec_dot_type does (ggml_cpu_fp32_to_fp16: vcvtps2ph, nearest even;
+ * ggml_cpu_fp32_to_bf16: ggml_compute_fp32_to_bf16). */
+void realm_round_rows_ref(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
+    if (act == REALM_ACT_F16) {
+        for (int64_t i = t0 * n_in; i < t1 * n_in; i++) ((float *)buf)[i] = realm_half_to_f32(realm_f32_to_half(x[i]));
+        return;
+    }
+    uint8_t *tiny = (uint8_t *)buf + realm_act_layout_of(act, n_tok, n_in).tiny;
+    for (int64_t t = t0; t < t1; t++) {
+        uint16_t *h = (uint16_t *)buf + t * n_in;
+        unsigned small = 0;
+        for (int64_t i = 0; i < n_in; i++) {
+            h[i] = realm_f32_to_bf16(x[t * n_in + i]);
+            small |= (uint16_t)((h[i] & 0x7fffu) - 1u) < 0x267fu; /* 0 < |h| < 2^-50 */
+        }
+        tiny[t] = (uint8_t)small;
+    }
+}
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include "avx2_util.h"
 
@@ -224,7 +255,25 @@ void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, vo
     }
 }
 
+/* F16 through F16C (the scalar conversions are its twins); BF16's integer
+ * rounding is the scalar one. */
+AVX2 static void f16_round_avx2(const float *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++) y[i] = realm_half_to_f32(realm_f32_to_half(x[i]));
+}
+
+void realm_round_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
+    if (act == REALM_ACT_F16) f16_round_avx2(x + t0 * n_in, (float *)buf + t0 * n_in, (t1 - t0) * n_in);
+    else realm_round_rows_ref(act, x, n_tok, n_in, buf, t0, t1);
+}
+
 #else
+
+void realm_round_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
+    realm_round_rows_ref(act, x, n_tok, n_in, buf, t0, t1);
+}
 
 void realm_q8_rows_avx2(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf, int64_t t0, int64_t t1) {
     realm_q8_rows_ref(act, x, n_tok, n_in, buf, t0, t1);

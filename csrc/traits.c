@@ -5,7 +5,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
-#define X86(fn) fn /* dequant_avx2.c, matmul_avx2.c */
+#define X86(fn) fn /* dequant_avx2.c, matmul_avx2.c, matmul_avx512.c */
 #else
 #define X86(fn) NULL
 #endif
@@ -19,7 +19,7 @@
 #define BLOCK(NAME, BS, T) .name = NAME, .block_size = BS, .type_size = sizeof(T), .align = _Alignof(T)
 
 const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
-    /* ---- float weights: f32 activations as given ---- */
+    /* ---- float weights: activations as f32, or rounded to f16 / bf16 (llama.cpp's vec_dot_type) ---- */
     [REALM_TYPE_F32] = {
         BLOCK("F32", 1, float), .act = REALM_ACT_F32,
         .to_float_ref = realm_f32_to_float_ref, /* a copy: every path takes it */
@@ -27,20 +27,22 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_f32_dot_avx2)},
     },
     [REALM_TYPE_F16] = {
-        BLOCK("F16", 1, realm_half), .act = REALM_ACT_F32,
+        BLOCK("F16", 1, realm_half), .act = REALM_ACT_F16,
         .to_float_ref = realm_f16_to_float_ref,
         .to_float_avx2 = X86(realm_f16_to_float_avx2),
         .to_float_neon = ARM(realm_f16_to_float_neon),
         .dot_ref = {realm_f16_dot_ref},
         .dot_avx2 = {X86(realm_f16_dot_avx2)},
+        .dot_avx512 = {X86(realm_f16_dot_avx512)},
     },
     [REALM_TYPE_BF16] = {
-        BLOCK("BF16", 1, realm_bf16), .act = REALM_ACT_F32,
+        BLOCK("BF16", 1, realm_bf16), .act = REALM_ACT_BF16,
         .to_float_ref = realm_bf16_to_float_ref,
         .to_float_avx2 = X86(realm_bf16_to_float_avx2),
         .to_float_neon = ARM(realm_bf16_to_float_neon),
         .dot_ref = {realm_bf16_dot_ref},
         .dot_avx2 = {X86(realm_bf16_dot_avx2)},
+        .dot_avx512 = {X86(realm_bf16_dot_avx512)},
     },
 
     /* ---- blocks of 32: Q8 activations ---- */

@@ -1,7 +1,7 @@
 /* The table of formats, in the manner of ggml's type_traits: one row per
  * GGUF tensor type realm has kernels for, holding its block geometry, what
  * its dot products multiply against, and its kernels for every path (scalar
- * reference, AVX2, NEON, AVX-512 VNNI).  Every dispatch on a type reads its
+ * reference, AVX2, NEON, AVX-512 VNNI, AVX-512).  Every dispatch on a type reads its
  * row (csrc/traits.c); nothing else switches on a format.
  *
  * Where a format lives: its block struct in quants.h, its row dequantizers in
@@ -13,12 +13,15 @@
 
 #include "quants.h"
 
-/* What a weight type's dot products multiply against. */
+/* What a weight type's dot products multiply against (llama.cpp's vec_dot_type). */
 enum realm_act_type {
     REALM_ACT_NONE = -1, /* no dot kernel: the matmuls refuse the type (REALM_EUNSUPPORTED) */
-    REALM_ACT_F32 = 0,   /* f32 rows as given (F32, F16, BF16 weights) */
+    REALM_ACT_F32 = 0,   /* f32 rows as given (F32 weights) */
     REALM_ACT_Q8 = 1,    /* int8 blocks of 32, one f32 scale each (Q4_0 .. Q8_0) */
     REALM_ACT_Q8_K = 2,  /* int8 blocks of 256 with sums per 16 (the K-quants) */
+    REALM_ACT_F16 = 3,   /* the rows rounded to f16, kept as f32 (F16 weights) */
+    REALM_ACT_BF16 = 4,  /* the rows rounded to bf16, 16 bits a value (BF16 weights) */
+    REALM_ACT_COUNT = 5
 };
 
 /* Dequantize `nblocks` whole blocks from `src` into `dst`. */
@@ -44,10 +47,11 @@ typedef struct {
     realm_to_float_fn to_float_neon;
     /* Dot kernels indexed [whole]: [0] llama.cpp's vec_dot order, [1] the order of
      * its repacked matrices (repacked formats only).  A path without its own
-     * kernel (NULL) takes the next one: vnni -> avx2 -> ref. */
+     * kernel (NULL) takes the next one: avx512 -> vnni -> avx2 -> ref. */
     realm_dot_fn dot_ref[2];
     realm_dot_fn dot_avx2[2];
-    realm_dot_fn dot_vnni[2]; /* the AVX2 kernels with AVX-512 VNNI's dpbusd (realm_matmul_vnni) */
+    realm_dot_fn dot_vnni[2];   /* the AVX2 kernels with AVX-512 VNNI's dpbusd (realm_matmul_vnni) */
+    realm_dot_fn dot_avx512[2]; /* AVX-512 kernels (F, BW, VL, BF16: realm_matmul_avx512); the same bits */
 } realm_type_traits;
 
 /* Indexed by enum realm_type; entries realm does not support have name == NULL. */

@@ -20,11 +20,12 @@ cdef extern from "matmul.h":
     int REALM_EINVAL, REALM_ENOMEM
     int REALM_TOK_GROUP
     ctypedef struct realm_act_layout:
-        int64_t bsums, s, d, total
+        int64_t bsums, s, d, tiny, total
     int realm_act_type(int wtype)
     int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in)
     realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in)
     int realm_matmul_vnni(int enable)
+    int realm_matmul_avx512(int enable)
     int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, void *buf,
                            int nthreads, int isa) nogil
     int realm_matmul_q(int wtype, const void *w, int64_t n_out, int64_t n_in, const void *act_buf,
@@ -54,7 +55,8 @@ cdef extern from "ops.h":
     int realm_f32_to_f16(const float *x, uint16_t *y, int64_t n, int isa) nogil
     int realm_exp(const float *x, float *y, int64_t n, int isa) nogil
 
-ACT_NAMES = {REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k"}
+ACT_NAMES = {REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k", REALM_ACT_F16: "f16",
+             REALM_ACT_BF16: "bf16"}
 EUNSUPPORTED = REALM_EUNSUPPORTED
 TOKEN_GROUP = REALM_TOK_GROUP
 
@@ -139,7 +141,8 @@ def row_bytes(qtype, n_in: int) -> int:
 
 
 def act_type(qtype) -> str:
-    """What a weight type multiplies against: "f32", "q8" (blocks of 32) or "q8_k" (blocks of 256)."""
+    """What a weight type multiplies against: "f32", "q8" (blocks of 32), "q8_k" (blocks of 256),
+    "f16" or "bf16" (the values rounded to f16 / bf16, as llama.cpp does for F16 / BF16 weights)."""
     return ACT_NAMES[realm_act_type(int(weight_type(qtype)))]
 
 
@@ -187,7 +190,9 @@ def _aligned(int64_t size):
 def act_unpack(act: str, buf, n_tok: int, n_in: int):
     """The parts of a quantize_act buffer as arrays (for tests):
     {"qs": int8 [n_tok, n_in], "d": float32 [n_tok, n_blocks],
-     "s": float32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)}."""
+     "s": float32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)};
+    for f16 {"x": the rounded rows, float32 [n_tok, n_in]}; for bf16 {"x": their bits, uint16
+    [n_tok, n_in], "tiny": uint8 [n_tok]}."""
     cdef int a = _act(act)
     if a == REALM_ACT_F32:
         raise InvalidArgumentError("f32 activations are the rows themselves")
@@ -196,6 +201,10 @@ def act_unpack(act: str, buf, n_tok: int, n_in: int):
     if b.shape[0] != size:
         raise InvalidArgumentError(f"buf has {b.shape[0]} bytes, expected {size}")
     cdef realm_act_layout lay = realm_act_layout_of(a, n_tok, n_in)
+    if a == REALM_ACT_F16:
+        return {"x": b.view(np.float32).reshape(n_tok, n_in)}
+    if a == REALM_ACT_BF16:
+        return {"x": b[:n_tok * n_in * 2].view(np.uint16).reshape(n_tok, n_in), "tiny": b[lay.tiny:lay.tiny + n_tok]}
     nb = n_in // (32 if a == REALM_ACT_Q8 else 256)
     groups = -(-n_tok // REALM_TOK_GROUP)
     G = REALM_TOK_GROUP
@@ -290,6 +299,13 @@ def matmul_rc(int qtype, int64_t n_out, int64_t n_in, int64_t n_tok=1, str isa="
     with nogil:
         rc = realm_matmul(qtype, &wv[0], n_out, n_in, &xv[0, 0], n_tok, &yv[0, 0], 1, isa_id)
     return rc
+
+
+def avx512(enable=None) -> bool:
+    """Whether the F16 and BF16 weights use the AVX-512 kernels (the same bits,
+    faster, where the CPU has AVX-512 F, BW, VL and BF16).  enable=False turns them off (to
+    test the AVX2 kernels), True back on where available; None only asks."""
+    return bool(realm_matmul_avx512(-1 if enable is None else (1 if enable else 0)))
 
 
 def vnni(enable=None) -> bool:

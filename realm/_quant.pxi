@@ -25,9 +25,10 @@ cdef extern from "dequant.h":
         realm_dot_fn dot_ref[2]
         realm_dot_fn dot_avx2[2]
         realm_dot_fn dot_vnni[2]
+        realm_dot_fn dot_avx512[2]
     const realm_type_traits *realm_get_traits(int type)
     int REALM_TYPE_COUNT
-    int REALM_ACT_NONE, REALM_ACT_F32, REALM_ACT_Q8, REALM_ACT_Q8_K
+    int REALM_ACT_NONE, REALM_ACT_F32, REALM_ACT_Q8, REALM_ACT_Q8_K, REALM_ACT_F16, REALM_ACT_BF16
     int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst,
                          int nthreads, int isa) nogil
     int realm_best_isa()
@@ -49,9 +50,10 @@ def type_traits(int qtype):
 
 def formats():
     """The table of formats (csrc/traits.c), for tests: a dict per row, by type id, of its
-    geometry, `act` ("f32", "q8", "q8_k", or None without a dot kernel), `repacked`, and which
-    kernels the row names: `to_float` {path: bool} and `dot` {path: (vec_dot, whole)}."""
-    acts = {REALM_ACT_NONE: None, REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k"}
+    geometry, `act` ("f32", "q8", "q8_k", "f16", "bf16", or None without a dot kernel), `repacked`,
+    and which kernels the row names: `to_float` {path: bool} and `dot` {path: (vec_dot, whole)}."""
+    acts = {REALM_ACT_NONE: None, REALM_ACT_F32: "f32", REALM_ACT_Q8: "q8", REALM_ACT_Q8_K: "q8_k",
+            REALM_ACT_F16: "f16", REALM_ACT_BF16: "bf16"}
     cdef const realm_type_traits *tt
     rows = {}
     for t in range(REALM_TYPE_COUNT):
@@ -65,7 +67,8 @@ def formats():
                          "neon": tt.to_float_neon != NULL},
             "dot": {"ref": (tt.dot_ref[0] != NULL, tt.dot_ref[1] != NULL),
                     "avx2": (tt.dot_avx2[0] != NULL, tt.dot_avx2[1] != NULL),
-                    "vnni": (tt.dot_vnni[0] != NULL, tt.dot_vnni[1] != NULL)},
+                    "vnni": (tt.dot_vnni[0] != NULL, tt.dot_vnni[1] != NULL),
+                    "avx512": (tt.dot_avx512[0] != NULL, tt.dot_avx512[1] != NULL)},
         }
     return rows
 

@@ -21,15 +21,18 @@ from realm.forward import ForwardConfig
 
 
 @lru_cache(maxsize=1)
-def llama_cpp_exact() -> bool:
+def llama_cpp_exact(float_weights: bool = False) -> bool:
     """Whether realm's logits must equal llama.cpp's bit for bit.  realm's forward pass repeats
     the float steps of llama.cpp's CPU backend built for x86 with AVX-512 (llama-cpp-python
     builds natively, so that is the installed library on an AVX-512 machine), evaluating one
     token at a time; builds for other CPUs (AVX2 only, ARM) sum some products in other orders
-    and use another exp, and agree with realm to rounding only."""
+    and use another exp, and agree with realm to rounding only.  float_weights: the model has
+    F16 / BF16 matrices, whose products are llama.cpp's where it was built with AVX512_BF16 too
+    (without, its BF16 kernel multiplies and adds in f32 instead of vdpbf16ps's steps)."""
     lib = load_ggml_cpu()
     x86 = platform.machine() in ("x86_64", "AMD64")
-    return x86 and all(getattr(lib, f"ggml_cpu_has_{f}")() for f in ("avx512", "avx2", "fma", "f16c"))
+    feats = ("avx512", "avx2", "fma", "f16c") + (("avx512_bf16",) if float_weights else ())
+    return x86 and all(getattr(lib, f"ggml_cpu_has_{f}")() for f in feats)
 
 
 class RefModel:

@@ -3,14 +3,16 @@ against a float64 NumPy model.
 
 How close "close" is.  realm repeats the float steps of llama.cpp's CPU kernels (csrc/matmul.h,
 csrc/ops.h): the activation quantizers, each quantized format's lane-wise sums (or, for the
-matrices llama.cpp repacks, whole-block sums), attention without flash attention over an f16
+matrices llama.cpp repacks, whole-block sums), ggml_vec_dot_f32 / _f16 / _bf16 for float
+matrices (activations rounded to f16 / bf16 first), attention without flash attention over an f16
 KV cache, ggml's exp, SiLU, f16 GELU table, RoPE cache and RMSNorm.  A token's result never
 depends on its batch, so realm computes what llama.cpp computes when it evaluates one token at
 a time.  With llama.cpp built for x86 with AVX-512 (see forward_helpers.llama_cpp_exact):
   * the logits equal llama.cpp's bit for bit at every position, the prompt evaluated a token at
     a time, on both models, on SmolLM2 requantized to Q4_K_M, Q6_K, Q8_0, Q3_K_M, IQ4_NL, IQ4_XS
     and IQ3_M and with matrices in the IQ2, IQ1, IQ3_XXS and TQ formats (conftest's IQ_MIX), and
-    on the tiny models of forward_helpers (every architecture; every weight format);
+    on the tiny models of forward_helpers (every architecture; every weight format, the tiny
+    llama's F16 and BF16 matrices where llama.cpp was built with AVX512_BF16 too);
   * greedy continuations of 32 tokens are equal token for token on every prompt here.
 llama.cpp evaluating a prompt in one batch takes other kernels (llamafile's tinyBLAS for F16
 attention, its tiled and repacked GEMMs): its batched logits differ from its own one-token
@@ -279,9 +281,9 @@ def test_tiny_models_match_reference_and_llama_cpp(tiny_models, name):
     assert ours_err < max(2 * llama_err, 0.01), (ours_err, llama_err)
     assert rel_diff(ours, ref).max() < REL_TOL
     assert_top_tokens(ours, exact)
-    if name != "llama" and llama_cpp_exact():
-        # quantized weights only (the tiny llama has F16 and BF16 ones, whose products realm
-        # computes in f32): llama.cpp's bits, sliding window included
+    if llama_cpp_exact(float_weights=name == "llama"):
+        # llama.cpp's bits, sliding window included, and for the tiny llama's F16 and BF16
+        # matrices too
         np.testing.assert_array_equal(ours.view(np.uint32), ref1.view(np.uint32))
 
 

@@ -29,11 +29,15 @@ as corr = sum over blocks of m (s - d sum q).  Three checks follow:
   d' = amax / 127: |x - q d'| <= d' (1/2 + 127 * 2u) element-wise (round to nearest
   of x * (127 / amax), both steps rounded) and |q| <= 127.
 
-The scalar and AVX2 paths, any thread count and any batch split give the same
-bits for the quantized formats (matmul.h defines the float steps; the integer
-parts are exact).  F32/F16/BF16 multiply the f32 activations directly: the
-AVX2 path sums in other partial sums than the scalar one, so they agree within
-the recursive-summation bound (n + 8) 2^-24 sum|W~||x| instead."""
+F32/F16/BF16 weights multiply the activations as llama.cpp does: F32 as given, F16 / BF16
+rounded to f16 / bf16 (x^ above), in ggml_vec_dot_f32 / _f16 / _bf16's sums (AVX-512 lanes,
+vdpbf16ps's steps for BF16: matmul.h); they are checked against x^ within the
+recursive-summation bound (n + 8) 2^-24 sum|W~||x^|, and bit for bit against llama.cpp's
+exported ggml_vec_dot_f32 / _f16 / _bf16 where the installed llama.cpp is an x86 build with
+AVX-512 F and BF16.
+
+The scalar, AVX2 and AVX-512 paths, any thread count and any batch split give the same
+bits for every format (matmul.h defines the float steps; the integer parts are exact)."""
 
 from __future__ import annotations
 
@@ -58,7 +62,7 @@ U = 2.0**-24
 
 
 def act_block(qtype: GGMLType) -> int:
-    return {"f32": 1, "q8": 32, "q8_k": 256}[_native.act_type(qtype)]
+    return {"f32": 1, "f16": 1, "bf16": 1, "q8": 32, "q8_k": 256}[_native.act_type(qtype)]
 
 
 def weight_block(qtype: GGMLType) -> int:
@@ -145,6 +149,10 @@ def x_hat(qtype: GGMLType, x: np.ndarray) -> tuple[np.ndarray, dict]:
     act = _native.act_type(qtype)
     if act == "f32":
         return x.astype(np.float64), {}
+    if act in ("f16", "bf16"):
+        parts = _native.act_unpack(act, _native.quantize_act(act, x), *x.shape)
+        xr = parts["x"] if act == "f16" else (parts["x"].astype(np.uint32) << 16).view(np.float32)
+        return xr.astype(np.float64), parts
     k = act_block(qtype)
     parts = _native.act_unpack(act, _native.quantize_act(act, x), *x.shape)
     d = parts["d"].astype(np.float64)
@@ -221,9 +229,7 @@ def test_matmul_matches_float64(qtype, shape, seed, wscale, xscale):
     for y in ys.values():
         assert y.shape == (n_tok, n_out) and y.dtype == np.float32
         check_product(qtype, wq, n_out, x, y)
-    if qtype not in FLOAT_TYPES:
-        for y in ys.values():
-            assert_same_bits(y, ys["scalar"])
+        assert_same_bits(y, ys["scalar"])
 
 
 @pytest.mark.parametrize("act,k", [("q8", 32), ("q8_k", 256)])
@@ -283,6 +289,56 @@ def test_vnni_kernels_give_the_same_bits(qtype):
         assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa="scalar"), plain)
 
 
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """ggml_compute_fp32_to_bf16: nearest even on the bits, NaN made quiet (| 64)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where((u & 0x7FFFFFFF) > 0x7F800000, ((u >> 16) | 64).astype(np.uint16), r)
+
+
+def special_rows(rng, n_tok, n_in):
+    """Activations with f16 / bf16 subnormals, values that overflow f16, ties, NaN, infinities."""
+    x = gaussian(rng, (n_tok, n_in), 3.0)
+    x[0, ::3] = np.float32(2.0**-20) * rng.standard_normal(x[0, ::3].size).astype(np.float32)  # f16 subnormal
+    x[1, ::5] = np.float32(2.0**-130)                                         # f32 and bf16 subnormal
+    x[2, 1], x[2, 2], x[2, 3] = np.float32(65519.0), np.float32(65520.0), np.float32(3.4e38)  # f16: max, inf
+    x[3, 0], x[3, 1], x[3, 2] = np.nan, np.inf, -np.inf
+    x[4, :8] = np.float32(1) + np.float32(2.0**-11) * np.arange(8, dtype=np.float32)  # f16 ties
+    x[5, :8] = (np.uint32(0x3F808000) + np.arange(8, dtype=np.uint32) * 0x10000).view(np.float32)  # bf16 ties
+    return x
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_round_act_matches_numpy_model(isa):
+    """F16 / BF16 activations: each value rounded once, as llama.cpp's from_float does."""
+    rng = np.random.default_rng(8)
+    x = special_rows(rng, 7, 67)
+    parts = _native.act_unpack("f16", _native.quantize_act("f16", x, isa=isa), *x.shape)
+    assert_same_bits(parts["x"], f16_round(x))
+    parts = _native.act_unpack("bf16", _native.quantize_act("bf16", x, isa=isa), *x.shape)
+    np.testing.assert_array_equal(parts["x"], bf16_bits(x))
+    np.testing.assert_array_equal(parts["tiny"], [0, 1, 0, 0, 0, 0, 0])  # row 1: bf16 subnormals
+
+
+def test_avx512_kernels_give_the_same_bits():
+    """Where the CPU has AVX-512 F, BW, VL and BF16 the F16 / BF16 weights use it; without, the same bits."""
+    rng = np.random.default_rng(17)
+    for qtype in FLOAT_TYPES:
+        for n_in in (517, 64 * 5, 40):
+            wq = ggml().quantize(gaussian(rng, (13, n_in)), qtype)
+            x = gaussian(rng, (11, n_in))
+            had = _native.avx512()
+            try:
+                _native.avx512(False)
+                assert not _native.avx512()
+                plain = _native.matmul(wq, qtype, 13, x, isa="auto")
+            finally:
+                _native.avx512(had)
+            assert _native.avx512() == had
+            assert_same_bits(_native.matmul(wq, qtype, 13, x, isa="auto"), plain)
+            assert_same_bits(_native.matmul(wq, qtype, 13, x, isa="scalar"), plain)
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_thread_count_and_batch_split_do_not_change_bits(qtype):
     rng = np.random.default_rng(int(qtype))
@@ -298,7 +354,7 @@ def test_thread_count_and_batch_split_do_not_change_bits(qtype):
             assert_same_bits(_native.matmul(wq, qtype, n_out, x[t], isa=isa), ref[t])
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.IQ3_S, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.IQ3_S, T.F16, T.BF16], ids=lambda t: t.name)
 def test_shared_activations(qtype):
     """Q/K/V-style reuse: one quantize_act buffer serves several weight matrices."""
     rng = np.random.default_rng(11)
@@ -462,6 +518,159 @@ def test_random_blocks_equal_llama_cpp_kernels(ggml_cpu, qtype):
             for n_tok, threads in ((9, 2), (8, 1), (3, 2)):
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], isa=isa, threads=threads), want[:n_tok])
         check_product(qtype, wq, n_out, x, want)
+
+
+class GGMLFloat:
+    """llama.cpp's float dot products: ggml_cpu_fp32_to_fp16 / _bf16 for the activations
+    (F16 / BF16 weights), then ggml_vec_dot_f32 / _f16 / _bf16 per weight row."""
+
+    def __init__(self, cpu: GGMLCPU):
+        ctypes = cpu.c
+        self.lib = lib = cpu.lib
+        if not (lib.ggml_cpu_has_avx512() and lib.ggml_cpu_has_avx512_bf16()):
+            pytest.skip("realm's float products are those of llama.cpp's x86 build with AVX-512 F and BF16")
+        P = ctypes.c_void_p
+        for name in ("f32", "f16", "bf16"):
+            getattr(lib, f"ggml_vec_dot_{name}").argtypes = [ctypes.c_int, P, ctypes.c_size_t, P, ctypes.c_size_t, P,
+                                                             ctypes.c_size_t, ctypes.c_int]
+        for name in ("fp16", "bf16"):
+            getattr(lib, f"ggml_cpu_fp32_to_{name}").argtypes = [P, P, ctypes.c_int64]
+
+    def vec_dot(self, qtype: GGMLType, w: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """y = W x for one token, W [n_out, n] as float32 / uint16 (f16 or bf16 bits)."""
+        n = x.size
+        if qtype == T.F32:
+            xc = np.ascontiguousarray(x, dtype=np.float32)
+        else:
+            xc = np.zeros(n, dtype=np.uint16)
+            conv = self.lib.ggml_cpu_fp32_to_fp16 if qtype == T.F16 else self.lib.ggml_cpu_fp32_to_bf16
+            conv(np.ascontiguousarray(x).ctypes.data, xc.ctypes.data, n)
+        fn = getattr(self.lib, f"ggml_vec_dot_{qtype.name.lower()}")
+        w = np.ascontiguousarray(w)
+        y = np.zeros(w.shape[0], dtype=np.float32)
+        for r in range(w.shape[0]):
+            fn(n, y[r:].ctypes.data, 0, w[r].ctypes.data, 0, xc.ctypes.data, 0, 1)
+        return y
+
+
+@pytest.fixture(scope="module")
+def ggml_float(ggml_cpu):
+    return GGMLFloat(ggml_cpu)
+
+
+def float_weights(rng, qtype: GGMLType, n_out: int, n_in: int, kind: str) -> np.ndarray:
+    """Weights as llama.cpp stores them (float32, or f16 / bf16 bits as uint16).  kind:
+    "gauss" (scales 1e-3 .. 1e2), "wide" (magnitudes 2^-60 .. 2^60, zeros, subnormals of the
+    type, an infinity), "tiny" (BF16 magnitudes 2^-75 .. 2^-50, where vdpbf16ps flushes its sums)."""
+    if kind == "gauss":
+        w = gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-3, 2))
+    else:
+        lo, hi = (-60, 60) if kind == "wide" else (-75, -50)
+        w = (rng.standard_normal((n_out, n_in)) * 2.0 ** rng.uniform(lo, hi, (n_out, n_in))).astype(np.float32)
+        if kind == "wide":
+            w[0, ::4] = 0
+            w[1, ::3] = {T.F32: 2.0**-140, T.F16: 2.0**-20, T.BF16: 2.0**-128}[qtype]  # subnormals
+            w[2, -1] = -np.inf                                                       # an infinite weight
+    if qtype == T.F32:
+        return w
+    if qtype == T.F16:
+        with np.errstate(over="ignore"):
+            w = np.where(np.isinf(w), w, np.clip(w, -60000, 60000)).astype(np.float16).view(np.uint16)
+        return w
+    return bf16_bits(w)
+
+
+def float_acts(rng, qtype: GGMLType, n_tok: int, n_in: int, kind: str) -> np.ndarray:
+    """Activations to go with float_weights(kind): gaussian of a random scale, with f16 / bf16
+    subnormals and (F16) values that overflow f16 to infinity in some rows."""
+    if kind == "tiny":
+        return (rng.standard_normal((n_tok, n_in)) * 2.0 ** rng.uniform(-75, -50, (n_tok, n_in))).astype(np.float32)
+    x = gaussian(rng, (n_tok, n_in), 10.0 ** rng.uniform(-3, 3))
+    x[0, ::3] = np.float32(2.0**-20)                 # f16 subnormal
+    x[1, ::5] = np.float32(-(2.0**-130))             # f32 / bf16 subnormal
+    if kind == "wide":
+        x = x * (2.0 ** rng.uniform(-30, 30, (n_tok, n_in))).astype(np.float32)
+    if qtype == T.F16 and n_tok > 2:
+        x[2, 0] = np.float32(1e6)                    # rounds to f16 infinity: an infinite product
+    return x
+
+
+@pytest.mark.parametrize("qtype", FLOAT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("kind", ["gauss", "wide", "tiny"])
+def test_float_products_equal_llama_cpp_kernels(ggml_float, qtype, kind):
+    """One token's y = W x for F32 / F16 / BF16 weights, bit for bit llama.cpp's, on every path
+    (AVX-512 on and off), alone and in a batch, on 1 and 2 threads: lengths that are and are not
+    multiples of 64, 32, 16 and 8 (ggml's leftover loops)."""
+    if kind == "tiny" and qtype != T.BF16:
+        pytest.skip("the flushes of vdpbf16ps")
+    rng = np.random.default_rng(int(qtype) * 10 + len(kind))
+    lengths = [1, 7, 8, 15, 16, 24, 31, 32, 48, 63, 64, 65, 72, 100, 127, 128, 136, 191, 256, 517]
+    for n_in in lengths:
+        n_out, n_tok = 9, 5
+        w = float_weights(rng, qtype, n_out, n_in, kind)
+        x = float_acts(rng, qtype, n_tok, n_in, kind)
+        want = np.stack([ggml_float.vec_dot(qtype, w, x[t]) for t in range(n_tok)])
+        if kind == "gauss":
+            assert np.isfinite(want[:2]).all()  # subnormal activations: finite; row 2 of F16: infinite
+        wb = w.view(np.uint8)
+        had = _native.avx512()
+        try:
+            for isa in ISAS:
+                for wide in ([True, False] if isa != "scalar" and had else [False]):
+                    _native.avx512(wide)
+                    for threads in (1, 2):
+                        assert_same_bits(_native.matmul(wb, qtype, n_out, x, isa=isa, threads=threads), want)
+                    for t in range(n_tok):
+                        assert_same_bits(_native.matmul(wb, qtype, n_out, x[t], isa=isa, threads=1), want[t])
+        finally:
+            _native.avx512(had)
+
+
+def test_bf16_flush_is_decided_after_rounding(ggml_float):
+    """vdpbf16ps flushes a sum that is tiny once rounded to 24 bits with unbounded exponent:
+    2^-126 - 1.5 * 2^-151 rounds to 2^-126 - 2^-150 there (flushed to 0), though the subnormal
+    grid an fma rounds to gives 2^-126; 2^-126 - 2^-152 stays 2^-126."""
+    for even, want in ((-1.5 * 2.0**-76, 0.0), (-(2.0**-76), 2.0**-126)):
+        x = np.zeros((1, 64), dtype=np.float32)
+        w = np.zeros((1, 64), dtype=np.float32)
+        x[0, 1], w[0, 1] = 2.0**-63, 2.0**-63        # the odd product first: 2^-126
+        x[0, 0], w[0, 0] = 2.0**-75 if even == -1.5 * 2.0**-76 else 2.0**-76, even
+        wb = bf16_bits(w)
+        ref = ggml_float.vec_dot(T.BF16, wb, x[0])
+        assert ref[0] == np.float32(want)
+        had = _native.avx512()
+        try:
+            for isa in ISAS:
+                for wide in ([True, False] if isa != "scalar" and had else [False]):
+                    _native.avx512(wide)
+                    assert_same_bits(_native.matmul(wb.view(np.uint8), T.BF16, 1, x, isa=isa)[0], ref)
+        finally:
+            _native.avx512(had)
+
+
+def test_float_products_of_a_large_matrix_equal_llama_cpp(ggml_float):
+    """A 2048-column slice of rows long enough to take several tiles and threads."""
+    rng = np.random.default_rng(31)
+    for qtype in FLOAT_TYPES:
+        w = float_weights(rng, qtype, 70, 2048 + 40, "gauss")
+        x = gaussian(rng, (9, 2048 + 40), 2.0)
+        want = np.stack([ggml_float.vec_dot(qtype, w, x[t]) for t in range(9)])
+        for isa in ISAS:
+            assert_same_bits(_native.matmul(w.view(np.uint8), qtype, 70, x, isa=isa, threads=2), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_round_act_equals_llama_cpp_conversions(ggml_float, isa):
+    """REALM_ACT_F16 / _BF16 hold what ggml_cpu_fp32_to_fp16 / _bf16 make of the row."""
+    x = special_rows(np.random.default_rng(4), 6, 131)
+    for act, name, dtype in (("f16", "fp16", np.float16), ("bf16", "bf16", np.uint16)):
+        ref = np.zeros(x.shape, dtype=np.uint16)
+        getattr(ggml_float.lib, f"ggml_cpu_fp32_to_{name}")(x.ctypes.data, ref.ctypes.data, x.size)
+        got = _native.act_unpack(act, _native.quantize_act(act, x, isa=isa), *x.shape)["x"]
+        if act == "f16":
+            assert_same_bits(got, ref.view(np.float16).astype(np.float32))
+        else:
+            np.testing.assert_array_equal(got, ref)
 
 
 def model_tensors(path, names):

@@ -11,7 +11,7 @@ from realm import GGMLType, _native, dequantize
 T = GGMLType
 ROWS = _native.formats()
 ISAS = sorted({"scalar", _native.best_isa()})
-BLOCK_ACT = {"f32": 1, "q8": 32, "q8_k": 256}
+BLOCK_ACT = {"f32": 1, "f16": 1, "bf16": 1, "q8": 32, "q8_k": 256}
 
 
 def test_rows_name_their_ggml_types():
@@ -38,8 +38,8 @@ def test_row_is_consistent(t):
     for path, (vec, whole) in dot.items():
         assert not whole or row["repacked"], f"{path}: whole-block kernels only for repacked rows"
         assert not whole or vec, f"{path}: a whole-block kernel beside no vec_dot kernel"
-        if path == "vnni" and (vec or whole):
-            assert dot["avx2"][0], "a VNNI kernel has its plain AVX2 twin"
+        if path in ("vnni", "avx512") and (vec or whole):
+            assert dot["avx2"][0], f"an {path} kernel has its plain AVX2 twin"
             assert dot["avx2"][1] == whole
 
 
@@ -53,6 +53,11 @@ def test_simd_rows_exist_on_this_cpu():
             assert row["to_float"][best], T(t).name
         if best == "avx2" and row["act"] is not None:
             assert row["dot"]["avx2"][0], T(t).name
+
+
+def test_float_weights_take_llama_cpps_vec_dot_types():
+    """llama.cpp rounds the activations to the weight's vec_dot_type: f16 for F16, bf16 for BF16."""
+    assert [ROWS[t]["act"] for t in (T.F32, T.F16, T.BF16)] == ["f32", "f16", "bf16"]
 
 
 def test_matmul_acts_follow_the_table():
@@ -98,7 +103,7 @@ def test_forward_types_are_the_rows_with_dot_kernels():
     assert forward == set(realm.SUPPORTED_TYPES) - {T.Q8_K}
     for t in realm.SUPPORTED_TYPES:
         if t in forward:
-            assert _native.act_type(t) in ("f32", "q8", "q8_k")
+            assert _native.act_type(t) in BLOCK_ACT
         else:
             with pytest.raises(ValueError, match="no matmul kernel"):
                 _native.act_type(t)
