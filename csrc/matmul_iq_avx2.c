@@ -8,6 +8,8 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 
+#include <stddef.h>
+
 #include "avx2_util.h"
 #include "fp16.h"
 #include "iq_tables.h"
@@ -201,6 +203,104 @@ AVX2 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_
 
 AVX2 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     DISPATCH_T(ntok, iq4_xs_k(nb, w, a, y, ys, T_));
+}
+
+/* ---- several rows per call, with AVX-512 VNNI (rows_vnni, traits.h) ----
+ * The repacked order (acc = fma(isum_b, dw_b * dx_b, acc) per row) for 8 rows at once,
+ * the rows in the 8 lanes of one accumulator per token.  Rows i and i + 4 share a vector:
+ * their 16 index bytes in its two halves, the low nibbles through the code book in one
+ * shuffle, the high ones in another.  The book's values are biased by +128 to be unsigned
+ * for dpbusd; the bias, 128 * (the sum of the block's activations), is taken back exactly
+ * in the integer sums (the accumulators start from its negation). */
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+
+VNNI INLINE __m256i vnni_dot(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+/* The scales (as scale32 gives them) of the blocks at blk, blk + rb, ... blk + 7 rb, in lane order. */
+VNNI INLINE __m256 scales8(const uint8_t *blk, int64_t rb, const int mxfp4) {
+    if (mxfp4) {
+        uint64_t e = 0;
+        for (int i = 0; i < 8; i++) e |= (uint64_t)blk[i * rb] << 8 * i;
+        const __m256i ev = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e));
+        const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(ev, _mm256_set1_epi32(1)), 23);
+        const __m256i tiny = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), ev);
+        return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, tiny, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), ev)));
+    }
+    uint64_t lo = 0, hi = 0;
+    for (int i = 0; i < 4; i++) {
+        uint16_t d0, d1;
+        memcpy(&d0, blk + i * rb, 2);
+        memcpy(&d1, blk + (i + 4) * rb, 2);
+        lo |= (uint64_t)d0 << 16 * i;
+        hi |= (uint64_t)d1 << 16 * i;
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
+}
+
+/* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
+VNNI INLINE __m256i rows_hsum(const __m256i *s) {
+    const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));
+    const __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2], s[3]), _mm256_unpackhi_epi32(s[2], s[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+}
+
+VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, int64_t rb, const realm_act_group *a,
+                               float *y, int64_t ys, const int T) {
+    const int bs = mxfp4 ? (int)sizeof(block_mxfp4) : (int)sizeof(block_iq4_nl);
+    const int qoff = mxfp4 ? (int)offsetof(block_mxfp4, qs) : (int)offsetof(block_iq4_nl, qs);
+    const __m256i ubook = _mm256_xor_si256(book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl), _mm256_set1_epi8(-128));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(-128);
+    __m256 acc[G];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    /* The 8 rows' blocks sit in 8 streams the hardware prefetchers follow poorly: each block
+     * step prefetches the next stretch of the rows ahead (8 blocks' bytes, at least 6 KiB or
+     * 8 rows ahead), so that the weights arrive from memory in time. */
+    const uint8_t *pf = w + (8 * rb > 6144 ? 8 * rb : 6144);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bs;
+        for (int k = 0; k < 8 * bs; k += 64) _mm_prefetch((const char *)(pf + 8 * bs * b + k), _MM_HINT_T0);
+        __m256i lo[4], hi[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256i raw = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb + qoff))),
+                _mm_loadu_si128((const __m128i *)(blk + (i + 4) * rb + qoff)), 1);
+            lo[i] = _mm256_shuffle_epi8(ubook, _mm256_and_si256(raw, m4));
+            hi[i] = _mm256_shuffle_epi8(ubook, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+        }
+        const __m256 dw = scales8(blk, rb, mxfp4);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = TOKEN_ROW(a, t) + 32 * b;
+            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xt));
+            const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xt + 16)));
+            const __m256i nbias = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                   vnni_dot(vnni_dot(_mm256_setzero_si256(), bias, xl), bias, xh));
+            __m256i s[4];
+            for (int i = 0; i < 4; i++) s[i] = vnni_dot(vnni_dot(nbias, lo[i], xl), hi[i], xh);
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(dx[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows_hsum(s)), d, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ys, acc[t]);
+}
+
+VNNI INLINE void lut32_rows_whole(const int mxfp4, int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,
+                                  int ntok, float *y, int64_t ys) {
+    const int64_t rb = nb * (mxfp4 ? (int64_t)sizeof(block_mxfp4) : (int64_t)sizeof(block_iq4_nl));
+    const uint8_t *wb = w;
+    int64_t r = 0;
+    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, lut32_rows8_k(mxfp4, nb, wb + r * rb, rb, a, y + r, ys, T_));
+    for (; r < nrows; r++) DISPATCH_T(ntok, lut32_whole_k(mxfp4, nb, wb + r * rb, a, y + r, ys, T_));
+}
+
+VNNI void realm_iq4_nl_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
+                                       float *y, int64_t ys) {
+    lut32_rows_whole(0, nb, w, nrows, a, ntok, y, ys);
+}
+
+VNNI void realm_mxfp4_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
+                                      float *y, int64_t ys) {
+    lut32_rows_whole(1, nb, w, nrows, a, ntok, y, ys);
 }
 
 #endif

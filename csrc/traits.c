@@ -149,6 +149,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq4_nl_to_float_neon),
         .dot_ref = {realm_iq4_nl_dot_ref, realm_iq4_nl_dot_whole_ref},
         .dot_avx2 = {X86(realm_iq4_nl_dot_avx2), X86(realm_iq4_nl_dot_whole_avx2)},
+        .rows_vnni = {NULL, X86(realm_iq4_nl_rows_whole_vnni)},
     },
     [REALM_TYPE_IQ4_XS] = {
         BLOCK("IQ4_XS", QK_K, block_iq4_xs), .act = REALM_ACT_Q8_K,
@@ -165,6 +166,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_mxfp4_to_float_neon),
         .dot_ref = {realm_mxfp4_dot_ref, realm_mxfp4_dot_whole_ref},
         .dot_avx2 = {X86(realm_mxfp4_dot_avx2), X86(realm_mxfp4_dot_whole_avx2)},
+        .rows_vnni = {NULL, X86(realm_mxfp4_rows_whole_vnni)},
     },
     [REALM_TYPE_TQ1_0] = {
         BLOCK("TQ1_0", QK_K, block_tq1_0), .act = REALM_ACT_NONE,
