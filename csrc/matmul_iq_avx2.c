@@ -303,4 +303,71 @@ VNNI void realm_mxfp4_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, 
     lut32_rows_whole(1, nb, w, nrows, a, ntok, y, ys);
 }
 
+/* IQ4_XS, vec_dot order, two adjacent rows per step: their sub-blocks' 16 index bytes in
+ * the two halves of one vector (values 0..15 through the book in one shuffle, 16..31 in
+ * another), so the pair shares the activations' loads; maddubs, then dpwssd multiplies
+ * the int16 pairs by the sub-block's scale and adds them to the lanes: lane k's integers
+ * as iq4_xs_k makes them, put back per row at the super-block's end. */
+#define VNNI_XS __attribute__((target("avx2,fma,f16c,bmi2,avx512vnni,avx512vl")))
+
+/* Byte i: the 6-bit scale of sub-block i (unbiased, 0..63). */
+VNNI_XS INLINE uint64_t xs_scales8(const block_iq4_xs *x) {
+    uint32_t sl;
+    memcpy(&sl, x->scales_l, 4);
+    const uint64_t l = _pdep_u64(sl & 0x0f0f0f0fu, 0x00ff00ff00ff00ffULL) | _pdep_u64((sl >> 4) & 0x0f0f0f0fu, 0xff00ff00ff00ff00ULL);
+    return l | _pdep_u64(x->scales_h, 0x0303030303030303ULL) << 4;
+}
+
+VNNI_XS INLINE void iq4_xs_pair_k(int64_t nb, const block_iq4_xs *x0, const block_iq4_xs *x1, const realm_act_group *a,
+                                  float *y, int64_t ys, const int T) {
+    const __m256i book = book16(realm_kvalues_iq4nl), m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[2][G];
+    for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+    /* prefetch as lut32_rows8_k does, the stretch of the rows ahead at the pair's pace */
+    const char *pf = (const char *)x0 + (2 * nb * sizeof(block_iq4_xs) > 6144 ? 2 * nb * sizeof(block_iq4_xs) : 6144);
+    for (int64_t b = 0; b < nb; b++) {
+        for (int k = 0; k < 2 * (int)sizeof(block_iq4_xs); k += 64) _mm_prefetch(pf + 2 * sizeof(block_iq4_xs) * b + k, _MM_HINT_T0);
+        /* words 0..7: row 0's ls - 32 of sub-blocks 0..7, words 8..15 row 1's */
+        const __m256i ls = _mm256_sub_epi16(
+            _mm256_cvtepu8_epi16(_mm_set_epi64x((long long)xs_scales8(x1 + b), (long long)xs_scales8(x0 + b))),
+            _mm256_set1_epi16(32));
+        __m256i sl[G], sh[G];
+        for (int t = 0; t < T; t++) sl[t] = sh[t] = _mm256_setzero_si256();
+        for (int i = 0; i < QK_K / 32; i++) {
+            const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(x0[b].qs + 16 * i))),
+                                                        _mm_loadu_si128((const __m128i *)(x1[b].qs + 16 * i)), 1);
+            const __m256i lo = _mm256_shuffle_epi8(book, _mm256_and_si256(raw, m4));
+            const __m256i hi = _mm256_shuffle_epi8(book, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+            const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
+            const __m256i lsv = _mm256_shuffle_epi8(ls, _mm256_set1_epi16((short)(0x0100 * (2 * i + 1) + 2 * i)));
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = TOKEN_ROW(a, t) + QK_K * b + 32 * i;
+                const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+                const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16)));
+                sl[t] = _mm256_dpwssd_epi32(sl[t], _mm256_maddubs_epi16(alo, _mm256_sign_epi8(xl, lo)), lsv);
+                sh[t] = _mm256_dpwssd_epi32(sh[t], _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(xh, hi)), lsv);
+            }
+        }
+        const float dw0 = _cvtsh_ss(x0[b].d), dw1 = _cvtsh_ss(x1[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            const __m256i l0 = _mm256_permute2x128_si256(sl[t], sh[t], 0x20), l1 = _mm256_permute2x128_si256(sl[t], sh[t], 0x31);
+            acc[0][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * dx[t]), _mm256_cvtepi32_ps(l0), acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * dx[t]), _mm256_cvtepi32_ps(l1), acc[1][t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        y[t * ys] = hsum8(acc[0][t]);
+        y[t * ys + 1] = hsum8(acc[1][t]);
+    }
+}
+
+VNNI_XS void realm_iq4_xs_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                    int64_t ys) {
+    const block_iq4_xs *x = w;
+    int64_t r = 0;
+    for (; r + 2 <= nrows; r += 2) DISPATCH_T(ntok, iq4_xs_pair_k(nb, x + r * nb, x + (r + 1) * nb, a, y + r, ys, T_));
+    for (; r < nrows; r++) DISPATCH_T(ntok, iq4_xs_k(nb, x + r * nb, a, y + r, ys, T_));
+}
+
 #endif

@@ -158,6 +158,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq4_xs_to_float_neon),
         .dot_ref = {realm_iq4_xs_dot_ref},
         .dot_avx2 = {X86(realm_iq4_xs_dot_avx2)},
+        .rows_vnni = {X86(realm_iq4_xs_rows_vnni)},
     },
     [REALM_TYPE_MXFP4] = {
         BLOCK("MXFP4", QK_MXFP4, block_mxfp4), .act = REALM_ACT_Q8, .repacked = 1,
