@@ -220,12 +220,16 @@ VNNI INLINE __m256i vnni_dot(__m256i acc, __m256i u, __m256i s) { return _mm256_
 VNNI INLINE __m256 scales8(const uint8_t *blk, int64_t rb, const int mxfp4) {
     if (mxfp4) {
         uint64_t e = 0;
-        for (int i = 0; i < 8; i++) e |= (uint64_t)blk[i * rb] << 8 * i;
+        for (int i = 0; i < 8; i++) {
+            e |= (uint64_t)blk[i * rb] << 8 * i;
+            __asm__("" : "+r"(e));
+        }
         const __m256i ev = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e));
         const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(ev, _mm256_set1_epi32(1)), 23);
         const __m256i tiny = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), ev);
         return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, tiny, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), ev)));
     }
+    /* in general registers: gcc's vectorization of this gather is slower */
     uint64_t lo = 0, hi = 0;
     for (int i = 0; i < 4; i++) {
         uint16_t d0, d1;
@@ -233,6 +237,7 @@ VNNI INLINE __m256 scales8(const uint8_t *blk, int64_t rb, const int mxfp4) {
         memcpy(&d1, blk + (i + 4) * rb, 2);
         lo |= (uint64_t)d0 << 16 * i;
         hi |= (uint64_t)d1 << 16 * i;
+        __asm__("" : "+r"(lo), "+r"(hi));
     }
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
 }
