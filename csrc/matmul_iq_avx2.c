@@ -242,6 +242,16 @@ VNNI INLINE __m256 scales8(const uint8_t *blk, int64_t rb, const int mxfp4) {
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
 }
 
+/* Software prefetch.  A call's rows are read as several streams at once, which the hardware
+ * prefetchers follow poorly, and a tile's rows start cold: the kernels prefetch the start of
+ * their rows at once, then at each step the stretch pf_lead bytes ahead of their progress
+ * (about 6 KiB, and at least the `step` rows they take together), never past their rows. */
+VNNI INLINE int64_t pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
+
+VNNI INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t lead) {
+    for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
 /* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
 VNNI INLINE __m256i rows_hsum(const __m256i *s) {
     const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));
@@ -249,8 +259,8 @@ VNNI INLINE __m256i rows_hsum(const __m256i *s) {
     return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
 }
 
-VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, int64_t rb, const realm_act_group *a,
-                               float *y, int64_t ys, const int T) {
+VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end,
+                               const realm_act_group *a, float *y, int64_t ys, const int T) {
     const int bs = mxfp4 ? (int)sizeof(block_mxfp4) : (int)sizeof(block_iq4_nl);
     const int qoff = mxfp4 ? (int)offsetof(block_mxfp4, qs) : (int)offsetof(block_iq4_nl, qs);
     const __m256i ubook = _mm256_xor_si256(book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl), _mm256_set1_epi8(-128));
@@ -258,12 +268,13 @@ VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, in
     __m256 acc[G];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     /* The 8 rows' blocks sit in 8 streams the hardware prefetchers follow poorly: each block
-     * step prefetches the next stretch of the rows ahead (8 blocks' bytes, at least 6 KiB or
-     * 8 rows ahead), so that the weights arrive from memory in time. */
-    const uint8_t *pf = w + (8 * rb > 6144 ? 8 * rb : 6144);
+     * step prefetches the next stretch of the call's rows ahead (8 blocks' bytes, pf_lead
+     * ahead), so that the weights arrive from memory in time. */
+    const uint8_t *pf = w + pf_lead(rb, 8);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bs;
-        for (int k = 0; k < 8 * bs; k += 64) _mm_prefetch((const char *)(pf + 8 * bs * b + k), _MM_HINT_T0);
+        if (pf + 8 * bs * b < end)
+            for (int k = 0; k < 8 * bs; k += 64) _mm_prefetch((const char *)(pf + 8 * bs * b + k), _MM_HINT_T0);
         __m256i lo[4], hi[4];
         for (int i = 0; i < 4; i++) {
             const __m256i raw = _mm256_inserti128_si256(
@@ -292,9 +303,10 @@ VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, in
 VNNI INLINE void lut32_rows_whole(const int mxfp4, int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,
                                   int ntok, float *y, int64_t ys) {
     const int64_t rb = nb * (mxfp4 ? (int64_t)sizeof(block_mxfp4) : (int64_t)sizeof(block_iq4_nl));
-    const uint8_t *wb = w;
+    const uint8_t *wb = w, *end = wb + nrows * rb;
+    prefetch_start(wb, end, pf_lead(rb, 8));
     int64_t r = 0;
-    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, lut32_rows8_k(mxfp4, nb, wb + r * rb, rb, a, y + r, ys, T_));
+    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, lut32_rows8_k(mxfp4, nb, wb + r * rb, rb, end, a, y + r, ys, T_));
     for (; r < nrows; r++) DISPATCH_T(ntok, lut32_whole_k(mxfp4, nb, wb + r * rb, a, y + r, ys, T_));
 }
 
@@ -323,15 +335,17 @@ VNNI_XS INLINE uint64_t xs_scales8(const block_iq4_xs *x) {
     return l | _pdep_u64(x->scales_h, 0x0303030303030303ULL) << 4;
 }
 
-VNNI_XS INLINE void iq4_xs_pair_k(int64_t nb, const block_iq4_xs *x0, const block_iq4_xs *x1, const realm_act_group *a,
-                                  float *y, int64_t ys, const int T) {
+VNNI_XS INLINE void iq4_xs_pair_k(int64_t nb, const block_iq4_xs *x0, const block_iq4_xs *x1, const uint8_t *end,
+                                  const realm_act_group *a, float *y, int64_t ys, const int T) {
     const __m256i book = book16(realm_kvalues_iq4nl), m4 = _mm256_set1_epi8(0x0f);
     __m256 acc[2][G];
     for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    /* prefetch as lut32_rows8_k does, the stretch of the rows ahead at the pair's pace */
-    const char *pf = (const char *)x0 + (2 * nb * sizeof(block_iq4_xs) > 6144 ? 2 * nb * sizeof(block_iq4_xs) : 6144);
+    /* the stretch of the rows ahead at the pair's pace (pf_lead) */
+    const uint8_t *pf = (const uint8_t *)x0 + pf_lead(nb * (int64_t)sizeof(block_iq4_xs), 2);
     for (int64_t b = 0; b < nb; b++) {
-        for (int k = 0; k < 2 * (int)sizeof(block_iq4_xs); k += 64) _mm_prefetch(pf + 2 * sizeof(block_iq4_xs) * b + k, _MM_HINT_T0);
+        if (pf + 2 * sizeof(block_iq4_xs) * b < end)
+            for (int k = 0; k < 2 * (int)sizeof(block_iq4_xs); k += 64)
+                _mm_prefetch((const char *)(pf + 2 * sizeof(block_iq4_xs) * b + k), _MM_HINT_T0);
         /* words 0..7: row 0's ls - 32 of sub-blocks 0..7, words 8..15 row 1's */
         const __m256i ls = _mm256_sub_epi16(
             _mm256_cvtepu8_epi16(_mm_set_epi64x((long long)xs_scales8(x1 + b), (long long)xs_scales8(x0 + b))),
@@ -370,8 +384,10 @@ VNNI_XS INLINE void iq4_xs_pair_k(int64_t nb, const block_iq4_xs *x0, const bloc
 VNNI_XS void realm_iq4_xs_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
                                     int64_t ys) {
     const block_iq4_xs *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_iq4_xs), 2));
     int64_t r = 0;
-    for (; r + 2 <= nrows; r += 2) DISPATCH_T(ntok, iq4_xs_pair_k(nb, x + r * nb, x + (r + 1) * nb, a, y + r, ys, T_));
+    for (; r + 2 <= nrows; r += 2) DISPATCH_T(ntok, iq4_xs_pair_k(nb, x + r * nb, x + (r + 1) * nb, end, a, y + r, ys, T_));
     for (; r < nrows; r++) DISPATCH_T(ntok, iq4_xs_k(nb, x + r * nb, a, y + r, ys, T_));
 }
 
