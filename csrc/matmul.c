@@ -6,7 +6,9 @@
  * the tile, so the tile's weights stay in L2 while each group's activations
  * sit in L1 and a decoded weight block serves a whole group.  Each output
  * value is computed by one kernel call whatever the split, so results do not
- * depend on the thread count. */
+ * depend on the thread count.  Where a format has a several-rows kernel for
+ * the path (rows_vnni, traits.h) a tile's rows go to it in one call, tiles
+ * then a multiple of 8 rows; it gives each row the row kernel's floats. */
 #include "matmul.h"
 
 #include <stdlib.h>

@@ -3,7 +3,9 @@
  * 4-bit indices go through its code book with one byte shuffle (kvalues_iq4nl, or
  * MXFP4's doubled e2m1 values), then maddubs + madd give 8 exact int32 lanes (lane
  * k: values 4k..4k+3 of 32); the float steps are matmul.h's (llama.cpp's x86
- * kernels), which matmul_iq_ref.c performs in scalar code, bit for bit. */
+ * kernels), which matmul_iq_ref.c performs in scalar code, bit for bit.  On CPUs
+ * with AVX-512 VNNI the several-rows kernels at the end (rows_vnni) take over:
+ * the same integers by other instructions, the same float steps per row. */
 #include "kernels_iq_mm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
