@@ -53,4 +53,12 @@ void realm_tq2_0_dot_ref(int64_t nb, const void *w, const realm_act_group *a, in
 void realm_tq1_0_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_tq2_0_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
+/* Several rows per call (realm_dot_rows_fn), with AVX-512 VNNI: the floats of the row kernels. */
+void realm_iq4_nl_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                  int64_t ys);
+void realm_iq4_xs_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                            int64_t ys);
+void realm_mxfp4_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                 int64_t ys);
+
 #endif

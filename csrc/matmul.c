@@ -6,7 +6,9 @@
  * the tile, so the tile's weights stay in L2 while each group's activations
  * sit in L1 and a decoded weight block serves a whole group.  Each output
  * value is computed by one kernel call whatever the split, so results do not
- * depend on the thread count. */
+ * depend on the thread count.  Where a format has a several-rows kernel for
+ * the path (rows_vnni, traits.h) a tile's rows go to it in one call, tiles
+ * then a multiple of 8 rows; it gives each row the row kernel's floats. */
 #include "matmul.h"
 
 #include <stdlib.h>
@@ -93,6 +95,7 @@ int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, voi
 
 typedef struct {
     realm_dot_fn fn;
+    realm_dot_rows_fn rows; /* the path's several-rows kernel (same bits as fn), or NULL */
     int act;
     int64_t nb;        /* blocks per weight row */
     int64_t row_bytes; /* bytes per weight row */
@@ -111,8 +114,12 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
      * avx2 -> ref (the same bits on every path); never another format's. */
     const int whole = realm_whole_blocks(wtype, n_out);
     p->fn = NULL;
+    p->rows = NULL;
     if (isa == REALM_ISA_AVX2 && realm_matmul_avx512(-1)) p->fn = tt->dot_avx512[whole];
-    if (isa == REALM_ISA_AVX2 && !p->fn && realm_matmul_vnni(-1)) p->fn = tt->dot_vnni[whole];
+    if (isa == REALM_ISA_AVX2 && !p->fn && realm_matmul_vnni(-1)) {
+        p->fn = tt->dot_vnni[whole];
+        p->rows = tt->rows_vnni[whole];
+    }
     if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
     if (!p->fn) p->fn = tt->dot_ref[whole];
     if (!p->fn) return REALM_EUNSUPPORTED;
@@ -122,7 +129,8 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
 }
 
 /* Rows per tile: about 8 tiles per thread for balance, no more than
- * TILE_BYTES of weights when several token groups reuse the tile. */
+ * TILE_BYTES of weights when several token groups reuse the tile; a
+ * multiple of 8 for a several-rows kernel (it takes rows 8 at a time). */
 static int64_t tile_rows(const plan *p, int64_t n_out, int64_t n_tok, int nt) {
     int64_t r = (n_out + 8 * nt - 1) / (8 * nt);
     if (n_tok > REALM_TOK_GROUP) {
@@ -130,6 +138,7 @@ static int64_t tile_rows(const plan *p, int64_t n_out, int64_t n_tok, int nt) {
         if (cap < 4) cap = 4;
         if (r > cap) r = cap;
     }
+    if (p->rows) r = (r + 7) & ~(int64_t)7;
     return r < 1 ? 1 : r;
 }
 
@@ -156,7 +165,9 @@ int realm_matmul_q_ws(int wtype, const void *w, int64_t n_out, int64_t n_in, con
             const int64_t left = n_tok - g * REALM_TOK_GROUP;
             const int ntok = left < REALM_TOK_GROUP ? (int)left : REALM_TOK_GROUP;
             float *yg = y + g * REALM_TOK_GROUP * n_out;
-            for (int64_t r = r0; r < r1; r++) p.fn(p.nb, wb + r * p.row_bytes, &view, ntok, yg + r, n_out);
+            if (p.rows) p.rows(p.nb, wb + r0 * p.row_bytes, r1 - r0, &view, ntok, yg + r0, n_out);
+            else
+                for (int64_t r = r0; r < r1; r++) p.fn(p.nb, wb + r * p.row_bytes, &view, ntok, yg + r, n_out);
         }
     }
     return 0;

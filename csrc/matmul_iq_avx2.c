@@ -3,10 +3,14 @@
  * 4-bit indices go through its code book with one byte shuffle (kvalues_iq4nl, or
  * MXFP4's doubled e2m1 values), then maddubs + madd give 8 exact int32 lanes (lane
  * k: values 4k..4k+3 of 32); the float steps are matmul.h's (llama.cpp's x86
- * kernels), which matmul_iq_ref.c performs in scalar code, bit for bit. */
+ * kernels), which matmul_iq_ref.c performs in scalar code, bit for bit.  On CPUs
+ * with AVX-512 VNNI the several-rows kernels at the end (rows_vnni) take over:
+ * the same integers by other instructions, the same float steps per row. */
 #include "kernels_iq_mm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+
+#include <stddef.h>
 
 #include "avx2_util.h"
 #include "fp16.h"
@@ -201,6 +205,192 @@ AVX2 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_
 
 AVX2 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     DISPATCH_T(ntok, iq4_xs_k(nb, w, a, y, ys, T_));
+}
+
+/* ---- several rows per call, with AVX-512 VNNI (rows_vnni, traits.h) ----
+ * The repacked order (acc = fma(isum_b, dw_b * dx_b, acc) per row) for 8 rows at once,
+ * the rows in the 8 lanes of one accumulator per token.  Rows i and i + 4 share a vector:
+ * their 16 index bytes in its two halves, the low nibbles through the code book in one
+ * shuffle, the high ones in another.  The book's values are biased by +128 to be unsigned
+ * for dpbusd; the bias, 128 * (the sum of the block's activations), is taken back exactly
+ * in the integer sums (the accumulators start from its negation). */
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+
+VNNI INLINE __m256i vnni_dot(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+/* The scales (as scale32 gives them) of the blocks at blk, blk + rb, ... blk + 7 rb, in lane order. */
+VNNI INLINE __m256 scales8(const uint8_t *blk, int64_t rb, const int mxfp4) {
+    if (mxfp4) {
+        uint64_t e = 0;
+        for (int i = 0; i < 8; i++) {
+            e |= (uint64_t)blk[i * rb] << 8 * i;
+            __asm__("" : "+r"(e));
+        }
+        const __m256i ev = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)e));
+        const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(ev, _mm256_set1_epi32(1)), 23);
+        const __m256i tiny = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), ev);
+        return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, tiny, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), ev)));
+    }
+    /* in general registers: gcc's vectorization of this gather is slower */
+    uint64_t lo = 0, hi = 0;
+    for (int i = 0; i < 4; i++) {
+        uint16_t d0, d1;
+        memcpy(&d0, blk + i * rb, 2);
+        memcpy(&d1, blk + (i + 4) * rb, 2);
+        lo |= (uint64_t)d0 << 16 * i;
+        hi |= (uint64_t)d1 << 16 * i;
+        __asm__("" : "+r"(lo), "+r"(hi));
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
+}
+
+/* Software prefetch.  A call's rows are read as several streams at once, which the hardware
+ * prefetchers follow poorly, and a tile's rows start cold: the kernels prefetch the start of
+ * their rows at once, then at each step the stretch pf_lead bytes ahead of their progress
+ * (about 6 KiB, and at least the `step` rows they take together), never past their rows. */
+VNNI INLINE int64_t pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
+
+VNNI INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t lead) {
+    for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
+/* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
+VNNI INLINE __m256i rows_hsum(const __m256i *s) {
+    const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));
+    const __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2], s[3]), _mm256_unpackhi_epi32(s[2], s[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+}
+
+VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end,
+                               const realm_act_group *a, float *y, int64_t ys, const int T) {
+    const int bs = mxfp4 ? (int)sizeof(block_mxfp4) : (int)sizeof(block_iq4_nl);
+    const int qoff = mxfp4 ? (int)offsetof(block_mxfp4, qs) : (int)offsetof(block_iq4_nl, qs);
+    const __m256i ubook = _mm256_xor_si256(book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl), _mm256_set1_epi8(-128));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(-128);
+    __m256 acc[G];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    /* The 8 rows' blocks sit in 8 streams the hardware prefetchers follow poorly: each block
+     * step prefetches the next stretch of the call's rows ahead (8 blocks' bytes, pf_lead
+     * ahead), so that the weights arrive from memory in time. */
+    const uint8_t *pf = w + pf_lead(rb, 8);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bs;
+        if (pf + 8 * bs * b < end)
+            for (int k = 0; k < 8 * bs; k += 64) _mm_prefetch((const char *)(pf + 8 * bs * b + k), _MM_HINT_T0);
+        __m256i lo[4], hi[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256i raw = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb + qoff))),
+                _mm_loadu_si128((const __m128i *)(blk + (i + 4) * rb + qoff)), 1);
+            lo[i] = _mm256_shuffle_epi8(ubook, _mm256_and_si256(raw, m4));
+            hi[i] = _mm256_shuffle_epi8(ubook, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+        }
+        const __m256 dw = scales8(blk, rb, mxfp4);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            const int8_t *xt = TOKEN_ROW(a, t) + 32 * b;
+            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xt));
+            const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xt + 16)));
+            const __m256i nbias = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                   vnni_dot(vnni_dot(_mm256_setzero_si256(), bias, xl), bias, xh));
+            __m256i s[4];
+            for (int i = 0; i < 4; i++) s[i] = vnni_dot(vnni_dot(nbias, lo[i], xl), hi[i], xh);
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(dx[t]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows_hsum(s)), d, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ys, acc[t]);
+}
+
+VNNI INLINE void lut32_rows_whole(const int mxfp4, int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,
+                                  int ntok, float *y, int64_t ys) {
+    const int64_t rb = nb * (mxfp4 ? (int64_t)sizeof(block_mxfp4) : (int64_t)sizeof(block_iq4_nl));
+    const uint8_t *wb = w, *end = wb + nrows * rb;
+    prefetch_start(wb, end, pf_lead(rb, 8));
+    int64_t r = 0;
+    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, lut32_rows8_k(mxfp4, nb, wb + r * rb, rb, end, a, y + r, ys, T_));
+    for (; r < nrows; r++) DISPATCH_T(ntok, lut32_whole_k(mxfp4, nb, wb + r * rb, a, y + r, ys, T_));
+}
+
+VNNI void realm_iq4_nl_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
+                                       float *y, int64_t ys) {
+    lut32_rows_whole(0, nb, w, nrows, a, ntok, y, ys);
+}
+
+VNNI void realm_mxfp4_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
+                                      float *y, int64_t ys) {
+    lut32_rows_whole(1, nb, w, nrows, a, ntok, y, ys);
+}
+
+/* IQ4_XS, vec_dot order, two adjacent rows per step: their sub-blocks' 16 index bytes in
+ * the two halves of one vector (values 0..15 through the book in one shuffle, 16..31 in
+ * another), so the pair shares the activations' loads; maddubs, then dpwssd multiplies
+ * the int16 pairs by the sub-block's scale and adds them to the lanes: lane k's integers
+ * as iq4_xs_k makes them, put back per row at the super-block's end. */
+#define VNNI_XS __attribute__((target("avx2,fma,f16c,bmi2,avx512vnni,avx512vl")))
+
+/* Byte i: the 6-bit scale of sub-block i (unbiased, 0..63). */
+VNNI_XS INLINE uint64_t xs_scales8(const block_iq4_xs *x) {
+    uint32_t sl;
+    memcpy(&sl, x->scales_l, 4);
+    const uint64_t l = _pdep_u64(sl & 0x0f0f0f0fu, 0x00ff00ff00ff00ffULL) | _pdep_u64((sl >> 4) & 0x0f0f0f0fu, 0xff00ff00ff00ff00ULL);
+    return l | _pdep_u64(x->scales_h, 0x0303030303030303ULL) << 4;
+}
+
+VNNI_XS INLINE void iq4_xs_pair_k(int64_t nb, const block_iq4_xs *x0, const block_iq4_xs *x1, const uint8_t *end,
+                                  const realm_act_group *a, float *y, int64_t ys, const int T) {
+    const __m256i book = book16(realm_kvalues_iq4nl), m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[2][G];
+    for (int t = 0; t < T; t++) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+    /* the stretch of the rows ahead at the pair's pace (pf_lead) */
+    const uint8_t *pf = (const uint8_t *)x0 + pf_lead(nb * (int64_t)sizeof(block_iq4_xs), 2);
+    for (int64_t b = 0; b < nb; b++) {
+        if (pf + 2 * sizeof(block_iq4_xs) * b < end)
+            for (int k = 0; k < 2 * (int)sizeof(block_iq4_xs); k += 64)
+                _mm_prefetch((const char *)(pf + 2 * sizeof(block_iq4_xs) * b + k), _MM_HINT_T0);
+        /* words 0..7: row 0's ls - 32 of sub-blocks 0..7, words 8..15 row 1's */
+        const __m256i ls = _mm256_sub_epi16(
+            _mm256_cvtepu8_epi16(_mm_set_epi64x((long long)xs_scales8(x1 + b), (long long)xs_scales8(x0 + b))),
+            _mm256_set1_epi16(32));
+        __m256i sl[G], sh[G];
+        for (int t = 0; t < T; t++) sl[t] = sh[t] = _mm256_setzero_si256();
+        for (int i = 0; i < QK_K / 32; i++) {
+            const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(x0[b].qs + 16 * i))),
+                                                        _mm_loadu_si128((const __m128i *)(x1[b].qs + 16 * i)), 1);
+            const __m256i lo = _mm256_shuffle_epi8(book, _mm256_and_si256(raw, m4));
+            const __m256i hi = _mm256_shuffle_epi8(book, _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4));
+            const __m256i alo = _mm256_sign_epi8(lo, lo), ahi = _mm256_sign_epi8(hi, hi);
+            const __m256i lsv = _mm256_shuffle_epi8(ls, _mm256_set1_epi16((short)(0x0100 * (2 * i + 1) + 2 * i)));
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = TOKEN_ROW(a, t) + QK_K * b + 32 * i;
+                const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+                const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16)));
+                sl[t] = _mm256_dpwssd_epi32(sl[t], _mm256_maddubs_epi16(alo, _mm256_sign_epi8(xl, lo)), lsv);
+                sh[t] = _mm256_dpwssd_epi32(sh[t], _mm256_maddubs_epi16(ahi, _mm256_sign_epi8(xh, hi)), lsv);
+            }
+        }
+        const float dw0 = _cvtsh_ss(x0[b].d), dw1 = _cvtsh_ss(x1[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            const __m256i l0 = _mm256_permute2x128_si256(sl[t], sh[t], 0x20), l1 = _mm256_permute2x128_si256(sl[t], sh[t], 0x31);
+            acc[0][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * dx[t]), _mm256_cvtepi32_ps(l0), acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * dx[t]), _mm256_cvtepi32_ps(l1), acc[1][t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        y[t * ys] = hsum8(acc[0][t]);
+        y[t * ys + 1] = hsum8(acc[1][t]);
+    }
+}
+
+VNNI_XS void realm_iq4_xs_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                    int64_t ys) {
+    const block_iq4_xs *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_iq4_xs), 2));
+    int64_t r = 0;
+    for (; r + 2 <= nrows; r += 2) DISPATCH_T(ntok, iq4_xs_pair_k(nb, x + r * nb, x + (r + 1) * nb, end, a, y + r, ys, T_));
+    for (; r < nrows; r++) DISPATCH_T(ntok, iq4_xs_k(nb, x + r * nb, a, y + r, ys, T_));
 }
 
 #endif

@@ -151,6 +151,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq4_nl_to_float_neon),
         .dot_ref = {realm_iq4_nl_dot_ref, realm_iq4_nl_dot_whole_ref},
         .dot_avx2 = {X86(realm_iq4_nl_dot_avx2), X86(realm_iq4_nl_dot_whole_avx2)},
+        .rows_vnni = {NULL, X86(realm_iq4_nl_rows_whole_vnni)},
     },
     [REALM_TYPE_IQ4_XS] = {
         BLOCK("IQ4_XS", QK_K, block_iq4_xs), .act = REALM_ACT_Q8_K,
@@ -159,6 +160,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq4_xs_to_float_neon),
         .dot_ref = {realm_iq4_xs_dot_ref},
         .dot_avx2 = {X86(realm_iq4_xs_dot_avx2)},
+        .rows_vnni = {X86(realm_iq4_xs_rows_vnni)},
     },
     [REALM_TYPE_MXFP4] = {
         BLOCK("MXFP4", QK_MXFP4, block_mxfp4), .act = REALM_ACT_Q8, .repacked = 1,
@@ -167,6 +169,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_mxfp4_to_float_neon),
         .dot_ref = {realm_mxfp4_dot_ref, realm_mxfp4_dot_whole_ref},
         .dot_avx2 = {X86(realm_mxfp4_dot_avx2), X86(realm_mxfp4_dot_whole_avx2)},
+        .rows_vnni = {NULL, X86(realm_mxfp4_rows_whole_vnni)},
     },
     [REALM_TYPE_TQ1_0] = {
         BLOCK("TQ1_0", QK_K, block_tq1_0), .act = REALM_ACT_Q8_K,

@@ -34,6 +34,11 @@ struct realm_act_group;
 typedef void (*realm_dot_fn)(int64_t nb, const void *w, const struct realm_act_group *a, int ntok, float *y,
                              int64_t ys);
 
+/* The same products for nrows consecutive weight rows (row i at w + i * nb * type_size):
+ * y[t * ys + i], the floats the row's dot kernel gives row by row. */
+typedef void (*realm_dot_rows_fn)(int64_t nb, const void *w, int64_t nrows, const struct realm_act_group *a, int ntok,
+                                  float *y, int64_t ys);
+
 typedef struct {
     const char *name;   /* NULL: realm has no kernels for this type id */
     int block_size;     /* elements per block */
@@ -52,6 +57,9 @@ typedef struct {
     realm_dot_fn dot_avx2[2];
     realm_dot_fn dot_vnni[2];   /* the AVX2 kernels with AVX-512 VNNI's dpbusd (realm_matmul_vnni) */
     realm_dot_fn dot_avx512[2]; /* AVX-512 kernels (F, BW, VL, BF16: realm_matmul_avx512); the same bits */
+    /* Optional kernels of several rows per call, where sharing the activations' loads and
+     * reductions across rows pays (NULL: dot_vnni row by row); VNNI path only. */
+    realm_dot_rows_fn rows_vnni[2];
 } realm_type_traits;
 
 /* Indexed by enum realm_type; entries realm does not support have name == NULL. */
