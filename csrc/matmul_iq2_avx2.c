@@ -34,13 +34,7 @@ AVX2 INLINE __m256i rows4(const uint64_t *grid, unsigned r0, unsigned r1, unsign
 
 /* The +-1 sign bytes of a sub-block from its 4 sign bytes (bit j of byte l: value 8l + j). */
 AVX2 INLINE __m256i signs4(const uint8_t *s) {
-    uint32_t bits;
-    memcpy(&bits, s, 4);
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    const __m256i neg = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-    return _mm256_or_si256(neg, _mm256_set1_epi8(1));
+    return _mm256_or_si256(bits32(s), _mm256_set1_epi8(1)); /* 0xff | 1 = -1 where the bit is set */
 }
 
 enum { IQ2_XXS, IQ2_XS, IQ2_S };
