@@ -130,9 +130,12 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
 
 /* Rows per tile: about 8 tiles per thread for balance, no more than
  * TILE_BYTES of weights when several token groups reuse the tile; a
- * multiple of 8 for a several-rows kernel (it takes rows 8 at a time). */
+ * multiple of 8 for a several-rows kernel (it takes rows 8 at a time), and
+ * for one token group only 4 tiles per thread: such a kernel streams the
+ * weights from memory with software prefetch, and each tile starts cold. */
 static int64_t tile_rows(const plan *p, int64_t n_out, int64_t n_tok, int nt) {
-    int64_t r = (n_out + 8 * nt - 1) / (8 * nt);
+    const int per_thread = p->rows && n_tok <= REALM_TOK_GROUP ? 4 : 8;
+    int64_t r = (n_out + per_thread * nt - 1) / (per_thread * nt);
     if (n_tok > REALM_TOK_GROUP) {
         int64_t cap = TILE_BYTES / p->row_bytes;
         if (cap < 4) cap = 4;
