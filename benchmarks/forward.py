@@ -336,7 +336,7 @@ def main() -> None:
             dec = statistics.median(1 / r["decode_s"] for r in rs)
             rss = max(r["rss_peak_mib"] for r in rs)
             rates[engine] = (pre, dec)
-            label = f"{path.name[:21]}" if engine == "llama.cpp" else ""
+            label = name[:21] if engine == "llama.cpp" else ""
             print(f"{label:<22}{engine:<11}{pre:>14.1f}{dec:>14.1f}{rss:>14.1f}{budget:>12.1f}"
                   f"{'' if engine == 'llama.cpp' else '  (imports: %.0f MiB)' % rs[0]['rss_base_mib']}")
         (lp, ld), (rp, rd) = rates["llama.cpp"], rates["realm"]

@@ -60,5 +60,7 @@ void realm_iq4_xs_rows_vnni(int64_t nb, const void *w, int64_t nrows, const real
                             int64_t ys);
 void realm_mxfp4_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
                                  int64_t ys);
+void realm_q4_0_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                int64_t ys);
 
 #endif

@@ -21,6 +21,17 @@ AVX2 INLINE __m256i book16(const int8_t *kvalues) {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kvalues));
 }
 
+/* The repacked-order kernels below also serve Q4_0, whose block is IQ4_NL's with the
+ * code book -8..7 (its value is the index - 8): `kind` picks the book and the scale. */
+enum { LUT_IQ4_NL, LUT_MXFP4, LUT_Q4_0 };
+_Static_assert(sizeof(block_q4_0) == sizeof(block_iq4_nl) && offsetof(block_q4_0, qs) == offsetof(block_iq4_nl, qs),
+               "Q4_0 read as IQ4_NL");
+static const int8_t kvalues_q4_0[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+
+AVX2 INLINE const int8_t *lut_book(const int kind) {
+    return kind == LUT_MXFP4 ? realm_kvalues_mxfp4 : kind == LUT_Q4_0 ? kvalues_q4_0 : realm_kvalues_iq4nl;
+}
+
 /* 32 indices (16 bytes: low nibbles then high) as the code book's signed bytes.  The 16
  * bytes in both halves, the upper half's 64-bit words shifted right by 4: masked, its
  * bytes are the high nibbles. */
@@ -122,9 +133,10 @@ AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
 
 /* As llama.cpp multiplies a repacked matrix: acc = fma(isum, dw * dx, acc).  One token
  * takes 4 blocks' sums from one reduction, then folds them in order. */
-AVX2 INLINE void lut32_whole_k(const int mxfp4, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
+AVX2 INLINE void lut32_whole_k(const int kind, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
                                const int T) {
-    const __m256i book = book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl);
+    const int mxfp4 = kind == LUT_MXFP4;
+    const __m256i book = book16(lut_book(kind));
     if (T == 1) {
         __m128 acc = _mm_setzero_ps();
         int64_t b = 0;
@@ -192,7 +204,7 @@ AVX2 void realm_iq4_nl_dot_avx2(int64_t nb, const void *w, const realm_act_group
 }
 
 AVX2 void realm_iq4_nl_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    DISPATCH_T(ntok, lut32_whole_k(0, nb, w, a, y, ys, T_));
+    DISPATCH_T(ntok, lut32_whole_k(LUT_IQ4_NL, nb, w, a, y, ys, T_));
 }
 
 AVX2 void realm_mxfp4_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
@@ -200,7 +212,7 @@ AVX2 void realm_mxfp4_dot_avx2(int64_t nb, const void *w, const realm_act_group 
 }
 
 AVX2 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    DISPATCH_T(ntok, lut32_whole_k(1, nb, w, a, y, ys, T_));
+    DISPATCH_T(ntok, lut32_whole_k(LUT_MXFP4, nb, w, a, y, ys, T_));
 }
 
 AVX2 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
@@ -261,11 +273,12 @@ VNNI INLINE __m256i rows_hsum(const __m256i *s) {
     return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
 }
 
-VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end,
+VNNI INLINE void lut32_rows8_k(const int kind, int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end,
                                const realm_act_group *a, float *y, int64_t ys, const int T) {
+    const int mxfp4 = kind == LUT_MXFP4;
     const int bs = mxfp4 ? (int)sizeof(block_mxfp4) : (int)sizeof(block_iq4_nl);
     const int qoff = mxfp4 ? (int)offsetof(block_mxfp4, qs) : (int)offsetof(block_iq4_nl, qs);
-    const __m256i ubook = _mm256_xor_si256(book16(mxfp4 ? realm_kvalues_mxfp4 : realm_kvalues_iq4nl), _mm256_set1_epi8(-128));
+    const __m256i ubook = _mm256_xor_si256(book16(lut_book(kind)), _mm256_set1_epi8(-128));
     const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(-128);
     __m256 acc[G];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
@@ -302,24 +315,29 @@ VNNI INLINE void lut32_rows8_k(const int mxfp4, int64_t nb, const uint8_t *w, in
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ys, acc[t]);
 }
 
-VNNI INLINE void lut32_rows_whole(const int mxfp4, int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,
+VNNI INLINE void lut32_rows_whole(const int kind, int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,
                                   int ntok, float *y, int64_t ys) {
-    const int64_t rb = nb * (mxfp4 ? (int64_t)sizeof(block_mxfp4) : (int64_t)sizeof(block_iq4_nl));
+    const int64_t rb = nb * (kind == LUT_MXFP4 ? (int64_t)sizeof(block_mxfp4) : (int64_t)sizeof(block_iq4_nl));
     const uint8_t *wb = w, *end = wb + nrows * rb;
     prefetch_start(wb, end, pf_lead(rb, 8));
     int64_t r = 0;
-    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, lut32_rows8_k(mxfp4, nb, wb + r * rb, rb, end, a, y + r, ys, T_));
-    for (; r < nrows; r++) DISPATCH_T(ntok, lut32_whole_k(mxfp4, nb, wb + r * rb, a, y + r, ys, T_));
+    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, lut32_rows8_k(kind, nb, wb + r * rb, rb, end, a, y + r, ys, T_));
+    for (; r < nrows; r++) DISPATCH_T(ntok, lut32_whole_k(kind, nb, wb + r * rb, a, y + r, ys, T_));
 }
 
 VNNI void realm_iq4_nl_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
                                        float *y, int64_t ys) {
-    lut32_rows_whole(0, nb, w, nrows, a, ntok, y, ys);
+    lut32_rows_whole(LUT_IQ4_NL, nb, w, nrows, a, ntok, y, ys);
 }
 
 VNNI void realm_mxfp4_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
                                       float *y, int64_t ys) {
-    lut32_rows_whole(1, nb, w, nrows, a, ntok, y, ys);
+    lut32_rows_whole(LUT_MXFP4, nb, w, nrows, a, ntok, y, ys);
+}
+
+VNNI void realm_q4_0_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
+                                     float *y, int64_t ys) {
+    lut32_rows_whole(LUT_Q4_0, nb, w, nrows, a, ntok, y, ys);
 }
 
 /* IQ4_XS, vec_dot order, two adjacent rows per step: their sub-blocks' 16 index bytes in

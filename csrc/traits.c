@@ -54,6 +54,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q4_0_dot_ref, realm_q4_0_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_0_dot_avx2), X86(realm_q4_0_dot_whole_avx2)},
         .dot_vnni = {X86(realm_q4_0_dot_vnni), X86(realm_q4_0_dot_whole_vnni)},
+        .rows_vnni = {NULL, X86(realm_q4_0_rows_whole_vnni)}, /* matmul_iq_avx2.c: Q4_0 is IQ4_NL with the book -8..7 */
     },
     [REALM_TYPE_Q4_1] = {
         BLOCK("Q4_1", QK4_1, block_q4_1), .act = REALM_ACT_Q8,

@@ -77,6 +77,8 @@ class GGML:
         tr = self.traits(qtype)
         values = np.ascontiguousarray(values, dtype=np.float32)
         n_per_row = values.shape[-1]
+        if n_per_row % tr.blck_size:  # llama.cpp would write whole blocks past `out`
+            raise ValueError(f"rows of {n_per_row} values are not whole {tr.type_name.decode()} blocks of {tr.blck_size}")
         nrows = values.size // n_per_row
         if imatrix is not None:
             imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
