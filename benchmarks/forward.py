@@ -5,6 +5,13 @@
 
 A model NAME:FTYPE is the PyPI model requantized by llama.cpp's quantizer to FTYPE (its
 LLAMA_FTYPE_MOSTLY_* name: Q3_K_M, IQ4_XS, ...), cached under ~/.cache/realm/quantized.
+llama.cpp's file quantizer makes IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M files only with
+an importance matrix, which Python cannot hand it; for those FTYPEs the file is made
+tensor by tensor with llama.cpp's tensor quantizer under a flat importance matrix
+(tests/ggml_ref.py requantize_tensors), as llama.cpp lays out such a file for these
+models: every layer matrix whose rows are whole 256-blocks (the FFN's down projection:
+both PyPI models have embeddings of 576 and 640) in the type, the others in IQ4_NL, its
+fallback type, the embedding as it was.
 
 For each model, each engine runs in its own subprocess (so peak RSS is that engine's
 alone), `--rounds` times, alternating realm and llama.cpp so that both see the same
@@ -290,9 +297,27 @@ def model_path(name: str) -> Path:
     if not ftype:
         return pull(base)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from ggml_ref import requantize
+    from ggml_ref import requantize, requantize_tensors
 
-    return requantize(pull(base), ftype, realm_home() / "quantized")
+    if ftype not in IMATRIX_FTYPES:
+        return requantize(pull(base), ftype, realm_home() / "quantized")
+    import gguf
+
+    from realm import GGMLType
+
+    source = pull(base)
+    whole = {t.name for t in gguf.GGUFReader(source).tensors
+             if t.name.startswith("blk.") and len(t.shape) == 2 and int(t.shape[0]) % 256 == 0}
+
+    def types(tensor: str) -> int | None:
+        if not tensor.startswith("blk.") or not tensor.endswith(".weight") or "norm" in tensor:
+            return None
+        return int(GGMLType[ftype]) if tensor in whole else int(GGMLType.IQ4_NL)
+
+    return requantize_tensors(source, f"{ftype}-flat-imatrix", types, realm_home() / "quantized")
+
+
+IMATRIX_FTYPES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M")
 
 
 def main() -> None:

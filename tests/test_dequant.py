@@ -316,25 +316,30 @@ def test_low_level_wrapper_checks_sizes():
 
 
 def test_kernel_releases_the_gil():
-    """With a huge switch interval a thread keeps the GIL until it blocks or releases
-    it; if the main thread runs before the worker's call returns, the kernel let go."""
+    """With a huge switch interval a thread keeps the GIL until it blocks or releases it,
+    so the main thread runs while the worker is still calling the kernel only if the
+    kernel lets go.  The worker makes up to 200 calls (about 0.2 s) and stops once the
+    main thread has run: a loaded machine may take a while to schedule the main thread,
+    and a kernel holding the GIL lets it run only after the last call."""
     raw = np.random.default_rng(1).integers(0, 256, (1 << 22) // 32 * 34, dtype=np.uint8)
-    state = {}
+    calls = 200
+    state = {"main_ran": False, "calls": 0}
 
     def work():
-        state["result"] = realm.dequantize(raw, "Q8_0", threads=1)
-        state["done"] = True
+        while state["calls"] < calls and not state["main_ran"]:
+            state["result"] = realm.dequantize(raw, "Q8_0", threads=1)
+            state["calls"] += 1
 
     old = sys.getswitchinterval()
     sys.setswitchinterval(100.0)
     try:
         t = threading.Thread(target=work)
         t.start()
-        finished_before_main_ran = state.get("done", False)
+        state["main_ran"] = True
         t.join()
     finally:
         sys.setswitchinterval(old)
-    assert not finished_before_main_ran
+    assert state["calls"] < calls, "the main thread never ran during the worker's kernel calls"
     assert_same_floats(state["result"], realm.dequantize(raw, "Q8_0", threads=1))
 
 
