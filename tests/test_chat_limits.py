@@ -30,6 +30,7 @@ BIG = '{% set s = "x" * 200000 %}'
 DOUBLING = '{% set ns = namespace(a=[1], b=[1]) %}{% for i in range(60) %}' \
            '{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}'
 TEN_BILLION_STEPS = "{% for a in range(100000) %}{% for b in range(100000) %}"
+RECURSIVE_MACRO = "{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}"
 
 HOSTILE = {
     # time
@@ -37,7 +38,8 @@ HOSTILE = {
     "nested loops printing": (TEN_BILLION_STEPS + "{{ a }}{% endfor %}{% endfor %}", "limit"),
     "loop without calls": ('{% set L = range(30000)|list %}{% for a in range(100000) %}{% if -1 in L %}{% endif %}'
                            '{% endfor %}', "time limit"),
-    "recursive macro": ("{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}", "nests too deeply"),
+    # the depth limit, or on a loaded machine under tracemalloc the deadline (test_recursion_stops_at_the_depth_limit)
+    "recursive macro": (RECURSIVE_MACRO, "nests too deeply|time limit"),
     "recursive loop": ("{% for x in [[1]] recursive %}{{ loop([[x]]) }}{% endfor %}", "limit|nests too deeply"),
     # operators
     "str times 10**10": ('{{ "x" * 10**10 }}', "size limit"),
@@ -157,6 +159,13 @@ class TestHostile:
         # the process is still usable: no worker left behind, and templates render
         assert _no_workers_left()
         assert ChatTemplate(NORMAL).render(HELLO) == "<user>Hello</user>"
+
+
+def test_recursion_stops_at_the_depth_limit():
+    """Unbounded recursion is stopped by the nesting limit, well before a generous deadline."""
+    with pytest.raises(ChatTemplateError, match="nests too deeply"):
+        ChatTemplate(RECURSIVE_MACRO, time_limit_s=30.0).render(HELLO)
+    assert _no_workers_left()
 
 
 def test_time_limit_is_kept_to_within_a_little():
