@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -302,6 +303,37 @@ def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):
     assert s.proc.wait(120) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/health", timeout=2)
+
+
+def test_drain_timeout_stops_the_generations_left(smollm2_path):
+    """Requests that outlive the drain's timeout, streaming or not, are answered 503 (a stream:
+    an error event, then [DONE]) half a second before it, their generations stopped, and the
+    process exits cleanly: no request cancelled by uvicorn, no generation left writing to the
+    closed event loop."""
+    s = Server([smollm2_path], "--shutdown-timeout", "2")
+    body = {"model": SMOL, "prompt": "Count: 1, 2,", "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
+    plain: dict = {}
+
+    def post() -> None:
+        plain["response"] = s.post("/v1/completions", body)
+
+    with httpx.stream("POST", s.url + "/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        waiter = threading.Thread(target=post)
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while s.health()["running"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        rest = [line for line in lines if line.startswith("data: ")]
+        waiter.join(120)
+    assert rest[-1] == "data: [DONE]"
+    assert json.loads(rest[-2][6:])["error"]["code"] == "server_shutting_down"
+    _error(plain["response"], 503, "server_shutting_down")
+    assert s.proc.wait(120) == 0
+    log = s.log.read_text()
+    assert "Traceback" not in log and "Cancel" not in log and "Event loop is closed" not in log, log[-3000:]
 
 
 # -- hostile clients --------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ class _Outer:
     def __init__(self, app: Any, srv: "_Server", max_bytes: int):
         self.app, self.srv, self.max_bytes = app, srv, max_bytes
 
+    def drain(self, cut_after_s: float) -> None:
+        """The server is stopping: see _Server.drain."""
+        self.srv.drain(cut_after_s)
+
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -108,6 +112,15 @@ class _Server:
         self.metrics = Metrics(realm, self.name_of, self.admission.figures)
         self.created = int(time.time())
         self._token_bytes: dict[tuple[int, int], bytes] = {}
+        self.runs: set[_Run] = set()  # the generations running now (changed on the event loop only)
+
+    def drain(self, cut_after_s: float) -> None:
+        """The server is stopping: generations still running `cut_after_s` from now are stopped
+        and their requests answered 503, so that each ends before the server's own deadline
+        cancels it.  Callable from any thread."""
+        timer = threading.Timer(cut_after_s, lambda: [run.cut() for run in list(self.runs)])
+        timer.daemon = True
+        timer.start()
 
     # -- who and what --------------------------------------------------------------
     def tenant(self, request: Request) -> str:
@@ -157,31 +170,43 @@ class _Run:
     """One generation on a worker thread; its pieces of text and log probabilities land in an
     event loop as the guest makes them (no other thread in between)."""
 
-    def __init__(self, start: Callable[..., Completion], pool: concurrent.futures.Executor):
+    def __init__(self, start: Callable[..., Completion], pool: concurrent.futures.Executor, runs: set[_Run]):
         self._items: collections.deque = collections.deque()  # ("piece", text), then ("done" | "error", value)
         self._ready = asyncio.Event()
         self.logprobs: list = []  # filled on the event loop, in order
         self._stop = threading.Event()
+        self.cut_off = False  # stopped by the server's drain (_Server.drain)
         loop = asyncio.get_running_loop()
 
         def put(item: tuple) -> None:
             self._items.append(item)
             self._ready.set()
 
+        def hand_over(fn: Callable, arg: Any) -> None:
+            """fn(arg) on the event loop; once the loop has closed (the server stopped after
+            its drain timed out) nobody reads this generation any more: it stops."""
+            try:
+                loop.call_soon_threadsafe(fn, arg)
+            except RuntimeError:
+                self._stop.set()
+
         def on_text(piece: str) -> bool:
-            loop.call_soon_threadsafe(put, ("piece", piece))
+            hand_over(put, ("piece", piece))
             return self._stop.is_set()
 
         def on_logprob(entry: Any) -> None:
-            loop.call_soon_threadsafe(self.logprobs.append, entry)
+            hand_over(self.logprobs.append, entry)
 
         async def work() -> None:
+            runs.add(self)
             try:
                 call = functools.partial(start, on_text=on_text, on_logprob=on_logprob)
                 completion = await loop.run_in_executor(pool, call)
-                put(("done", completion))
+                put(("error", _shut_down()) if self.cut_off else ("done", completion))
             except BaseException as exc:  # handed to the handler
                 put(("error", exc))
+            finally:
+                runs.discard(self)
 
         self.task = asyncio.ensure_future(work())
 
@@ -204,6 +229,15 @@ class _Run:
         self._stop.set()
         await asyncio.wait([self.task])
 
+    def cut(self) -> None:
+        """Stop the generation at its next token; its request is answered 503 (any thread)."""
+        self.cut_off = True
+        self._stop.set()
+
+
+def _shut_down() -> APIError:
+    return APIError(503, "the server stopped before this generation finished", code="server_shutting_down")
+
 
 def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tuple[str, ...] = (),
                max_body_bytes: int = MAX_BODY_BYTES, catalog: tuple[str, ...] | None = None,
@@ -215,7 +249,9 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
     them into `realm` on demand (realm.serve_ray); None: the models loaded now.
     shutdown_grace_s: how long a stream in flight may go on once the server is stopping
     (sse-starlette otherwise cuts every stream at the signal); the server's own graceful
-    timeout still bounds the whole drain."""
+    timeout still bounds the whole drain.  The returned app's drain(cut_after_s), called when
+    the server starts stopping, answers 503 to the generations still running after that long
+    (`realm.server.serve` calls it half a second before its drain's deadline)."""
     srv = _Server(realm, limits or ServerLimits(), tuple(api_keys), tuple(catalog) if catalog else None)
     srv.shutdown_grace_s = shutdown_grace_s
     app = FastAPI(title="realm", docs_url=None, redoc_url=None, openapi_url=None)
@@ -304,7 +340,7 @@ async def _respond(srv: _Server, request: Request, tenant: str, model: Model, bo
     entered = True
     try:
         t0 = time.perf_counter()
-        run = _Run(start, srv.pool)
+        run = _Run(start, srv.pool, srv.runs)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             # the first piece (or the refusal) before any header: a prompt over the context is a 400
@@ -349,6 +385,8 @@ async def _collect(srv: _Server, request: Request, run: _Run, model: Model, t0: 
 
 
 def _run_error(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
     return from_realm(exc) if isinstance(exc, RealmError) else APIError(500, f"{type(exc).__name__}: {exc}")
 
 

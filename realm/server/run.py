@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import uvicorn
 
@@ -43,11 +43,21 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, t
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     realm = build_realm(models, threads=threads, limits=limits)
     try:
+        drain_s = int(max(1, shutdown_timeout_s))  # uvicorn takes whole seconds
         app = create_app(realm, limits=limits, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes,
-                         shutdown_grace_s=shutdown_timeout_s)
+                         shutdown_grace_s=drain_s)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=int(max(1, shutdown_timeout_s)), lifespan="off")
-        server = uvicorn.Server(config)
+                                timeout_graceful_shutdown=drain_s, lifespan="off")
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                # generations still running half a second before uvicorn's deadline are stopped
+                # and answered 503, rather than left running when uvicorn cancels their requests
+                if not self.should_exit:
+                    app.drain(drain_s - 0.5)
+                super().handle_exit(sig, frame)
+
+        server = Server(config)
         # uvicorn re-raises the signal that stopped it once it has shut down: let that one end
         # the process normally (exit 0) rather than kill it
         for sig in (signal.SIGINT, signal.SIGTERM):
