@@ -235,10 +235,11 @@ class _Work:
     1 + n_layer the LM head."""
 
     __slots__ = ("member", "kind", "stage", "kv", "tokens", "done", "pos", "logits", "hidden", "out", "il",
-                 "rc", "finished", "running", "skipped")
+                 "rc", "finished", "running", "skipped", "wake")
 
     def __init__(self, member: Hashable, kind: int, stage: int):
         self.member, self.kind, self.stage = member, kind, stage
+        self.wake: threading.Condition | None = None  # its caller waits here (on the engine's lock)
         self.kv: KVCache | None = None
         self.tokens: np.ndarray | None = None
         self.done = 0                     # tokens (forward) already run
@@ -269,7 +270,11 @@ class Engine:
         self.prefix = PrefixCache(settings.prefix_cache_bytes, store.budget)
         self._batch = _native.Batch(self.model._fm)
         self._n_layer = self.model.config.n_layer
-        self._cond = threading.Condition()
+        # One lock; each queued work's caller waits on a condition of its own, woken when its
+        # work ends or when it may lead the next pass (a broadcast would wake every caller at
+        # each submission and each pass: N^2 wake-ups a step); _cond is for leave()'s waits.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: list[_Work] = []
         self._running = False
         self._awaited: set[Hashable] = set()   # members the last pass answered, expected back
@@ -346,10 +351,11 @@ class Engine:
             for w in self._queue:
                 if w.member is member and not w.running:
                     w.rc, w.finished = WITHDRAWN, True
+                    w.wake.notify()
             self._queue = [w for w in self._queue if not w.finished]
+            self._wake_next()  # the next pass need not wait for the member any more
             while any(w.member is member and w.running for w in self._queue):
                 self._cond.wait()
-            self._cond.notify_all()
 
     def stats(self) -> dict[str, Any]:
         """Passes run and what they held; the prefix cache's entries, bytes and hits."""
@@ -363,8 +369,8 @@ class Engine:
     # -- the rendezvous -------------------------------------------------------------
     def _submit(self, work: _Work, deadline: float | None) -> int:
         with self._cond:
+            work.wake = threading.Condition(self._lock)
             self._queue.append(work)
-            self._cond.notify_all()
         while True:
             with self._cond:
                 batch = self._turn(work, deadline)
@@ -390,7 +396,7 @@ class Engine:
             if deadline is not None and now > deadline and not work.running:
                 work.rc, work.finished = DEADLINE, True
                 self._queue.remove(work)
-                self._cond.notify_all()
+                self._wake_next()  # it may have been the one woken to lead
                 return None
             delay = None
             if not self._running:
@@ -400,7 +406,16 @@ class Engine:
             if deadline is not None:
                 left = max(deadline - now, 0.0)
                 delay = left if delay is None else min(delay, left)
-            self._cond.wait(None if delay is None else delay + 1e-4)
+            work.wake.wait(None if delay is None else delay + 1e-4)
+
+    def _wake_next(self) -> None:
+        """Wake the caller of the first work waiting in the queue, which leads the next pass
+        (now, or once the rendezvous window has passed); needs the lock."""
+        if not self._running:
+            for w in self._queue:
+                if not w.running and not w.finished:
+                    w.wake.notify()
+                    return
 
     def _delay(self, now: float) -> float:
         """Seconds until the next pass may start (<= 0: now); needs the lock and a queue."""
@@ -524,13 +539,15 @@ class Engine:
                 if w.left > 0:
                     continue  # more chunks of its prompt
             w.rc, w.finished = rc, True
+            w.wake.notify()
             if w.member not in self._late:
                 self._awaited.add(w.member)
         self._queue = [w for w in self._queue if not w.finished]
         for w in self._queue:
             if not any(w is b for b, _ in batch):
                 w.skipped += 1
-        self._cond.notify_all()
+        self._wake_next()
+        self._cond.notify_all()  # leave() waiting for a member's running work
 
     # -- lifetime ---------------------------------------------------------------------
     def _close(self) -> None:
