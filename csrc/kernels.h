@@ -107,6 +107,15 @@ REALM_DOT(realm_q4_1_dot_vnni);
 REALM_DOT(realm_q5_0_dot_vnni);
 REALM_DOT(realm_q5_1_dot_vnni);
 REALM_DOT(realm_q8_0_dot_vnni);
+/* the same products, several rows per call (realm_dot_rows_fn) */
+#define REALM_DOT_ROWS(name) \
+    void name(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y, int64_t ys)
+REALM_DOT_ROWS(realm_q4_0_rows_vnni);
+REALM_DOT_ROWS(realm_q4_1_rows_vnni);
+REALM_DOT_ROWS(realm_q5_0_rows_vnni);
+REALM_DOT_ROWS(realm_q5_1_rows_vnni);
+REALM_DOT_ROWS(realm_q8_0_rows_vnni);
+#undef REALM_DOT_ROWS
 
 /* AVX-512 F, BW, VL, BF16 (matmul_avx512.c): the F16 and BF16 weights. */
 REALM_DOT(realm_f16_dot_avx512);

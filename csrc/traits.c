@@ -54,6 +54,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q4_0_dot_ref, realm_q4_0_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_0_dot_avx2), X86(realm_q4_0_dot_whole_avx2)},
         .dot_vnni = {X86(realm_q4_0_dot_vnni), X86(realm_q4_0_dot_whole_vnni)},
+        .rows_vnni = {X86(realm_q4_0_rows_vnni)},
     },
     [REALM_TYPE_Q4_1] = {
         BLOCK("Q4_1", QK4_1, block_q4_1), .act = REALM_ACT_Q8,
@@ -63,6 +64,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q4_1_dot_ref},
         .dot_avx2 = {X86(realm_q4_1_dot_avx2)},
         .dot_vnni = {X86(realm_q4_1_dot_vnni)},
+        .rows_vnni = {X86(realm_q4_1_rows_vnni)},
     },
     [REALM_TYPE_Q5_0] = {
         BLOCK("Q5_0", QK5_0, block_q5_0), .act = REALM_ACT_Q8,
@@ -72,6 +74,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q5_0_dot_ref},
         .dot_avx2 = {X86(realm_q5_0_dot_avx2)},
         .dot_vnni = {X86(realm_q5_0_dot_vnni)},
+        .rows_vnni = {X86(realm_q5_0_rows_vnni)},
     },
     [REALM_TYPE_Q5_1] = {
         BLOCK("Q5_1", QK5_1, block_q5_1), .act = REALM_ACT_Q8,
@@ -81,6 +84,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q5_1_dot_ref},
         .dot_avx2 = {X86(realm_q5_1_dot_avx2)},
         .dot_vnni = {X86(realm_q5_1_dot_vnni)},
+        .rows_vnni = {X86(realm_q5_1_rows_vnni)},
     },
     [REALM_TYPE_Q8_0] = {
         BLOCK("Q8_0", QK8_0, block_q8_0), .act = REALM_ACT_Q8,
@@ -90,6 +94,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q8_0_dot_ref},
         .dot_avx2 = {X86(realm_q8_0_dot_avx2)},
         .dot_vnni = {X86(realm_q8_0_dot_vnni)},
+        .rows_vnni = {X86(realm_q8_0_rows_vnni)},
     },
 
     /* ---- K-quants, blocks of 256: Q8_K activations ---- */
