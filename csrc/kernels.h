@@ -6,6 +6,8 @@
  *             (realm_dot_fn): matmul_ref.c, matmul_avx2.c (matmul_dot32.h for
  *             the 32-value formats, once plain AVX2 and once with AVX-512 VNNI)
  *   dot_whole the same as llama.cpp multiplies the matrices it repacks
+ *   rows      dot for several weight rows per call (realm_dot_rows_fn; VNNI only,
+ *             matmul_dot32_rows.h for the 32-value formats)
  * Paths: ref (scalar, everywhere), avx2 and vnni (x86-64 only, chosen at run
  * time), neon (aarch64 only).  A path's functions exist only where its file
  * compiles them; traits.c names them under the same conditions. */
