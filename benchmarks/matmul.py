@@ -76,8 +76,9 @@ class GgmlMulMat:
     def __init__(self, wq: np.ndarray, qtype: GGMLType, rows: int, cols: int, x: np.ndarray, reps: int, runs: int):
         base, self.cpu = self.libs()
         self.base, self.reps, self.rows, self.n_tok = base, reps, rows, x.shape[0]
-        # every compute call takes its work buffer (the quantized x) from the context
-        work = x.nbytes + (256 << 10)
+        # every compute call takes its work buffer (the quantized x, per-thread scratch) from the
+        # context, never given back: room for each call's, with a margin
+        work = 2 * x.nbytes + (1 << 20)
         mem = wq.nbytes + x.nbytes + reps * self.n_tok * rows * 4 + (runs + 2) * work + (16 << 20)
         self.ctx = base.ggml_init(_InitParams(mem, None, False))
         if not self.ctx:

@@ -6,6 +6,8 @@
  *             (realm_dot_fn): matmul_ref.c, matmul_avx2.c (matmul_dot32.h for
  *             the 32-value formats, once plain AVX2 and once with AVX-512 VNNI)
  *   dot_whole the same as llama.cpp multiplies the matrices it repacks
+ *   rows      dot for several weight rows per call (realm_dot_rows_fn; VNNI only,
+ *             matmul_dot32_rows.h for the 32-value formats)
  * Paths: ref (scalar, everywhere), avx2 and vnni (x86-64 only, chosen at run
  * time), neon (aarch64 only).  A path's functions exist only where its file
  * compiles them; traits.c names them under the same conditions. */
@@ -107,6 +109,15 @@ REALM_DOT(realm_q4_1_dot_vnni);
 REALM_DOT(realm_q5_0_dot_vnni);
 REALM_DOT(realm_q5_1_dot_vnni);
 REALM_DOT(realm_q8_0_dot_vnni);
+/* the same products, several rows per call (realm_dot_rows_fn) */
+#define REALM_DOT_ROWS(name) \
+    void name(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y, int64_t ys)
+REALM_DOT_ROWS(realm_q4_0_rows_vnni);
+REALM_DOT_ROWS(realm_q4_1_rows_vnni);
+REALM_DOT_ROWS(realm_q5_0_rows_vnni);
+REALM_DOT_ROWS(realm_q5_1_rows_vnni);
+REALM_DOT_ROWS(realm_q8_0_rows_vnni);
+#undef REALM_DOT_ROWS
 
 /* AVX-512 F, BW, VL, BF16 (matmul_avx512.c): the F16 and BF16 weights. */
 REALM_DOT(realm_f16_dot_avx512);

@@ -73,6 +73,7 @@ AVX2 INLINE void scales32(const void *w, int64_t b, const int type, float *d, fl
 #define DOT32_NAME(x) x##_vnni
 #define DOT32_LANES(au, sx) _mm256_dpbusd_epi32(_mm256_setzero_si256(), au, sx)
 #include "matmul_dot32.h"
+#include "matmul_dot32_rows.h" /* several rows per call: VNNI only */
 #undef DOT32_ATTR
 #undef DOT32_NAME
 #undef DOT32_LANES

@@ -54,7 +54,8 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q4_0_dot_ref, realm_q4_0_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_0_dot_avx2), X86(realm_q4_0_dot_whole_avx2)},
         .dot_vnni = {X86(realm_q4_0_dot_vnni), X86(realm_q4_0_dot_whole_vnni)},
-        .rows_vnni = {NULL, X86(realm_q4_0_rows_whole_vnni)}, /* matmul_iq_avx2.c: Q4_0 is IQ4_NL with the book -8..7 */
+        /* [1]: matmul_iq_avx2.c's IQ4_NL kernel, Q4_0 being IQ4_NL with the code book -8..7 */
+        .rows_vnni = {X86(realm_q4_0_rows_vnni), X86(realm_q4_0_rows_whole_vnni)},
     },
     [REALM_TYPE_Q4_1] = {
         BLOCK("Q4_1", QK4_1, block_q4_1), .act = REALM_ACT_Q8,
@@ -64,6 +65,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q4_1_dot_ref},
         .dot_avx2 = {X86(realm_q4_1_dot_avx2)},
         .dot_vnni = {X86(realm_q4_1_dot_vnni)},
+        .rows_vnni = {X86(realm_q4_1_rows_vnni)},
     },
     [REALM_TYPE_Q5_0] = {
         BLOCK("Q5_0", QK5_0, block_q5_0), .act = REALM_ACT_Q8,
@@ -73,6 +75,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q5_0_dot_ref},
         .dot_avx2 = {X86(realm_q5_0_dot_avx2)},
         .dot_vnni = {X86(realm_q5_0_dot_vnni)},
+        .rows_vnni = {X86(realm_q5_0_rows_vnni)},
     },
     [REALM_TYPE_Q5_1] = {
         BLOCK("Q5_1", QK5_1, block_q5_1), .act = REALM_ACT_Q8,
@@ -82,6 +85,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q5_1_dot_ref},
         .dot_avx2 = {X86(realm_q5_1_dot_avx2)},
         .dot_vnni = {X86(realm_q5_1_dot_vnni)},
+        .rows_vnni = {X86(realm_q5_1_rows_vnni)},
     },
     [REALM_TYPE_Q8_0] = {
         BLOCK("Q8_0", QK8_0, block_q8_0), .act = REALM_ACT_Q8,
@@ -91,6 +95,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q8_0_dot_ref},
         .dot_avx2 = {X86(realm_q8_0_dot_avx2)},
         .dot_vnni = {X86(realm_q8_0_dot_vnni)},
+        .rows_vnni = {X86(realm_q8_0_rows_vnni)},
     },
 
     /* ---- K-quants, blocks of 256: Q8_K activations ---- */

@@ -502,6 +502,28 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
                 assert_same_bits(_native.matmul(wq, qtype, n_out, x, isa=isa, threads=2)[t], want)
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
+def test_vec_dot_every_token_count_equals_llama_cpp(ggml_cpu, qtype):
+    """The 32-value formats in the vec_dot order (with AVX-512 VNNI several rows per call: 8 a
+    step up to 4 tokens, 4 beyond) for every token count of a group, 21 rows (rows left over
+    after the steps), 1 and 2 threads: llama.cpp's bits, for the quantizer's blocks and for
+    random bytes as blocks (Q8_0's -128 included) with finite scales and minimums."""
+    rng = np.random.default_rng(int(qtype) + 300)
+    n_out, n_in = 21, 37 * 32
+    size = _native.type_traits(qtype)[2]
+    raw = rng.integers(0, 256, (n_out * n_in // 32, size), dtype=np.uint8)
+    n_scales = 2 if qtype in (T.Q4_1, T.Q5_1) else 1  # d, and m after it
+    d = rng.choice([-1.0, 1.0], (len(raw), n_scales)) * 2.0 ** rng.uniform(-12, 2, (len(raw), n_scales))
+    raw[:, :2 * n_scales] = d.astype(np.float16).view(np.uint8)
+    for wq in (quantize(rng, gaussian(rng, (n_out, n_in)), qtype), raw.reshape(n_out, -1)):
+        x = gaussian(rng, (8, n_in), 10.0 ** rng.uniform(-2, 2))
+        want = np.stack([ggml_cpu.vec_dot(qtype, wq, n_out, x[t]) for t in range(8)])
+        for isa in ISAS:
+            for n_tok in range(1, 9):
+                for threads in (1, 2):
+                    assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], isa=isa, threads=threads), want[:n_tok])
+
+
 @pytest.mark.parametrize("qtype", [*RAW_SCALE], ids=lambda t: t.name)
 def test_random_blocks_equal_llama_cpp_kernels(ggml_cpu, qtype):
     """Random bytes as blocks (every grid row, sign pattern and scale): llama.cpp's bits on every
