@@ -108,6 +108,11 @@ REALM_DOT(realm_q5_0_dot_vnni);
 REALM_DOT(realm_q5_1_dot_vnni);
 REALM_DOT(realm_q8_0_dot_vnni);
 
+/* Several rows per call with AVX-512 VNNI (realm_dot_rows_fn; matmul_k_vnni.c): the floats
+ * of the rows' AVX2 kernels. */
+void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                int64_t ys);
+
 /* AVX-512 F, BW, VL, BF16 (matmul_avx512.c): the F16 and BF16 weights. */
 REALM_DOT(realm_f16_dot_avx512);
 REALM_DOT(realm_bf16_dot_avx512);

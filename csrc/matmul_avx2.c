@@ -96,7 +96,6 @@ int realm_matmul_vnni(int enable) {
 
 /* ---- K-quants (blocks of 256; per-16 activation sums in bsums) ---- */
 
-#define BSUMS(a, t, b) _mm256_loadu_si256((const __m256i *)((a)->bsums + (int64_t)(t) * ((a)->n_in / 16) + 16 * (b)))
 #define XROW(a, t, b, off) load32(TOKEN_ROW(a, t) + QK_K * (b) + (off))
 
 /* Scales per 16 values, int16 [s0..s7 | s8..s15] split so that lo / hi hold

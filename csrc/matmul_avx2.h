@@ -45,6 +45,8 @@ AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
 }
 
 #define TOKEN_ROW(a, t) ((a)->qs + (int64_t)(t) * (a)->n_in)
+/* Token t's 16 sums of 16 values of block b (Q8_K). */
+#define BSUMS(a, t, b) _mm256_loadu_si256((const __m256i *)((a)->bsums + (int64_t)(t) * ((a)->n_in / 16) + 16 * (b)))
 
 /* The token count as a compile-time constant. */
 #define CASE_T(n, CALL) \
@@ -81,5 +83,36 @@ AVX2 INLINE void whole_store(float *y, int64_t ys, const __m128 *acc, const __m1
 }
 
 #define WHOLE_ACC __m128 acc[G / 4], accm[G / 4]; for (int h = 0; h < G / 4; h++) acc[h] = accm[h] = _mm_setzero_ps()
+
+/* ---- the several-rows kernels (rows_vnni, traits.h: matmul_iq_avx2.c, matmul_k_vnni.c) ---- */
+
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+
+/* Lane t = the sum of the 8 lanes of v[t] (exact integers: any order). */
+AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
+    __m256i p[4], q[2];
+    for (int i = 0; i < 4; i++)
+        p[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm256_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20), _mm256_permute2x128_si256(q[0], q[1], 0x31));
+}
+
+/* Software prefetch.  A call's rows are read as several streams at once, which the hardware
+ * prefetchers follow poorly, and a tile's rows start cold: the kernels prefetch the start of
+ * their rows at once, then at each step the stretch pf_lead bytes ahead of their progress
+ * (about 6 KiB, and at least the `step` rows they take together), never past their rows. */
+AVX2 INLINE int64_t pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
+
+AVX2 INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t lead) {
+    for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
+/* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
+AVX2 INLINE __m256i rows_hsum(const __m256i *s) {
+    const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));
+    const __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2], s[3]), _mm256_unpackhi_epi32(s[2], s[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+}
 
 #endif
