@@ -84,6 +84,27 @@ AVX2 INLINE void whole_store(float *y, int64_t ys, const __m128 *acc, const __m1
 
 #define WHOLE_ACC __m128 acc[G / 4], accm[G / 4]; for (int h = 0; h < G / 4; h++) acc[h] = accm[h] = _mm_setzero_ps()
 
+/* ---- the K-quants (blocks of 256) ---- */
+
+#define XROW(a, t, b, off) load32(TOKEN_ROW(a, t) + QK_K * (b) + (off))
+
+/* Scales per 16 values, int16 [s0..s7 | s8..s15] split so that lo / hi hold
+ * one half in both 128-bit lanes (for in-lane shuffles). */
+typedef struct {
+    __m256i lo, hi;
+} scales16;
+
+AVX2 INLINE scales16 split16(__m256i sc) {
+    scales16 r;
+    r.lo = _mm256_permute2x128_si256(sc, sc, 0x00);
+    r.hi = _mm256_permute2x128_si256(sc, sc, 0x11);
+    return r;
+}
+
+AVX2 INLINE void store_hsum8(float *y, int64_t ys, const __m256 *acc, const int T) {
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
+}
+
 /* ---- the several-rows kernels (rows_vnni, traits.h: matmul_iq_avx2.c, matmul_k_vnni.c) ---- */
 
 #define VNNI __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))

@@ -1,7 +1,10 @@
-/* Several-rows kernels of the K-quants with AVX-512 VNNI (rows_vnni, traits.h): a call's
- * rows share the activations' loads, and each row gets exactly the float steps of its
- * row kernel in matmul_avx2.c (matmul.h's numerics); only the exact integer sums are
- * formed by other instructions.  Rows that do not fill a step go to the row kernels. */
+/* Several-rows kernels of the K-quants with AVX-512 VNNI (rows_vnni, traits.h).  Each row
+ * gets exactly the float steps of its row kernel in matmul_avx2.c (matmul.h's numerics);
+ * only the exact integer sums are formed by other instructions.  Q4_K's repacked order
+ * takes 8 rows at once in the lanes of its accumulators (the rows share the activations'
+ * loads and one reduction); the vec_dot kernels take a call's rows one by one, prefetching
+ * the rows ahead (4 rows per step sharing the activations' loads measured slower: their
+ * accumulators do not fit in the registers). */
 #include "matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -118,6 +121,74 @@ VNNI void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, c
     int64_t r = 0;
     for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, q4_K_rows8_k(nb, wb + r * rb, rb, end, a, y + r, ys, T_));
     for (; r < nrows; r++) realm_q4_K_dot_whole_avx2(nb, wb + r * rb, a, ntok, y + r, ys);
+}
+
+/* ---- the vec_dot order: each row its own 8 lanes per token, as its row kernel ----
+ * dpbusd gives the 8 lanes of a 32-value group (4 products each, within int16 for these
+ * formats); two groups' lanes go into one vector as int16 pairs, and dpwssd multiplies
+ * each by its scale and adds both to the row's lanes (exact: any order). */
+
+/* s + lane k of l0 times the low word of sp's dword k + lane k of l1 times the high word. */
+VNNI INLINE __m256i scale_pair(__m256i s, __m256i l0, __m256i l1, __m256i sp) {
+    return _mm256_dpwssd_epi32(s, _mm256_blend_epi16(l0, _mm256_slli_epi32(l1, 16), 0xaa), sp);
+}
+
+/* Q6_K, one row at a time (its block decoded once for the token group), the rows ahead
+ * prefetched at their pace. */
+VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end, const realm_act_group *a, float *y,
+                            int64_t ys, const int T) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), zero = _mm256_setzero_si256();
+    const int64_t lead = pf_lead(nb * (int64_t)sizeof(block_q6_K), 1);
+    __m256 acc[G];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
+        if (pf < end)
+            for (int k = 0; k < (int)sizeof(block_q6_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
+        const scales16 sc = split16(sc16);
+        __m256i u[8];
+        for (int n = 0; n < 2; n++) {
+            const __m256i ql0 = load32(x[b].ql + 64 * n), ql1 = load32(x[b].ql + 64 * n + 32);
+            const __m256i qh = load32(x[b].qh + 32 * n);
+            /* group 4n + k: 4 bits of ql, and bits 2k, 2k + 1 of qh as bits 4, 5 (0xEC: (a & c) | b) */
+            const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
+            const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
+            const __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
+            u[4 * n] = _mm256_ternarylogic_epi32(ql0, h0, m4, 0xEC);
+            u[4 * n + 1] = _mm256_ternarylogic_epi32(ql1, h1, m4, 0xEC);
+            u[4 * n + 2] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql0, 4), _mm256_and_si256(qh, m30), m4, 0xEC);
+            u[4 * n + 3] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql1, 4), h3, m4, 0xEC);
+        }
+        /* dword k of sp[p]: lane k's scales in groups 2p and 2p + 1 */
+        __m256i sp[4];
+        for (int p = 0; p < 4; p++) {
+            const int e = 8 * (p & 1);
+            const __m256i ctrl = _mm256_setr_epi8(e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5,
+                                                  e, e + 1, e + 4, e + 5, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6,
+                                                  e + 7, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6, e + 7);
+            sp[p] = _mm256_shuffle_epi8(p < 2 ? sc.lo : sc.hi, ctrl);
+        }
+        const float dw = _cvtsh_ss(x[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            /* the values' offset -32 per lane, from the 16-value sums (as q6_K_k) */
+            __m256i s = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_madd_epi16(BSUMS(a, t, b), sc16), 5));
+            for (int g = 0; g < 8; g += 2)
+                s = scale_pair(s, _mm256_dpbusd_epi32(zero, u[g], XROW(a, t, b, 32 * g)),
+                               _mm256_dpbusd_epi32(zero, u[g + 1], XROW(a, t, b, 32 * g + 32)), sp[g / 2]);
+            acc[t] = fold8(acc[t], dx[t] * dw, s);
+        }
+    }
+    store_hsum8(y, ys, acc, T);
+}
+
+VNNI void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                               int64_t ys) {
+    const block_q6_K *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q6_K), 1));
+    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q6_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
 }
 
 #endif

@@ -134,6 +134,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q6_K_to_float_neon),
         .dot_ref = {realm_q6_K_dot_ref},
         .dot_avx2 = {X86(realm_q6_K_dot_avx2)},
+        .rows_vnni = {X86(realm_q6_K_rows_vnni)},
     },
     /* the K-quants' activation format: dequantized, never multiplied as weights */
     [REALM_TYPE_Q8_K] = {
