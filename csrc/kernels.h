@@ -112,6 +112,8 @@ REALM_DOT(realm_q8_0_dot_vnni);
  * of the rows' AVX2 kernels. */
 void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
                                 int64_t ys);
+void realm_q5_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                          int64_t ys);
 void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
                           int64_t ys);
 

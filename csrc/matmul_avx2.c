@@ -208,21 +208,6 @@ AVX2 INLINE void q3_K_k(int64_t nb, const block_q3_K *w, const realm_act_group *
     store_hsum8(y, ys, acc, T);
 }
 
-/* The 8 scales and 8 mins (6 bits each) of a Q4_K / Q5_K block, as int16
- * vectors: scales [s0..s7 | s0..s7], mins [m0 m0 m1 m1 .. m7 m7] (one per 16). */
-AVX2 INLINE void k4_scales(const uint8_t *packed, __m256i *sc, __m256i *mins) {
-    uint32_t u[3];
-    memcpy(u, packed, 12);
-    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
-    const uint32_t s_lo = u[0] & m6, m_lo = u[1] & m6;
-    const uint32_t s_hi = (u[2] & m4) | ((u[0] >> 6) & m2) << 4;
-    const uint32_t m_hi = ((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4;
-    const __m128i v = _mm_setr_epi32((int)s_lo, (int)s_hi, (int)m_lo, (int)m_hi); /* 8 scales, 8 mins */
-    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
-    const __m128i m = _mm_unpackhi_epi64(v, v);
-    *mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
-}
-
 /* The integer lanes of a Q4_K / Q5_K block for each token: s (values times
  * scales) and mm (minimums times the 16-value sums). */
 AVX2 INLINE void q45_block(const uint8_t *qs, const uint8_t *qh5, const uint8_t *packed, const realm_act_group *a,

@@ -183,12 +183,67 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
     store_hsum8(y, ys, acc, T);
 }
 
+/* Bit i of each byte of qh as bit 4. */
+VNNI INLINE __m256i bit4(__m256i qh, const int i) {
+    return _mm256_and_si256(i <= 4 ? _mm256_slli_epi16(qh, 4 - i) : _mm256_srli_epi16(qh, i - 4), _mm256_set1_epi8(0x10));
+}
+
+/* Q5_K, one row at a time as Q6_K: the 8 scales one per 32-value group, the minimums'
+ * sum into summs as q5_K_k. */
+VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end, const realm_act_group *a, float *y,
+                            int64_t ys, const int T) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    const int64_t lead = pf_lead(nb * (int64_t)sizeof(block_q5_K), 1);
+    __m256 acc[G];
+    __m128 summs[G];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        summs[t] = _mm_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
+        if (pf < end)
+            for (int k = 0; k < (int)sizeof(block_q5_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        __m256i sc, mins;
+        k4_scales(x[b].scales, &sc, &mins);
+        const __m256i qh = load32(x[b].qh);
+        __m256i lo[4], hi[4], sp[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = load32(x[b].qs + 32 * j);
+            lo[j] = _mm256_ternarylogic_epi32(q, bit4(qh, 2 * j), m4, 0xEC); /* (a & c) | b */
+            hi[j] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(q, 4), bit4(qh, 2 * j + 1), m4, 0xEC);
+            /* the scales of groups 2j, 2j + 1 in every dword (dword j of sc) */
+            sp[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi32(0x03020100 + 0x04040404 * j));
+        }
+        const float dw = _cvtsh_ss(x[b].d), dmw = _cvtsh_ss(x[b].dmin);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            __m256i s = zero;
+            for (int j = 0; j < 4; j++)
+                s = scale_pair(s, _mm256_dpbusd_epi32(zero, lo[j], XROW(a, t, b, 64 * j)),
+                               _mm256_dpbusd_epi32(zero, hi[j], XROW(a, t, b, 64 * j + 32)), sp[j]);
+            const __m256i mm = _mm256_madd_epi16(BSUMS(a, t, b), mins);
+            acc[t] = fold8(acc[t], dx[t] * dw, s);
+            summs[t] = _mm_fmadd_ss(_mm_set_ss(-(dx[t] * dmw)), _mm_cvtepi32_ps(hsum4(&mm, 1)), summs[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(summs[t]);
+}
+
 VNNI void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
                                int64_t ys) {
     const block_q6_K *x = w;
     const uint8_t *end = (const uint8_t *)(x + nrows * nb);
     prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q6_K), 1));
     for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q6_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
+}
+
+VNNI void realm_q5_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                               int64_t ys) {
+    const block_q5_K *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q5_K), 1));
+    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q5_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
 }
 
 #endif

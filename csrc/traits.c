@@ -126,6 +126,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q5_K_to_float_neon),
         .dot_ref = {realm_q5_K_dot_ref},
         .dot_avx2 = {X86(realm_q5_K_dot_avx2)},
+        .rows_vnni = {X86(realm_q5_K_rows_vnni)},
     },
     [REALM_TYPE_Q6_K] = {
         BLOCK("Q6_K", QK_K, block_q6_K), .act = REALM_ACT_Q8_K,
