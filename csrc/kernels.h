@@ -6,8 +6,8 @@
  *             (realm_dot_fn): matmul_ref.c, matmul_avx2.c (matmul_dot32.h for
  *             the 32-value formats, once plain AVX2 and once with AVX-512 VNNI)
  *   dot_whole the same as llama.cpp multiplies the matrices it repacks
- *   rows      dot for several weight rows per call (realm_dot_rows_fn; VNNI only,
- *             matmul_dot32_rows.h for the 32-value formats)
+ *   rows      several weight rows per call (realm_dot_rows_fn), AVX-512 VNNI: the 32-value
+ *             formats' in matmul_dot32_rows.h, the K-quants' in matmul_k_vnni.c
  * Paths: ref (scalar, everywhere), avx2 and vnni (x86-64 only, chosen at run
  * time), neon (aarch64 only).  A path's functions exist only where its file
  * compiles them; traits.c names them under the same conditions. */
@@ -102,7 +102,7 @@ REALM_DOT(realm_q4_K_dot_whole_avx2);
 REALM_DOT(realm_q5_K_dot_avx2);
 REALM_DOT(realm_q6_K_dot_avx2);
 
-/* AVX-512 VNNI: the 32-value formats only (the K-quants keep their AVX2 kernels). */
+/* AVX-512 VNNI row kernels: the 32-value formats (the K-quants' are rows kernels, below). */
 REALM_DOT(realm_q4_0_dot_vnni);
 REALM_DOT(realm_q4_0_dot_whole_vnni);
 REALM_DOT(realm_q4_1_dot_vnni);
@@ -118,6 +118,15 @@ REALM_DOT_ROWS(realm_q5_0_rows_vnni);
 REALM_DOT_ROWS(realm_q5_1_rows_vnni);
 REALM_DOT_ROWS(realm_q8_0_rows_vnni);
 #undef REALM_DOT_ROWS
+
+/* Several rows per call with AVX-512 VNNI (realm_dot_rows_fn; matmul_k_vnni.c): the floats
+ * of the rows' AVX2 kernels. */
+void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                                int64_t ys);
+void realm_q5_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                          int64_t ys);
+void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                          int64_t ys);
 
 /* AVX-512 F, BW, VL, BF16 (matmul_avx512.c): the F16 and BF16 weights. */
 REALM_DOT(realm_f16_dot_avx512);

@@ -97,23 +97,7 @@ int realm_matmul_vnni(int enable) {
 
 /* ---- K-quants (blocks of 256; per-16 activation sums in bsums) ---- */
 
-#define BSUMS(a, t, b) _mm256_loadu_si256((const __m256i *)((a)->bsums + (int64_t)(t) * ((a)->n_in / 16) + 16 * (b)))
-#define XROW(a, t, b, off) load32(TOKEN_ROW(a, t) + QK_K * (b) + (off))
-
-/* Scales per 16 values, int16 [s0..s7 | s8..s15] split so that lo / hi hold
- * one half in both 128-bit lanes; pair16(g) is [s_2g x8 | s_2g+1 x8], the
- * multiplier of the 32 values of group g after maddubs. */
-typedef struct {
-    __m256i lo, hi;
-} scales16;
-
-AVX2 INLINE scales16 scales16_of(__m256i sc) {
-    scales16 r;
-    r.lo = _mm256_permute2x128_si256(sc, sc, 0x00);
-    r.hi = _mm256_permute2x128_si256(sc, sc, 0x11);
-    return r;
-}
-
+/* [s_2g x8 | s_2g+1 x8]: the multiplier of the 32 values of group g after maddubs. */
 AVX2 INLINE __m256i pair16(const scales16 *s, int g) {
     const int k = g & 3;
     const __m256i ctrl = _mm256_setr_epi8(4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1,
@@ -136,10 +120,6 @@ AVX2 INLINE __m128i hsum2(__m256i a, __m256i b) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-AVX2 INLINE void store_hsum8(float *y, int64_t ys, const __m256 *acc, const int T) {
-    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
-}
-
 #define LANES_ACC __m256 acc[G]; for (int t = 0; t < G; t++) acc[t] = _mm256_setzero_ps()
 
 /* Q2_K: 16 sub-blocks of 16, 4-bit scale and min each; value in [0, 3].
@@ -150,7 +130,7 @@ AVX2 INLINE void q2_block(const block_q2_K *w, const realm_act_group *a, int64_t
     const __m128i m4 = _mm_set1_epi8(0x0f);
     const __m128i packed = _mm_loadu_si128((const __m128i *)w->scales);
     const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), m4));
-    const scales16 sc = scales16_of(_mm256_cvtepu8_epi16(_mm_and_si128(packed, m4)));
+    const scales16 sc = split16(_mm256_cvtepu8_epi16(_mm_and_si128(packed, m4)));
     for (int t = 0; t < T; t++) {
         mm[t] = _mm256_madd_epi16(BSUMS(a, t, b), mins);
         s[t] = _mm256_setzero_si256();
@@ -208,7 +188,7 @@ AVX2 INLINE void q3_K_k(int64_t nb, const block_q3_K *w, const realm_act_group *
     LANES_ACC;
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int64_t b = 0; b < nb; b++) {
-        const scales16 sc = scales16_of(q3_scales(w[b].scales));
+        const scales16 sc = split16(q3_scales(w[b].scales));
         const __m256i hm = load32(w[b].hmask);
         const float dw = _cvtsh_ss(w[b].d);
         const float *dx = a->d + realm_act_slot(0, b);
@@ -227,21 +207,6 @@ AVX2 INLINE void q3_K_k(int64_t nb, const block_q3_K *w, const realm_act_group *
         for (int t = 0; t < T; t++) acc[t] = fold8(acc[t], dx[t] * dw, s[t]);
     }
     store_hsum8(y, ys, acc, T);
-}
-
-/* The 8 scales and 8 mins (6 bits each) of a Q4_K / Q5_K block, as int16
- * vectors: scales [s0..s7 | s0..s7], mins [m0 m0 m1 m1 .. m7 m7] (one per 16). */
-AVX2 INLINE void k4_scales(const uint8_t *packed, __m256i *sc, __m256i *mins) {
-    uint32_t u[3];
-    memcpy(u, packed, 12);
-    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
-    const uint32_t s_lo = u[0] & m6, m_lo = u[1] & m6;
-    const uint32_t s_hi = (u[2] & m4) | ((u[0] >> 6) & m2) << 4;
-    const uint32_t m_hi = ((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4;
-    const __m128i v = _mm_setr_epi32((int)s_lo, (int)s_hi, (int)m_lo, (int)m_hi); /* 8 scales, 8 mins */
-    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
-    const __m128i m = _mm_unpackhi_epi64(v, v);
-    *mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
 }
 
 /* The integer lanes of a Q4_K / Q5_K block for each token: s (values times
@@ -345,7 +310,7 @@ AVX2 INLINE void q6_K_k(int64_t nb, const block_q6_K *w, const realm_act_group *
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
     for (int64_t b = 0; b < nb; b++) {
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
-        const scales16 sc = scales16_of(sc16);
+        const scales16 sc = split16(sc16);
         const float dw = _cvtsh_ss(w[b].d);
         const float *dx = a->d + realm_act_slot(0, b);
         __m256i s[G];

@@ -45,6 +45,8 @@ AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
 }
 
 #define TOKEN_ROW(a, t) ((a)->qs + (int64_t)(t) * (a)->n_in)
+/* Token t's 16 sums of 16 values of block b (Q8_K). */
+#define BSUMS(a, t, b) _mm256_loadu_si256((const __m256i *)((a)->bsums + (int64_t)(t) * ((a)->n_in / 16) + 16 * (b)))
 
 /* The token count as a compile-time constant. */
 #define CASE_T(n, CALL) \
@@ -81,5 +83,72 @@ AVX2 INLINE void whole_store(float *y, int64_t ys, const __m128 *acc, const __m1
 }
 
 #define WHOLE_ACC __m128 acc[G / 4], accm[G / 4]; for (int h = 0; h < G / 4; h++) acc[h] = accm[h] = _mm_setzero_ps()
+
+/* ---- the K-quants (blocks of 256) ---- */
+
+#define XROW(a, t, b, off) load32(TOKEN_ROW(a, t) + QK_K * (b) + (off))
+
+/* Scales per 16 values, int16 [s0..s7 | s8..s15] split so that lo / hi hold
+ * one half in both 128-bit lanes (for in-lane shuffles). */
+typedef struct {
+    __m256i lo, hi;
+} scales16;
+
+AVX2 INLINE scales16 split16(__m256i sc) {
+    scales16 r;
+    r.lo = _mm256_permute2x128_si256(sc, sc, 0x00);
+    r.hi = _mm256_permute2x128_si256(sc, sc, 0x11);
+    return r;
+}
+
+/* The 8 scales and 8 mins (6 bits each) of a Q4_K / Q5_K block, as int16
+ * vectors: scales [s0..s7 | s0..s7], mins [m0 m0 m1 m1 .. m7 m7] (one per 16). */
+AVX2 INLINE void k4_scales(const uint8_t *packed, __m256i *sc, __m256i *mins) {
+    uint32_t u[3];
+    memcpy(u, packed, 12);
+    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+    const uint32_t s_lo = u[0] & m6, m_lo = u[1] & m6;
+    const uint32_t s_hi = (u[2] & m4) | ((u[0] >> 6) & m2) << 4;
+    const uint32_t m_hi = ((u[2] >> 4) & m4) | ((u[1] >> 6) & m2) << 4;
+    const __m128i v = _mm_setr_epi32((int)s_lo, (int)s_hi, (int)m_lo, (int)m_hi); /* 8 scales, 8 mins */
+    *sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+    const __m128i m = _mm_unpackhi_epi64(v, v);
+    *mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+}
+
+AVX2 INLINE void store_hsum8(float *y, int64_t ys, const __m256 *acc, const int T) {
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]);
+}
+
+/* ---- the several-rows kernels (rows_vnni, traits.h: matmul_iq_avx2.c, matmul_k_vnni.c) ---- */
+
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+
+/* Lane t = the sum of the 8 lanes of v[t] (exact integers: any order). */
+AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
+    __m256i p[4], q[2];
+    for (int i = 0; i < 4; i++)
+        p[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm256_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20), _mm256_permute2x128_si256(q[0], q[1], 0x31));
+}
+
+/* Software prefetch.  A call's rows are read as several streams at once, which the hardware
+ * prefetchers follow poorly, and a tile's rows start cold: the kernels prefetch the start of
+ * their rows at once, then at each step the stretch pf_lead bytes ahead of their progress
+ * (about 6 KiB, and at least the `step` rows they take together), never past their rows. */
+AVX2 INLINE int64_t pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
+
+AVX2 INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t lead) {
+    for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+}
+
+/* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
+AVX2 INLINE __m256i rows_hsum(const __m256i *s) {
+    const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));
+    const __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2], s[3]), _mm256_unpackhi_epi32(s[2], s[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
+}
 
 #endif

@@ -62,12 +62,8 @@ DOT32_ATTR INLINE __m256 rows_halves(const uint8_t *blk, int64_t rb, int off, co
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
 }
 
-/* Software prefetch, as the IQ4_NL rows kernel's (matmul_iq_avx2.c): a call's rows are read
- * as R streams, which the hardware prefetchers follow poorly, and a tile's rows start cold;
- * the call prefetches its first pf_lead bytes at once, then at each block step the stretch
- * pf_lead ahead of its progress (R blocks' bytes), never past its rows. */
-DOT32_ATTR INLINE int64_t rows_pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
-
+/* Software prefetch (matmul_avx2.h's pf_lead): a call's rows are read as R streams, which the
+ * hardware prefetchers follow poorly, and a tile's rows start cold. */
 DOT32_ATTR INLINE void DOT32_NAME(dot32_rows_k)(int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end,
                                                 const realm_act_group *a, float *y, int64_t ys, const int R, const int T,
                                                 const int type) {
@@ -82,7 +78,7 @@ DOT32_ATTR INLINE void DOT32_NAME(dot32_rows_k)(int64_t nb, const uint8_t *w, in
 #pragma GCC unroll 16
         for (int i = 0; i < R; i++) acc[T * i + t] = _mm256_setzero_ps();
     }
-    const uint8_t *pf = w + rows_pf_lead(rb, R);
+    const uint8_t *pf = w + pf_lead(rb, R);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bs;
         if (pf + R * bs * b < end)
@@ -130,7 +126,7 @@ DOT32_ATTR INLINE void DOT32_NAME(dot32_rows)(int64_t nb, const void *w, int64_t
     const int64_t rb = nb * rows_block_size(type);
     const uint8_t *wb = w, *end = wb + nrows * rb;
     const int R = T <= 4 ? 8 : 4;
-    for (const uint8_t *p = wb; p < wb + rows_pf_lead(rb, R) && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
+    prefetch_start(wb, end, pf_lead(rb, R));
     int64_t r = 0;
     for (; r + R <= nrows; r += R) DOT32_NAME(dot32_rows_k)(nb, wb + r * rb, rb, end, a, y + r, ys, R, T, type);
     for (; r < nrows; r++) DOT32_NAME(dot32_k)(nb, wb + r * rb, a, y + r, ys, T, type);

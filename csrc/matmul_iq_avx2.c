@@ -121,16 +121,6 @@ AVX2 INLINE __m128i hsum4x4(const __m256i *v) {
     return _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
 }
 
-/* Lane t = the sum of the 8 lanes of v[t] (exact integers: any order). */
-AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
-    __m256i p[4], q[2];
-    for (int i = 0; i < 4; i++)
-        p[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 2; i++)
-        q[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm256_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(q[0], q[1], 0x20), _mm256_permute2x128_si256(q[0], q[1], 0x31));
-}
-
 /* As llama.cpp multiplies a repacked matrix: acc = fma(isum, dw * dx, acc).  One token
  * takes 4 blocks' sums from one reduction, then folds them in order. */
 AVX2 INLINE void lut32_whole_k(const int kind, int64_t nb, const void *w, const realm_act_group *a, float *y, int64_t ys,
@@ -226,8 +216,6 @@ AVX2 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group
  * shuffle, the high ones in another.  The book's values are biased by +128 to be unsigned
  * for dpbusd; the bias, 128 * (the sum of the block's activations), is taken back exactly
  * in the integer sums (the accumulators start from its negation). */
-#define VNNI __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
-
 VNNI INLINE __m256i vnni_dot(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
 /* The scales (as scale32 gives them) of the blocks at blk, blk + rb, ... blk + 7 rb, in lane order. */
@@ -254,23 +242,6 @@ VNNI INLINE __m256 scales8(const uint8_t *blk, int64_t rb, const int mxfp4) {
         __asm__("" : "+r"(lo), "+r"(hi));
     }
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)hi, (long long)lo));
-}
-
-/* Software prefetch.  A call's rows are read as several streams at once, which the hardware
- * prefetchers follow poorly, and a tile's rows start cold: the kernels prefetch the start of
- * their rows at once, then at each step the stretch pf_lead bytes ahead of their progress
- * (about 6 KiB, and at least the `step` rows they take together), never past their rows. */
-VNNI INLINE int64_t pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
-
-VNNI INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t lead) {
-    for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
-}
-
-/* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
-VNNI INLINE __m256i rows_hsum(const __m256i *s) {
-    const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));
-    const __m256i p1 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2], s[3]), _mm256_unpackhi_epi32(s[2], s[3]));
-    return _mm256_add_epi32(_mm256_unpacklo_epi64(p0, p1), _mm256_unpackhi_epi64(p0, p1));
 }
 
 VNNI INLINE void lut32_rows8_k(const int kind, int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end,

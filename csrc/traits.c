@@ -122,6 +122,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q4_K_to_float_neon),
         .dot_ref = {realm_q4_K_dot_ref, realm_q4_K_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_K_dot_avx2), X86(realm_q4_K_dot_whole_avx2)},
+        .rows_vnni = {NULL, X86(realm_q4_K_rows_whole_vnni)}, /* matmul_k_vnni.c */
     },
     [REALM_TYPE_Q5_K] = {
         BLOCK("Q5_K", QK_K, block_q5_K), .act = REALM_ACT_Q8_K,
@@ -130,6 +131,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q5_K_to_float_neon),
         .dot_ref = {realm_q5_K_dot_ref},
         .dot_avx2 = {X86(realm_q5_K_dot_avx2)},
+        .rows_vnni = {X86(realm_q5_K_rows_vnni)},
     },
     [REALM_TYPE_Q6_K] = {
         BLOCK("Q6_K", QK_K, block_q6_K), .act = REALM_ACT_Q8_K,
@@ -138,6 +140,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q6_K_to_float_neon),
         .dot_ref = {realm_q6_K_dot_ref},
         .dot_avx2 = {X86(realm_q6_K_dot_avx2)},
+        .rows_vnni = {X86(realm_q6_K_rows_vnni)},
     },
     /* the K-quants' activation format: dequantized, never multiplied as weights */
     [REALM_TYPE_Q8_K] = {

@@ -524,6 +524,24 @@ def test_vec_dot_every_token_count_equals_llama_cpp(ggml_cpu, qtype):
                     assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], isa=isa, threads=threads), want[:n_tok])
 
 
+@pytest.mark.parametrize("qtype", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
+def test_k_quants_equal_llama_cpp_at_every_token_count(ggml_cpu, qtype):
+    """Every token count of a group (1..8, and 9: a group and one more), 8k rows and others
+    (the several-rows kernels take 8 rows a step and leave the rest to the row kernels), at 1
+    and 2 threads: llama.cpp's bits."""
+    rng = np.random.default_rng(int(qtype) + 300)
+    n_in = 3 * 256
+    for n_out in (40, 37):
+        repacked = qtype in GGMLCPU.REPACKED and n_out % 8 == 0
+        wq = quantize(rng, gaussian(rng, (n_out, n_in), 10.0 ** rng.uniform(-2, 1)), qtype)
+        x = gaussian(rng, (9, n_in), 10.0 ** rng.uniform(-2, 2))
+        dot = ggml_cpu.gemv if repacked else ggml_cpu.vec_dot
+        want = np.stack([dot(qtype, wq, n_out, x[t]) for t in range(x.shape[0])])
+        for n_tok in range(1, x.shape[0] + 1):
+            for threads in (1, 2):
+                assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], threads=threads), want[:n_tok])
+
+
 @pytest.mark.parametrize("qtype", [*RAW_SCALE], ids=lambda t: t.name)
 def test_random_blocks_equal_llama_cpp_kernels(ggml_cpu, qtype):
     """Random bytes as blocks (every grid row, sign pattern and scale): llama.cpp's bits on every

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # the dequantizers and the table of formats (csrc/traits.c), with the dot kernels it names
-KERNELS = [*sorted((ROOT / "csrc").glob("dequant*.c")), *(ROOT / "csrc" / f for f in ("traits.c", "matmul_ref.c", "matmul_avx2.c", "matmul_avx512.c")),
+KERNELS = [*sorted((ROOT / "csrc").glob("dequant*.c")), *(ROOT / "csrc" / f for f in ("traits.c", "matmul_ref.c", "matmul_avx2.c", "matmul_avx512.c", "matmul_k_vnni.c")),
            *sorted((ROOT / "csrc").glob("matmul_iq*.c")), *sorted((ROOT / "csrc").glob("matmul_tq*.c"))]
 SOURCES = [str(ROOT / "tests/c/simd_vs_scalar.c"), *map(str, KERNELS)]
 FLAGS = ["-O2", "-std=c11", "-ffp-contract=off", f"-I{ROOT / 'csrc'}", "-Wall", "-Werror", "-Wno-unused-function", "-Wno-unknown-pragmas"]

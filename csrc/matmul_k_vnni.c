@@ -1,0 +1,249 @@
+/* Several-rows kernels of the K-quants with AVX-512 VNNI (rows_vnni, traits.h).  Each row
+ * gets exactly the float steps of its row kernel in matmul_avx2.c (matmul.h's numerics);
+ * only the exact integer sums are formed by other instructions.  Q4_K's repacked order
+ * takes 8 rows at once in the lanes of its accumulators (the rows share the activations'
+ * loads and one reduction); the vec_dot kernels take a call's rows one by one, prefetching
+ * the rows ahead (4 rows per step sharing the activations' loads measured slower: their
+ * accumulators do not fit in the registers). */
+#include "matmul.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <stddef.h>
+
+#include "avx2_util.h"
+#include "fp16.h"
+#include "kernels.h"
+#include "matmul_avx2.h"
+
+/* ---- Q4_K, the repacked order: 8 rows in the lanes of one accumulator per token ----
+ * A row's 16-byte head (d, dmin, the 12 bytes of scales and mins) and row i + 4's share
+ * a vector.  Sub-blocks 2j and 2j + 1 are the low and high nibbles of the same 32 bytes:
+ * dpbusd gives their 8 lanes of 4 products each (at most 4 * 15 * 127: int16), packs puts
+ * both in one vector and dpwssd multiplies each pair of lanes by its sub-block's scale
+ * and adds it to the row's lanes. */
+
+/* Per 128-bit half of a [row i | row i + 4] head vector: bytes 0..7 the 8 scales, 8..15
+ * the 8 mins (6 bits each, as k4_scales in matmul_avx2.c unpacks them). */
+VNNI INLINE __m256i q4_K_scales2(__m256i head) {
+    /* dwords of a half: u0 = d | dmin << 16, u1..u3 the packed bytes */
+    const __m256i a = _mm256_shuffle_epi32(head, _MM_SHUFFLE(3, 2, 3, 1)); /* u1 u3 u2 u3 */
+    const __m256i b = _mm256_shuffle_epi32(head, _MM_SHUFFLE(2, 2, 1, 1)); /* u1 u1 u2 u2 */
+    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(a, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)),
+                                        _mm256_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
+                                                          0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(b, 2), _mm256_setr_epi32(0, 0x30303030, 0, 0x30303030, 0,
+                                                                                   0x30303030, 0, 0x30303030));
+    return _mm256_or_si256(lo, hi);
+}
+
+/* The 8 rows' d and dmin (dword 0 of each half of their heads) as floats, in row order. */
+VNNI INLINE void q4_K_d8(const __m256i *head, __m256 *d, __m256 *dmin) {
+    const __m256i p = _mm256_unpacklo_epi32(head[0], head[1]), q = _mm256_unpacklo_epi32(head[2], head[3]);
+    const __m256i r = _mm256_unpacklo_epi64(p, q); /* dword i: row i's d | dmin << 16 */
+    const __m256i split = _mm256_shuffle_epi8(r, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0,
+                                                                  1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    const __m256i h = _mm256_permute4x64_epi64(split, _MM_SHUFFLE(3, 1, 2, 0)); /* d0..7 | dmin0..7 */
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *dmin = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+VNNI INLINE void q4_K_rows8_k(int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end, const realm_act_group *a,
+                              float *y, int64_t ys, const int T) {
+    const int bs = (int)sizeof(block_q4_K), qoff = (int)offsetof(block_q4_K, qs);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    __m256 acc[G], accm[G];
+    for (int t = 0; t < T; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    const uint8_t *pf = w + pf_lead(rb, 8);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bs;
+        if (pf + 8 * bs * b < end)
+            for (int k = 0; k < 8 * bs; k += 64) _mm_prefetch((const char *)(pf + 8 * bs * b + k), _MM_HINT_T0);
+        __m256i head[4], sm[4];
+        for (int i = 0; i < 4; i++) {
+            head[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb))),
+                                              _mm_loadu_si128((const __m128i *)(blk + (i + 4) * rb)), 1);
+            sm[i] = q4_K_scales2(head[i]);
+        }
+        __m256 dw, dmw;
+        q4_K_d8(head, &dw, &dmw);
+        /* row by row: a row's values and scales decoded once for all the tokens */
+        __m256i s[G][8];
+        for (int r = 0; r < 8; r++) {
+            /* row r's scales in both halves, as int16 words [s_2j x4, s_2j+1 x4] per half */
+            const __m256i sr = r < 4 ? _mm256_permute2x128_si256(sm[r], sm[r], 0x00)
+                                     : _mm256_permute2x128_si256(sm[r - 4], sm[r - 4], 0x11);
+            const uint8_t *q = blk + r * rb + qoff;
+            __m256i lo[4], hi[4], sc[4];
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = load32(q + 32 * j);
+                lo[j] = _mm256_and_si256(v, m4);
+                hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const char e = (char)(2 * j), o = (char)(2 * j + 1), z = (char)0x80;
+                sc[j] = _mm256_shuffle_epi8(sr, _mm256_setr_epi8(e, z, e, z, e, z, e, z, o, z, o, z, o, z, o, z,
+                                                                 e, z, e, z, e, z, e, z, o, z, o, z, o, z, o, z));
+            }
+            for (int t = 0; t < T; t++) {
+                const int8_t *xt = TOKEN_ROW(a, t) + QK_K * b;
+                s[t][r] = zero;
+                for (int j = 0; j < 4; j++) {
+                    const __m256i l = _mm256_dpbusd_epi32(zero, lo[j], load32(xt + 64 * j));
+                    const __m256i h = _mm256_dpbusd_epi32(zero, hi[j], load32(xt + 64 * j + 32));
+                    s[t][r] = _mm256_dpwssd_epi32(s[t][r], _mm256_packs_epi32(l, h), sc[j]);
+                }
+            }
+        }
+        /* mins of rows i | i + 4 as int16, times the 16-value sums in pairs (one per sub-block) */
+        __m256i mins[4];
+        const __m256i mctrl = _mm256_setr_epi8(8, -128, 9, -128, 10, -128, 11, -128, 12, -128, 13, -128, 14, -128, 15,
+                                               -128, 8, -128, 9, -128, 10, -128, 11, -128, 12, -128, 13, -128, 14,
+                                               -128, 15, -128);
+        for (int i = 0; i < 4; i++) mins[i] = _mm256_shuffle_epi8(sm[i], mctrl);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            const __m256i pb = _mm256_madd_epi16(BSUMS(a, t, b), _mm256_set1_epi16(1));
+            const __m256i pb2 = _mm256_permute4x64_epi64(_mm256_packs_epi32(pb, pb), _MM_SHUFFLE(2, 0, 2, 0));
+            __m256i mm[4];
+            for (int i = 0; i < 4; i++) mm[i] = _mm256_madd_epi16(mins[i], pb2);
+            const __m256 dxt = _mm256_set1_ps(dx[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8x8(s[t])), _mm256_mul_ps(dw, dxt), acc[t]);
+            accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows_hsum(mm)), _mm256_mul_ps(dmw, dxt), accm[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ys, _mm256_sub_ps(acc[t], accm[t]));
+}
+
+VNNI void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
+                                     float *y, int64_t ys) {
+    const int64_t rb = nb * (int64_t)sizeof(block_q4_K);
+    const uint8_t *wb = w, *end = wb + nrows * rb;
+    prefetch_start(wb, end, pf_lead(rb, 8));
+    int64_t r = 0;
+    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, q4_K_rows8_k(nb, wb + r * rb, rb, end, a, y + r, ys, T_));
+    for (; r < nrows; r++) realm_q4_K_dot_whole_avx2(nb, wb + r * rb, a, ntok, y + r, ys);
+}
+
+/* ---- the vec_dot order: each row its own 8 lanes per token, as its row kernel ----
+ * dpbusd gives the 8 lanes of a 32-value group (4 products each, within int16 for these
+ * formats); two groups' lanes go into one vector as int16 pairs, and dpwssd multiplies
+ * each by its scale and adds both to the row's lanes (exact: any order). */
+
+/* s + lane k of l0 times the low word of sp's dword k + lane k of l1 times the high word. */
+VNNI INLINE __m256i scale_pair(__m256i s, __m256i l0, __m256i l1, __m256i sp) {
+    return _mm256_dpwssd_epi32(s, _mm256_blend_epi16(l0, _mm256_slli_epi32(l1, 16), 0xaa), sp);
+}
+
+/* Q6_K, one row at a time (its block decoded once for the token group), the rows ahead
+ * prefetched at their pace. */
+VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end, const realm_act_group *a, float *y,
+                            int64_t ys, const int T) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), zero = _mm256_setzero_si256();
+    const int64_t lead = pf_lead(nb * (int64_t)sizeof(block_q6_K), 1);
+    __m256 acc[G];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
+        if (pf < end)
+            for (int k = 0; k < (int)sizeof(block_q6_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
+        const scales16 sc = split16(sc16);
+        __m256i u[8];
+        for (int n = 0; n < 2; n++) {
+            const __m256i ql0 = load32(x[b].ql + 64 * n), ql1 = load32(x[b].ql + 64 * n + 32);
+            const __m256i qh = load32(x[b].qh + 32 * n);
+            /* group 4n + k: 4 bits of ql, and bits 2k, 2k + 1 of qh as bits 4, 5 (0xEC: (a & c) | b) */
+            const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30);
+            const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30);
+            const __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30);
+            u[4 * n] = _mm256_ternarylogic_epi32(ql0, h0, m4, 0xEC);
+            u[4 * n + 1] = _mm256_ternarylogic_epi32(ql1, h1, m4, 0xEC);
+            u[4 * n + 2] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql0, 4), _mm256_and_si256(qh, m30), m4, 0xEC);
+            u[4 * n + 3] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql1, 4), h3, m4, 0xEC);
+        }
+        /* dword k of sp[p]: lane k's scales in groups 2p and 2p + 1 */
+        __m256i sp[4];
+        for (int p = 0; p < 4; p++) {
+            const int e = 8 * (p & 1);
+            const __m256i ctrl = _mm256_setr_epi8(e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5,
+                                                  e, e + 1, e + 4, e + 5, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6,
+                                                  e + 7, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6, e + 7);
+            sp[p] = _mm256_shuffle_epi8(p < 2 ? sc.lo : sc.hi, ctrl);
+        }
+        const float dw = _cvtsh_ss(x[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            /* the values' offset -32 per lane, from the 16-value sums (as q6_K_k) */
+            __m256i s = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_madd_epi16(BSUMS(a, t, b), sc16), 5));
+            for (int g = 0; g < 8; g += 2)
+                s = scale_pair(s, _mm256_dpbusd_epi32(zero, u[g], XROW(a, t, b, 32 * g)),
+                               _mm256_dpbusd_epi32(zero, u[g + 1], XROW(a, t, b, 32 * g + 32)), sp[g / 2]);
+            acc[t] = fold8(acc[t], dx[t] * dw, s);
+        }
+    }
+    store_hsum8(y, ys, acc, T);
+}
+
+/* Bit i of each byte of qh as bit 4. */
+VNNI INLINE __m256i bit4(__m256i qh, const int i) {
+    return _mm256_and_si256(i <= 4 ? _mm256_slli_epi16(qh, 4 - i) : _mm256_srli_epi16(qh, i - 4), _mm256_set1_epi8(0x10));
+}
+
+/* Q5_K, one row at a time as Q6_K: the 8 scales one per 32-value group, the minimums'
+ * sum into summs as q5_K_k. */
+VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end, const realm_act_group *a, float *y,
+                            int64_t ys, const int T) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    const int64_t lead = pf_lead(nb * (int64_t)sizeof(block_q5_K), 1);
+    __m256 acc[G];
+    __m128 summs[G];
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        summs[t] = _mm_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
+        if (pf < end)
+            for (int k = 0; k < (int)sizeof(block_q5_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        __m256i sc, mins;
+        k4_scales(x[b].scales, &sc, &mins);
+        const __m256i qh = load32(x[b].qh);
+        __m256i lo[4], hi[4], sp[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = load32(x[b].qs + 32 * j);
+            lo[j] = _mm256_ternarylogic_epi32(q, bit4(qh, 2 * j), m4, 0xEC); /* (a & c) | b */
+            hi[j] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(q, 4), bit4(qh, 2 * j + 1), m4, 0xEC);
+            /* the scales of groups 2j, 2j + 1 in every dword (dword j of sc) */
+            sp[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi32(0x03020100 + 0x04040404 * j));
+        }
+        const float dw = _cvtsh_ss(x[b].d), dmw = _cvtsh_ss(x[b].dmin);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            __m256i s = zero;
+            for (int j = 0; j < 4; j++)
+                s = scale_pair(s, _mm256_dpbusd_epi32(zero, lo[j], XROW(a, t, b, 64 * j)),
+                               _mm256_dpbusd_epi32(zero, hi[j], XROW(a, t, b, 64 * j + 32)), sp[j]);
+            const __m256i mm = _mm256_madd_epi16(BSUMS(a, t, b), mins);
+            acc[t] = fold8(acc[t], dx[t] * dw, s);
+            summs[t] = _mm_fmadd_ss(_mm_set_ss(-(dx[t] * dmw)), _mm_cvtepi32_ps(hsum4(&mm, 1)), summs[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(summs[t]);
+}
+
+VNNI void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                               int64_t ys) {
+    const block_q6_K *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q6_K), 1));
+    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q6_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
+}
+
+VNNI void realm_q5_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                               int64_t ys) {
+    const block_q5_K *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q5_K), 1));
+    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q5_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
+}
+
+#endif
