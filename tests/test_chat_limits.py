@@ -5,6 +5,7 @@ templates render as jinja2 renders them."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import tracemalloc
@@ -38,8 +39,7 @@ HOSTILE = {
     "nested loops printing": (TEN_BILLION_STEPS + "{{ a }}{% endfor %}{% endfor %}", "limit"),
     "loop without calls": ('{% set L = range(30000)|list %}{% for a in range(100000) %}{% if -1 in L %}{% endif %}'
                            '{% endfor %}', "time limit"),
-    # the depth limit, or on a loaded machine under tracemalloc the deadline (test_recursion_stops_at_the_depth_limit)
-    "recursive macro": (RECURSIVE_MACRO, "nests too deeply|time limit"),
+    "recursive macro": (RECURSIVE_MACRO, "nests too deeply"),
     "recursive loop": ("{% for x in [[1]] recursive %}{{ loop([[x]]) }}{% endfor %}", "limit|nests too deeply"),
     # operators
     "str times 10**10": ('{{ "x" * 10**10 }}', "size limit"),
@@ -144,18 +144,29 @@ class TestHostile:
         yield
         tracemalloc.stop()
 
-    @pytest.mark.parametrize("source, expected", HOSTILE.values(), ids=HOSTILE.keys())
-    def test_stops_in_time_and_bounded_memory(self, source, expected):
+    @staticmethod
+    def _stop(source: str, limit: float) -> tuple[ChatTemplateError, float, int]:
+        """The error that stops source within `limit` seconds, the seconds it took, its peak bytes."""
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         start = time.monotonic()
-        with pytest.raises(ChatTemplateError, match=expected) as info:
-            ChatTemplate(source, time_limit_s=TIME_LIMIT, max_output_bytes=MAX_OUTPUT).render(HELLO)
-        elapsed = time.monotonic() - start
-        peak = tracemalloc.get_traced_memory()[1] - before
-        assert elapsed < TIME_LIMIT + 0.5, f"stopped after {elapsed:.2f} s: {info.value}"
-        assert peak < MEMORY_BOUND, f"peak {peak / 2**20:.1f} MiB: {info.value}"
-        assert isinstance(info.value, RealmError) and len(str(info.value)) < 1000
+        with pytest.raises(ChatTemplateError) as info:
+            ChatTemplate(source, time_limit_s=limit, max_output_bytes=MAX_OUTPUT).render(HELLO)
+        return info.value, time.monotonic() - start, tracemalloc.get_traced_memory()[1] - before
+
+    @pytest.mark.parametrize("source, expected", HOSTILE.values(), ids=HOSTILE.keys())
+    def test_stops_in_time_and_bounded_memory(self, source, expected):
+        limit = TIME_LIMIT
+        err, elapsed, peak = self._stop(source, limit)
+        if "time limit" in str(err) and not re.search(expected, str(err)):
+            # a stall of the machine (a collection under tracemalloc, a busy neighbour) spent the
+            # deadline before the template met the limit it should: once more, with room for it
+            limit = 10 * TIME_LIMIT
+            err, elapsed, peak = self._stop(source, limit)
+        assert re.search(expected, str(err)), f"{expected!r} not in {err}"
+        assert elapsed < limit + 0.5, f"stopped after {elapsed:.2f} s: {err}"
+        assert peak < MEMORY_BOUND, f"peak {peak / 2**20:.1f} MiB: {err}"
+        assert isinstance(err, RealmError) and len(str(err)) < 1000
         # the process is still usable: no worker left behind, and templates render
         assert _no_workers_left()
         assert ChatTemplate(NORMAL).render(HELLO) == "<user>Hello</user>"
