@@ -48,17 +48,14 @@ VNNI INLINE void q4_K_d8(const __m256i *head, __m256 *d, __m256 *dmin) {
     *dmin = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
-VNNI INLINE void q4_K_rows8_k(int64_t nb, const uint8_t *w, int64_t rb, const uint8_t *end, const realm_act_group *a,
+VNNI INLINE void q4_K_rows8_k(int64_t nb, const uint8_t *w, int64_t rb, const realm_act_group *a,
                               float *y, int64_t ys, const int T) {
     const int bs = (int)sizeof(block_q4_K), qoff = (int)offsetof(block_q4_K, qs);
     const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     __m256 acc[G], accm[G];
     for (int t = 0; t < T; t++) acc[t] = accm[t] = _mm256_setzero_ps();
-    const uint8_t *pf = w + pf_lead(rb, 8);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bs;
-        if (pf + 8 * bs * b < end)
-            for (int k = 0; k < 8 * bs; k += 64) _mm_prefetch((const char *)(pf + 8 * bs * b + k), _MM_HINT_T0);
         __m256i head[4], sm[4];
         for (int i = 0; i < 4; i++) {
             head[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb))),
@@ -113,13 +110,16 @@ VNNI INLINE void q4_K_rows8_k(int64_t nb, const uint8_t *w, int64_t rb, const ui
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ys, _mm256_sub_ps(acc[t], accm[t]));
 }
 
+/* A call prefetches the start of its rows only: prefetching the rows ahead at each block, as
+ * the other rows kernels do, made a 16384 x 4096 matrix streamed from memory at one token
+ * 0.78x the speed of the row-by-row kernel (0.90x without; 1.55x where it is cache-resident). */
 VNNI void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok,
                                      float *y, int64_t ys) {
     const int64_t rb = nb * (int64_t)sizeof(block_q4_K);
     const uint8_t *wb = w, *end = wb + nrows * rb;
     prefetch_start(wb, end, pf_lead(rb, 8));
     int64_t r = 0;
-    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, q4_K_rows8_k(nb, wb + r * rb, rb, end, a, y + r, ys, T_));
+    for (; r + 8 <= nrows; r += 8) DISPATCH_T(ntok, q4_K_rows8_k(nb, wb + r * rb, rb, a, y + r, ys, T_));
     for (; r < nrows; r++) realm_q4_K_dot_whole_avx2(nb, wb + r * rb, a, ntok, y + r, ys);
 }
 
