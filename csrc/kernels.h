@@ -20,6 +20,8 @@
 
 #define REALM_TO_FLOAT(name) void name(const void *src, float *dst, int64_t nblocks)
 #define REALM_DOT(name) void name(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys)
+#define REALM_DOT_ROWS(name) \
+    void name(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y, int64_t ys)
 
 /* ---- row dequantizers ---- */
 
@@ -110,23 +112,17 @@ REALM_DOT(realm_q5_0_dot_vnni);
 REALM_DOT(realm_q5_1_dot_vnni);
 REALM_DOT(realm_q8_0_dot_vnni);
 /* the same products, several rows per call (realm_dot_rows_fn) */
-#define REALM_DOT_ROWS(name) \
-    void name(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y, int64_t ys)
 REALM_DOT_ROWS(realm_q4_0_rows_vnni);
 REALM_DOT_ROWS(realm_q4_1_rows_vnni);
 REALM_DOT_ROWS(realm_q5_0_rows_vnni);
 REALM_DOT_ROWS(realm_q5_1_rows_vnni);
 REALM_DOT_ROWS(realm_q8_0_rows_vnni);
-#undef REALM_DOT_ROWS
 
 /* Several rows per call with AVX-512 VNNI (realm_dot_rows_fn; matmul_k_vnni.c): the floats
  * of the rows' AVX2 kernels. */
-void realm_q4_K_rows_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
-                                int64_t ys);
-void realm_q5_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
-                          int64_t ys);
-void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
-                          int64_t ys);
+REALM_DOT_ROWS(realm_q4_K_rows_whole_vnni);
+REALM_DOT_ROWS(realm_q5_K_rows_vnni);
+REALM_DOT_ROWS(realm_q6_K_rows_vnni);
 
 /* AVX-512 F, BW, VL, BF16 (matmul_avx512.c): the F16 and BF16 weights. */
 REALM_DOT(realm_f16_dot_avx512);
@@ -134,5 +130,6 @@ REALM_DOT(realm_bf16_dot_avx512);
 
 #undef REALM_TO_FLOAT
 #undef REALM_DOT
+#undef REALM_DOT_ROWS
 
 #endif

@@ -118,9 +118,13 @@ class _Server:
         """The server is stopping: generations still running `cut_after_s` from now are stopped
         and their requests answered 503, so that each ends before the server's own deadline
         cancels it.  Callable from any thread."""
-        timer = threading.Timer(cut_after_s, lambda: [run.cut() for run in list(self.runs)])
+        timer = threading.Timer(cut_after_s, self._cut_all)
         timer.daemon = True
         timer.start()
+
+    def _cut_all(self) -> None:
+        for run in list(self.runs):  # a copy: the event loop may add or drop runs meanwhile
+            run.cut()
 
     # -- who and what --------------------------------------------------------------
     def tenant(self, request: Request) -> str:
