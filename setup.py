@@ -94,7 +94,7 @@ class BuildExt(build_ext):
 # One extension, realm._native: every kernel compiled once, so a process holds one table of
 # formats (csrc/traits.c) and one cached choice of instruction set.
 NATIVE_SOURCES = [
-    "realm/_native.pyx",  # includes realm/_quant.pxi, _compute.pxi, _forward.pxi, _ticker.pxi
+    "realm/_native.pyx",  # includes realm/_quant.pxi, _compute.pxi, _forward.pxi, _ticker.pxi, _signals.pxi
     "csrc/traits.c",
     "csrc/dequant.c",
     "csrc/dequant_ref.c",
@@ -123,6 +123,7 @@ NATIVE_SOURCES = [
     "csrc/ops_avx2.c",
     "csrc/forward.c",
     "csrc/ticker.c",
+    "csrc/trap_signals.c",
 ]
 
 extensions = [
@@ -130,7 +131,7 @@ extensions = [
         "realm._native",
         sources=NATIVE_SOURCES,
         include_dirs=["csrc"],
-        libraries=["m"],
+        libraries=["m", "dl"] if sys.platform.startswith("linux") else ["m"],  # dladdr: csrc/trap_signals.c
         depends=[*sorted(glob.glob("csrc/*.h")), *sorted(glob.glob("realm/*.pxi"))],
     ),
 ]

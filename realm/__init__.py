@@ -4,11 +4,11 @@ from .quants import FORWARD_TYPES, SUPPORTED_TYPES, GGMLType, QuantInfo, dequant
 from . import fresh  # realm.fresh.release(): unmap the recycled result mappings dequantize keeps
 from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, FileAccessError, GGUFError,
                      InternalError, InvalidArgumentError, LimitExceeded, MissingDependencyError, ModelNotFoundError,
-                     OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError)
+                     OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError, TrapHandlerError)
 from .gguf_patch import GGUFPatch, patch_gguf
 from .reader import GGUFFile, open_gguf
 from .cache import LayerCache
-from .limits import GuestTrapError, HostBudget, Limits, sandbox_engine
+from .limits import GuestTrapError, HostBudget, Limits, restore_trap_handlers, sandbox_engine
 from .store import ModelStore, QuantizedTensor, StoredModel
 from .chat import ChatTemplate, ChatTemplateError
 from .forward import ContextFullError, ForwardConfig, HostModel, KVCache, UnsupportedModelError
@@ -22,7 +22,7 @@ __all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "FORWARD_TYPES", "dequant
            "FileAccessError", "ModelNotFoundError", "TensorNotFoundError", "PullError", "ClosedError", "BusyError",
            "OutOfMemoryError", "MissingDependencyError", "LimitExceeded", "DeadlineExceeded", "InternalError",
            "GGUFFile", "open_gguf", "LayerCache", "ModelStore", "QuantizedTensor", "StoredModel",
-           "Limits", "HostBudget", "sandbox_engine", "Tenant", "GuestTrapError", "Guest", "GuestError",
+           "Limits", "HostBudget", "sandbox_engine", "restore_trap_handlers", "TrapHandlerError", "Tenant", "GuestTrapError", "Guest", "GuestError",
            "Realm", "Model", "Completion", "Usage", "TextStream", "TokenLogprob", "ContextWindowError", "GenerationError",
            "ChatTemplate", "ChatTemplateError",
            "HostModel", "KVCache", "ForwardConfig", "UnsupportedModelError", "ContextFullError"]

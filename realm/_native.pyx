@@ -9,6 +9,7 @@ wrappers, which check their arguments and run the C code without the GIL:
                 csrc/q8.c, csrc/ops*.c)
   _forward.pxi  the forward pass (csrc/forward.c)
   _ticker.pxi   the epoch ticker of the sandbox's CPU deadlines (csrc/ticker.c)
+  _signals.pxi  Wasmtime's trap signal handlers, checked and restored (csrc/trap_signals.c)
 
 It imports nothing of realm's but pure-Python modules (errors, threads, ggml_types), so
 realm.quants can import it without a cycle."""
@@ -17,3 +18,4 @@ include "_quant.pxi"
 include "_compute.pxi"
 include "_forward.pxi"
 include "_ticker.pxi"
+include "_signals.pxi"

@@ -87,3 +87,9 @@ class DeadlineExceeded(LimitExceeded, TimeoutError):
 
 class InternalError(RealmError, RuntimeError):
     """Something realm did not expect: a bug (please report it with the message)."""
+
+
+class TrapHandlerError(RealmError, RuntimeError):
+    """Wasmtime's signal handlers, which turn a guest's faults into traps, are no longer
+    installed (another library replaced them): realm runs no guest until they are back, since
+    a fault would then kill the process (see `realm.restore_trap_handlers`)."""

@@ -18,6 +18,7 @@ import atexit
 import ctypes
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,9 +29,10 @@ import wasmtime
 
 from . import _native
 from .errors import (ArgumentTypeError, DeadlineExceeded, InternalError, InvalidArgumentError, LimitExceeded,
-                     RealmError)
+                     RealmError, TrapHandlerError)
 
-__all__ = ["Limits", "HostBudget", "GuestTrapError", "sandbox_engine", "TICK_S", "run_wasm"]
+__all__ = ["Limits", "HostBudget", "GuestTrapError", "sandbox_engine", "TICK_S", "run_wasm", "check_trap_handlers",
+           "restore_trap_handlers"]
 
 #: How often the epoch of every sandbox engine advances: a deadline is kept to about this.
 TICK_S = 0.01
@@ -202,7 +204,73 @@ def sandbox_engine(config: wasmtime.Config | None = None) -> wasmtime.Engine:
             _ticked(wasmtime.Engine(shared))
         config = config if config is not None else wasmtime.Config()
         config.epoch_interruption = True
-        return _ticked(wasmtime.Engine(config))
+        engine = _ticked(wasmtime.Engine(config))
+        if not _trap_saved:  # Wasmtime installs its handlers with the process's first engine
+            _save_trap_handlers()
+        return engine
+
+
+# -- Wasmtime's trap handlers ------------------------------------------------------------------
+# Wasmtime turns a guest's faults (an out-of-bounds access, `unreachable`, a division by zero)
+# into traps in process-wide signal handlers (csrc/trap_signals.h).  A library that installs its
+# own afterwards without chaining to them (Ray's driver at ray.init, a crash reporter) would
+# make the next fault of any guest kill the process: run_wasm refuses to run guests then.
+
+_TRAP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGSEGV", "SIGILL", "SIGFPE", "SIGBUS")
+                      if hasattr(signal, name))
+_trap_handlers: dict[int, int] = {}  # signal -> Wasmtime's handler, saved with the first engine
+_trap_missing: list[str] = []  # signals Wasmtime must handle whose handler was another's then
+_trap_saved = False
+
+
+def _save_trap_handlers() -> None:
+    """Save the actions of the signals whose handler is Wasmtime's (once an engine exists; with
+    _engines_lock)."""
+    global _trap_saved
+    _trap_saved = True
+    from wasmtime import _ffi  # wasmtime-py's handle on libwasmtime: the object its handlers are in
+
+    anchor = ctypes.cast(_ffi.dll.wasm_engine_new, ctypes.c_void_p).value or 0
+    for sig in _TRAP_SIGNALS:
+        handler = _native.signal_handler(sig)
+        if _native.same_object(handler, anchor):
+            _native.signal_save(sig)
+            _trap_handlers[sig] = handler
+    # On Linux Wasmtime always catches out-of-bounds accesses as SIGSEGV
+    if sys.platform.startswith("linux") and signal.SIGSEGV not in _trap_handlers:
+        _trap_missing.append("SIGSEGV")
+
+
+def check_trap_handlers() -> None:
+    """Raise TrapHandlerError unless Wasmtime's trap handlers, as saved when realm made its
+    first sandbox engine, are still installed (run_wasm calls it before running a guest)."""
+    if _trap_missing:
+        raise TrapHandlerError(
+            f"Wasmtime's {', '.join(_trap_missing)} handler was not installed when realm made its first "
+            "sandbox engine (another library replaced it after an earlier Wasmtime engine), so a guest's fault "
+            "would kill the process; realm runs no guest in this process")
+    changed = [signal.Signals(sig).name for sig, handler in _trap_handlers.items()
+               if _native.signal_handler(sig) != handler]
+    if changed:
+        which = f"{changed[0]} handler is" if len(changed) == 1 else f"{', '.join(changed)} handlers are"
+        raise TrapHandlerError(
+            f"the process's {which} no longer Wasmtime's: another library replaced them (Ray's driver does at "
+            "ray.init and at shutdown), so a guest's fault would kill the process instead of trapping.  realm runs "
+            "no guest until they are back: call realm.restore_trap_handlers()")
+
+
+def restore_trap_handlers() -> list[str]:
+    """Install Wasmtime's trap handlers again where another library replaced them (see
+    `TrapHandlerError`); returns the names of the signals restored.  The replacing library's
+    handler is dropped: Wasmtime's passes the faults that are not a guest's to the handler that
+    was in place before Wasmtime's, not to the newer one."""
+    restored = []
+    with _engines_lock:
+        for sig, handler in _trap_handlers.items():
+            if _native.signal_handler(sig) != handler:
+                _native.signal_restore(sig)
+                restored.append(signal.Signals(sig).name)
+    return restored
 
 
 def remaining_ticks(deadline: float | None) -> int:
@@ -221,7 +289,9 @@ def run_wasm(wasm_store: wasmtime.Store, deadline: float | None, fn: Callable[..
     """fn(*args) -- a wasm function call or instantiation in `wasm_store` -- with the store's epoch
     deadline at `deadline` (time.monotonic(); None: none).  A run past it raises
     DeadlineExceeded, any other trap GuestTrapError, an instantiation over the memory cap
-    LimitExceeded, one Wasmtime refuses otherwise (a link error) InvalidArgumentError."""
+    LimitExceeded, one Wasmtime refuses otherwise (a link error) InvalidArgumentError; with
+    Wasmtime's trap handlers replaced, TrapHandlerError before running anything."""
+    check_trap_handlers()
     wasm_store.set_epoch_deadline(remaining_ticks(deadline))
     try:
         return fn(*args)
@@ -230,7 +300,8 @@ def run_wasm(wasm_store: wasmtime.Store, deadline: float | None, fn: Callable[..
         if code == wasmtime.TrapCode.INTERRUPT:
             raise DeadlineExceeded(f"{what} ran past its deadline and was stopped") from None
         lines = [ln.strip() for ln in str(trap.message or "").splitlines()]
-        cause = next((ln[len("wasm trap:"):].strip() for ln in lines if ln.startswith("wasm trap:")), None)
+        # "wasm trap: <cause>", alone or as a numbered line under "Caused by:"
+        cause = next((ln.split("wasm trap:", 1)[1].strip() for ln in lines if "wasm trap:" in ln), None)
         raise GuestTrapError(f"{what} trapped: {cause or (lines[0] if lines else 'a trap')}", code) from None
     except wasmtime.WasmtimeError as exc:
         message = str(exc).strip()

@@ -1,11 +1,12 @@
 """The deployment tests of tests/test_ray.py, run by it in a pytest process of their own
-(test_deployment_tests_in_their_own_process): Ray's driver replaces the SIGILL/SIGSEGV handlers
-that Wasmtime traps through with crash handlers that do not chain to them, so once ray.init ran
-in a process, any later guest trap there kills it (with realm, only the test process is a Ray
-driver: `realm serve --ray` runs no guest beside its driver, and replicas install Wasmtime's
-handlers after Ray's).  A local Ray instance (2 CPUs, no dashboard, Serve's proxy on 127.0.0.1),
-2 replicas of 1 CPU, SmolLM2 and Gemma 3, driven with the official `openai` client; every load
-loop is bounded in count and time, and the fixture checks that no Ray process is left."""
+(test_deployment_tests_in_their_own_process): Ray's driver replaces the SIGILL/SIGSEGV/SIGFPE
+handlers that Wasmtime traps through with crash handlers that do not chain to them, at ray.init
+and again at ray.shutdown; realm then runs no guest (TrapHandlerError) until
+realm.restore_trap_handlers() puts them back, which the fixture checks and does -- in a process
+of its own all the same, since pytest's other tests would meet the replaced handlers too.  A
+local Ray instance (2 CPUs, no dashboard, Serve's proxy on 127.0.0.1), 2 replicas of 1 CPU,
+SmolLM2 and Gemma 3, driven with the official `openai` client; every load loop is bounded in
+count and time, and the fixture checks that no Ray process is left."""
 
 import os
 import time
@@ -21,6 +22,22 @@ httpx = require("httpx")
 ray = require("ray")
 
 import realm  # noqa: E402
+
+TRAP = b'(module (func (export "boom") unreachable))'
+
+
+def _guests_refused_until_restored() -> None:
+    """After ray.init or ray.shutdown: a guest is refused, not run, until Wasmtime's trap handlers
+    are back; then its fault is a trap again (without realm's check it kills this process)."""
+    store = realm.ModelStore()
+    try:
+        with pytest.raises(realm.TrapHandlerError, match="SIGSEGV, SIGILL"):
+            realm.Tenant(store, TRAP)
+        assert {"SIGSEGV", "SIGILL"} <= set(realm.restore_trap_handlers())
+        with realm.Tenant(store, TRAP) as t, pytest.raises(realm.GuestTrapError, match="unreachable"):
+            t.call("boom")
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module", params=["proxy-routing", "router"])
@@ -43,8 +60,10 @@ def deployment(request, smollm2_path, gemma3_path):
     # Serve's HTTP proxy listens on 127.0.0.1; Ray's own services (GCS, raylet, workers) listen on
     # every interface whatever ray.init is told (it turns 127.0.0.1 into the node's address),
     # behind the token authentication Ray turns on by default
+    realm.sandbox_engine()  # Wasmtime's handlers installed before Ray's driver replaces them
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, log_to_driver=False,
              configure_logging=False)
+    _guests_refused_until_restored()
     session = Path(ray._private.worker._global_node.get_session_dir_path()).name
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -60,6 +79,7 @@ def deployment(request, smollm2_path, gemma3_path):
             serve.shutdown()
         finally:
             ray.shutdown()
+            _guests_refused_until_restored()
             os.environ.pop(PROXY_CALLBACK_ENV, None)
             if before is not None:
                 os.environ[PROXY_CALLBACK_ENV] = before

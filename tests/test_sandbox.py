@@ -6,6 +6,9 @@ what it generates alone."""
 from __future__ import annotations
 
 import gc
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -128,6 +131,81 @@ def test_modules_that_cannot_run_are_refused_clearly(store):
     with Tenant(store, trap) as t:
         with pytest.raises(GuestTrapError, match="unreachable"):
             t.call("boom")
+
+
+# A guest that faults three ways: `unreachable` (SIGILL), a load past its memory (SIGSEGV), a
+# division by zero (SIGFPE on x86).
+FAULTS = '''(module (memory 1)
+  (func (export "unreachable") unreachable)
+  (func (export "oob") (result i32) i32.const 700000 i32.load)
+  (func (export "div") (param i32) (result i32) i32.const 1 local.get 0 i32.div_s))'''
+EXPECTED_TRAPS = {"unreachable": "unreachable", "oob": "out of bounds memory access", "div": "divide by zero"}
+
+# Replaces Wasmtime's handlers of SIGSEGV, SIGILL, SIGFPE and SIGBUS with SIG_DFL, as a library
+# installing its own without chaining to them does; then the guest faults through `how`.
+REPLACED_HANDLERS = '''
+import ctypes, signal, sys
+import realm, wasmtime
+from realm.tenant import Tenant
+how = sys.argv[1]
+store = realm.ModelStore()
+faults = {faults!r}.encode()
+expected = {expected!r}
+with Tenant(store, faults) as t:  # the process's first engine: Wasmtime's handlers are installed
+    for fn in expected:
+        try:
+            t.call(fn, 0) if fn == "div" else t.call(fn)
+        except realm.GuestTrapError as exc:
+            assert expected[fn] in str(exc), exc
+        t._broken = None
+libc = ctypes.CDLL(None)
+libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_void_p]
+for sig in (signal.SIGSEGV, signal.SIGILL, signal.SIGFPE, signal.SIGBUS):
+    libc.signal(sig, None)
+if how == "wasmtime":  # the guest run by Wasmtime without realm's check: the fault kills the process
+    s = wasmtime.Store(realm.sandbox_engine())
+    s.set_epoch_deadline(1 << 40)
+    wasmtime.Instance(s, wasmtime.Module(s.engine, faults), []).exports(s)["unreachable"](s)
+    print("survived")
+    sys.exit(0)
+try:
+    Tenant(store, faults)
+except realm.TrapHandlerError as exc:
+    print("refused:", exc)
+print("restored:", " ".join(sorted(realm.restore_trap_handlers())))
+for fn in expected:
+    with Tenant(store, faults) as t:
+        try:
+            t.call(fn, 0) if fn == "div" else t.call(fn)
+        except realm.GuestTrapError as exc:
+            print("trapped:", fn, expected[fn] in str(exc))
+'''
+
+
+def _replaced_handlers(how: str) -> subprocess.CompletedProcess:
+    code = REPLACED_HANDLERS.format(faults=FAULTS, expected=EXPECTED_TRAPS)
+    return subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Wasmtime traps through signals on Linux")
+def test_a_guest_fault_with_replaced_trap_handlers_kills_an_unchecked_process():
+    """What realm's check prevents: with Wasmtime's handlers replaced, a guest's fault is the
+    death of the process."""
+    run = _replaced_handlers("wasmtime")
+    assert run.returncode == -signal.SIGILL and "survived" not in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Wasmtime traps through signals on Linux")
+def test_replaced_trap_handlers_are_refused_then_restored():
+    """A library that replaces Wasmtime's trap handlers (Ray's driver at ray.init) gets no guest
+    run: TrapHandlerError, until realm.restore_trap_handlers() puts them back; then every fault
+    is a GuestTrapError again and the process lives."""
+    run = _replaced_handlers("realm")
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("refused: the process's SIGSEGV, SIGILL, SIGFPE handlers are no longer Wasmtime's")
+    assert lines[1] == "restored: SIGFPE SIGILL SIGSEGV"
+    assert lines[2:] == [f"trapped: {fn} True" for fn in EXPECTED_TRAPS]
 
 
 def test_the_quota_walk_keeps_nothing_alive(store):
