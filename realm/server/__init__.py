@@ -13,8 +13,8 @@ if _MISSING:
     raise ImportError(f'realm.server needs the server extra: pip install "realm[server]" (missing {", ".join(_MISSING)})')
 
 from .admission import ServerLimits
-from .app import create_app
+from .app import RealmApp, create_app
 from .errors import APIError
 from .run import serve
 
-__all__ = ["create_app", "serve", "ServerLimits", "APIError"]
+__all__ = ["create_app", "RealmApp", "serve", "ServerLimits", "APIError"]

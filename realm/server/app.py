@@ -45,9 +45,10 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 _FINISH = {"eog": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 
 
-class _Outer:
-    """ASGI middleware around the app: refuses bodies over max_bytes (by Content-Length, or as
-    they arrive), counts /v1 answers by status and logs one line per request when it ends."""
+class RealmApp:
+    """The ASGI app `create_app` returns: its FastAPI app (`.app`) inside a middleware that
+    refuses bodies over max_bytes (by Content-Length, or as they arrive), counts /v1 answers by
+    status and logs one line per request when it ends; `drain` starts a graceful stop."""
 
     def __init__(self, app: Any, srv: "_Server", max_bytes: int):
         self.app, self.srv, self.max_bytes = app, srv, max_bytes
@@ -245,7 +246,7 @@ def _shut_down() -> APIError:
 
 def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tuple[str, ...] = (),
                max_body_bytes: int = MAX_BODY_BYTES, catalog: tuple[str, ...] | None = None,
-               shutdown_grace_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> FastAPI:
+               shutdown_grace_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> RealmApp:
     """The ASGI app serving `realm`'s loaded models (the Realm's `limits` should carry
     limits.timeout_s and kv_bytes, and tenant_kv_bytes=limits.tenant_kv_bytes:
     `realm.server.serve` builds it so).
@@ -312,7 +313,7 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
                                   tenant=tenant, **body.options())
         return await _respond(srv, request, tenant, model, body, start, chat=True)
 
-    return _Outer(app, srv, max_body_bytes)  # type: ignore[return-value]
+    return RealmApp(app, srv, max_body_bytes)
 
 
 async def _json(request: Request) -> Any:
