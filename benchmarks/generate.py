@@ -14,11 +14,19 @@ For each model, the same ~100-token prompt, greedy, the logits of the last token
 Medians of --repeat runs after one warm-up.  The last table is the guest's cost per decoded
 token: measured (guest - host only) and estimated as 2 import calls at the cost of
 one realm import call, measured from a wasm loop.
+
+Each engine runs in a subprocess of its own: libgomp counts the threads of every OpenMP team
+in a process, and a team left by one engine on another thread (realm's passes run on a
+runner thread, llama.cpp's on the caller's) makes the other's barriers sleep instead of spin,
+which slowed llama.cpp's decode here by a third when it ran after realm in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from statistics import median
@@ -124,31 +132,56 @@ def import_call_us(rt: Realm, model, calls: int = 20000, repeat: int = 5) -> flo
     return median(times) / calls * 1e6
 
 
+def worker(args: argparse.Namespace) -> dict:
+    """One engine's figures for one model, in this (fresh) process."""
+    path = Path(args.model_path)
+    if args.worker == "llama":
+        return bench_llama(path, json.loads(args.prompt_tokens), args.tokens, args.repeat, args.threads) or {}
+    with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
+        model = rt.load_model(path)
+        if args.worker == "host":
+            return bench_host(rt, model, json.loads(args.prompt_tokens), args.tokens, args.repeat, args.threads)
+        return {**bench_realm(rt, model, args.tokens, args.repeat), "per_call_us": import_call_us(rt, model)}
+
+
+def run_worker(engine: str, path: Path, args: argparse.Namespace, prompt_tokens: list[int] | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", engine, "--model-path", str(path), "--threads", str(args.threads),
+           "--tokens", str(args.tokens), "--repeat", str(args.repeat), "--prompt-tokens", json.dumps(prompt_tokens)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"the {engine} worker failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="tokens to generate per run")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--worker", choices=("realm", "host", "llama"), help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", help=argparse.SUPPRESS)
+    ap.add_argument("--prompt-tokens", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
 
     rows, overhead = [], []
-    with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
-        for name in args.models:
-            path = resolve(name)
-            model = rt.load_model(path)
-            r = bench_realm(rt, model, args.tokens, args.repeat)
-            h = bench_host(rt, model, r["prompt_tokens"], args.tokens, args.repeat, args.threads)
-            ll = bench_llama(path, r["prompt_tokens"], args.tokens, args.repeat, args.threads)
-            rows.append((path.stem, r, h, ll))
-            per_call = import_call_us(rt, model)
-            measured = (1 / r["decode"] - 1 / h["decode"]) * 1e3
-            overhead.append((path.stem, CALLS_PER_TOKEN, per_call, CALLS_PER_TOKEN * per_call / 1e3, measured,
-                             1e3 / r["decode"]))
+    for name in args.models:
+        path = resolve(name)
+        r = run_worker("realm", path, args)
+        h = run_worker("host", path, args, r["prompt_tokens"])
+        ll = run_worker("llama", path, args, r["prompt_tokens"]) or None
+        rows.append((path.stem, r, h, ll))
+        per_call = r["per_call_us"]
+        measured = (1 / r["decode"] - 1 / h["decode"]) * 1e3
+        overhead.append((path.stem, CALLS_PER_TOKEN, per_call, CALLS_PER_TOKEN * per_call / 1e3, measured,
+                         1e3 / r["decode"]))
 
     nan = float("nan")
-    print(f"\ngeneration, {args.threads} threads, greedy, {args.tokens} tokens, median of {args.repeat} "
-          f"(tok/s; ratio = realm / llama.cpp)")
+    print(f"\ngeneration, {args.threads} threads, greedy, {args.tokens} tokens, median of {args.repeat}, "
+          f"each engine in a process of its own (tok/s; ratio = realm / llama.cpp)")
     head = ("model", "prompt", "prefill realm", "host only", "llama.cpp", "ratio",
             "decode realm", "host only", "llama.cpp", "ratio", "setup ms", "guest MiB")
     print("| " + " | ".join(head) + " |")

@@ -32,7 +32,9 @@ stalling them.
 
 No oversubscription: passes of every model in the process draw on one pool of cores
 (`_CORES`); a pass runs only when its threads fit, so N concurrent generations share
-the cores through one OpenMP team instead of N spinning against each other.
+the cores through one OpenMP team instead of N spinning against each other, and the
+passes run on runner threads shared by every model (`_Runners`), so the process keeps
+no more OpenMP teams than its cores hold.
 
 Exact prefix cache (`PrefixCache`): KV rows of token prefixes the host computed, kept
 per model, reused for a new sequence that starts with the same tokens.  A KV row
@@ -48,7 +50,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
@@ -121,6 +123,85 @@ class _Cores:
 
 
 _CORES = _Cores()
+
+
+class _Runner:
+    """A thread that runs passes handed to it, one at a time."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="realm-pass", daemon=True).start()
+
+    def run(self, job: Callable[[], int]) -> int:
+        self._jobs.put(job)
+        result = self._results.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                result: int | BaseException = job()
+            except BaseException as exc:  # handed to the caller
+                result = exc
+            self._results.put(result)
+
+
+class _Runners:
+    """The threads every engine's passes run on, shared by the process.
+
+    Each thread that runs an OpenMP region becomes the master of a team of its own, and libgomp
+    counts the threads of every team: once they outnumber the cores, it stops spinning at barriers
+    and sleeps at each one instead -- for every library of the process.  A pass has hundreds of
+    barriers (measured: SmolLM2's decode step 10-70% slower while a second team existed, and
+    llama.cpp's 35% slower in a process where realm had run).  So passes do not run on the thread
+    of the caller that leads them, nor on a thread per model: a pass holds its cores (`_CORES`)
+    and borrows an idle runner, the most recently used first; a new runner starts only when
+    passes run side by side, which their cores allow only on a machine that has room for both
+    teams.  The runners stop when the last engine closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Runner] = []
+        self._engines = 0
+
+    def run(self, threads: int, job: Callable[[], int]) -> int:
+        """job() on a runner, once `threads` cores are free."""
+        _CORES.acquire(threads)
+        try:
+            with self._lock:
+                runner = self._idle.pop() if self._idle else None
+            runner = runner or _Runner()
+            try:
+                return runner.run(job)
+            finally:
+                with self._lock:
+                    if self._engines:
+                        self._idle.append(runner)
+                    else:
+                        runner.stop()
+        finally:
+            _CORES.release(threads)
+
+    def opened(self) -> None:
+        with self._lock:
+            self._engines += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._engines -= 1
+            if not self._engines:
+                for runner in self._idle:
+                    runner.stop()
+                self._idle.clear()
+
+
+_RUNNERS = _Runners()
 
 
 # -- the prefix cache ----------------------------------------------------------------------------
@@ -283,15 +364,14 @@ class Engine:
         self._last_seconds = 0.0
         self._users = 0
         self._removed = False
-        self._runner: threading.Thread | None = None  # started by the first pass
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._results: queue.SimpleQueue = queue.SimpleQueue()
         #: passes run, tokens and sequences they held (see `stats`)
         self.passes = 0
         self.pass_tokens = 0
         self.pass_seqs = 0
         self.max_seqs = 0
         self.last_seqs = 0
+        self._closed = False
+        _RUNNERS.opened()  # closed by _close
 
     # -- the work -----------------------------------------------------------------
     def check(self, kv: KVCache, tokens_addr: int, n: int, pos: int, il: int = -1) -> int:
@@ -464,63 +544,38 @@ class Engine:
         return batch
 
     def _on_runner(self, batch: list[tuple[_Work, int]]) -> int:
-        """`_execute` on the engine's runner thread.  Every pass runs on that one thread so that
-        OpenMP keeps one team for the model: a team per leader thread would leave the idle
-        teams spinning (GOMP_SPINCOUNT) on the cores the running one needs."""
-        if self._runner is None:
-            self._runner = threading.Thread(target=self._run_passes, name="realm-pass", daemon=True)
-            self._runner.start()
-        self._jobs.put(batch)
-        result = self._results.get()
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def _run_passes(self) -> None:
-        while True:
-            batch = self._jobs.get()
-            if batch is None:
-                return
-            try:
-                result: int | BaseException = self._execute(batch)
-            except BaseException as exc:  # handed to the leader
-                result = exc
-            self._results.put(result)
+        """`_execute` on one of the process's runner threads (see `_Runners`)."""
+        return _RUNNERS.run(self.model._fm.threads, lambda: self._execute(batch))
 
     def _execute(self, batch: list[tuple[_Work, int]]) -> int:
-        """Run one pass (the leader, without the engine's lock)."""
+        """Run one pass (on a runner, without the engine's lock)."""
         fm = self.model._fm
-        threads = fm.threads
-        _CORES.acquire(threads)
-        try:
-            kind = batch[0][0].kind
-            if kind == _FORWARD:
-                items = []
-                for w, take in batch:
-                    ends = w.done + take == len(w.tokens)
-                    logits = w.logits.ctypes.data if ends and w.logits is not None else 0
-                    items.append((w.kv, w.tokens.ctypes.data + 4 * w.done, take, w.pos + w.done, logits))
-                return self._batch.forward(items)
-            if kind == _LAYER:
-                rows = [w.hidden for w, _ in batch]
-                x = np.concatenate(rows) if len(rows) > 1 else rows[0].copy()
-                rc = self._batch.layer(batch[0][0].il, [(w.kv, len(w.hidden), w.pos) for w, _ in batch],
-                                       x.ctypes.data)
-                if rc == 0:
-                    at = 0
-                    for w, _ in batch:
-                        w.out[...] = x[at:at + len(w.hidden)]
-                        at += len(w.hidden)
-                return rc
+        kind = batch[0][0].kind
+        if kind == _FORWARD:
+            items = []
+            for w, take in batch:
+                ends = w.done + take == len(w.tokens)
+                logits = w.logits.ctypes.data if ends and w.logits is not None else 0
+                items.append((w.kv, w.tokens.ctypes.data + 4 * w.done, take, w.pos + w.done, logits))
+            return self._batch.forward(items)
+        if kind == _LAYER:
             rows = [w.hidden for w, _ in batch]
-            logits = fm.lm_head(np.concatenate(rows) if len(rows) > 1 else rows[0])
-            at = 0
-            for w, _ in batch:
-                w.out[...] = logits[at:at + len(w.hidden)]
-                at += len(w.hidden)
-            return 0
-        finally:
-            _CORES.release(threads)
+            x = np.concatenate(rows) if len(rows) > 1 else rows[0].copy()
+            rc = self._batch.layer(batch[0][0].il, [(w.kv, len(w.hidden), w.pos) for w, _ in batch],
+                                   x.ctypes.data)
+            if rc == 0:
+                at = 0
+                for w, _ in batch:
+                    w.out[...] = x[at:at + len(w.hidden)]
+                    at += len(w.hidden)
+            return rc
+        rows = [w.hidden for w, _ in batch]
+        logits = fm.lm_head(np.concatenate(rows) if len(rows) > 1 else rows[0])
+        at = 0
+        for w, _ in batch:
+            w.out[...] = logits[at:at + len(w.hidden)]
+            at += len(w.hidden)
+        return 0
 
     def _finish(self, batch: list[tuple[_Work, int]], rc: int, seconds: float) -> None:
         """Hand out a pass's results (needs the lock)."""
@@ -551,8 +606,10 @@ class Engine:
 
     # -- lifetime ---------------------------------------------------------------------
     def _close(self) -> None:
-        if self._runner is not None:
-            self._jobs.put(None)
+        if self._closed:
+            return
+        self._closed = True
+        _RUNNERS.closed()
         self.prefix.clear()
         self.model.close()
 

@@ -2,6 +2,8 @@
 the weights, and every request gets the bits it gets alone -- at any batch, thread count or
 arrival timing, with or without cached prefixes."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -382,3 +384,42 @@ def test_passes_of_two_models_never_oversubscribe_the_cores(smollm2_path, gemma3
         models = [r.load_model(smollm2_path), r.load_model(gemma3_path)]
         run_threads([lambda m=m: r.complete("Hello", m, max_tokens=6, temperature=0) for m in models * 2])
     assert seen and max(seen) <= usable_cores()
+
+
+# -- one OpenMP team for every model ----------------------------------------------------------------
+
+TEAMS = """
+import os, sys, threading, time
+import realm
+from realm.threads import usable_cores
+
+def runners():
+    return sum(t.name == "realm-pass" for t in threading.enumerate())
+
+def omp_threads():
+    return len(os.listdir("/proc/self/task"))
+
+with realm.Realm(threads=usable_cores()) as rt:
+    a, b = rt.load_model(sys.argv[1]), rt.load_model(sys.argv[2])
+    rt.complete("Hi", model=a, max_tokens=2, temperature=0)
+    tasks = omp_threads()
+    for m in (b, a, b):
+        rt.complete("Hi", model=m, max_tokens=2, temperature=0)
+    print("runners", runners(), "new threads", omp_threads() - tasks)
+end = time.monotonic() + 10
+while runners() and time.monotonic() < end:
+    time.sleep(0.05)
+print("runners after close", runners())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the threads in /proc/self/task")
+def test_passes_of_every_model_share_one_openmp_team(smollm2_path, gemma3_path):
+    """libgomp counts the threads of every OpenMP team of a process, and once they outnumber the
+    cores its barriers sleep instead of spinning (a pass has hundreds): passes of two models,
+    which cannot run side by side on the machine's cores, run on one runner thread -- no second
+    team -- which stops when the last engine closes."""
+    run = subprocess.run([sys.executable, "-c", TEAMS, str(smollm2_path), str(gemma3_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines() == ["runners 1 new threads 0", "runners after close 0"]
