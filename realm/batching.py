@@ -31,7 +31,7 @@ first, so a long prompt is prefilled a chunk a pass beside the decoders instead 
 stalling them.
 
 No oversubscription: passes of every model in the process draw on one pool of cores
-(`_CORES`); a pass runs only when its threads fit, so N concurrent generations share
+(`CORES`); a pass runs only when its threads fit, so N concurrent generations share
 the cores through one OpenMP team instead of N spinning against each other, and the
 passes run on runner threads shared by every model (`_Runners`), so the process keeps
 no more OpenMP teams than its cores hold.
@@ -45,12 +45,11 @@ so reused rows are the rows a recomputation would write.
 from __future__ import annotations
 
 import collections
-import queue
 import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -60,7 +59,7 @@ from .errors import ArgumentTypeError, InvalidArgumentError
 from .forward import HostModel, KVCache
 from .limits import HostBudget
 from .store import ModelStore
-from .threads import usable_cores
+from .cores import CORES, RUNNERS
 
 __all__ = ["BatchSettings", "Engine", "PrefixCache", "engine_for", "release_engine", "engine_stats", "configure",
            "DEADLINE", "WITHDRAWN"]
@@ -99,109 +98,6 @@ class BatchSettings:
                 raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
             if value < low:
                 raise InvalidArgumentError(f"{name} must be >= {low}, not {value}")
-
-
-class _Cores:
-    """The process's cores, lent to passes: a pass of t threads runs once t are free (a pass
-    wider than the machine runs alone)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._used = 0
-
-    def acquire(self, threads: int) -> None:
-        with self._cond:
-            total = usable_cores()
-            while self._used and self._used + threads > total:
-                self._cond.wait()
-            self._used += threads
-
-    def release(self, threads: int) -> None:
-        with self._cond:
-            self._used -= threads
-            self._cond.notify_all()
-
-
-_CORES = _Cores()
-
-
-class _Runner:
-    """A thread that runs passes handed to it, one at a time."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._results: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="realm-pass", daemon=True).start()
-
-    def run(self, job: Callable[[], int]) -> int:
-        self._jobs.put(job)
-        result = self._results.get()
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                result: int | BaseException = job()
-            except BaseException as exc:  # handed to the caller
-                result = exc
-            self._results.put(result)
-
-
-class _Runners:
-    """The threads every engine's passes run on, shared by the process.
-
-    Each thread that runs an OpenMP region becomes the master of a team of its own, and libgomp
-    counts the threads of every team: once they outnumber the cores, it stops spinning at barriers
-    and sleeps at each one instead -- for every library of the process.  A pass has hundreds of
-    barriers (measured: SmolLM2's decode step 10-70% slower while a second team existed, and
-    llama.cpp's 35% slower in a process where realm had run).  So passes do not run on the thread
-    of the caller that leads them, nor on a thread per model: a pass holds its cores (`_CORES`)
-    and borrows an idle runner, the most recently used first; a new runner starts only when
-    passes run side by side, which their cores allow only on a machine that has room for both
-    teams.  The runners stop when the last engine closes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[_Runner] = []
-        self._engines = 0
-
-    def run(self, threads: int, job: Callable[[], int]) -> int:
-        """job() on a runner, once `threads` cores are free."""
-        _CORES.acquire(threads)
-        try:
-            with self._lock:
-                runner = self._idle.pop() if self._idle else None
-            runner = runner or _Runner()
-            try:
-                return runner.run(job)
-            finally:
-                with self._lock:
-                    if self._engines:
-                        self._idle.append(runner)
-                    else:
-                        runner.stop()
-        finally:
-            _CORES.release(threads)
-
-    def opened(self) -> None:
-        with self._lock:
-            self._engines += 1
-
-    def closed(self) -> None:
-        with self._lock:
-            self._engines -= 1
-            if not self._engines:
-                for runner in self._idle:
-                    runner.stop()
-                self._idle.clear()
-
-
-_RUNNERS = _Runners()
 
 
 # -- the prefix cache ----------------------------------------------------------------------------
@@ -371,7 +267,7 @@ class Engine:
         self.max_seqs = 0
         self.last_seqs = 0
         self._closed = False
-        _RUNNERS.opened()  # closed by _close
+        RUNNERS.opened()  # closed by _close
 
     # -- the work -----------------------------------------------------------------
     def check(self, kv: KVCache, tokens_addr: int, n: int, pos: int, il: int = -1) -> int:
@@ -545,7 +441,7 @@ class Engine:
 
     def _on_runner(self, batch: list[tuple[_Work, int]]) -> int:
         """`_execute` on one of the process's runner threads (see `_Runners`)."""
-        return _RUNNERS.run(self.model._fm.threads, lambda: self._execute(batch))
+        return RUNNERS.run(self.model._fm.threads, lambda: self._execute(batch))
 
     def _execute(self, batch: list[tuple[_Work, int]]) -> int:
         """Run one pass (on a runner, without the engine's lock)."""
@@ -609,7 +505,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        _RUNNERS.closed()
+        RUNNERS.closed()
         self.prefix.clear()
         self.model.close()
 

@@ -28,10 +28,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from .cache import LayerCache
+from .cores import run_on_cores
 from .limits import HostBudget
 from .errors import ArgumentTypeError, ClosedError, ModelNotFoundError, TensorNotFoundError, file_error
 from .quants import GGMLType, can_dequantize, dequantize
 from .reader import GGUFFile, TensorInfo
+from .threads import check_threads, usable_cores
 
 #: LayerCache budget of a store created without one.
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -255,9 +257,19 @@ class ModelStore:
         return self.get(model_id).tensor(name)
 
     def get_tensor_f32(self, model_id: int, name: str, *, threads: int | None = None) -> np.ndarray:
-        """The tensor as a read-only float32 array: a cache hit, or dequantized and cached."""
+        """The tensor as a read-only float32 array: a cache hit, or dequantized and cached.  A
+        dequantization on several threads runs on realm's runners (`realm.cores`), as passes do:
+        it waits for its cores rather than crowd a running pass, and the caller's thread (a
+        tenant's import call) does not become the master of an OpenMP team of its own."""
         tensor = self.get_tensor(model_id, name)
-        arr = self.cache.get_or_load((model_id, name), lambda: tensor.dequantize(threads=threads))
+        n = check_threads(threads) or usable_cores()
+
+        def load() -> np.ndarray:
+            if n == 1:
+                return tensor.dequantize(threads=1)
+            return run_on_cores(n, lambda: tensor.dequantize(threads=n))
+
+        arr = self.cache.get_or_load((model_id, name), load)
         if not self._is_live(model_id):  # released while we loaded: don't leave a stray entry
             self.cache.drop_model(model_id)
         return arr

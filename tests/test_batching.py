@@ -369,17 +369,17 @@ def test_work_past_its_deadline_is_withdrawn(engine):
 
 def test_passes_of_two_models_never_oversubscribe_the_cores(smollm2_path, gemma3_path, monkeypatch):
     """Generations on two models at once: the passes' threads together never exceed the cores."""
-    from realm import batching
+    from realm import cores
     from realm.threads import usable_cores
 
     seen = []
-    acquire = batching._Cores.acquire
+    acquire = cores.Cores.acquire
 
     def watch(self, threads):
         acquire(self, threads)
         seen.append(self._used)
 
-    monkeypatch.setattr(batching._Cores, "acquire", watch)
+    monkeypatch.setattr(cores.Cores, "acquire", watch)
     with realm.Realm(threads=usable_cores()) as r:
         models = [r.load_model(smollm2_path), r.load_model(gemma3_path)]
         run_threads([lambda m=m: r.complete("Hello", m, max_tokens=6, temperature=0) for m in models * 2])

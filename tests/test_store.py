@@ -4,6 +4,8 @@ path, lifetimes (remove while in use) and prefetch."""
 import errno
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -398,3 +400,36 @@ def test_prefetch_skips_tensors_larger_than_the_cache(tiny_gguf):
 def test_default_cache(tiny_gguf):
     with ModelStore() as store:
         assert store.cache.max_bytes == realm.store.DEFAULT_CACHE_BYTES
+
+
+TEAMLESS = """
+import os, sys, time
+import numpy as np
+import realm
+from realm.quants import dequantize
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+with realm.ModelStore() as store:
+    mid = store.load(sys.argv[1])
+    before = tasks()
+    got = store.get_tensor_f32(mid, "token_embd.weight", threads=2)
+    end = time.monotonic() + 10
+    while tasks() > before and time.monotonic() < end:
+        time.sleep(0.05)
+    t = store.get_tensor(mid, "token_embd.weight")
+    assert np.array_equal(got, dequantize(t.data, t.dtype, shape=t.shape, threads=1))
+    print("threads left", tasks() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the threads in /proc/self/task")
+def test_a_parallel_dequantization_leaves_the_caller_no_openmp_team(smollm2_path):
+    """get_tensor_f32 on two threads (a tenant's realm_get_tensor) runs on realm's runners: the
+    caller's thread does not become the master of an OpenMP team that outlives the call (whose
+    threads would make libgomp's barriers sleep in every pass: see realm/cores.py)."""
+    run = subprocess.run([sys.executable, "-c", TEAMLESS, str(smollm2_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines() == ["threads left 0"]
