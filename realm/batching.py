@@ -33,7 +33,7 @@ stalling them.
 No oversubscription: passes of every model in the process draw on one pool of cores
 (`CORES`); a pass runs only when its threads fit, so N concurrent generations share
 the cores through one OpenMP team instead of N spinning against each other, and the
-passes run on runner threads shared by every model (`_Runners`), so the process keeps
+passes run on runner threads shared by every model (`realm.cores`), so the process keeps
 no more OpenMP teams than its cores hold.
 
 Exact prefix cache (`PrefixCache`): KV rows of token prefixes the host computed, kept
@@ -353,14 +353,13 @@ class Engine:
                 if batch is None:
                     return work.rc
                 self._running = True
-            rc, seconds = FORWARD_EINVAL, 0.0
+            ran: list[int] = []  # the pass's code, also when the leader is interrupted after it
+            t0 = time.monotonic()
             try:  # the leader has the pass run without the lock
-                t0 = time.monotonic()
-                rc = self._on_runner(batch)
-                seconds = time.monotonic() - t0
+                self._on_runner(batch, ran)
             finally:
                 with self._cond:
-                    self._finish(batch, rc, seconds)
+                    self._finish(batch, ran[0] if ran else FORWARD_EINVAL, time.monotonic() - t0)
 
     def _turn(self, work: _Work, deadline: float | None) -> list[tuple[_Work, int]] | None:
         """Wait (with the lock) until work is finished (None) or this caller leads a pass (its
@@ -439,9 +438,11 @@ class Engine:
             batch.append((w, take))
         return batch
 
-    def _on_runner(self, batch: list[tuple[_Work, int]]) -> int:
-        """`_execute` on one of the process's runner threads (see `_Runners`)."""
-        return RUNNERS.run(self.model._fm.threads, lambda: self._execute(batch))
+    def _on_runner(self, batch: list[tuple[_Work, int]], ran: list[int]) -> None:
+        """`_execute` on one of the process's runners (see `realm.cores.Runners`), its code put
+        in `ran`.  A leader interrupted meanwhile (Ctrl-C) raises once the pass is done, and
+        the others in it still get the pass's code."""
+        RUNNERS.run(self.model._fm.threads, lambda: ran.append(self._execute(batch)))
 
     def _execute(self, batch: list[tuple[_Work, int]]) -> int:
         """Run one pass (on a runner, without the engine's lock)."""

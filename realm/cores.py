@@ -55,8 +55,20 @@ class _Runner:
         threading.Thread(target=self._loop, name="realm-pass", daemon=True).start()
 
     def run(self, job: Callable[[], T]) -> T:
+        """job()'s result, or its exception, once it has run.  An exception raised in the caller
+        meanwhile (KeyboardInterrupt at Ctrl-C, on the main thread) is held until then: a pass
+        writes into its callers' KV caches and guest memories, which the unwinding would free
+        under it (and its result, left in the queue, would answer the runner's next job)."""
         self._jobs.put(job)
-        result = self._results.get()
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                result = self._results.get()
+                break
+            except BaseException as exc:
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
         if isinstance(result, BaseException):
             raise result
         return result

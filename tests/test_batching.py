@@ -423,3 +423,39 @@ def test_passes_of_every_model_share_one_openmp_team(smollm2_path, gemma3_path):
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.splitlines() == ["runners 1 new threads 0", "runners after close 0"]
+
+
+def test_ctrl_c_during_a_generation_leaves_the_others_their_tokens(smollm2_path):
+    """SIGINT reaches the main thread while it generates beside three other threads (whose
+    pass it may lead): the others get their solo tokens, and the next generation on the main
+    thread is whole.  The interrupted generation raises KeyboardInterrupt once its pass is done
+    (tests/test_cores.py) -- or, when the signal lands as wasmtime-py's callback starts, ctypes
+    drops it ("Exception ignored"), and the generation ends as a GenerationError or as if never
+    interrupted."""
+    import signal
+
+    main = threading.main_thread().ident
+    if threading.get_ident() != main:
+        pytest.skip("signals reach the main thread only")
+    prompts = ["The capital of France is", "1, 2, 3,", "Once upon a time", "Water boils at"]
+    greedy = dict(max_tokens=24, temperature=0, ignore_eos=True)
+    with realm.Realm(threads=2, prefix_cache_bytes=0) as r:
+        m = r.load_model(smollm2_path)
+        solo = [r.complete(p, m, **greedy).tokens for p in prompts]
+        got: dict[int, list[int]] = {}
+        others = [threading.Thread(target=lambda i=i: got.update({i: r.complete(prompts[i], m, **greedy).tokens}))
+                  for i in (1, 2, 3)]
+        timer = threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGINT))
+        for t in others:
+            t.start()
+        timer.start()
+        try:
+            r.complete(prompts[0], m, max_tokens=300, temperature=0, ignore_eos=True)
+        except (KeyboardInterrupt, realm.GenerationError):
+            pass
+        finally:
+            timer.join()
+            for t in others:
+                t.join(120)
+        assert [got.get(i) for i in (1, 2, 3)] == solo[1:]
+        assert r.complete(prompts[0], m, **greedy).tokens == solo[0]
