@@ -31,7 +31,7 @@ first, so a long prompt is prefilled a chunk a pass beside the decoders instead 
 stalling them.
 
 No oversubscription: passes of every model in the process draw on one pool of cores
-(`CORES`); a pass runs only when its threads fit, so N concurrent generations share
+(`realm.cores.CORES`); a pass runs only when its threads fit, so N concurrent generations share
 the cores through one OpenMP team instead of N spinning against each other, and the
 passes run on runner threads shared by every model (`realm.cores`), so the process keeps
 no more OpenMP teams than its cores hold.
@@ -59,7 +59,7 @@ from .errors import ArgumentTypeError, InvalidArgumentError
 from .forward import HostModel, KVCache
 from .limits import HostBudget
 from .store import ModelStore
-from .cores import CORES, RUNNERS
+from .cores import RUNNERS
 
 __all__ = ["BatchSettings", "Engine", "PrefixCache", "engine_for", "release_engine", "engine_stats", "configure",
            "DEADLINE", "WITHDRAWN"]

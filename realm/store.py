@@ -262,12 +262,13 @@ class ModelStore:
         it waits for its cores rather than crowd a running pass, and the caller's thread (a
         tenant's import call) does not become the master of an OpenMP team of its own."""
         tensor = self.get_tensor(model_id, name)
-        n = check_threads(threads) or usable_cores()
+        n = check_threads(threads)
 
         def load() -> np.ndarray:
-            if n == 1:
+            n_threads = n or usable_cores()
+            if n_threads == 1:
                 return tensor.dequantize(threads=1)
-            return run_on_cores(n, lambda: tensor.dequantize(threads=n))
+            return run_on_cores(n_threads, lambda: tensor.dequantize(threads=n_threads))
 
         arr = self.cache.get_or_load((model_id, name), load)
         if not self._is_live(model_id):  # released while we loaded: don't leave a stray entry
