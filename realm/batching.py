@@ -347,19 +347,31 @@ class Engine:
         with self._cond:
             work.wake = threading.Condition(self._lock)
             self._queue.append(work)
-        while True:
-            with self._cond:
-                batch = self._turn(work, deadline)
-                if batch is None:
-                    return work.rc
-                self._running = True
-            ran: list[int] = []  # the pass's code, also when the leader is interrupted after it
-            t0 = time.monotonic()
-            try:  # the leader has the pass run without the lock
-                self._on_runner(batch, ran)
-            finally:
+        try:
+            while True:
                 with self._cond:
-                    self._finish(batch, ran[0] if ran else FORWARD_EINVAL, time.monotonic() - t0)
+                    batch = self._turn(work, deadline)
+                    if batch is None:
+                        return work.rc
+                    self._running = True
+                started: list[bool] = []
+                ran: list[int] = []  # the pass's code, also when the leader is interrupted after it
+                t0 = time.monotonic()
+                try:  # the leader has the pass run without the lock
+                    self._on_runner(batch, started, ran)
+                finally:
+                    with self._cond:
+                        if started:
+                            self._finish(batch, ran[0] if ran else FORWARD_EINVAL, time.monotonic() - t0)
+                        else:  # interrupted before the pass ran (waiting for cores): the others' work waits on
+                            self._unclaim(batch)
+        except BaseException:  # the caller unwinds (Ctrl-C): its work, unless a pass runs it, goes too
+            with self._cond:
+                if not work.finished and not work.running:
+                    work.rc, work.finished = WITHDRAWN, True
+                    self._queue.remove(work)
+                    self._wake_next()
+            raise
 
     def _turn(self, work: _Work, deadline: float | None) -> list[tuple[_Work, int]] | None:
         """Wait (with the lock) until work is finished (None) or this caller leads a pass (its
@@ -438,11 +450,16 @@ class Engine:
             batch.append((w, take))
         return batch
 
-    def _on_runner(self, batch: list[tuple[_Work, int]], ran: list[int]) -> None:
-        """`_execute` on one of the process's runners (see `realm.cores.Runners`), its code put
-        in `ran`.  A leader interrupted meanwhile (Ctrl-C) raises once the pass is done, and
-        the others in it still get the pass's code."""
-        RUNNERS.run(self.model._fm.threads, lambda: ran.append(self._execute(batch)))
+    def _on_runner(self, batch: list[tuple[_Work, int]], started: list[bool], ran: list[int]) -> None:
+        """`_execute` on one of the process's runners (see `realm.cores.Runners`): `started`
+        once it starts, its code put in `ran`.  A leader interrupted meanwhile (Ctrl-C) raises
+        once the pass is done, and the others in it still get the pass's code."""
+
+        def job() -> None:
+            started.append(True)
+            ran.append(self._execute(batch))
+
+        RUNNERS.run(self.model._fm.threads, job)
 
     def _execute(self, batch: list[tuple[_Work, int]]) -> int:
         """Run one pass (on a runner, without the engine's lock)."""
@@ -473,6 +490,14 @@ class Engine:
             w.out[...] = logits[at:at + len(w.hidden)]
             at += len(w.hidden)
         return 0
+
+    def _unclaim(self, batch: list[tuple[_Work, int]]) -> None:
+        """A pass that never ran: its work back to waiting in the queue (needs the lock)."""
+        self._running = False
+        for w, _ in batch:
+            w.running = False
+        self._wake_next()
+        self._cond.notify_all()  # leave() waiting for a member's running work
 
     def _finish(self, batch: list[tuple[_Work, int]], rc: int, seconds: float) -> None:
         """Hand out a pass's results (needs the lock)."""

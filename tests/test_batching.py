@@ -459,3 +459,51 @@ def test_ctrl_c_during_a_generation_leaves_the_others_their_tokens(smollm2_path)
                 t.join(120)
         assert [got.get(i) for i in (1, 2, 3)] == solo[1:]
         assert r.complete(prompts[0], m, **greedy).tokens == solo[0]
+
+
+def test_a_leader_interrupted_before_its_pass_leaves_the_others_their_work(engine, monkeypatch):
+    """The main thread leads a pass holding another member's work, and is interrupted (Ctrl-C)
+    while it waits for cores another pass holds: the pass never ran, so the other's work goes
+    back to the queue and runs in a later pass -- not failed for the leader's interrupt."""
+    import signal
+
+    from realm import batching, cores
+    from realm.threads import usable_cores
+
+    main = threading.main_thread().ident
+    if threading.get_ident() != main:
+        pytest.skip("signals reach the main thread only")
+    n_vocab = engine.model._fm.n_vocab
+    kv_a, kv_b = engine.model.new_kv_cache(64), engine.model.new_kv_cache(64)
+    _step(engine, "a", kv_a, 1)
+    _step(engine, "b", kv_b, 2)
+    with engine._cond:  # both expected back: b's next step waits for a's, and a leads the pass of both
+        engine._awaited, engine._late = {"a", "b"}, set()
+    monkeypatch.setattr(batching, "RENDEZVOUS_MIN_S", 30.0)
+    monkeypatch.setattr(batching, "RENDEZVOUS_MAX_S", 30.0)
+    logits_b = np.empty(n_vocab, np.float32)
+    got: list[int] = []
+    b = threading.Thread(target=lambda: got.append(engine.forward("b", kv_b, np.array([3], np.int32), 1, logits_b)))
+    b.start()
+    end = time.monotonic() + 30
+    while engine.stats()["queued"] < 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    total = usable_cores()
+    cores.CORES.acquire(total)  # another pass holds every core
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.forward("a", kv_a, np.array([4], np.int32), 1, np.empty(n_vocab, np.float32))
+        assert engine.stats()["queued"] == 1  # b's work, back in the queue; a's went with its caller
+    finally:
+        timer.join()
+        cores.CORES.release(total)
+    engine.leave("a")  # a's guest goes: b need not wait for it
+    b.join(60)
+    monkeypatch.undo()
+    engine.leave("b")
+    assert got == [0]
+    alone = engine.model.new_kv_cache(64)
+    _step(engine, "c", alone, 2)
+    assert_same_bits(_step(engine, "c", alone, 3), logits_b)
