@@ -27,8 +27,9 @@ csrc/forward.h's enum realm_op), the Python calls between layers, and the LM hea
 
 Last, the cost of the guest's path: a wasm loop calling the realm_forward_layer
 import (one decoded token, layer 0 of the first model) against the same C call made
-directly from Python and against wasmtime-py's floor (an import that does nothing);
-import - floor - direct is what realm's Python adds to each call (best of 15 loops:
+directly from Python and against the floor (an import that does nothing, defined through
+realm's C trampoline as realm's imports are); import - floor - direct is what realm's
+Python adds to each call (best of 15 loops:
 the difference of two ~100 us figures needs an undisturbed machine).
 """
 
@@ -226,15 +227,16 @@ def call_overhead(path: Path, threads: int, calls: int = 300, repeat: int = 15) 
 
     from realm import ModelStore
     from realm.forward import HostModel
-    from realm.host import add_realm_imports
+    from realm.abi import Signature
+    from realm.host import _define_import, add_realm_imports  # the trampoline realm's imports use
 
     store = ModelStore()
     model_id = store.load(path)
     engine = wasmtime.Engine()
     linker = wasmtime.Linker(engine)
     i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-    linker.define_func("env", "noop", wasmtime.FuncType([i64] + [i32] * 6, [i32]), lambda caller, *args: 0,
-                       access_caller=True)  # the same trampoline as realm's imports
+    sig = Signature(("i64",) + ("i32",) * 6, ("i32",))  # realm_forward_layer's
+    _define_import(linker, "noop", wasmtime.FuncType([i64] + [i32] * 6, [i32]), lambda base, size, *args: 0, sig)
     host = add_realm_imports(linker, store, shared=[model_id], threads=threads)
     wasm = wasmtime.Store(engine)
     exports = linker.instantiate(wasm, wasmtime.Module(engine, LAYER_LOOP_WAT)).exports(wasm)
@@ -263,7 +265,7 @@ def call_overhead(path: Path, threads: int, calls: int = 300, repeat: int = 15) 
     med = {k: min(v) for k, v in samples.items()}  # the least disturbed loop of each
     print(f"\nrealm_forward_layer from a guest ({path.name}, layer 0, 1 token, {threads} threads), "
           f"best of {repeat} loops of {calls} calls, us per call")
-    print(f"  wasmtime-py floor (an import doing nothing)   {med['floor']:8.2f}")
+    print(f"  floor (an import doing nothing)                {med['floor']:8.2f}")
     print(f"  the C layer called directly from Python        {med['direct']:8.2f}")
     print(f"  realm_forward_layer import                     {med['import']:8.2f}")
     print(f"  added per call (import - floor - C)           {med['import'] - med['floor'] - med['direct']:8.2f}"

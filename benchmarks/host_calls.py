@@ -11,7 +11,8 @@ gguf-py.  Times are medians in milliseconds.
 
 Table 2: what one guest->host call costs, measured from a wasm loop of --calls
 calls: a call to another wasm function (no host), to a Python host function that
-does nothing (the floor wasmtime-py sets), and to realm's validated imports.
+does nothing defined with wasmtime-py's `define_func` (its Python trampoline), and to
+realm's validated imports (defined through realm's C trampoline, realm/_imports.pxi).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def call_table(path: Path, calls: int, repeat: int) -> None:
     wasm = wasmtime.Store(engine)
     loop = linker.instantiate(wasm, wasmtime.Module(engine, LOOP_WAT)).exports(wasm)["loop"]
     print(f"\nimport call cost, median of {repeat} loops of {calls} calls (microseconds per call)")
-    for which, label in enumerate(["wasm -> wasm function (no host)", "wasm -> Python no-op (wasmtime-py floor)",
+    for which, label in enumerate(["wasm -> wasm function (no host)", "wasm -> Python no-op (wasmtime-py trampoline)",
                                    "realm_get_model_info (validated, 12 bytes out)",
                                    "realm_get_metadata size query"]):
         us = median_seconds(lambda: loop(wasm, calls, model_id, which), repeat) * 1e6 / calls

@@ -10,6 +10,7 @@ wrappers, which check their arguments and run the C code without the GIL:
   _forward.pxi  the forward pass (csrc/forward.c)
   _ticker.pxi   the epoch ticker of the sandbox's CPU deadlines (csrc/ticker.c)
   _signals.pxi  Wasmtime's trap signal handlers, checked and restored (csrc/trap_signals.c)
+  _imports.pxi  the C trampoline of realm's Wasmtime imports (realm/host.py)
 
 It imports nothing of realm's but pure-Python modules (errors, threads, ggml_types), so
 realm.quants can import it without a cycle."""
@@ -19,3 +20,4 @@ include "_compute.pxi"
 include "_forward.pxi"
 include "_ticker.pxi"
 include "_signals.pxi"
+include "_imports.pxi"

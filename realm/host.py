@@ -20,10 +20,15 @@ names, buffer sizes -- and answers a failure with its negative `Err` code.  An
 import never raises into Wasmtime (that would trap the guest), and never reads
 or writes guest memory outside the buffer it was given.
 
-Bounds arithmetic: the i32 arguments arrive as signed Python ints and are read
-as u32 once, when the call enters (`_bind`); every size derived from them --
-counts times 4, rows times n_embd -- is computed on unbounded Python ints and
-checked against the memory as it is, never masked or cast back to 32 bits.
+The imports are defined with Wasmtime's unchecked C callbacks through realm's own
+trampoline (realm/_imports.pxi), not wasmtime-py's Python one: it finds the
+caller's memory with the C API and calls the import with plain ints, about a fifth
+of what wasmtime-py's trampoline alone costs a call.
+
+Bounds arithmetic: the trampoline reads each i32 argument as u32, once, into a
+Python int; every size derived from them -- counts times 4, rows times n_embd --
+is computed on unbounded Python ints and checked against the memory as it is,
+never masked or cast back to 32 bits.
 
 Adding an import: declare it in guest/realm_abi.h (REALM_IMPORT line, contract
 and codes in check order), add its signature to `realm.abi.IMPORTS`, and write
@@ -59,7 +64,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import wasmtime
 
-from . import abi
+from . import _native, abi
 from .abi import Err, LogLevel
 from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
 from ._native import FORWARD_EINVAL, FORWARD_EKV_FULL
@@ -81,6 +86,49 @@ _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
              "f32": wasmtime.ValType.f32, "f64": wasmtime.ValType.f64}
 
 _KV_IDS = itertools.count(1)  # KV cache ids are never reused within a process
+
+# wasmtime_linker_define_func_unchecked(linker, module, len, name, len, type, callback, env,
+# finalizer) -> wasmtime_error_t *, from wasmtime-py's library (set up by _trampoline()).
+_DEFINE_UNCHECKED = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
+                                     ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p)
+_TRAMPOLINE: tuple[Any, int, int] | None = None  # (define_unchecked, callback, finalizer)
+
+
+def _trampoline() -> tuple[Any, int, int]:
+    """realm/_imports.pxi's C trampoline, wired to the Wasmtime that wasmtime-py loaded."""
+    global _TRAMPOLINE
+    if _TRAMPOLINE is None:
+        from wasmtime import _bindings, _ffi, _func
+
+        def on_exception(exc: BaseException) -> None:  # what wasmtime-py's own trampoline does:
+            _func.LAST_EXCEPTION = exc  # the guest traps, and wasmtime-py's call raises exc
+
+        names = ("wasmtime_caller_context", "wasmtime_caller_export_get", "wasmtime_memory_data",
+                 "wasmtime_memory_data_size", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
+                 "wasmtime_extern_delete", "wasmtime_linker_define_func_unchecked")
+        fns = {name: ctypes.cast(getattr(_ffi.dll, name), ctypes.c_void_p).value for name in names}
+        extern = _bindings.wasmtime_extern_t
+        _native.wasmtime_api(fns, ctypes.sizeof(extern), extern.of.offset, _ffi.WASMTIME_EXTERN_MEMORY.value,
+                             int(Err.DEADLINE), on_exception)
+        callback, finalizer = _native.import_trampoline()
+        _TRAMPOLINE = (_DEFINE_UNCHECKED(fns["wasmtime_linker_define_func_unchecked"]), callback, finalizer)
+    return _TRAMPOLINE
+
+
+def _define_import(linker: wasmtime.Linker, name: str, ty: wasmtime.FuncType, call: Callable[..., int],
+                   sig: abi.Signature) -> None:
+    """Define call as the import abi.IMPORT_MODULE.name of type ty in linker, through the C
+    trampoline (integer parameters and one integer result)."""
+    if not set(sig.params) <= {"i32", "i64"} or sig.results not in (("i32",), ("i64",)):
+        raise InternalError(f"the import trampoline takes integers only, not {name}{sig}")
+    define, callback, finalizer = _trampoline()
+    module, fname = abi.IMPORT_MODULE.encode(), name.encode()
+    env = _native.import_env(call, tuple(t == "i64" for t in sig.params), sig.results == ("i64",))
+    error = define(ctypes.cast(linker.ptr(), ctypes.c_void_p), module, len(module), fname, len(fname),
+                   ctypes.cast(ty.ptr(), ctypes.c_void_p), callback, env, finalizer)
+    if error:  # Wasmtime dropped the definition, and with it env (the finalizer ran)
+        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(wasmtime._bindings.wasmtime_error_t)))
 
 
 #: Most alternatives a token's log probabilities list (OpenAI's top_logprobs bound).
@@ -121,36 +169,20 @@ class _Fail(Exception):
 
 
 class GuestMemory:
-    """The calling guest's linear memory as it is during one import call.
+    """The calling guest's linear memory as it is during one import call: `base`, the address
+    of its byte 0, and `size` in bytes (both 0 for a guest that exports no memory named
+    "memory", which has no valid pointers).
 
-    `check` accepts [ptr, ptr + length) only inside the memory's current size.
-    Both are non-negative Python integers (u32 values, or sizes computed from
-    them), which do not wrap, so ptr + length cannot overflow.  A guest that
-    exports no memory named "memory" has no valid pointers.
+    `check` accepts [ptr, ptr + length) only inside that size.  Both are non-negative
+    Python integers (u32 values, or sizes computed from them), which do not wrap, so
+    ptr + length cannot overflow.
     """
 
-    __slots__ = ("_caller", "_base", "_size")
+    __slots__ = ("base", "size")
 
-    def __init__(self, caller: wasmtime.Caller):
-        self._caller = caller
-        self._size: int | None = None
-        self._base = 0
-
-    @property
-    def size(self) -> int:
-        if self._size is None:
-            mem = self._caller.get("memory")
-            self._size = 0
-            if isinstance(mem, wasmtime.Memory):
-                self._size = mem.data_len(self._caller)
-                if self._size:
-                    self._base = ctypes.addressof(mem.data_ptr(self._caller).contents)
-        return self._size
-
-    @property
-    def base(self) -> int:
-        """The address of byte 0 of the memory (valid during this call; 0 when it has none)."""
-        return self._base if self.size else 0
+    def __init__(self, base: int, size: int):
+        self.base = base if size else 0
+        self.size = size
 
     def check(self, ptr: int, length: int) -> int:
         """ptr, once [ptr, ptr + length) is known to lie in memory; else BAD_POINTER."""
@@ -162,26 +194,26 @@ class GuestMemory:
 
     def read(self, ptr: int, length: int) -> bytes:
         """A copy of a range `check` accepted."""
-        return ctypes.string_at(self._base + ptr, length) if length else b""
+        return ctypes.string_at(self.base + ptr, length) if length else b""
 
     def view(self, ptr: int, length: int) -> np.ndarray:
         """A read-only uint8 array over a range `check` accepted: valid during this call only
         (the memory may move when it grows)."""
-        return np.asarray(_Span(self._base + ptr, length, True)) if length else np.empty(0, np.uint8)
+        return np.asarray(_Span(self.base + ptr, length, True)) if length else np.empty(0, np.uint8)
 
     def floats(self, ptr: int, rows: int, width: int) -> np.ndarray:
         """A writable float32 array [rows, width] over a range `check` accepted (and 4-aligned):
         valid during this call only."""
-        return np.asarray(_Span(self._base + ptr, 4 * rows * width, False)).view(np.float32).reshape(rows, width)
+        return np.asarray(_Span(self.base + ptr, 4 * rows * width, False)).view(np.float32).reshape(rows, width)
 
     def write(self, ptr: int, data: bytes | np.ndarray) -> None:
         """Write into a range `check` accepted (and the caller sized)."""
         if isinstance(data, np.ndarray):
             data = np.ascontiguousarray(data)
             if data.nbytes:
-                ctypes.memmove(self._base + ptr, data.ctypes.data, data.nbytes)
+                ctypes.memmove(self.base + ptr, data.ctypes.data, data.nbytes)
         elif data:
-            ctypes.memmove(self._base + ptr, data, len(data))
+            ctypes.memmove(self.base + ptr, data, len(data))
 
 
 class _Span:
@@ -272,8 +304,7 @@ class RealmHost:
             raise InternalError(f"realm.host implements no {sorted(missing)}")
         for name, sig in abi.IMPORTS.items():
             ty = wasmtime.FuncType([_VALTYPES[t]() for t in sig.params], [_VALTYPES[t]() for t in sig.results])
-            linker.define_func(abi.IMPORT_MODULE, name, ty, self._bind(name, _IMPORTS[name], sig.params),
-                               access_caller=True)
+            _define_import(linker, name, ty, self._bind(name, _IMPORTS[name]), sig)
         return self
 
     def limit(self, wasm_store: wasmtime.Store) -> None:
@@ -366,22 +397,18 @@ class RealmHost:
                 pass
 
     # -- plumbing ---------------------------------------------------------------
-    def _bind(self, name: str, method: Callable[..., int], params: tuple[str, ...]) -> Callable[..., int]:
-        unsigned = tuple(t == "i32" for t in params)
+    def _bind(self, name: str, method: Callable[..., int]) -> Callable[..., int]:
+        """The import as the C trampoline calls it: fn(base, size, *args) with the guest's
+        memory and the arguments as ints (an i32 read as u32, once); its int result expires
+        the guest's epoch deadline when it is DEADLINE (see realm/_imports.pxi)."""
 
-        def call(caller: wasmtime.Caller, *args: int) -> int:
+        def call(base: int, size: int, *args: int) -> int:
             deadline = self.deadline
             if deadline is not None and time.monotonic() > deadline:
-                # the guest traps at its next epoch check, without waiting for the ticker's
-                # next tick (a Caller is a store context to wasmtime-py's Store methods)
-                wasmtime.Store.set_epoch_deadline(caller, 0)
-                return int(Err.DEADLINE)
-            try:  # every i32 is read as u32, once: what the imports compute from it stays exact
-                return method(self, GuestMemory(caller),
-                              *(a & _U32_MASK if u else a for a, u in zip(args, unsigned)))
+                return int(Err.DEADLINE)  # the guest traps at its next epoch check, not the ticker's next tick
+            try:
+                return method(self, GuestMemory(base, size), *args)
             except _Fail as fail:
-                if fail.code == Err.DEADLINE:
-                    wasmtime.Store.set_epoch_deadline(caller, 0)
                 return int(fail.code)
             except Exception:  # a host bug must not trap the guest, nor reach Wasmtime
                 log.exception("realm import %s%r failed", name, args)

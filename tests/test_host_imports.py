@@ -5,16 +5,20 @@ names (nothing at all on failure), and leave the host working."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
+import weakref
+
 import numpy as np
 import pytest
 import wasmtime
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from attackers import every_import_wat
+from attackers import every_import_wat, imports
 from conftest import require
 from gguf_helpers import RawTensor, build_gguf, tensor_bytes
+import realm.host as host_module
 from realm import abi
 from realm.abi import Err
 from realm.cache import LayerCache
@@ -765,3 +769,55 @@ def test_emit_text(guest):
     assert len(got) == 3
     guest.put(OUT_AT, before[OUT_AT:OUT_AT + 64])
     assert_only(before, guest.snapshot())
+
+
+# -- the C trampoline (realm/_imports.pxi) ----------------------------------------------------------
+
+def test_an_export_named_memory_that_is_no_memory_has_no_valid_pointers(models):
+    """The trampoline finds the caller's memory by kind as well as name: a function exported as
+    "memory" gives the import no memory at all."""
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    host = add_realm_imports(linker, models["store"], shared=[models["tiny"]])
+    module = wasmtime.Module(engine, f"""(module {imports('realm_get_metadata')} (memory 1)
+      (func (export "memory") (result i32) (i32.const 0))
+      (func (export "meta") (param i64 i32 i32) (result i32)
+        (call $realm_get_metadata (local.get 0) (local.get 1) (local.get 2))))""")
+    wasm = wasmtime.Store(engine)
+    meta = linker.instantiate(wasm, module).exports(wasm)["meta"]
+    assert meta(wasm, models["tiny"], 0, 0) > 0  # a size query names no span
+    assert meta(wasm, models["tiny"], 0, 16) == Err.BAD_POINTER
+    host.close()
+
+
+def test_an_exception_that_is_no_error_reaches_the_guests_caller(models, monkeypatch):
+    """A KeyboardInterrupt (or SystemExit) raised in an import traps the guest and is raised
+    again, as itself, by the call into the guest (as wasmtime-py's own trampoline does); the
+    guest's store works on."""
+    interrupts = [KeyboardInterrupt("Ctrl-C in an import")]
+    real_log = host_module._IMPORTS["realm_log"]
+
+    def interrupted(self, mem, level, ptr, length):
+        if interrupts:
+            raise interrupts.pop()
+        return real_log(self, mem, level, ptr, length)
+
+    monkeypatch.setitem(host_module._IMPORTS, "realm_log", interrupted)
+    g = Hostile(models["store"])
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C in an import"):
+        g.call("realm_log", abi.LogLevel.INFO, 0, 0)
+    assert g.call("realm_log", abi.LogLevel.INFO, 0, 0) == abi.OK
+    assert g.call("realm_get_metadata", models["tiny"], 0, 0) == Err.NO_MODEL
+    g.host.close()
+
+
+def test_a_dropped_linker_and_store_let_go_of_the_host(models):
+    """Each definition holds its import (and so the RealmHost) until Wasmtime drops it: once the
+    linker and the store that instantiated from it are gone, the host can be collected."""
+    g = Hostile(models["store"], shared=[models["tiny"]])
+    assert g.call("realm_get_metadata", models["tiny"], 0, 0) > 0
+    g.host.close()
+    ref = weakref.ref(g.host)
+    del g
+    gc.collect()
+    assert ref() is None
