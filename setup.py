@@ -94,7 +94,7 @@ class BuildExt(build_ext):
 # One extension, realm._native: every kernel compiled once, so a process holds one table of
 # formats (csrc/traits.c) and one cached choice of instruction set.
 NATIVE_SOURCES = [
-    "realm/_native.pyx",  # includes realm/_quant.pxi, _compute.pxi, _forward.pxi, _ticker.pxi, _signals.pxi
+    "realm/_native.pyx",  # includes realm/_quant.pxi, _compute.pxi, _forward.pxi, _ticker.pxi, _signals.pxi, _imports.pxi
     "csrc/traits.c",
     "csrc/dequant.c",
     "csrc/dequant_ref.c",
