@@ -13,6 +13,7 @@ used from one thread at a time; run several Guests to work in parallel.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import threading
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ class Guest(Tenant):
     def write(self, ptr: int, data: bytes) -> None:
         if ptr < 0 or ptr + len(data) > self.memory_size:
             raise InvalidArgumentError(f"[{ptr}, {ptr + len(data)}) is outside guest memory ({self.memory_size} bytes)")
-        self.memory.write(self.wasm_store, data, ptr)
+        if data:  # one copy, without the GIL (wasmtime-py's Memory.write copies into a bytearray first)
+            ctypes.memmove(ctypes.addressof(self.memory.data_ptr(self.wasm_store).contents) + ptr, data, len(data))
 
     @contextmanager
     def buffer(self, data: bytes | int) -> Iterator[int]:
@@ -201,7 +203,7 @@ class Guest(Tenant):
                 raise LimitExceeded(f"a guest of {size} bytes passes the memory cap of "
                                     f"{self.limits.memory_bytes}") from None
         for offset, data in snap.runs:
-            self.memory.write(self.wasm_store, data, offset)
+            self.write(offset, data)
 
     def unload(self) -> None:
         """Release the guest's model (removing it from the store if the guest stored it)."""
