@@ -4,11 +4,14 @@ which puts this folder on sys.path)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import AsyncIterator, Callable, Sequence
+from urllib.parse import urlsplit
 
 #: Where llama.cpp's tools are built from the vendored source of llama-cpp-python's sdist (README).
 LLAMA_BIN = Path.home() / ".cache/realm/llama.cpp/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"
@@ -74,3 +77,70 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) of values, nearest rank."""
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+# -- a light streaming client ------------------------------------------------------------------
+# The servers under test share this machine's cores with their load.  Sixteen httpx client
+# threads, each parsing every chunk as JSON, took ~0.9 ms of CPU a token (~0.4 of a core at
+# 400 tok/s): more load on the faster server.  These clients are coroutines on one thread over
+# plain sockets, and parse only the chunks that matter: until the first text, and the usage.
+
+async def _body(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
+    """An HTTP/1.1 response body as it arrives (chunked transfer coding decoded)."""
+    if not chunked:
+        while data := await reader.read(65536):
+            yield data
+        return
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return
+        yield await reader.readexactly(size)
+        await reader.readexactly(2)  # the chunk's CRLF
+
+
+async def _stream_completion(url: str, prompt: str, model: str, tokens: int) -> tuple[float, int, float]:
+    """(time to the first text, completion tokens, end) of one streamed greedy /v1/completions."""
+    u = urlsplit(url)
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    try:
+        writer.write(f"POST /v1/completions HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        status = await reader.readline()
+        if status.split()[1:2] != [b"200"]:
+            raise RuntimeError(f"{url}: {status.decode(errors='replace').strip()}")
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.partition(b":")
+            chunked |= name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower()
+        first, count, usage, buf = 0.0, 0, None, b""
+        async for data in _body(reader, chunked):
+            buf = (buf + data).replace(b"\r\n", b"\n")  # SSE lines end in either
+            *events, buf = buf.split(b"\n\n")
+            for event in events:
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                        continue
+                    payload = line[6:]
+                    if b'"usage":{' in payload or b'"usage": {' in payload:
+                        usage = json.loads(payload)["usage"]["completion_tokens"]
+                    elif not first:
+                        choices = json.loads(payload).get("choices")
+                        if choices and choices[0].get("text"):
+                            first = time.perf_counter() - t0
+                    count += 1
+        return first, usage if usage is not None else count, time.perf_counter()
+    finally:
+        writer.close()
+
+
+def stream_round(url: str, jobs: Sequence[tuple[str, str]], tokens: int) -> tuple[float, list[tuple[float, int, float]]]:
+    """The (prompt, model) jobs streamed all at once; (their start, each one's (time to first
+    text, completion tokens, end)) -- perf_counter times."""
+    async def run() -> tuple[float, list]:
+        start = time.perf_counter()
+        return start, await asyncio.gather(*(_stream_completion(url, p, m, tokens) for p, m in jobs))
+    return asyncio.run(run())

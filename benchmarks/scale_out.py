@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import percentile, print_table, start_together
-from serve import free_port, one_request, wait_up
+from _common import percentile, print_table, stream_round
+from serve import free_port, wait_up
 
 from realm.models import resolve
 from realm.serve_ray import PROXY_CALLBACK_ENV
@@ -51,16 +51,11 @@ def hop(client: httpx.Client, url: str) -> float:
     return time.perf_counter() - t0
 
 
-def load_round(url: str, n: int, tokens: int, models: list[str]) -> dict:
-    results: list = [None] * n
-
-    def client(i: int) -> None:
-        results[i] = one_request(url, f"Client {i} asks about the weather in", tokens, models[i % len(models)])
-
-    t0 = start_together(n, client)
-    if None in results:
-        sys.exit(f"{results.count(None)} of {n} requests to {url} failed")
-    wall = max(r[2] for r in results) - t0
+def load_round(url: str, n: int, tokens: int, models: list[str], tag: int) -> dict:
+    """n clients at once, alternating models; prompts new in each round (tag)."""
+    jobs = [(f"Client {i} asks in round {tag} about the weather in", models[i % len(models)]) for i in range(n)]
+    start, results = stream_round(url, jobs, tokens)
+    wall = max(r[2] for r in results) - start
     return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
 
 
@@ -72,8 +67,8 @@ def measure(cmd: list[str], url: str, args: argparse.Namespace, models: list[str
         for m in models:  # each model loaded (on its replica) before anything is timed
             probe(client, url, m)
             time.sleep(1.0)  # Serve's routers learn where it was loaded
-        load_round(url, args.n, 4, models)
-        rounds = [load_round(url, args.n, args.tokens, models) for _ in range(args.repeat)]
+        load_round(url, args.n, 4, models, 0)
+        rounds = [load_round(url, args.n, args.tokens, models, 1 + r) for r in range(args.repeat)]
         lat = [probe(client, url, models[i % len(models)]) for i in range(args.probes)]
         hops = [hop(client, url) for _ in range(5 * args.probes)]
         ttft = [t for r in rounds for t in r["ttft"]]

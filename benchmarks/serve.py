@@ -17,7 +17,6 @@ script skips it when absent.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import LLAMA_BIN, add_load_args, percentile, print_table, start_together
+from _common import LLAMA_BIN, add_load_args, percentile, print_table, stream_round
 
 from realm.models import resolve
 
@@ -62,44 +61,20 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def one_request(url: str, prompt: str, tokens: int, model: str) -> tuple[float, int, float]:
-    """(time to first chunk, completion tokens, end) of one streamed completion."""
-    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
-    first, count, usage = 0.0, 0, None
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                usage = event["usage"]["completion_tokens"]
-            if event.get("choices") and event["choices"][0].get("text"):
-                first = first or time.perf_counter() - t0
-                count += 1
-    return first, usage or count, time.perf_counter()
-
-
-def round_of(url: str, n: int, tokens: int, model: str) -> dict:
-    results: list = [None] * n
-
-    def client(i: int) -> None:
-        results[i] = one_request(url, f"Client {i} asks about the weather in", tokens, model)
-
-    t0 = start_together(n, client)
-    if None in results:
-        sys.exit(f"{results.count(None)} of {n} requests to {url} failed")
-    wall = max(r[2] for r in results) - t0
+def round_of(url: str, n: int, tokens: int, model: str, tag: int) -> dict:
+    """n clients at once; prompts new to the server in each round (tag), so that neither
+    server's prompt cache answers them."""
+    jobs = [(f"Client {i} asks in round {tag} about the weather in", model) for i in range(n)]
+    start, results = stream_round(url, jobs, tokens)
+    wall = max(r[2] for r in results) - start
     return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
 
 
 def measure(url: str, ns: list[int], tokens: int, repeat: int, model: str) -> dict[int, dict]:
     out = {}
     for n in ns:
-        round_of(url, n, 4, model)  # warm-up
-        rounds = [round_of(url, n, tokens, model) for _ in range(repeat)]
+        round_of(url, n, 4, model, 0)  # warm-up
+        rounds = [round_of(url, n, tokens, model, 1 + r) for r in range(repeat)]
         ttft = [t for r in rounds for t in r["ttft"]]
         out[n] = {"tps": statistics.median(r["tps"] for r in rounds), "p50": percentile(ttft, 0.5),
                   "p99": percentile(ttft, 0.99)}
