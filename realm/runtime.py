@@ -529,8 +529,8 @@ class Realm:
 
     def _snapshot(self, handle: Model) -> GuestSnapshot:
         """A guest attached to the model with its tokenizer built, taken once per model: each
-        generation's fresh guest starts from a copy of its memory (the tokenizer of Gemma 3's
-        262,144 tokens takes ~25 ms to build, the copy ~2)."""
+        generation's guest starts from its memory image, mapped copy-on-write (~0.03 ms; the
+        tokenizer of Gemma 3's 262,144 tokens takes ~25 ms to build)."""
         with self._lock:
             snap = self._snapshots.get(handle.id)
         if snap is None:
@@ -645,13 +645,12 @@ class Realm:
             return bool(sink(piece)) if sink is not None else False
 
         snap = self._snapshot(handle)
-        g = Guest(self.store, limits=self.limits, threads=self.threads)
+        g = Guest(self.store, limits=self.limits, threads=self.threads, snapshot=snap)
         with self._lock:
             self._running[id(g)] = (request.tenant, g.host)
             g.host.kv_budget = self._tenant_budget(request.tenant, +1)
         try:
             with g.deadline():  # one deadline for the whole generation
-                g.restore(snap)
                 g.host.text_sink = collect
                 if request.logprobs is not None:
                     g.host.logprobs = request.logprobs

@@ -79,14 +79,16 @@ class Tenant:
     model_store: the `ModelStore` its imports serve (and whose `budget` it counts against).
     module: a `wasmtime.Module` compiled for `realm.sandbox_engine()` (see `compile_module`), or
         wasm bytes.  It may import only env.realm_* functions; it is instantiated at once, and
-        its "_initialize" export (a WASI reactor's) is called if it has one.
+        its "_initialize" export (a WASI reactor's) is called if it has one and `initialize`.
     limits: the tenant's `Limits` (default `Limits()`).
     shared: ids of host-loaded models the program may read (see `RealmHost.share`).
     threads: threads of the forward pass its imports run (None: every usable core).
+    initialize: False for a module whose memory image is initialized already (a `Guest`
+        snapshot's: a reactor's _initialize may run once).
     """
 
     def __init__(self, model_store: ModelStore, module: wasmtime.Module | bytes, *, limits: Limits | None = None,
-                 shared: Iterable[int] = (), threads: int | None = None):
+                 shared: Iterable[int] = (), threads: int | None = None, initialize: bool = True):
         if not isinstance(module, wasmtime.Module):
             module = compile_module(module)
         _check_imports(module)
@@ -105,7 +107,7 @@ class Tenant:
             self.exports = instance.exports(self.wasm_store)
             memory = self.exports.get("memory")
             self.memory: wasmtime.Memory | None = memory if isinstance(memory, wasmtime.Memory) else None
-            if isinstance(self.exports.get("_initialize"), wasmtime.Func):
+            if initialize and isinstance(self.exports.get("_initialize"), wasmtime.Func):
                 self.call("_initialize")
         except BaseException:
             self.close()

@@ -13,7 +13,7 @@ from gguf_helpers import Arr, RawTensor, build_gguf
 from realm import abi, dequantize
 from realm.abi import Err, Tokenizer
 from realm.cache import LayerCache
-from realm.errors import LimitExceeded, ModelNotFoundError
+from realm.errors import ArgumentTypeError, LimitExceeded, ModelNotFoundError
 from realm.guest import Guest, GuestError
 from realm.limits import Limits
 from realm.quants import GGMLType
@@ -419,14 +419,21 @@ def test_a_guest_restored_from_a_snapshot_is_the_guest(store, smollm2):
         snap = g.snapshot()
     assert snap.shared == (smollm2,) and snap.size % 65536 == 0
     assert sum(len(b) for _, b in snap.runs) < snap.size  # zero pages left out
-    with Guest(store) as h:
-        h.restore(snap)
+    image = bytearray(snap.size)
+    for offset, data in snap.runs:
+        image[offset:offset + len(data)] = data
+    with Guest(store, snapshot=snap) as h:
+        assert h.read(0, h.memory_size) == bytes(image)  # the memory, zeros included, before any call
         assert h.host.shared_models == [smollm2]
         assert h.config == config and _tokenize(h, text, abi.TOKENIZE_ADD_SPECIAL) == want
         assert h.memory_size == snap.size
-    with Guest(store, limits=Limits(memory_bytes=snap.size - 65536)) as small:
-        with pytest.raises(LimitExceeded):
-            small.restore(snap)
+    with Guest(store, snapshot=snap) as k:  # another one, not disturbed by the first's writes
+        assert k.read(0, k.memory_size) == bytes(image)
+        assert _tokenize(k, text, abi.TOKENIZE_ADD_SPECIAL) == want
+    with pytest.raises(LimitExceeded):
+        Guest(store, limits=Limits(memory_bytes=snap.size - 65536), snapshot=snap)
+    with pytest.raises(ArgumentTypeError):
+        Guest(store, snapshot=snap.runs)
 
 
 @pytest.mark.parametrize("name", ["smollm2", "gemma3", "qwen2", "qwen3", "phi3", "llama3", "mistral"])
