@@ -278,6 +278,7 @@ class Realm:
         self._local = threading.local()
         self._running: dict[int, tuple[str | None, Any]] = {}  # id(guest) -> (tenant label, its RealmHost)
         self._snapshots: dict[int, GuestSnapshot] = {}  # model id -> a guest to start generations from
+        self._snapshotting: dict[int, threading.Lock] = {}  # model id -> held while one is taken
 
     # -- models ---------------------------------------------------------------------
     def load_model(self, model: str | os.PathLike) -> Model:
@@ -343,6 +344,7 @@ class Realm:
                 self._default = next(iter(self._models.values()), None)
             tok = self._tokenizers.pop(handle.id, None)
             self._snapshots.pop(handle.id, None)
+            self._snapshotting.pop(handle.id, None)
         if tok is not None:
             with tok[1]:
                 tok[0].close()
@@ -491,6 +493,7 @@ class Realm:
             tokenizers = list(self._tokenizers.values())
             self._tokenizers.clear()
             self._snapshots.clear()
+            self._snapshotting.clear()
             self._models.clear()
             self._default = None
         for g, lock in tokenizers:
@@ -533,18 +536,24 @@ class Realm:
         tokenizer of Gemma 3's 262,144 tokens takes ~25 ms to build)."""
         with self._lock:
             snap = self._snapshots.get(handle.id)
-        if snap is None:
-            g = self._guest(handle)
-            try:
-                try:
-                    _tokenize(g, b"x", 0)  # builds the tokenizer
-                except GuestError:  # a model without one: each generation then says so itself
-                    pass
-                snap = g.snapshot()
-            finally:
-                g.close()
+            taking = self._snapshotting.setdefault(handle.id, threading.Lock())
+        if snap is not None:
+            return snap
+        with taking:  # one request takes it (~0.1 s: it compiles guest.wasm); those beside it wait
             with self._lock:
-                snap = self._snapshots.setdefault(handle.id, snap)
+                snap = self._snapshots.get(handle.id)
+            if snap is None:
+                g = self._guest(handle)
+                try:
+                    try:
+                        _tokenize(g, b"x", 0)  # builds the tokenizer
+                    except GuestError:  # a model without one: each generation then says so itself
+                        pass
+                    snap = g.snapshot()
+                finally:
+                    g.close()
+                with self._lock:
+                    snap = self._snapshots.setdefault(handle.id, snap)
         return snap
 
     def _drop_tokenizer(self, model_id: int, guest: Guest) -> None:

@@ -182,6 +182,25 @@ def test_concurrent_generations_share_passes(realms):
     assert after["queued"] == 0
 
 
+def test_concurrent_first_generations_take_one_snapshot(smollm2_path, monkeypatch):
+    """The first requests for a model, arriving together, wait for one snapshot of its guest
+    (taking one compiles guest.wasm) instead of each taking their own."""
+    taken = []
+    snapshot = realm.guest.Guest.snapshot
+
+    def counted(self):
+        taken.append(threading.get_ident())
+        time.sleep(0.2)  # the others arrive meanwhile
+        return snapshot(self)
+
+    monkeypatch.setattr(realm.guest.Guest, "snapshot", counted)
+    with realm.Realm(threads=2) as r:
+        model = r.load_model(smollm2_path)
+        got = run_threads([lambda i=i: r.complete(f"Request {i}", model, max_tokens=2, temperature=0).tokens
+                           for i in range(4)])
+    assert len(taken) == 1 and all(len(t) == 2 for t in got)
+
+
 def test_a_closed_stream_frees_its_kv_and_leaves_the_others_alone(realms):
     (r, model), alone = realms
     options = dict(max_tokens=20, temperature=0, ignore_eos=True)
