@@ -197,7 +197,7 @@ def main() -> None:
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
     for stem, calls, per_call, estimate, measured, per_token in overhead:
         print(f"| {stem} | {calls} | {per_call:.1f} | {estimate:.3f} | {measured:.3f} | {per_token:.2f} |")
-    print("setup: a fresh guest per generation (instantiate, copy in the model's snapshot, tokenize); "
+    print("setup: a fresh guest per generation (instantiate the model's snapshot, mapped copy-on-write, and tokenize); "
           "guest MiB: its linear memory after the run")
 
 
