@@ -40,7 +40,7 @@ GUEST_WASM = Path(__file__).with_name("guest.wasm")
 _U32_MASK = 0xFFFF_FFFF
 _PAGE = 4096  # the host's page: the unit a snapshot leaves out when it is all zeros
 _module_lock = threading.Lock()
-_module: wasmtime.Module | None = None
+_module: tuple[bytes, wasmtime.Module] | None = None  # guest.wasm as read, and compiled
 
 
 class GuestError(RealmError, RuntimeError):
@@ -71,10 +71,15 @@ def guest_wasm_path() -> Path:
 
 def guest_module() -> wasmtime.Module:
     """realm's guest compiled for `realm.sandbox_engine()`, once a process."""
+    return _guest()[1]
+
+
+def _guest() -> tuple[bytes, wasmtime.Module]:
     global _module
     with _module_lock:
         if _module is None:
-            _module = wasmtime.Module.from_file(sandbox_engine(), str(guest_wasm_path()))
+            wasm = guest_wasm_path().read_bytes()
+            _module = (wasm, wasmtime.Module(sandbox_engine(), wasm))
         return _module
 
 
@@ -197,7 +202,7 @@ class Guest(Tenant):
             if i + 1 == len(used) or used[i + 1] != page + 1:
                 runs.append((start * _PAGE, pages[start:page + 1].tobytes()))
                 start = None
-        image = with_memory_image(guest_wasm_path().read_bytes(), size, runs)
+        image = with_memory_image(_guest()[0], size, runs)  # the module this process runs
         return GuestSnapshot(size, tuple(runs), tuple(self.host.shared_models),
                              wasmtime.Module(sandbox_engine(), image))
 
