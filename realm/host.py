@@ -82,8 +82,7 @@ _U32_MASK = 0xFFFF_FFFF
 _I32_MAX = 0x7FFF_FFFF
 _LOG_LEVELS = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO,
                LogLevel.WARNING: logging.WARNING, LogLevel.ERROR: logging.ERROR}
-_VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64,
-             "f32": wasmtime.ValType.f32, "f64": wasmtime.ValType.f64}
+_VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
 
 _KV_IDS = itertools.count(1)  # KV cache ids are never reused within a process
 
@@ -116,12 +115,12 @@ def _trampoline() -> tuple[Any, int, int]:
     return _TRAMPOLINE
 
 
-def _define_import(linker: wasmtime.Linker, name: str, ty: wasmtime.FuncType, call: Callable[..., int],
-                   sig: abi.Signature) -> None:
-    """Define call as the import abi.IMPORT_MODULE.name of type ty in linker, through the C
+def _define_import(linker: wasmtime.Linker, name: str, call: Callable[..., int], sig: abi.Signature) -> None:
+    """Define call as the import abi.IMPORT_MODULE.name of signature sig in linker, through the C
     trampoline (integer parameters and one integer result)."""
     if not set(sig.params) <= {"i32", "i64"} or sig.results not in (("i32",), ("i64",)):
         raise InternalError(f"the import trampoline takes integers only, not {name}{sig}")
+    ty = wasmtime.FuncType([_VALTYPES[t]() for t in sig.params], [_VALTYPES[t]() for t in sig.results])
     define, callback, finalizer = _trampoline()
     module, fname = abi.IMPORT_MODULE.encode(), name.encode()
     env = _native.import_env(call, tuple(t == "i64" for t in sig.params), sig.results == ("i64",))
@@ -303,8 +302,7 @@ class RealmHost:
         if missing:
             raise InternalError(f"realm.host implements no {sorted(missing)}")
         for name, sig in abi.IMPORTS.items():
-            ty = wasmtime.FuncType([_VALTYPES[t]() for t in sig.params], [_VALTYPES[t]() for t in sig.results])
-            _define_import(linker, name, ty, self._bind(name, _IMPORTS[name]), sig)
+            _define_import(linker, name, self._bind(name, _IMPORTS[name]), sig)
         return self
 
     def limit(self, wasm_store: wasmtime.Store) -> None:
