@@ -14,6 +14,7 @@
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport strlen
 
 cdef extern from *:
     """
@@ -48,7 +49,6 @@ cdef struct _WasmtimeApi:
     _set_deadline_fn set_epoch_deadline
     _trap_new_fn trap_new
     _extern_delete_fn extern_delete
-    size_t extern_size   # sizeof(wasmtime_extern_t)
     size_t of_offset     # offsetof(wasmtime_extern_t, of): the memory's handle
     uint8_t memory_kind  # WASMTIME_EXTERN_MEMORY
     int64_t deadline     # the import result after which the guest's epoch deadline is now
@@ -77,7 +77,6 @@ def wasmtime_api(dict fns, size_t extern_size, size_t of_offset, int memory_kind
     _api.set_epoch_deadline = <_set_deadline_fn><uintptr_t>fns["wasmtime_context_set_epoch_deadline"]
     _api.trap_new = <_trap_new_fn><uintptr_t>fns["wasmtime_trap_new"]
     _api.extern_delete = <_extern_delete_fn><uintptr_t>fns["wasmtime_extern_delete"]
-    _api.extern_size = extern_size
     _api.of_offset = of_offset
     _api.memory_kind = <uint8_t>memory_kind
     _api.deadline = deadline
@@ -86,10 +85,7 @@ def wasmtime_api(dict fns, size_t extern_size, size_t of_offset, int memory_kind
 
 
 cdef void *_trap(const char *why) noexcept nogil:
-    cdef size_t n = 0
-    while why[n]:
-        n += 1
-    return _api.trap_new(why, n)
+    return _api.trap_new(why, strlen(why))
 
 
 cdef void *_dispatch(object env, void *context, uintptr_t base, size_t size, _RawVal *vals) noexcept:

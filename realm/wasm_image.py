@@ -168,7 +168,7 @@ def _imports_memory(payload: bytes) -> bool:
             _, at = _uleb(payload, at)
         elif kind == 1:  # a table: reftype, limits
             at += 1
-            flags, at = _uleb(payload, at + 0)
+            flags, at = _uleb(payload, at)
             _, at = _uleb(payload, at)
             if flags & 1:
                 _, at = _uleb(payload, at)
