@@ -44,6 +44,7 @@ so reused rows are the rows a recomputation would write.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import threading
 import time
@@ -207,6 +208,37 @@ class PrefixCache:
 _FORWARD, _LAYER, _LM_HEAD = 0, 1, 2
 
 
+class _Wake:
+    """The wake-up of one waiting caller: a raw lock, held until `set` releases it.  Every
+    caller waits at every step, and a Condition's wait and notify run a dozen lines of Python
+    each (a new lock per wait, a deque of waiters) while holding the GIL that the other
+    tenants' steps need.  `set` and `wait` are called with the engine's lock held."""
+
+    __slots__ = ("_sem", "_set")
+
+    def __init__(self) -> None:
+        self._sem = _thread.allocate_lock()
+        self._sem.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._sem.release()
+
+    def wait(self, lock: Any, timeout: float | None) -> None:
+        """Release lock, block until `set` or timeout seconds, take lock again; the wake-up is
+        consumed (a `set` that came after the timeout included)."""
+        lock.release()
+        try:
+            self._sem.acquire(True, -1 if timeout is None else timeout)
+        finally:
+            lock.acquire()
+        if self._set:
+            self._sem.acquire(False)  # held again whether the wait took it or timed out
+            self._set = False
+
+
 class _Work:
     """One caller's queued work.  stage orders the kinds: 0 a whole forward step, 1 + il layer il,
     1 + n_layer the LM head."""
@@ -216,7 +248,7 @@ class _Work:
 
     def __init__(self, member: Hashable, kind: int, stage: int):
         self.member, self.kind, self.stage = member, kind, stage
-        self.wake: threading.Condition | None = None  # its caller waits here (on the engine's lock)
+        self.wake = _Wake()  # its caller waits here
         self.kv: KVCache | None = None
         self.tokens: np.ndarray | None = None
         self.done = 0                     # tokens (forward) already run
@@ -247,9 +279,9 @@ class Engine:
         self.prefix = PrefixCache(settings.prefix_cache_bytes, store.budget)
         self._batch = _native.Batch(self.model._fm)
         self._n_layer = self.model.config.n_layer
-        # One lock; each queued work's caller waits on a condition of its own, woken when its
-        # work ends or when it may lead the next pass (a broadcast would wake every caller at
-        # each submission and each pass: N^2 wake-ups a step); _cond is for leave()'s waits.
+        # One lock; each queued work's caller waits on a _Wake of its own, woken when its work
+        # ends or when it may lead the next pass (a broadcast would wake every caller at each
+        # submission and each pass: N^2 wake-ups a step); _cond is for leave()'s waits.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[_Work] = []
@@ -327,7 +359,7 @@ class Engine:
             for w in self._queue:
                 if w.member is member and not w.running:
                     w.rc, w.finished = WITHDRAWN, True
-                    w.wake.notify()
+                    w.wake.set()
             self._queue = [w for w in self._queue if not w.finished]
             self._wake_next()  # the next pass need not wait for the member any more
             while any(w.member is member and w.running for w in self._queue):
@@ -344,12 +376,11 @@ class Engine:
 
     # -- the rendezvous -------------------------------------------------------------
     def _submit(self, work: _Work, deadline: float | None) -> int:
-        with self._cond:
-            work.wake = threading.Condition(self._lock)
+        with self._lock:
             self._queue.append(work)
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     batch = self._turn(work, deadline)
                     if batch is None:
                         return work.rc
@@ -360,13 +391,13 @@ class Engine:
                 try:  # the leader has the pass run without the lock
                     self._on_runner(batch, started, ran)
                 finally:
-                    with self._cond:
+                    with self._lock:
                         if started:
                             self._finish(batch, ran[0] if ran else FORWARD_EINVAL, time.monotonic() - t0)
                         else:  # interrupted before the pass ran (waiting for cores): the others' work waits on
                             self._unclaim(batch)
         except BaseException:  # the caller unwinds (Ctrl-C): its work, unless a pass runs it, goes too
-            with self._cond:
+            with self._lock:
                 if not work.finished and not work.running:
                     work.rc, work.finished = WITHDRAWN, True
                     self._queue.remove(work)
@@ -393,7 +424,7 @@ class Engine:
             if deadline is not None:
                 left = max(deadline - now, 0.0)
                 delay = left if delay is None else min(delay, left)
-            work.wake.wait(None if delay is None else delay + 1e-4)
+            work.wake.wait(self._lock, None if delay is None else delay + 1e-4)
 
     def _wake_next(self) -> None:
         """Wake the caller of the first work waiting in the queue, which leads the next pass
@@ -401,7 +432,7 @@ class Engine:
         if not self._running:
             for w in self._queue:
                 if not w.running and not w.finished:
-                    w.wake.notify()
+                    w.wake.set()
                     return
 
     def _delay(self, now: float) -> float:
@@ -516,7 +547,7 @@ class Engine:
                 if w.left > 0:
                     continue  # more chunks of its prompt
             w.rc, w.finished = rc, True
-            w.wake.notify()
+            w.wake.set()
             if w.member not in self._late:
                 self._awaited.add(w.member)
         self._queue = [w for w in self._queue if not w.finished]
