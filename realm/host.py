@@ -58,6 +58,7 @@ import logging
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -115,12 +116,24 @@ def _trampoline() -> tuple[Any, int, int]:
     return _TRAMPOLINE
 
 
+#: The imports' FuncTypes by engine (a type's first use ties it to that engine), made once:
+#: Wasmtime copies a definition's type, so one serves every linker of the engine.
+_FUNC_TYPES: "weakref.WeakKeyDictionary[wasmtime.Engine, dict[abi.Signature, wasmtime.FuncType]]" = \
+    weakref.WeakKeyDictionary()
+_FUNC_TYPES_LOCK = threading.Lock()
+
+
 def _define_import(linker: wasmtime.Linker, name: str, call: Callable[..., int], sig: abi.Signature) -> None:
     """Define call as the import abi.IMPORT_MODULE.name of signature sig in linker, through the C
     trampoline (integer parameters and one integer result)."""
     if not set(sig.params) <= {"i32", "i64"} or sig.results not in (("i32",), ("i64",)):
         raise InternalError(f"the import trampoline takes integers only, not {name}{sig}")
-    ty = wasmtime.FuncType([_VALTYPES[t]() for t in sig.params], [_VALTYPES[t]() for t in sig.results])
+    with _FUNC_TYPES_LOCK:
+        types = _FUNC_TYPES.setdefault(linker.engine, {})
+        ty = types.get(sig)
+        if ty is None:
+            ty = types[sig] = wasmtime.FuncType([_VALTYPES[t]() for t in sig.params],
+                                                [_VALTYPES[t]() for t in sig.results])
     define, callback, finalizer = _trampoline()
     module, fname = abi.IMPORT_MODULE.encode(), name.encode()
     env = _native.import_env(call, tuple(t == "i64" for t in sig.params), sig.results == ("i64",))

@@ -20,6 +20,7 @@ one).  Use a tenant from one thread at a time; run several to work in parallel.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -55,8 +56,17 @@ def compile_module(wasm: bytes | bytearray | memoryview) -> wasmtime.Module:
         raise InvalidArgumentError(f"not a valid WebAssembly module: {first}") from None
 
 
+#: Modules whose imports passed `_check_imports` (a module's imports never change; a guest
+#: starts from the same module for every request).
+_CHECKED: "weakref.WeakSet[wasmtime.Module]" = weakref.WeakSet()
+_CHECKED_LOCK = threading.Lock()
+
+
 def _check_imports(module: wasmtime.Module) -> None:
     """Refuse, before instantiating, a module that imports what realm does not provide."""
+    with _CHECKED_LOCK:
+        if module in _CHECKED:
+            return
     for imp in module.imports:
         sig = abi.IMPORTS.get(imp.name) if imp.module == abi.IMPORT_MODULE else None
         ty = imp.type
@@ -66,6 +76,8 @@ def _check_imports(module: wasmtime.Module) -> None:
         if (tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)) != (sig.params, sig.results):
             raise InvalidArgumentError(f"the module imports {imp.module}::{imp.name} with another signature than "
                                        f"realm_abi.h's ({' '.join(sig.params)}) -> ({' '.join(sig.results)})")
+    with _CHECKED_LOCK:
+        _CHECKED.add(module)
 
 
 def _close(host: RealmHost, wasm_store: wasmtime.Store) -> None:
