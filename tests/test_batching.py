@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import realm
 from realm import _native
-from realm.batching import BatchSettings, PrefixCache, _registry
+from realm.batching import BatchSettings, PrefixCache, _registry, _Wake
 from realm.forward import HostModel
 from realm.limits import HostBudget
 
@@ -526,3 +526,47 @@ def test_a_leader_interrupted_before_its_pass_leaves_the_others_their_work(engin
     alone = engine.model.new_kv_cache(64)
     _step(engine, "c", alone, 2)
     assert_same_bits(_step(engine, "c", alone, 3), logits_b)
+
+
+def test_wake_is_one_wakeup_that_a_timed_out_wait_consumes():
+    """_Wake, the batcher's per-caller wake-up: a set() before the wait, or during it, ends it;
+    two sets are one wake-up; a set that lands after the wait timed out is consumed by that
+    wait (it re-takes the engine's lock and finds it), so the next wait blocks again."""
+    lock = threading.Lock()
+    wake = _Wake()
+    with lock:
+        wake.set()
+        wake.set()
+        t0 = time.monotonic()
+        wake.wait(lock, 5.0)
+        assert time.monotonic() - t0 < 1.0
+        assert lock.locked()  # held again on return
+        t0 = time.monotonic()
+        wake.wait(lock, 0.05)  # the double set() was one wake-up
+        assert time.monotonic() - t0 >= 0.04
+    # set from another thread while waiting (it takes the lock the wait released)
+    def later():
+        time.sleep(0.05)
+        with lock:
+            wake.set()
+    t = threading.Thread(target=later)
+    with lock:
+        t.start()
+        t0 = time.monotonic()
+        wake.wait(lock, 5.0)
+        assert time.monotonic() - t0 < 2.0
+    t.join()
+    # a set that lands after the wait timed out, while it waits to re-take the lock: that
+    # wait consumes it, and the next one blocks
+    def holder():
+        with lock:
+            time.sleep(0.15)  # the waiter's 0.05 s run out meanwhile
+            wake.set()
+    t = threading.Thread(target=holder)
+    with lock:
+        t.start()
+        wake.wait(lock, 0.05)
+        t0 = time.monotonic()
+        wake.wait(lock, 0.05)
+        assert time.monotonic() - t0 >= 0.04
+    t.join()
