@@ -228,15 +228,31 @@ class _Wake:
 
     def wait(self, lock: Any, timeout: float | None) -> None:
         """Release lock, block until `set` or timeout seconds, take lock again; the wake-up is
-        consumed (a `set` that came after the timeout included)."""
+        consumed (a `set` that came after the timeout included).  An exception raised meanwhile
+        (Ctrl-C) is raised once lock is held again: the caller's `with lock:` releases it, and
+        a lock released twice may be one another thread holds."""
         lock.release()
         try:
             self._sem.acquire(True, -1 if timeout is None else timeout)
         finally:
-            lock.acquire()
+            _retake(lock)
         if self._set:
             self._sem.acquire(False)  # held again whether the wait took it or timed out
             self._set = False
+
+
+def _retake(lock: Any) -> None:
+    """lock.acquire(), retried past an exception raised while it blocks (a signal's handler
+    raising KeyboardInterrupt), which is raised once the lock is held."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            break
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class _Work:

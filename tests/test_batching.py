@@ -570,3 +570,28 @@ def test_wake_is_one_wakeup_that_a_timed_out_wait_consumes():
         wake.wait(lock, 0.05)
         assert time.monotonic() - t0 >= 0.04
     t.join()
+
+
+def test_wake_takes_its_lock_back_before_an_interrupt_goes_on():
+    """Ctrl-C while _Wake.wait re-takes the engine's lock: the wait keeps trying, and raises
+    KeyboardInterrupt only once the lock is held (its caller's `with lock:` releases it)."""
+
+    class Flaky:
+        def __init__(self):
+            self.inner, self.fail = threading.Lock(), 1
+
+        def acquire(self):
+            if self.fail:
+                self.fail -= 1
+                raise KeyboardInterrupt
+            return self.inner.acquire()
+
+        def release(self):
+            self.inner.release()
+
+    lock = Flaky()
+    lock.inner.acquire()
+    with pytest.raises(KeyboardInterrupt):
+        _Wake().wait(lock, 0.01)
+    assert lock.inner.locked() and lock.fail == 0
+    lock.release()
