@@ -75,6 +75,18 @@ static realm_to_float_fn pick(const realm_type_traits *tt, int isa) {
     return fn ? fn : tt->to_float_ref;
 }
 
+/* A chunk of F32 "blocks" (a copy): with streaming stores where the output is large
+ * (REALM_STREAM_MIN_BYTES), else fn. */
+static void copy_or_fn(int stream, realm_to_float_fn fn, const char *src, float *dst, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (stream) {
+        realm_stream_floats_avx2(dst, (const float *)src, n);
+        return;
+    }
+#endif
+    fn(src, dst, n);
+}
+
 int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa) {
     const realm_type_traits *tt = realm_get_traits(type);
     if (!tt) return REALM_EUNSUPPORTED;
@@ -82,8 +94,10 @@ int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int
     const realm_to_float_fn fn = pick(tt, isa);
     if (!fn) return REALM_EUNSUPPORTED;
     const int nt = nblocks * tt->block_size >= REALM_MIN_PARALLEL_ELEMS ? realm_resolve_threads(nthreads) : 1;
+    const int stream = type == REALM_TYPE_F32 && isa == REALM_ISA_AVX2 &&
+                       nblocks * (int64_t)sizeof(float) >= REALM_STREAM_MIN_BYTES;
     if (nt <= 1) {
-        fn(src, dst, nblocks);
+        copy_or_fn(stream, fn, src, dst, nblocks);
         return 0;
     }
     /* Contiguous chunks, one per thread, cut on 16-block boundaries. */
@@ -94,7 +108,7 @@ int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int
         const int64_t first = (int64_t)t * per;
         if (first < nblocks) {
             const int64_t count = nblocks - first < per ? nblocks - first : per;
-            fn(s + first * tt->type_size, dst + first * tt->block_size, count);
+            copy_or_fn(stream, fn, s + first * tt->type_size, dst + first * tt->block_size, count);
         }
     }
     return 0;

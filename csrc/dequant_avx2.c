@@ -50,6 +50,15 @@ AVX2 static inline __m256i bitplane(__m256i bytes, int b, char value) {
     return _mm256_and_si256(set, _mm256_set1_epi8(value));
 }
 
+AVX2 void realm_stream_floats_avx2(float *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = src[i];
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 32; k += 8) _mm256_stream_ps(dst + i + k, _mm256_loadu_ps(src + i + k));
+    for (; i < n; i++) dst[i] = src[i];
+    _mm_sfence();
+}
+
 AVX2 void realm_f16_to_float_avx2(const void *src, float *dst, int64_t n) {
     const uint16_t *x = src;
     int64_t i = 0;

@@ -192,6 +192,21 @@ def test_thread_count_does_not_change_results(qtype):
     assert_same_floats(realm.dequantize(raw, qtype), one)
 
 
+def test_large_f32_streamed_copy_is_exact():
+    """F32 outputs of 32 MiB or more are copied with streaming stores (csrc/dequant.c): every
+    bit pattern (NaN payloads included) arrives, with heads and tails that are not 32-byte
+    aligned, on one thread and on several."""
+    n = (32 << 20) // 4 + 13
+    raw = np.random.default_rng(5).integers(0, 256, 4 * n, dtype=np.uint8)
+    expected = raw.view(np.uint32)
+    for threads in (1, 2, 3):
+        assert np.array_equal(realm.dequantize(raw, GGMLType.F32, threads=threads).view(np.uint32), expected)
+    backing = np.empty(n + 3, dtype=np.float32)
+    out = backing[3:]  # 12 bytes in: never 32-byte aligned (NumPy aligns to 16)
+    realm.dequantize(raw, GGMLType.F32, out=out, threads=2)
+    assert np.array_equal(out.view(np.uint32), expected)
+
+
 def test_unsupported_formats_are_named():
     with pytest.raises(ValueError, match="Q8_1 is not supported"):
         realm.dequantize(b"\0" * 40, GGMLType.Q8_1)
