@@ -730,8 +730,7 @@ def _detokenize(g: Guest, ids: bytes, flags: int) -> bytes:
 
 
 def _generate(g: Guest, request: _Request, pieces: list[str], handle: Model) -> Completion:
-    with g.buffer(request.params) as params, g.buffer(request.prompt) as prompt, \
-            g.buffer(request.stops) as stops:
+    with g.buffers(request.params, request.prompt, request.stops) as (params, prompt, stops):
         try:
             g.call_checked("guest_generate_start", params, prompt, len(request.prompt), stops, len(request.stops))
         except GuestError as exc:

@@ -463,3 +463,18 @@ def test_the_guests_model_config_agrees_with_the_hosts(store, name, request, tmp
     assert np.float32(guest.rms_eps) == np.float32(host.rms_eps)
     if host.sliding_window:
         assert np.float32(guest.rope_freq_base_swa) == np.float32(host.rope_base_swa)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=4))
+def test_buffers_hold_each_piece_apart_and_aligned(store, pieces):
+    """Guest.buffers: one allocation, each piece at an 8-byte aligned offset, none overlapping
+    the next, every byte as written; freed at the end of the block."""
+    with Guest(store) as g:
+        with g.buffers(*pieces) as ptrs:
+            assert len(ptrs) == len(pieces)
+            for i, (ptr, data) in enumerate(zip(ptrs, pieces)):
+                assert ptr % 8 == 0
+                if i + 1 < len(ptrs):
+                    assert ptr + len(data) <= ptrs[i + 1]
+                assert g.read(ptr, len(data)) == data
