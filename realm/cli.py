@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import __version__
+from .batching import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFIX_CACHE_BYTES, BatchSettings
 from .errors import InternalError, RealmError
 from .models import MODELS, pull, resolve
 from .progress import Progress, format_bytes
@@ -287,6 +288,13 @@ def _positive(text: str) -> int:
     return n
 
 
+def _non_negative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
 def _threads(text: str) -> int:
     try:
         return check_threads(int(text))
@@ -476,18 +484,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"realm: error: {exc}", file=sys.stderr)
         return 2
+    batch = BatchSettings(max_batch_tokens=args.max_batch_tokens, prefix_cache_bytes=args.prefix_cache_mib << 20)
     if args.ray:
-        return _serve_on_ray(args, limits)
+        return _serve_on_ray(args, limits, batch)
     if args.address or args.replicas or args.max_models_per_replica or args.cpus_per_replica or args.proxy_routing:
         print("realm: error: --address, --proxy-routing, --replicas, --max-models-per-replica and "
               "--cpus-per-replica go with --ray", file=sys.stderr)
         return 2
     serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, threads=args.threads,
-          api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout)
+          api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout, batch=batch)
     return 0
 
 
-def _serve_on_ray(args: argparse.Namespace, limits: Any) -> int:
+def _serve_on_ray(args: argparse.Namespace, limits: Any, batch: BatchSettings) -> int:
     if args.threads is not None:
         print("realm: error: with --ray a replica's threads are its CPUs: use --cpus-per-replica", file=sys.stderr)
         return 2
@@ -501,7 +510,7 @@ def _serve_on_ray(args: argparse.Namespace, limits: Any) -> int:
                          cpus_per_replica=args.cpus_per_replica or 1.0)
     serve_on_ray(args.model or [DEFAULT_MODEL], address=args.address, host=args.host, port=args.port,
                  options=options, limits=limits, api_keys=args.api_key, shutdown_timeout_s=args.shutdown_timeout,
-                 proxy_routing=args.proxy_routing)
+                 proxy_routing=args.proxy_routing, batch=batch)
     return 0
 
 
@@ -539,6 +548,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_finite, default=300.0, help="a request's deadline in seconds (default 300)")
     p.add_argument("--shutdown-timeout", type=_finite, default=30.0,
                    help="seconds a shutdown lets requests in flight finish (default 30)")
+    p.add_argument("--max-batch-tokens", type=_positive, default=DEFAULT_MAX_BATCH_TOKENS, metavar="N",
+                   help="tokens of one forward pass that concurrent generations share: a longer prompt is "
+                        f"prefilled a chunk a pass beside the others' decoding (default {DEFAULT_MAX_BATCH_TOKENS})")
+    p.add_argument("--prefix-cache-mib", type=_non_negative, default=DEFAULT_PREFIX_CACHE_BYTES >> 20, metavar="MIB",
+                   help="KV rows of earlier prompts kept per model for prompts that start with them; 0: off "
+                        f"(default {DEFAULT_PREFIX_CACHE_BYTES >> 20})")
     ray = p.add_argument_group("Ray Serve (--ray; needs realm[ray])")
     ray.add_argument("--ray", action="store_true",
                      help="serve on Ray Serve replicas, each a Realm, requests routed by their model")

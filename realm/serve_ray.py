@@ -39,6 +39,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from .batching import BatchSettings
 from .errors import InvalidArgumentError, RealmError
 from .models import MODELS
 from .runtime import Model, Realm
@@ -184,10 +185,10 @@ class RealmReplica:
     requests (http), streaming back the app's ASGI messages."""
 
     def __init__(self, catalog: Catalog, *, max_models: int, limits: ServerLimits, api_keys: tuple[str, ...],
-                 max_body_bytes: int):
+                 max_body_bytes: int, batch: BatchSettings | None = None):
         self.replica = serve.get_replica_context().replica_id.to_full_id_str().encode()
         self.max_body_bytes = max_body_bytes
-        self.realm = build_realm((), threads=_replica_threads(), limits=limits)
+        self.realm = build_realm((), threads=_replica_threads(), limits=limits, batch=batch)
         self.models = _Models(self.realm, catalog)
         self.realm_app = create_app(self.realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
                                     catalog=catalog.names)
@@ -477,10 +478,12 @@ class RayOptions:
 
 def application(models: Sequence[str], *, options: RayOptions | None = None, limits: ServerLimits | None = None,
                 api_keys: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-                shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, proxy_routing: bool = False) -> Any:
+                shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, proxy_routing: bool = False,
+                batch: BatchSettings | None = None) -> Any:
     """The Serve application (for `serve.run(app, route_prefix="/")`): a Router in front of the
     RealmReplica deployment; with proxy_routing (Serve's proxies started with PROXY_CALLBACK_ENV
-    = PROXY_CALLBACK), the replicas alone, Serve's ingress."""
+    = PROXY_CALLBACK), the replicas alone, Serve's ingress.  batch: each replica's batching
+    settings (default BatchSettings())."""
     options = options or RayOptions()
     limits = limits or ServerLimits()
     catalog = Catalog.of(models)
@@ -495,7 +498,7 @@ def application(models: Sequence[str], *, options: RayOptions | None = None, lim
         ray_actor_options={"num_cpus": options.cpus_per_replica}, max_ongoing_requests=ongoing,
         graceful_shutdown_timeout_s=shutdown_timeout_s, **scaling)
     replicas = replica.bind(catalog, max_models=options.max_models_per_replica, limits=limits,
-                            api_keys=tuple(api_keys), max_body_bytes=max_body_bytes)
+                            api_keys=tuple(api_keys), max_body_bytes=max_body_bytes, batch=batch)
     if proxy_routing:
         return replicas
     router = serve.deployment(serve.ingress()(Router), name="Router").options(
@@ -506,7 +509,8 @@ def application(models: Sequence[str], *, options: RayOptions | None = None, lim
 def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  options: RayOptions | None = None, limits: ServerLimits | None = None, api_keys: Sequence[str] = (),
                  shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
-                 proxy_routing: bool = False, ready: Callable[[], None] | None = None) -> None:
+                 proxy_routing: bool = False, ready: Callable[[], None] | None = None,
+                 batch: BatchSettings | None = None) -> None:
     """`realm serve --ray`: join the Ray cluster at `address` ("auto", "ray://head:10001"), or
     start a local one without it, deploy, and serve until SIGINT/SIGTERM; then delete the
     application (and, on a local cluster, stop Serve and Ray).  A local instance routes in
@@ -529,7 +533,7 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(models, options=options, limits=limits, api_keys=api_keys,
                               max_body_bytes=max_body_bytes, shutdown_timeout_s=shutdown_timeout_s,
-                              proxy_routing=proxy_routing),
+                              proxy_routing=proxy_routing, batch=batch),
                   name=APP_NAME, route_prefix="/", blocking=False)
         log.info("realm on Ray Serve: http://%s:%d (%s; routed by %s)", host, port,
                  ", ".join(Catalog.of(models).names), "Serve's proxies" if proxy_routing else "a router")

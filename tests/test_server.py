@@ -251,7 +251,8 @@ def _idle(server, timeout=60):
 @pytest.fixture(scope="module")
 def small(smollm2_path):
     s = Server([smollm2_path], "--api-key", KEYS[0], "--api-key", KEYS[1], "--max-concurrent", "1",
-               "--max-queue", "0", "--tenant-concurrent", "1", "--timeout", "4")
+               "--max-queue", "0", "--tenant-concurrent", "1", "--timeout", "4", "--prefix-cache-mib", "0",
+               "--max-batch-tokens", "16")
     s.client().completions.create(model=SMOL, prompt="warm", max_tokens=1)  # the guest module compiled
     yield s
     assert s.stop() == 0
@@ -262,6 +263,30 @@ def _long(server, key):
             "stream": True}
     return httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60,
                         headers={"Authorization": f"Bearer {key}"})
+
+
+def test_the_prefix_cache_flag(server, small):
+    """A prompt sent twice: its second run reuses the first's KV rows on a default server, and
+    none on one started with --prefix-cache-mib 0."""
+    prompt = "A prompt sent twice, its rows kept from the first time for the second, " * 2
+    for srv, reused in ((server, True), (small, False)):
+        client = srv.client()
+        for _ in range(2):
+            r = client.completions.create(model=SMOL, prompt=prompt, max_tokens=1, temperature=0)
+        assert (r.usage.prompt_tokens_details.cached_tokens > 0) == reused
+
+
+def test_build_realm_takes_the_batching_settings():
+    from realm.batching import BatchSettings, _registry
+    from realm.server import ServerLimits
+    from realm.server.run import build_realm
+
+    settings = BatchSettings(max_batch_tokens=16, prefix_cache_bytes=0)
+    realm = build_realm((), threads=1, limits=ServerLimits(), batch=settings)
+    try:
+        assert _registry(realm.store).settings == settings
+    finally:
+        realm.close()
 
 
 def test_a_full_server_answers_at_once(small):

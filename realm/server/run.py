@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import uvicorn
 
+from ..batching import BatchSettings
 from ..limits import Limits
 from ..runtime import Realm
 from .admission import ServerLimits
@@ -19,11 +20,15 @@ log = logging.getLogger("realm.server")
 
 
 
-def build_realm(models: Sequence[str], *, threads: int | None, limits: ServerLimits) -> Realm:
+def build_realm(models: Sequence[str], *, threads: int | None, limits: ServerLimits,
+                batch: BatchSettings | None = None) -> Realm:
     """A Realm with every model loaded (pulled on first use); each request's guest gets the
-    request deadline, and a tenant's requests share its KV bytes."""
+    request deadline, and a tenant's requests share its KV bytes; batch: the batching
+    settings (default BatchSettings())."""
+    batch = batch or BatchSettings()
     realm = Realm(threads=threads, limits=Limits(deadline_s=limits.timeout_s, kv_bytes=limits.tenant_kv_bytes),
-                  tenant_kv_bytes=limits.tenant_kv_bytes)
+                  tenant_kv_bytes=limits.tenant_kv_bytes, max_batch_tokens=batch.max_batch_tokens,
+                  prefix_cache_bytes=batch.prefix_cache_bytes)
     try:
         for name in models:
             realm.load_model(name)
@@ -35,13 +40,14 @@ def build_realm(models: Sequence[str], *, threads: int | None, limits: ServerLim
 
 def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
           api_keys: Sequence[str] = (), limits: ServerLimits | None = None,
-          shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
+          batch: BatchSettings | None = None) -> None:
     """Serve the models over HTTP until SIGINT/SIGTERM, then stop accepting, let the requests in
     flight finish (up to shutdown_timeout_s) and exit."""
     limits = limits or ServerLimits()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    realm = build_realm(models, threads=threads, limits=limits)
+    realm = build_realm(models, threads=threads, limits=limits, batch=batch)
     try:
         drain_s = int(max(1, shutdown_timeout_s))  # uvicorn takes whole seconds
         app = create_app(realm, limits=limits, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes,
