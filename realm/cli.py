@@ -288,13 +288,6 @@ def _positive(text: str) -> int:
     return n
 
 
-def _non_negative(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return n
-
-
 def _threads(text: str) -> int:
     try:
         return check_threads(int(text))
@@ -551,7 +544,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-tokens", type=_positive, default=DEFAULT_MAX_BATCH_TOKENS, metavar="N",
                    help="tokens of one forward pass that concurrent generations share: a longer prompt is "
                         f"prefilled a chunk a pass beside the others' decoding (default {DEFAULT_MAX_BATCH_TOKENS})")
-    p.add_argument("--prefix-cache-mib", type=_non_negative, default=DEFAULT_PREFIX_CACHE_BYTES >> 20, metavar="MIB",
+    p.add_argument("--prefix-cache-mib", type=_count, default=DEFAULT_PREFIX_CACHE_BYTES >> 20, metavar="MIB",
                    help="KV rows of earlier prompts kept per model for prompts that start with them; 0: off "
                         f"(default {DEFAULT_PREFIX_CACHE_BYTES >> 20})")
     ray = p.add_argument_group("Ray Serve (--ray; needs realm[ray])")
