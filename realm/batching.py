@@ -437,19 +437,27 @@ class Engine:
                 delay = self._delay(now)
                 if delay <= 0:
                     return self._compose()
+                if work is not self._first_waiting():
+                    # only the first waits out the window (_wake_next wakes the next first): a
+                    # timer of each would fire in the pass it leads, on the pass's cores
+                    delay = None
             if deadline is not None:
                 left = max(deadline - now, 0.0)
                 delay = left if delay is None else min(delay, left)
             work.wake.wait(self._lock, None if delay is None else delay + 1e-4)
 
+    def _first_waiting(self) -> _Work | None:
+        """The first work in the queue that no pass runs (needs the lock)."""
+        for w in self._queue:
+            if not w.running and not w.finished:
+                return w
+        return None
+
     def _wake_next(self) -> None:
         """Wake the caller of the first work waiting in the queue, which leads the next pass
         (now, or once the rendezvous window has passed); needs the lock."""
-        if not self._running:
-            for w in self._queue:
-                if not w.running and not w.finished:
-                    w.wake.set()
-                    return
+        if not self._running and (w := self._first_waiting()) is not None:
+            w.wake.set()
 
     def _delay(self, now: float) -> float:
         """Seconds until the next pass may start (<= 0: now); needs the lock and a queue."""
