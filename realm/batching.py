@@ -111,30 +111,37 @@ class _Prefix:
         self.nbytes = tokens.nbytes + k.nbytes + v.nbytes
 
 
-def _common(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the common prefix of two int32 arrays."""
-    m = min(len(a), len(b))
-    if m == 0 or a[0] != b[0]:
-        return 0
-    diff = np.flatnonzero(a[:m] != b[:m])
-    return int(diff[0]) if diff.size else m
+class _Node:
+    """A node of the prefix cache's token trie: `through` entries pass through (or end at) it;
+    `key` is set where an entry ends, which is at a leaf (no entry is a prefix of another)."""
+
+    __slots__ = ("children", "through", "key")
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}
+        self.through = 0
+        self.key: int | None = None
 
 
 class PrefixCache:
     """KV rows of token prefixes, least recently used out first, at most max_bytes.
 
     `insert(tokens, kv)` keeps rows 0..len(tokens)-1 of a cache holding those tokens; `longest(tokens)`
-    finds the entry sharing the longest prefix with a sequence.  Any prefix of an entry is usable:
-    row j depends on tokens 0..j only.  With a `budget` (the store's HostBudget) every entry is
-    also charged there, beside the tenants' KV caches and models: an entry that does not fit
-    evicts older ones, and is dropped if even an empty cache leaves no room -- a cache never
-    takes a byte a tenant could have had.  Thread-safe."""
+    finds an entry sharing the longest prefix with a sequence.  Any prefix of an entry is usable:
+    row j depends on tokens 0..j only.  So no entry is a prefix of another: a new entry
+    supersedes those, and one already covered is not kept twice.  The entries hang in a token
+    trie, so a lookup walks the sequence once instead of comparing it with every entry.  With a
+    `budget` (the store's HostBudget) every entry is also charged there, beside the tenants' KV
+    caches and models: an entry that does not fit evicts older ones, and is dropped if even an
+    empty cache leaves no room -- a cache never takes a byte a tenant could have had.
+    Thread-safe."""
 
     def __init__(self, max_bytes: int, budget: HostBudget | None = None):
         self.max_bytes = max_bytes
         self.budget = budget
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[int, _Prefix] = collections.OrderedDict()
+        self._root = _Node()
         self._ids = 0
         self.nbytes = 0
         self.hits = 0          #: lookups that reused rows
@@ -145,17 +152,15 @@ class PrefixCache:
         return len(self._entries)
 
     def longest(self, tokens: np.ndarray) -> tuple[_Prefix | None, int]:
-        """The entry sharing the longest prefix with tokens, and that length."""
-        best, best_n = None, 0
+        """An entry sharing the longest prefix with tokens, and that length."""
         with self._lock:
             self.lookups += 1
-            for key, entry in self._entries.items():
-                n = _common(entry.tokens, tokens)
-                if n > best_n:
-                    best, best_n, best_key = entry, n, key
-            if best is not None:
-                self._entries.move_to_end(best_key)
-        return best, best_n
+            node, n = self._walk(tokens)
+            if n == 0:
+                return None, 0
+            key = self._leaf_under(node)
+            self._entries.move_to_end(key)
+            return self._entries[key], n
 
     def count_hit(self, rows: int) -> None:
         with self._lock:
@@ -166,21 +171,18 @@ class PrefixCache:
         """Keep the rows of `tokens` (the tokens at positions 0.. of kv) unless an entry holds
         them already; entries that are a prefix of them go."""
         n = len(tokens)
-        if n < PREFIX_MIN_TOKENS or self.max_bytes == 0:
+        if n < PREFIX_MIN_TOKENS or self.max_bytes == 0 or n * kv.row_bytes + tokens.nbytes > self.max_bytes:
             return
-        with self._lock:
-            for key, entry in list(self._entries.items()):
-                common = _common(entry.tokens, tokens)
-                if common == n:  # an entry holds them (or more)
-                    self._entries.move_to_end(key)
-                    return
-                if common == len(entry.tokens):  # superseded
-                    self._drop(key)
-        if n * kv.row_bytes + tokens.nbytes > self.max_bytes:
+        if self._covered(tokens):
             return
-        k, v = kv.read_rows(n)
+        k, v = kv.read_rows(n)  # without the lock: others may insert meanwhile, so look again below
         entry = _Prefix(tokens.copy(), k, v)
         with self._lock:
+            if self._covered(tokens, locked=True):
+                return
+            node, depth = self._walk(tokens)
+            if node.key is not None:  # an entry of tokens[:depth]: superseded
+                self._drop(node.key)
             while self.nbytes + entry.nbytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))
             while self.budget is not None and not self.budget.reserve(entry.nbytes):
@@ -190,12 +192,55 @@ class PrefixCache:
             self._ids += 1
             self._entries[self._ids] = entry
             self.nbytes += entry.nbytes
+            node = self._root
+            for t in entry.tokens.tolist():
+                node = node.children.setdefault(t, _Node())
+                node.through += 1
+            node.key = self._ids
+
+    def _covered(self, tokens: np.ndarray, locked: bool = False) -> bool:
+        """Whether an entry holds tokens (or more); if so it counts as used."""
+        if not locked:
+            with self._lock:
+                return self._covered(tokens, locked=True)
+        node, depth = self._walk(tokens)
+        if depth < len(tokens):
+            return False
+        self._entries.move_to_end(self._leaf_under(node))
+        return True
+
+    def _walk(self, tokens: np.ndarray) -> tuple[_Node, int]:
+        """The deepest node on tokens' path and its depth: the longest prefix of tokens that an
+        entry shares (needs the lock)."""
+        node, depth = self._root, 0
+        for t in tokens.tolist():
+            child = node.children.get(t)
+            if child is None:
+                break
+            node, depth = child, depth + 1
+        return node, depth
+
+    @staticmethod
+    def _leaf_under(node: _Node) -> int:
+        """The key of an entry through node (the oldest branch's)."""
+        while node.key is None:
+            node = next(iter(node.children.values()))
+        return node.key
 
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key)
         self.nbytes -= entry.nbytes
         if self.budget is not None:
             self.budget.release(entry.nbytes)
+        parent = self._root
+        for t in entry.tokens.tolist():
+            node = parent.children[t]
+            node.through -= 1
+            if node.through == 0:  # nothing else below: the rest of the path goes with it
+                del parent.children[t]
+                return
+            parent = node
+        parent.key = None
 
     def clear(self) -> None:
         with self._lock:

@@ -277,6 +277,61 @@ def test_prefix_cache_is_bounded_and_least_recently_used(host_model):
     np.testing.assert_array_equal(entry.v, v)
 
 
+class _NamedRows:
+    """A stand-in KV cache whose row j names the tokens 0..j it was computed from (a real
+    cache's row depends on exactly those): one int64 for K and one for V per position."""
+
+    row_bytes = 16
+
+    def __init__(self, tokens):
+        self.tokens = [int(t) for t in tokens]
+
+    def read_rows(self, n):
+        k = np.array([[hash(tuple(self.tokens[:j + 1])) for j in range(n)]], dtype=np.int64)
+        return k, k.copy()
+
+
+def _shared(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@settings(max_examples=200, deadline=None)
+@given(max_bytes=st.integers(0, 500),
+       ops=st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 3), max_size=14)), max_size=40))
+def test_prefix_cache_finds_what_a_scan_of_its_entries_finds(max_bytes, ops):
+    """Random inserts and lookups over a 4-token alphabet (prefixes shared often), checked
+    against a scan of every entry: the longest shared prefix, rows that fit the lookup, no
+    entry a prefix of another, the bytes bounded, an insert that fits kept, the entry used last
+    the most recent."""
+    from realm.batching import PREFIX_MIN_TOKENS
+
+    cache = PrefixCache(max_bytes)
+    for is_insert, seq in ops:
+        tokens = np.array(seq, np.int32)
+        if is_insert:
+            cache.insert(tokens, _NamedRows(seq))
+            if len(seq) >= PREFIX_MIN_TOKENS and 20 * len(seq) <= max_bytes:
+                assert any(_shared(e.tokens, seq) == len(seq) for e in cache._entries.values())
+        else:
+            entry, n = cache.longest(tokens)
+            want = max((_shared(e.tokens, seq) for e in cache._entries.values()), default=0)
+            assert n == want
+            if n:
+                assert list(entry.tokens[:n]) == seq[:n]
+                np.testing.assert_array_equal(entry.k[0, :n], _NamedRows(seq).read_rows(n)[0][0])
+                assert list(cache._entries.values())[-1] is entry
+            else:
+                assert entry is None
+        entries = [list(e.tokens) for e in cache._entries.values()]
+        assert not any(i != j and _shared(a, b) == len(a) for i, a in enumerate(entries) for j, b in enumerate(entries))
+        assert cache.nbytes == sum(e.nbytes for e in cache._entries.values()) <= max(max_bytes, 0)
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0 and not cache._root.children
+
+
 def test_prefix_cache_is_charged_to_the_host_budget(host_model):
     """Entries count in the store's HostBudget beside the tenants' KV caches: a full budget
     evicts the oldest entries, and with none left to evict the new one is not kept."""
