@@ -391,6 +391,22 @@ PROXY_CALLBACK = "realm.serve_ray:proxy_middlewares"
 _MULTIPLEX_HEADER = b"serve_multiplexed_model_id"
 
 
+#: Serve's proxies and handles reach replicas over gRPC instead of Ray actor calls (Ray 2.60:
+#: GET /v1/models through the proxy took 4.2-5.2 ms instead of 5.4-7.7 on this machine).
+GRPC_ENV = "RAY_SERVE_USE_GRPC_BY_DEFAULT"
+#: ... whose replicas then take messages of at most this many bytes (4 MiB unless set): a
+#: Router hands a request's whole body on in one.
+GRPC_MESSAGE_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+
+
+def local_environment(max_body_bytes: int = MAX_BODY_BYTES) -> dict[str, str]:
+    """The environment `realm serve --ray` gives a local Ray instance (and what each node of a
+    cluster wants, set before `ray start`): routing in the proxies, and gRPC to the replicas
+    with room for a request's body."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, GRPC_ENV: "1",
+            GRPC_MESSAGE_ENV: str(max(4 << 20, max_body_bytes + (1 << 20)))}
+
+
 def proxy_middlewares() -> list:
     """Serve's HTTP proxy callback: the middleware that routes completions by their model."""
     from starlette.middleware import Middleware
@@ -521,7 +537,8 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     local = address is None
     if local:  # a cluster of this machine alone, without a dashboard
-        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # inherited by Serve's proxy
+        for name, value in local_environment(max_body_bytes).items():
+            os.environ.setdefault(name, value)  # inherited by Serve's proxy and replicas
         proxy_routing = os.environ[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
         ray.init(include_dashboard=False, log_to_driver=False)
     else:

@@ -46,17 +46,19 @@ def deployment(request, smollm2_path, gemma3_path):
     one model per replica (a replica that takes the other model evicts its own)."""
     from ray import serve
 
-    from realm.serve_ray import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV, RayOptions, application
+    from realm.serve_ray import APP_NAME, PROXY_CALLBACK_ENV, RayOptions, application, local_environment
     from realm.server import ServerLimits
 
     port = _free_port()
     proxy_routing = request.param == "proxy-routing"
     max_models = 2 if proxy_routing else 1
-    before = os.environ.get(PROXY_CALLBACK_ENV)
-    if proxy_routing:  # Ray's processes inherit it: Serve's proxy reads it when it starts
-        os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK
-    else:
-        os.environ.pop(PROXY_CALLBACK_ENV, None)
+    # what `realm serve --ray` gives a local instance (Ray's processes inherit it: Serve's proxy
+    # and replicas read it when they start), without the proxies' routing for the router
+    env = local_environment()
+    if not proxy_routing:
+        del env[PROXY_CALLBACK_ENV]
+    before = {name: os.environ.pop(name, None) for name in (*env, PROXY_CALLBACK_ENV)}
+    os.environ.update(env)
     # Serve's HTTP proxy listens on 127.0.0.1; Ray's own services (GCS, raylet, workers) listen on
     # every interface whatever ray.init is told (it turns 127.0.0.1 into the node's address),
     # behind the token authentication Ray turns on by default
@@ -80,9 +82,10 @@ def deployment(request, smollm2_path, gemma3_path):
         finally:
             ray.shutdown()
             _guests_refused_until_restored()
-            os.environ.pop(PROXY_CALLBACK_ENV, None)
-            if before is not None:
-                os.environ[PROXY_CALLBACK_ENV] = before
+            for name, value in before.items():
+                os.environ.pop(name, None)
+                if value is not None:
+                    os.environ[name] = value
     assert not _wait_gone(ours), f"Ray processes left after shutdown: {sorted(_alive(ours))}"
 
 
