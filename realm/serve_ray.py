@@ -199,6 +199,29 @@ class RealmReplica:
 
         # set up here: the LRU's size is a deployment option, not a constant
         self.model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+        self._preloading = self._preload(catalog.names)
+
+    def _preload(self, names: Sequence[str]) -> asyncio.Task | None:
+        """Start loading the model of this replica's rank (rank mod the models): Serve sends a
+        model's requests to a replica that holds it, so without this the first requests of a
+        cold deployment all land on the replica that took the first model, which then holds
+        them all and draws every request while the others idle."""
+        rank = getattr(serve.get_replica_context(), "rank", None)
+        rank = getattr(rank, "rank", rank)
+        if not names or not isinstance(rank, int):
+            return None
+        name = names[rank % len(names)]
+
+        async def load() -> None:
+            try:
+                await self.model(name)
+            except RealmError as exc:  # a missing file, a failed pull: a request for it says so
+                log.warning("replica %s did not preload %s: %s", self.replica.decode(), name, exc)
+
+        try:
+            return asyncio.get_running_loop().create_task(load())
+        except RuntimeError:  # no loop runs the constructor: the first request loads
+            return None
 
     async def _hold(self, name: str) -> None:
         """Load the model (Serve's LRU may unload another) and hold it for one request."""
