@@ -215,7 +215,7 @@ class RealmReplica:
         async def load() -> None:
             try:
                 await self.model(name)
-            except RealmError as exc:  # a missing file, a failed pull: a request for it says so
+            except Exception as exc:  # a missing file, a failed pull: a request for it says so
                 log.warning("replica %s did not preload %s: %s", self.replica.decode(), name, exc)
 
         try:
@@ -414,8 +414,9 @@ PROXY_CALLBACK = "realm.serve_ray:proxy_middlewares"
 _MULTIPLEX_HEADER = b"serve_multiplexed_model_id"
 
 
-#: Serve's proxies and handles reach replicas over gRPC instead of Ray actor calls (Ray 2.60:
-#: GET /v1/models through the proxy took 4.2-5.2 ms instead of 5.4-7.7 on this machine).
+#: Serve's proxies and handles reach replicas over gRPC instead of Ray actor calls (Ray 2.60, on
+#: the 2-core machine of the README: GET /v1/models through the proxy took 4.5-5.2 ms instead
+#: of 5.9-7.7).
 GRPC_ENV = "RAY_SERVE_USE_GRPC_BY_DEFAULT"
 #: ... whose replicas then take messages of at most this many bytes (4 MiB unless set): a
 #: Router hands a request's whole body on in one.
