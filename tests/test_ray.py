@@ -163,6 +163,21 @@ class Deployment:
         return raw.parse(), raw.headers["x-realm-replica"]
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if b"=" in item)
+
+
 def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
     port = _free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"realm-serve-ray-{port}.log"
@@ -182,6 +197,10 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
         assert c.usage.completion_tokens == 4
         ours = {p for p in _descendants(proc.pid) if p in _ray_pids()}
         assert ours, "found no Ray process under `realm serve --ray`"
+        # the local instance's environment reached Serve's processes: routing in the proxy, gRPC
+        from realm.serve_ray import local_environment
+        environs = [_environ(p) for p in _descendants(proc.pid) if b"ServeReplica" in _cmdline(p)]
+        assert environs and all(e.get(k) == v for e in environs for k, v in local_environment().items()), environs
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0, log.read_text()[-3000:]
         assert not _wait_gone(ours), f"Ray processes left after `realm serve --ray` stopped: {sorted(ours)}"
