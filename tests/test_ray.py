@@ -98,6 +98,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _ray_pids(session: str = "") -> set[int]:
     """Ray's processes (workers titled `ray::...`, its binaries and agents under .../ray/), those of
     one session when `session` (its directory's name) is given."""
@@ -105,10 +112,7 @@ def _ray_pids(session: str = "") -> set[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+        cmd = _cmdline(int(entry.name)).replace(b"\0", b" ").decode(errors="replace")
         if ("ray::" in cmd or "/ray/" in cmd) and session in cmd:
             pids.add(int(entry.name))
     return pids
@@ -161,13 +165,6 @@ class Deployment:
         raw = self.client(retries).completions.with_raw_response.create(model=model, prompt=prompt, temperature=0,
                                                                           **kw)
         return raw.parse(), raw.headers["x-realm-replica"]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _environ(pid: int) -> dict[str, str]:
