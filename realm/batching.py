@@ -173,12 +173,13 @@ class PrefixCache:
         n = len(tokens)
         if n < PREFIX_MIN_TOKENS or self.max_bytes == 0 or n * kv.row_bytes + tokens.nbytes > self.max_bytes:
             return
-        if self._covered(tokens):
-            return
+        with self._lock:
+            if self._covered(tokens):
+                return
         k, v = kv.read_rows(n)  # without the lock: others may insert meanwhile, so look again below
         entry = _Prefix(tokens.copy(), k, v)
         with self._lock:
-            if self._covered(tokens, locked=True):
+            if self._covered(tokens):
                 return
             node, depth = self._walk(tokens)
             if node.key is not None:  # an entry of tokens[:depth]: superseded
@@ -198,11 +199,8 @@ class PrefixCache:
                 node.through += 1
             node.key = self._ids
 
-    def _covered(self, tokens: np.ndarray, locked: bool = False) -> bool:
-        """Whether an entry holds tokens (or more); if so it counts as used."""
-        if not locked:
-            with self._lock:
-                return self._covered(tokens, locked=True)
+    def _covered(self, tokens: np.ndarray) -> bool:
+        """Whether an entry holds tokens (or more); if so it counts as used (needs the lock)."""
         node, depth = self._walk(tokens)
         if depth < len(tokens):
             return False
