@@ -199,7 +199,7 @@ class RealmReplica:
 
         # set up here: the LRU's size is a deployment option, not a constant
         self.model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
-        self._preloading = self._preload(catalog.names)
+        self._preloading = self._preload(catalog.names)  # held: the loop keeps only weak task references
 
     def _preload(self, names: Sequence[str]) -> asyncio.Task | None:
         """Start loading the model of this replica's rank (rank mod the models): Serve sends a
