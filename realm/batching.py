@@ -174,15 +174,15 @@ class PrefixCache:
         if n < PREFIX_MIN_TOKENS or self.max_bytes == 0 or n * kv.row_bytes + tokens.nbytes > self.max_bytes:
             return
         with self._lock:
-            if self._covered(tokens):
+            if self._uncovered(tokens) is None:
                 return
         k, v = kv.read_rows(n)  # without the lock: others may insert meanwhile, so look again below
         entry = _Prefix(tokens.copy(), k, v)
         with self._lock:
-            if self._covered(tokens):
+            node = self._uncovered(tokens)
+            if node is None:
                 return
-            node, depth = self._walk(tokens)
-            if node.key is not None:  # an entry of tokens[:depth]: superseded
+            if node.key is not None:  # an entry of a prefix of tokens: superseded
                 self._drop(node.key)
             while self.nbytes + entry.nbytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))
@@ -199,13 +199,14 @@ class PrefixCache:
                 node.through += 1
             node.key = self._ids
 
-    def _covered(self, tokens: np.ndarray) -> bool:
-        """Whether an entry holds tokens (or more); if so it counts as used (needs the lock)."""
+    def _uncovered(self, tokens: np.ndarray) -> _Node | None:
+        """The deepest node of tokens' path, or None where an entry holds tokens (or more), which
+        then counts as used (needs the lock)."""
         node, depth = self._walk(tokens)
         if depth < len(tokens):
-            return False
+            return node
         self._entries.move_to_end(self._leaf_under(node))
-        return True
+        return None
 
     def _walk(self, tokens: np.ndarray) -> tuple[_Node, int]:
         """The deepest node on tokens' path and its depth: the longest prefix of tokens that an
