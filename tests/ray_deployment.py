@@ -57,7 +57,7 @@ def deployment(request, smollm2_path, gemma3_path):
     env = local_environment()
     if not proxy_routing:
         del env[PROXY_CALLBACK_ENV]
-    before = {name: os.environ.pop(name, None) for name in (*env, PROXY_CALLBACK_ENV)}
+    before = {name: os.environ.pop(name, None) for name in {*env, PROXY_CALLBACK_ENV}}
     os.environ.update(env)
     # Serve's HTTP proxy listens on 127.0.0.1; Ray's own services (GCS, raylet, workers) listen on
     # every interface whatever ray.init is told (it turns 127.0.0.1 into the node's address),
