@@ -3,8 +3,9 @@
 from .quants import FORWARD_TYPES, SUPPORTED_TYPES, GGMLType, QuantInfo, dequantize, quant_info
 from . import fresh  # realm.fresh.release(): unmap the recycled result mappings dequantize keeps
 from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, FileAccessError, GGUFError,
-                     InternalError, InvalidArgumentError, LimitExceeded, MissingDependencyError, ModelNotFoundError,
-                     OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError, TrapHandlerError)
+                     InternalError, InvalidArgumentError, LimitExceeded, ListenError, MissingDependencyError,
+                     ModelNotFoundError, OutOfMemoryError, OutOfRangeError, PullError, RealmError, TensorNotFoundError,
+                     TrapHandlerError)
 from .gguf_patch import GGUFPatch, patch_gguf
 from .reader import GGUFFile, open_gguf
 from .cache import LayerCache
@@ -19,7 +20,7 @@ from .runtime import Completion, ContextWindowError, GenerationError, Model, Rea
 
 __all__ = ["GGMLType", "QuantInfo", "SUPPORTED_TYPES", "FORWARD_TYPES", "dequantize", "quant_info", "patch_gguf", "GGUFPatch",
            "RealmError", "InvalidArgumentError", "ArgumentTypeError", "OutOfRangeError", "GGUFError",
-           "FileAccessError", "ModelNotFoundError", "TensorNotFoundError", "PullError", "ClosedError", "BusyError",
+           "FileAccessError", "ListenError", "ModelNotFoundError", "TensorNotFoundError", "PullError", "ClosedError", "BusyError",
            "OutOfMemoryError", "MissingDependencyError", "LimitExceeded", "DeadlineExceeded", "InternalError",
            "GGUFFile", "open_gguf", "LayerCache", "ModelStore", "QuantizedTensor", "StoredModel",
            "Limits", "HostBudget", "sandbox_engine", "restore_trap_handlers", "TrapHandlerError", "Tenant", "GuestTrapError", "Guest", "GuestError",

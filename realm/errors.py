@@ -37,6 +37,11 @@ def file_error(exc: OSError, path: object) -> FileAccessError:
     return FileAccessError(exc.errno, f"cannot open {path}: {exc.strerror or exc}", str(path))
 
 
+class ListenError(RealmError, OSError):
+    """A server cannot listen on its address (the port is taken, the host is not this
+    machine's, the name does not resolve); `errno` is the operating system's."""
+
+
 class ModelNotFoundError(RealmError, KeyError):
     """No model with that id is in the store (never loaded, or removed and released)."""
 

@@ -46,7 +46,7 @@ from .runtime import Model, Realm
 from .server.admission import ServerLimits
 from .server.app import MAX_BODY_BYTES, create_app
 from .server.errors import APIError, from_realm
-from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm
+from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm, check_port
 
 log = logging.getLogger("realm.serve_ray")
 
@@ -556,6 +556,7 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
     application (and, on a local cluster, stop Serve and Ray).  A local instance routes in
     Serve's proxies (see PROXY_CALLBACK_ENV) unless that variable is set to something else; on
     a cluster, proxy_routing says its nodes were started with it."""
+    check_port(port)  # before Ray starts: Serve checks no range, and its proxy runs uvicorn
     stop = threading.Event()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -4,10 +4,12 @@ is bounded in count and time."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,34 +30,26 @@ KEYS = ("alpha-key", "beta-key")
 START_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """`python -m realm serve ...` in a child process."""
+    """`python -m realm serve --port 0 ...` in a child process: the OS picks the port, which the
+    server's "serving ... on URL" line (logged once it listens) says."""
 
     def __init__(self, models, *extra: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "realm", "serve", "--port", str(self.port), "--threads", "2"]
+        args = [sys.executable, "-m", "realm", "serve", "--port", "0", "--threads", "2"]
         for m in models:
             args += ["--model", str(m)]
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"realm-serve-{self.port}.log"
-        self.proc = subprocess.Popen(args + list(extra), stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        fd, log = tempfile.mkstemp(prefix="realm-serve-", suffix=".log")
+        self.log = Path(log)
+        with os.fdopen(fd, "wb") as err:
+            self.proc = subprocess.Popen(args + list(extra), stdout=subprocess.DEVNULL, stderr=err)
         end = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        while (m := re.search(r" serving .* on (http://127\.0\.0\.1:(\d+)) ", self.log.read_text())) is None:
             if self.proc.poll() is not None or time.monotonic() > end:
                 self.stop()
                 pytest.fail(f"realm serve did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
+            time.sleep(0.1)
+        self.url, self.port = m.group(1), int(m.group(2))
+        assert httpx.get(self.url + "/health", timeout=10).status_code == 200  # listening when it says so
 
     def client(self, key: str | None = KEYS[0]) -> "openai.OpenAI":
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "none", max_retries=0, timeout=120)
@@ -287,6 +281,40 @@ def test_build_realm_takes_the_batching_settings():
         assert _registry(realm.store).settings == settings
     finally:
         realm.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "99999"], "port must be 0..65535, not 99999"),  # uvicorn would listen on 34463
+    (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1:8000"),  # TEST-NET-1: no host's address
+    (["--port", "TAKEN"], "cannot listen on 127.0.0.1:TAKEN"),
+])
+def test_an_address_it_cannot_listen_on_fails_at_once(tmp_path, args, message):
+    """One line and exit status 1, before any model loads (the model named does not exist)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = [a.replace("TAKEN", port) for a in args]
+        r = subprocess.run([sys.executable, "-m", "realm", "serve", "--model", str(tmp_path / "absent.gguf"), *args],
+                           capture_output=True, text=True, timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("realm: error: "), r.stderr
+    assert message.replace("TAKEN", port) in lines[0]
+
+
+def test_server_arguments_are_checked():
+    from realm.server import ServerLimits, serve
+
+    with pytest.raises(realm.ArgumentTypeError):
+        serve([], port="8000")
+    with pytest.raises(realm.InvalidArgumentError):
+        serve([], port=-1)
+    with pytest.raises(realm.ArgumentTypeError):
+        ServerLimits(max_concurrent="16")
+    with pytest.raises(realm.InvalidArgumentError, match="max_queue"):
+        ServerLimits(max_queue=-1)
+    with pytest.raises(realm.InvalidArgumentError, match="timeout_s"):
+        ServerLimits(timeout_s=float("nan"))
 
 
 def test_a_full_server_answers_at_once(small):

@@ -7,6 +7,7 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from .errors import APIError
 
 
@@ -26,11 +27,16 @@ class ServerLimits:
     timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent", "tenant_concurrent", "tenant_kv_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_queue < 0 or not self.timeout_s > 0:
-            raise ValueError("max_queue must be >= 0 and timeout_s > 0")
+        for name, low in (("max_concurrent", 1), ("max_queue", 0), ("tenant_concurrent", 1), ("tenant_kv_bytes", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value < low:
+                raise InvalidArgumentError(f"{name} must be >= {low}, not {value}")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)):
+            raise ArgumentTypeError(f"timeout_s must be a number, not {type(self.timeout_s).__name__}")
+        if not self.timeout_s > 0:
+            raise InvalidArgumentError(f"timeout_s must be > 0, not {self.timeout_s}")
 
 
 class Admission:
