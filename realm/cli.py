@@ -138,7 +138,7 @@ def _print_info(s: dict[str, Any], out) -> None:
         total = s["tensor_data_bytes"] or 1
         for name, row in s["bytes_by_type"].items():
             print(f"  {name:<8}{format_bytes(row['bytes']):>11} {row['bytes'] / total:6.1%}  "
-                  f"({row['tensors']} tensors)", file=out)
+                  f"({row['tensors']} tensor{'s' if row['tensors'] != 1 else ''})", file=out)
     if "tensors" in s:
         print("tensors:", file=out)
         width = max((len(t["name"]) for t in s["tensors"]), default=4)

@@ -101,6 +101,7 @@ def test_info_smollm2(capsys, smollm2_path):
     assert set(s["bytes_by_type"]) == {"Q4_1", "Q8_0", "F32"}
     code, text, _ = run(capsys, "info", "smollm2")  # a registry name resolves to the pulled file
     assert code == 0 and str(smollm2_path) in text
+    assert "(1 tensor)" in text and "(210 tensors)" in text  # Q8_0: the embedding alone; Q4_1
 
 
 # -- realm dequantize ------------------------------------------------------------------
