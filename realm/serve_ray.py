@@ -556,7 +556,9 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
     application (and, on a local cluster, stop Serve and Ray).  A local instance routes in
     Serve's proxies (see PROXY_CALLBACK_ENV) unless that variable is set to something else; on
     a cluster, proxy_routing says its nodes were started with it."""
-    check_port(port)  # before Ray starts: Serve checks no range, and its proxy runs uvicorn
+    if check_port(port) == 0:  # checked before Ray starts: Serve checks no range
+        raise InvalidArgumentError("give --ray a port: Serve's proxy on each node listens on it (with port 0 "
+                                   "each would pick one of its own, which nothing reports)")
     stop = threading.Event()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -73,6 +73,18 @@ def test_evicted_model_unloads_when_its_last_request_ends(smollm2_path, gemma3_p
         assert [m.path.stem for m in r.models] == [SMOL]
 
 
+@pytest.mark.parametrize("port, error", [(0, realm.InvalidArgumentError), (65536, realm.InvalidArgumentError),
+                                         ("8000", realm.ArgumentTypeError)])
+def test_serve_on_ray_refuses_a_port_before_ray_starts(port, error):
+    """Serve's proxies take no port 0 (each would pick its own) nor a number past 65535 (their
+    uvicorn would listen on it modulo 65536)."""
+    from realm.serve_ray import serve_on_ray
+
+    with pytest.raises(error, match="port"):
+        serve_on_ray(["smollm2"], port=port)
+    assert not ray.is_initialized()
+
+
 def test_replicas_autoscale_and_take_their_threads_from_their_cpus(smollm2_path):
     from realm.errors import InvalidArgumentError
     from realm.serve_ray import RayOptions, application
