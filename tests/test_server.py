@@ -196,6 +196,11 @@ def test_error_statuses(server):
     _error(server.post("/v1/completions", b"x" * (9 << 20)), 413)
     chunked = (b"x" * (1 << 20) for _ in range(9))  # no Content-Length: counted as it arrives
     _error(server.post("/v1/completions", chunked), 413)
+    assert "/v1/nothing" in _error(server.post("/v1/nothing", chat), 404)["message"]  # the router's own answers
+    r = httpx.delete(server.url + "/v1/completions", timeout=10)
+    assert "POST" in _error(r, 405)["message"] and r.headers["Allow"] == "POST"
+    r = httpx.head(server.url + "/health", timeout=10)  # load balancers' probes
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     with pytest.raises(openai.AuthenticationError):
         server.client("wrong").models.list()
     with pytest.raises(openai.NotFoundError):

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from ..errors import RealmError
@@ -274,17 +275,30 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
     async def _realm_error(request: Request, exc: RealmError) -> Response:
         return from_realm(exc).response()
 
-    @app.get("/health")
+    @app.exception_handler(HTTPException)
+    async def _routing_error(request: Request, exc: HTTPException) -> Response:
+        # the router's own answers (an unknown path, a method the path does not take) in the
+        # same shape as every other error, with their headers (Allow)
+        where = f"{request.method} {request.url.path}"
+        headers = exc.headers or {}
+        allowed = [v for k, v in headers.items() if k.lower() == "allow"]
+        message = (f"Invalid URL ({where})" if exc.status_code == 404 else
+                   f"{where}: {exc.detail}" + (f" (allowed: {allowed[0]})" if allowed else ""))
+        response = APIError(exc.status_code, message).response()
+        response.headers.update(headers)
+        return response
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
         waiting, running, tenants = srv.admission.figures()
         return {"status": "ok", "models": [srv.model_id(m) for m in realm.models], "running": running,
                 "queued": waiting, "kv_bytes": sum(realm.in_flight().values())}
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         return Response(srv.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request) -> dict[str, Any]:
         srv.tenant(request)
         names = srv.catalog or [srv.model_id(m) for m in realm.models]

@@ -13,8 +13,8 @@ from ..chat import ChatTemplateError
 from ..runtime import ContextWindowError
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-          408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-          503: "server_error"}
+          405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          500: "server_error", 503: "server_error"}
 
 
 class APIError(Exception):
