@@ -467,7 +467,8 @@ class Realm:
             stops.append(handle.eos_token)
         opts["stop"] = stops
         # the template writes any BOS itself: the text is tokenized without adding one
-        return self._request(handle, prompt.encode("utf-8"), abi.TOKENIZE_PARSE_SPECIAL, opts)
+        return self._request(handle, _text_bytes(prompt, "the chat's prompt (its messages rendered)"),
+                             abi.TOKENIZE_PARSE_SPECIAL, opts)
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], model: Model | int | str | None = None, *,
                     chat_template: str | None = None, add_generation_prompt: bool = True) -> str:
@@ -603,7 +604,7 @@ class Realm:
         for s in stops:
             if not isinstance(s, str) or not s:
                 raise InvalidArgumentError(f"stop strings must be non-empty str, not {s!r}")
-            raw = s.encode("utf-8")
+            raw = _text_bytes(s, "a stop string")
             if len(raw) > abi.STOP_STRING_MAX:
                 raise InvalidArgumentError(f"a stop string may have at most {abi.STOP_STRING_MAX} bytes")
             blob += struct.pack("<I", len(raw)) + raw

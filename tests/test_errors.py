@@ -37,6 +37,9 @@ def smol(smollm2_path):
     lambda rt: rt.complete("x", temperature="hot"),
     lambda rt: rt.complete("x", bogus=1),
     lambda rt: rt.complete("\ud800"),
+    lambda rt: rt.complete("x", stop=["\udfff"]),
+    lambda rt: rt.chat([{"role": "user", "content": "x\ud800"}]),
+    lambda rt: rt.chat([{"role": "us\udc80er", "content": "x"}]),
     lambda rt: rt.detokenize([-5]),
     lambda rt: rt.detokenize([2**40]),
     lambda rt: rt.detokenize(["a"]),
@@ -45,7 +48,8 @@ def smol(smollm2_path):
     lambda rt: rt.chat("not a list of messages"),
     lambda rt: rt.model(3.5),
 ], ids=["int-prompt", "bytes-prompt", "max_tokens", "seed", "stop-type", "empty-stop", "n_ctx", "temperature",
-        "option", "surrogate", "negative-id", "huge-id", "str-id", "object-ids", "float-text", "chat-str", "model"])
+        "option", "surrogate", "surrogate-stop", "surrogate-message",
+        "surrogate-role", "negative-id", "huge-id", "str-id", "object-ids", "float-text", "chat-str", "model"])
 def test_bad_calls_raise_realm_errors(smol, call):
     with pytest.raises(RealmError):
         call(smol)
