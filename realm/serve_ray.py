@@ -44,7 +44,7 @@ from .errors import InvalidArgumentError, RealmError
 from .models import MODELS
 from .runtime import Model, Realm
 from .server.admission import ServerLimits
-from .server.app import MAX_BODY_BYTES, create_app
+from .server.app import MAX_BODY_BYTES, check_api_keys, create_app
 from .server.errors import APIError, from_realm
 from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm, check_port
 
@@ -464,7 +464,9 @@ class ModelHeader:
                 more = message.get("more_body", False)
             if not more and all(m["type"] == "http.request" for m in held):
                 name = _body_model(b"".join(m.get("body", b"") for m in held))
-                if isinstance(name, str) and 0 < len(name) <= 256:
+                # no header for a name no model has -- control characters, lone surrogates (which
+                # would not encode), isprintable() is False for both: the replica Serve picks answers 404
+                if isinstance(name, str) and 0 < len(name) <= 256 and name.isprintable():
                     scope = dict(scope, headers=[*scope.get("headers", ()), (_MULTIPLEX_HEADER, name.encode())])
         started = False
 
@@ -538,7 +540,7 @@ def application(models: Sequence[str], *, options: RayOptions | None = None, lim
         ray_actor_options={"num_cpus": options.cpus_per_replica}, max_ongoing_requests=ongoing,
         graceful_shutdown_timeout_s=shutdown_timeout_s, **scaling)
     replicas = replica.bind(catalog, max_models=options.max_models_per_replica, limits=limits,
-                            api_keys=tuple(api_keys), max_body_bytes=max_body_bytes, batch=batch)
+                            api_keys=check_api_keys(api_keys), max_body_bytes=max_body_bytes, batch=batch)
     if proxy_routing:
         return replicas
     router = serve.deployment(serve.ingress()(Router), name="Router").options(
@@ -556,6 +558,7 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
     application (and, on a local cluster, stop Serve and Ray).  A local instance routes in
     Serve's proxies (see PROXY_CALLBACK_ENV) unless that variable is set to something else; on
     a cluster, proxy_routing says its nodes were started with it."""
+    api_keys = check_api_keys(api_keys)
     if check_port(port) == 0:  # checked before Ray starts: Serve checks no range
         raise InvalidArgumentError("give --ray a port: Serve's proxy on each node listens on it (with port 0 "
                                    "each would pick one of its own, which nothing reports)")

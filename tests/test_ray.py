@@ -46,6 +46,39 @@ def test_catalog_routes_by_the_body_model(smollm2_path, gemma3_path):
         assert c.route(body) == ""  # any replica answers with the app's own 400/404
 
 
+@pytest.mark.parametrize("body, header", [
+    (b'{"model": "SmolLM2", "prompt": "x"}', b"SmolLM2"),
+    (b'{"model": "\\ud800", "prompt": "x"}', None),  # a lone surrogate: no UTF-8 to route by
+    (b'{"model": "a\\r\\nb", "prompt": "x"}', None),
+    (b'{"prompt": "x"}', None),
+    (b"not json", None),
+])
+def test_proxy_middleware_routes_by_a_model_name_only(body, header):
+    """Serve's proxy sets the header it routes by from the body's model where that is a name;
+    otherwise the request goes on without it (a replica answers it), and the body goes on whole."""
+    import asyncio
+
+    from realm.serve_ray import ModelHeader
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["headers"] = dict(scope["headers"])
+        seen["body"] = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [(b"host", b"x")]}
+    asyncio.run(ModelHeader(app)(scope, receive, send))
+    assert seen["headers"].get(b"serve_multiplexed_model_id") == header and seen["body"] == body
+
+
 def test_evicted_model_unloads_when_its_last_request_ends(smollm2_path, gemma3_path):
     from realm.serve_ray import Catalog, _Models
 

@@ -196,6 +196,10 @@ def test_error_statuses(server):
     _error(server.post("/v1/completions", b"x" * (9 << 20)), 413)
     chunked = (b"x" * (1 << 20) for _ in range(9))  # no Content-Length: counted as it arrives
     _error(server.post("/v1/completions", chunked), 413)
+    surrogate = {**chat, "messages": [{"role": "user", "content": "x\ud800"}]}  # sent as the escape \ud800: no UTF-8
+    _error(server.post("/v1/chat/completions", json.dumps(surrogate).encode()), 400, "invalid_value")
+    surrogate = {"model": SMOL, "prompt": "hi", "max_tokens": 1, "stop": ["\udfff"]}
+    _error(server.post("/v1/completions", json.dumps(surrogate).encode()), 400)
     assert "/v1/nothing" in _error(server.post("/v1/nothing", chat), 404)["message"]  # the router's own answers
     r = httpx.delete(server.url + "/v1/completions", timeout=10)
     assert "POST" in _error(r, 405)["message"] and r.headers["Allow"] == "POST"
@@ -314,6 +318,11 @@ def test_server_arguments_are_checked():
         serve([], port="8000")
     with pytest.raises(realm.InvalidArgumentError):
         serve([], port=-1)
+    for keys in (["a key"], [""], ["\udcff"], ["caf\u00e9"]):  # what no Authorization header carries as such
+        with pytest.raises(realm.InvalidArgumentError, match="API key"):
+            serve([], api_keys=keys)
+    with pytest.raises(realm.ArgumentTypeError, match="api_keys"):
+        serve([], api_keys="one-key")  # a str is not a list of keys
     with pytest.raises(realm.ArgumentTypeError):
         ServerLimits(max_concurrent="16")
     with pytest.raises(realm.InvalidArgumentError, match="max_queue"):

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import anyio
 from fastapi import FastAPI, Request
@@ -29,7 +29,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from ..errors import RealmError
+from ..errors import ArgumentTypeError, InvalidArgumentError, RealmError
 from ..runtime import Completion, Model, Realm
 from .admission import Admission, ServerLimits
 from .errors import APIError, from_realm
@@ -94,6 +94,21 @@ class RealmApp:
 
     def _too_large(self) -> APIError:
         return APIError(413, f"the request body is over {self.max_bytes} bytes", code="body_too_large")
+
+
+def check_api_keys(api_keys: Sequence[str]) -> tuple[str, ...]:
+    """The keys as a tuple: each a non-empty str of printable ASCII without spaces, as a client
+    can send it in `Authorization: Bearer KEY` (HTTP headers are not UTF-8)."""
+    if isinstance(api_keys, str):
+        raise ArgumentTypeError("api_keys must be a sequence of keys, not one str")
+    keys = tuple(api_keys)
+    for key in keys:
+        if not isinstance(key, str):
+            raise ArgumentTypeError(f"an API key must be a str, not {type(key).__name__}")
+        if not key or not all("!" <= c <= "~" for c in key):
+            raise InvalidArgumentError("an API key must be printable ASCII without spaces, as a client sends it "
+                                       "in an Authorization header")
+    return keys
 
 
 def _tenant_name(key: str) -> str:
@@ -258,7 +273,7 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
     timeout still bounds the whole drain.  The returned app's drain(cut_after_s), called when
     the server starts stopping, answers 503 to the generations still running after that long
     (`realm.server.serve` calls it half a second before its drain's deadline)."""
-    srv = _Server(realm, limits or ServerLimits(), tuple(api_keys), tuple(catalog) if catalog else None)
+    srv = _Server(realm, limits or ServerLimits(), check_api_keys(api_keys), tuple(catalog) if catalog else None)
     srv.shutdown_grace_s = shutdown_grace_s
     app = FastAPI(title="realm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv

@@ -16,7 +16,7 @@ from ..errors import ArgumentTypeError, InvalidArgumentError, ListenError
 from ..limits import Limits
 from ..runtime import Realm
 from .admission import ServerLimits
-from .app import DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_BODY_BYTES, create_app
+from .app import DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_BODY_BYTES, check_api_keys, create_app
 
 log = logging.getLogger("realm.server")
 
@@ -79,6 +79,7 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, t
     """Serve the models over HTTP until SIGINT/SIGTERM, then stop accepting, let the requests in
     flight finish (up to shutdown_timeout_s) and exit."""
     limits = limits or ServerLimits()
+    api_keys = check_api_keys(api_keys)  # like the address, before the models load
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     with bind(host, port) as sock:  # a wrong address fails before the models load
