@@ -200,6 +200,18 @@ def test_error_statuses(server):
     _error(server.post("/v1/chat/completions", json.dumps(surrogate).encode()), 400, "invalid_value")
     surrogate = {"model": SMOL, "prompt": "hi", "max_tokens": 1, "stop": ["\udfff"]}
     _error(server.post("/v1/completions", json.dumps(surrogate).encode()), 400)
+    # OpenAI's fields realm does not implement: refused, unless their value changes nothing
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    for path, extra, param in (("/v1/completions", {"logit_bias": {"42": 5}}, "logit_bias"),
+                               ("/v1/completions", {"best_of": 2}, "best_of"),
+                               ("/v1/completions", {"suffix": "end"}, "suffix"),
+                               ("/v1/chat/completions", {"tools": tools}, "tools"),
+                               ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format")):
+        body = {**(chat if "chat" in path else {"model": SMOL, "prompt": "hi", "max_tokens": 2}), **extra}
+        assert _error(server.post(path, body), 400, "invalid_value")["param"] == param
+    inert = {"logit_bias": {}, "tool_choice": "none", "response_format": {"type": "text"}, "temperature": None,
+             "top_p": None, "stop": None, "seed": None, "stream": None, "n": None}  # null: the default
+    assert server.post("/v1/chat/completions", {**chat, **inert}).status_code == 200
     assert "/v1/nothing" in _error(server.post("/v1/nothing", chat), 404)["message"]  # the router's own answers
     r = httpx.delete(server.url + "/v1/completions", timeout=10)
     assert "POST" in _error(r, 405)["message"] and r.headers["Allow"] == "POST"

@@ -1,15 +1,18 @@
 """The OpenAI request bodies realm serves, as pydantic models (validated before any guest starts).
 
 Fields follow OpenAI's API; realm's own extras are `top_k`, `min_p`, `repeat_penalty` and
-`ignore_eos`.  Unknown fields are accepted and ignored, as OpenAI's server does for fields
-it does not know (clients send `user`, `metadata`...).
+`ignore_eos`.  A null is the field's default (OpenAI's fields are nullable; clients send
+`"temperature": null`).  OpenAI's fields that realm does not implement are refused (400, the
+field as `param`) unless their value changes nothing (`logit_bias: {}`, `tool_choice: "none"`...):
+ignoring them would answer something else than was asked.  Unknown fields are ignored
+(clients send `metadata`, `store`...).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..host import TOP_LOGPROBS_MAX
 
@@ -17,6 +20,21 @@ from ..host import TOP_LOGPROBS_MAX
 MAX_PROMPT_CHARS = 1 << 20
 #: Stop strings one request may give (realm's guest takes 16).
 MAX_STOPS = 16
+
+
+#: OpenAI's fields realm does not implement, and the values of each that change nothing.
+_INERT: dict[str, tuple[Any, ...]] = {
+    "logit_bias": ({},), "suffix": ("",), "best_of": (1,), "echo": (False,),
+    "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+}
+
+
+def _inert(value: Any, info: ValidationInfo) -> Any:
+    """A field of _INERT: refused unless None or a value that changes nothing."""
+    if value is not None and not any(type(value) is type(ok) and value == ok for ok in _INERT[info.field_name]):
+        raise ValueError(f"{info.field_name} is not supported by realm")
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -45,6 +63,15 @@ class _Sampling(BaseModel):
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
+    logit_bias: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        """A null field is a field not given: its default."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    _logit_bias = field_validator("logit_bias")(_inert)
 
     @field_validator("stop")
     @classmethod
@@ -69,14 +96,11 @@ class CompletionRequest(_Sampling):
 
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     logprobs: int | None = Field(default=None, ge=0, le=5)  # the legacy endpoint's bound
-    echo: bool = Field(default=False)
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("echo is not supported")
-        return v
+    _unsupported = field_validator("echo", "suffix", "best_of")(_inert)
 
 
 class TextPart(BaseModel):
@@ -106,6 +130,13 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+
+    _unsupported = field_validator("tools", "tool_choice", "functions", "function_call", "response_format")(_inert)
 
     @field_validator("messages")
     @classmethod
