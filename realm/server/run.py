@@ -24,8 +24,8 @@ MAX_PORT = 65535
 
 
 def check_port(port: int) -> int:
-    """A TCP port to listen on: 0 (one the OS picks) to 65535.  Checked here because uvicorn and
-    asyncio take a larger number modulo 65536 and listen there (99999: port 34463)."""
+    """A TCP port to listen on: 0 (one the OS picks) to 65535.  Checked here because uvicorn takes
+    a larger number modulo 65536 and listens there (99999: port 34463)."""
     if isinstance(port, bool) or not isinstance(port, int):
         raise ArgumentTypeError(f"port must be an int, not {type(port).__name__}")
     if not 0 <= port <= MAX_PORT:
@@ -77,7 +77,8 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, t
           shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
           batch: BatchSettings | None = None) -> None:
     """Serve the models over HTTP until SIGINT/SIGTERM, then stop accepting, let the requests in
-    flight finish (up to shutdown_timeout_s) and exit."""
+    flight finish (up to shutdown_timeout_s) and exit.  An address it cannot listen on (see `bind`)
+    is a ListenError, raised before the models load."""
     limits = limits or ServerLimits()
     api_keys = check_api_keys(api_keys)  # like the address, before the models load
     if not logging.getLogger().handlers:
@@ -91,11 +92,11 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, t
     log.info("realm stopped")
 
 
-def _run(realm: Realm, sock: socket.socket, api_keys: Sequence[str], limits: ServerLimits,
+def _run(realm: Realm, sock: socket.socket, api_keys: tuple[str, ...], limits: ServerLimits,
          shutdown_timeout_s: float, max_body_bytes: int) -> None:
     """The app of realm's models under uvicorn, on sock, until SIGINT/SIGTERM."""
     drain_s = int(max(1, shutdown_timeout_s))  # uvicorn takes whole seconds
-    app = create_app(realm, limits=limits, api_keys=tuple(api_keys), max_body_bytes=max_body_bytes,
+    app = create_app(realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
                      shutdown_grace_s=drain_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=drain_s,
                             lifespan="off")
