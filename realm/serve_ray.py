@@ -103,7 +103,7 @@ def _body_model(body: bytes) -> Any:
     """A JSON object's "model" (None without one); "" for a body that is not a JSON object."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), an int of over 4300 digits, deep nesting
         return ""
     return data.get("model") if isinstance(data, dict) else ""
 

@@ -181,6 +181,8 @@ def test_error_statuses(server):
     chat = {"model": SMOL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     _error(server.post("/v1/chat/completions", b"{not json"), 400, "invalid_json")
     _error(server.post("/v1/chat/completions", b"[1, 2]"), 400, "invalid_json")
+    _error(server.post("/v1/completions", b"[" * 1000 + b"]" * 1000), 400, "invalid_json")  # Python's JSON recursion
+    _error(server.post("/v1/completions", b'{"prompt": "hi", "seed": 1' + b"0" * 5000 + b"}"), 400, "invalid_json")
     assert _error(server.post("/v1/chat/completions", {**chat, "max_tokens": "two"}), 400)["param"] == "max_tokens"
     assert _error(server.post("/v1/chat/completions", {**chat, "temperature": 9}), 400)["param"] == "temperature"
     _error(server.post("/v1/chat/completions", {**chat, "n": 2}), 400)
@@ -222,6 +224,20 @@ def test_error_statuses(server):
     with pytest.raises(openai.NotFoundError):
         server.client().completions.create(model="nope", prompt="x", max_tokens=1)
     assert server.health()["status"] == "ok"  # the process survived every one
+
+
+def test_a_bug_still_answers_in_openais_shape(local, monkeypatch):
+    """An exception no handler expects (a bug) is a 500 in OpenAI's shape, not a text/plain one."""
+    from starlette.testclient import TestClient
+
+    from realm.server import create_app
+
+    def broken() -> dict:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(local, "in_flight", broken)
+    with TestClient(create_app(local), raise_server_exceptions=False) as client:
+        _error(client.get("/health"), 500, "internal_error")
 
 
 # -- many clients ------------------------------------------------------------------------------------

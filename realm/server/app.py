@@ -290,6 +290,12 @@ def create_app(realm: Realm, *, limits: ServerLimits | None = None, api_keys: tu
     async def _realm_error(request: Request, exc: RealmError) -> Response:
         return from_realm(exc).response()
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        # a bug: still an answer in OpenAI's shape (uvicorn logs the traceback)
+        return APIError(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                        code="internal_error").response()
+
     @app.exception_handler(HTTPException)
     async def _routing_error(request: Request, exc: HTTPException) -> Response:
         # the router's own answers (an unknown path, a method the path does not take) in the
@@ -350,6 +356,10 @@ async def _json(request: Request) -> Any:
         return json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the body's JSON nests too deeply", code="invalid_json") from None
+    except ValueError:  # Python's bound on an int's digits (4300)
+        raise APIError(400, "the body's JSON has a number with too many digits", code="invalid_json") from None
 
 
 def _parse(schema: type[BaseModel], data: Any) -> Any:
