@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .batching import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFIX_CACHE_BYTES, BatchSettings
-from .errors import InternalError, RealmError
+from .errors import InternalError, LimitExceeded, RealmError
 from .models import MODELS, pull, resolve
 from .progress import Progress, format_bytes
 from .quants import can_dequantize
@@ -375,7 +375,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .runtime import Realm
+    from .chat import ChatTemplateError
+    from .runtime import ContextWindowError, Realm
 
     template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
     interactive = sys.stdin.isatty()
@@ -385,6 +386,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         rt.render_chat(messages or [{"role": "user", "content": ""}], model, chat_template=template)  # fail early
         if interactive:
             print(f"realm chat with {model.path.name}: /exit or Ctrl-D ends, /reset forgets", file=sys.stderr)
+        failed = False
         while True:
             if interactive:
                 print("> ", end="", file=sys.stderr, flush=True)
@@ -400,17 +402,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            stream, pieces = rt.chat(messages, model, chat_template=template, stream=True,
-                                     **_sampling_options(args)), []
+            pieces: list[str] = []
             try:
-                _stream_out(stream, sys.stdout, pieces)
-            except KeyboardInterrupt:  # ends this reply, not the chat
-                pass
+                stream = rt.chat(messages, model, chat_template=template, stream=True, **_sampling_options(args))
+                try:
+                    _stream_out(stream, sys.stdout, pieces)
+                except KeyboardInterrupt:  # ends this reply, not the chat
+                    pass
+            except (ContextWindowError, ChatTemplateError, LimitExceeded) as exc:
+                # this turn's failure (too long, refused by the template, past a limit): the
+                # conversation goes on without the message
+                messages.pop()
+                if pieces:  # the reply's line, cut off
+                    print(flush=True)
+                print(f"realm: error: {exc} (the message was dropped; the conversation goes on)", file=sys.stderr)
+                failed = True
+                continue
             print(flush=True)
             messages.append({"role": "assistant", "content": "".join(pieces)})
             if args.stats and stream.completion:
                 _print_stats(stream.completion)
-    return 0
+    return 1 if failed else 0
 
 
 def _count(text: str) -> int:

@@ -220,6 +220,22 @@ def test_cli_chat_keeps_the_conversation(rt, smollm2_path):
     assert proc.stdout == want
 
 
+def test_cli_chat_goes_on_past_a_message_too_long(rt, smollm2_path):
+    """A message over the context is one error line, dropped from the conversation; the chat goes
+    on (the next reply is the one the conversation without it gets) and exits 1 at its end."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "realm", "chat", "--model", str(smollm2_path), "-t", "0",
+                           "-n", "12", "--threads", "2", "--n-ctx", "256"],
+                          input="word " * 400 + "\nWhat is the capital of France?\n/exit\n", capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("realm: error:")]
+    assert len(errors) == 1 and "do not fit the context" in errors[0], proc.stderr
+    want = rt.chat([{"role": "user", "content": "What is the capital of France?"}], smollm2_path, max_tokens=12,
+                   temperature=0)
+    assert proc.stdout == want + "\n"
+
+
 def test_cli_chat_refuses_a_model_without_template(gemma3_path, tmp_path):
     from realm.cli import main
 
