@@ -415,7 +415,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 messages.pop()
                 if pieces:  # the reply's line, cut off
                     print(flush=True)
-                print(f"realm: error: {exc} (the message was dropped; /reset forgets the conversation)", file=sys.stderr)
+                print(f"realm: error: {exc} (the message was dropped; /reset forgets the conversation)",
+                      file=sys.stderr)
                 failed = True
                 continue
             print(flush=True)
