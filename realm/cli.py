@@ -241,6 +241,8 @@ def _pick_tensors(gguf: GGUFFile, names: list[str], take_all: bool) -> list[Tens
                 picked.append(t)
             else:
                 print(f"realm: skipping {t.name}: realm cannot dequantize {t.dtype.name}", file=sys.stderr)
+        if not picked:  # an empty archive would read as success
+            raise RealmError("the model has no tensor realm can dequantize")
         return picked
     if not names:
         raise RealmError("name the tensors to dequantize, or pass --all (see `realm info --tensors`)")

@@ -211,6 +211,11 @@ def test_dequantize_all_skips_types_without_kernels(capsys, tmp_path):
         assert z.files == ["f"] and z["f"].tolist() == [0, 1, 2, 3]
     code, _, err = run(capsys, "dequantize", src, "iq", "-o", tmp_path / "iq.npy")
     assert code == 1 and "tensor 'iq' is Q8_1, which realm cannot dequantize" in err
+    only, _ = build_gguf([("general.architecture", VT.STRING, "llama")],
+                         [RawTensor("iq", (256,), GGMLType.Q8_1, bytes(8 * 40))])
+    src.write_bytes(only)  # nothing --all can take: an error, not an empty archive
+    code, _, err = run(capsys, "dequantize", src, "--all", "-o", tmp_path / "none.npz")
+    assert code == 1 and "no tensor realm can dequantize" in err and not (tmp_path / "none.npz").exists()
 
 
 # -- realm pull ---------------------------------------------------------------------------
