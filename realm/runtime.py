@@ -37,8 +37,8 @@ from .abi import Err, StopReason
 from .batching import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFIX_CACHE_BYTES, BatchSettings, configure
 from .cache import LayerCache
 from .chat import compiled, no_template_error, special_token_texts, vocabulary
-from .errors import (ArgumentTypeError, DeadlineExceeded, InvalidArgumentError, LimitExceeded, ModelNotFoundError,
-                     RealmError)
+from .errors import (ArgumentTypeError, ClosedError, DeadlineExceeded, InvalidArgumentError, LimitExceeded,
+                     ModelNotFoundError, RealmError)
 from .guest import Guest, GuestError, GuestSnapshot
 from .host import TOP_LOGPROBS_MAX, TokenLogprob
 from .limits import HostBudget, Limits
@@ -274,6 +274,7 @@ class Realm:
         self._load_lock = threading.Lock()  # one load at a time: a file is loaded once
         self._models: dict[int, Model] = {}
         self._default: Model | None = None
+        self._closed = False
         self._tokenizers: dict[int, tuple[Guest, threading.Lock]] = {}  # model id -> a guest that tokenizes
         self._local = threading.local()
         self._running: dict[int, tuple[str | None, Any]] = {}  # id(guest) -> (tenant label, its RealmHost)
@@ -319,6 +320,8 @@ class Realm:
     def model(self, model: Model | int | str | os.PathLike | None = None) -> Model:
         """A loaded model by handle, id, the name or path it was loaded with; None: the default."""
         with self._lock:
+            if self._closed:
+                raise ClosedError("this Realm is closed")
             if model is None:
                 if self._default is None:
                     raise ModelNotFoundError("no model is loaded: call load_model first")
@@ -332,7 +335,8 @@ class Realm:
                 path = model_path(text).resolve() if text in MODELS else Path(text).resolve()
                 found = next((m for m in self._models.values() if m.name == text or m.path == path), None)
         if found is None:
-            raise ModelNotFoundError(f"model {model!r} is not loaded in this Realm")
+            what = f"{model.name!r} (id {model.id})" if isinstance(model, Model) else repr(model)  # not its template
+            raise ModelNotFoundError(f"model {what} is not loaded in this Realm")
         return found
 
     def unload_model(self, model: Model | int | str | os.PathLike) -> None:
@@ -491,6 +495,7 @@ class Realm:
     def close(self) -> None:
         """Release every model (running generations keep theirs until they end)."""
         with self._lock:
+            self._closed = True
             tokenizers = list(self._tokenizers.values())
             self._tokenizers.clear()
             self._snapshots.clear()

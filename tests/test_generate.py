@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from conftest import require
 from forward_helpers import llama_cpp_exact
 import guest_native as gn
-from realm import InvalidArgumentError, LimitExceeded, Realm, abi
+from realm import ClosedError, InvalidArgumentError, LimitExceeded, ModelNotFoundError, Realm, abi
 from realm.abi import Err
 from realm.forward import HostModel
 from realm.guest import Guest, GuestError
@@ -602,9 +602,18 @@ def test_unload_and_close(smollm2_path):
     r.unload_model(m)
     with pytest.raises(KeyError):
         r.generate("x")
-    assert r.load_model(smollm2_path).id != m.id
+    m2 = r.load_model(smollm2_path)
+    assert m2.id != m.id
+    with pytest.raises(ModelNotFoundError) as info:  # a handle of the unloaded model
+        r.generate("x", m)
+    assert str(info.value) == f"model '{m.name}' (id {m.id}) is not loaded in this Realm"  # not the template
     r.close()
     assert len(r.store) == 0
+    for call in (lambda: r.generate("x"), lambda: r.complete("x", m2), lambda: r.tokenize("x"),
+                 lambda: r.load_model(smollm2_path)):
+        with pytest.raises(ClosedError):
+            call()
+    r.close()  # twice: nothing more
 
 
 def test_a_tokenizer_guest_that_can_no_longer_run_is_replaced(smollm2_path):
