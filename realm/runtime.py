@@ -493,7 +493,8 @@ class Realm:
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Release every model (running generations keep theirs until they end)."""
+        """Release every model (running generations keep theirs until they end); later calls
+        raise ClosedError.  Closing twice does nothing more."""
         with self._lock:
             self._closed = True
             tokenizers = list(self._tokenizers.values())
