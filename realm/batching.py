@@ -56,7 +56,7 @@ import numpy as np
 
 from . import _native
 from ._native import FORWARD_EINVAL
-from .errors import ArgumentTypeError, InvalidArgumentError
+from .errors import ArgumentTypeError, check_int
 from .forward import HostModel, KVCache
 from .limits import HostBudget
 from .store import ModelStore
@@ -93,12 +93,8 @@ class BatchSettings:
     prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
 
     def __post_init__(self) -> None:
-        for name, low in (("max_batch_tokens", 1), ("prefix_cache_bytes", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
-            if value < low:
-                raise InvalidArgumentError(f"{name} must be >= {low}, not {value}")
+        check_int("max_batch_tokens", self.max_batch_tokens, 1)
+        check_int("prefix_cache_bytes", self.prefix_cache_bytes, 0)
 
 
 # -- the prefix cache ----------------------------------------------------------------------------

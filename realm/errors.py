@@ -37,6 +37,18 @@ def file_error(exc: OSError, path: object) -> FileAccessError:
     return FileAccessError(exc.errno, f"cannot open {path}: {exc.strerror or exc}", str(path))
 
 
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """value, an int (not a bool) in [low, high] (high None: no bound); ArgumentTypeError or
+    InvalidArgumentError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
+    if high is None and value < low:
+        raise InvalidArgumentError(f"{name} must be >= {low}, not {value}")
+    if high is not None and not low <= value <= high:
+        raise InvalidArgumentError(f"{name} must be {low}..{high}, not {value}")
+    return value
+
+
 class ListenError(RealmError, OSError):
     """A server cannot listen on its address (the port is taken, the host is not this
     machine's, the name does not resolve); `errno` is the operating system's."""

@@ -7,7 +7,7 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
-from ..errors import ArgumentTypeError, InvalidArgumentError
+from ..errors import ArgumentTypeError, InvalidArgumentError, check_int
 from .errors import APIError
 
 
@@ -28,11 +28,7 @@ class ServerLimits:
 
     def __post_init__(self) -> None:
         for name, low in (("max_concurrent", 1), ("max_queue", 0), ("tenant_concurrent", 1), ("tenant_kv_bytes", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
-            if value < low:
-                raise InvalidArgumentError(f"{name} must be >= {low}, not {value}")
+            check_int(name, getattr(self, name), low)
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)):
             raise ArgumentTypeError(f"timeout_s must be a number, not {type(self.timeout_s).__name__}")
         if not self.timeout_s > 0:

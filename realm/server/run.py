@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import uvicorn
 
 from ..batching import BatchSettings
-from ..errors import ArgumentTypeError, InvalidArgumentError, ListenError
+from ..errors import ListenError, check_int
 from ..limits import Limits
 from ..runtime import Realm
 from .admission import ServerLimits
@@ -26,11 +26,7 @@ MAX_PORT = 65535
 def check_port(port: int) -> int:
     """A TCP port to listen on: 0 (one the OS picks) to 65535.  Checked here because uvicorn takes
     a larger number modulo 65536 and listens there (99999: port 34463)."""
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise ArgumentTypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= MAX_PORT:
-        raise InvalidArgumentError(f"port must be 0..{MAX_PORT}, not {port}")
-    return port
+    return check_int("port", port, 0, MAX_PORT)
 
 
 def bind(host: str, port: int) -> socket.socket:
