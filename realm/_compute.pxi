@@ -20,7 +20,7 @@ cdef extern from "matmul.h":
     int REALM_EINVAL, REALM_ENOMEM
     int REALM_TOK_GROUP
     ctypedef struct realm_act_layout:
-        int64_t bsums, s, d, tiny, total
+        int64_t bsums, s, d, o, tiny, total
     int realm_act_type(int wtype)
     int64_t realm_act_size(int act, int64_t n_tok, int64_t n_in)
     realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in)
@@ -190,7 +190,8 @@ def _aligned(int64_t size):
 def act_unpack(act: str, buf, n_tok: int, n_in: int):
     """The parts of a quantize_act buffer as arrays (for tests):
     {"qs": int8 [n_tok, n_in], "d": float32 [n_tok, n_blocks],
-     "s": float32 [n_tok, n_blocks] (q8) or "bsums": int16 [n_tok, n_in // 16] (q8_k)};
+     "s": float32 [n_tok, n_blocks] and "o": int32 [n_tok, n_in // 4] (q8), or "bsums": int16
+     [n_tok, n_in // 16] (q8_k)};
     for f16 {"x": the rounded rows, float32 [n_tok, n_in]}; for bf16 {"x": their bits, uint16
     [n_tok, n_in], "tiny": uint8 [n_tok]}."""
     cdef int a = _act(act)
@@ -215,6 +216,7 @@ def act_unpack(act: str, buf, n_tok: int, n_in: int):
     res = {"qs": b[:n_tok * n_in].view(np.int8).reshape(n_tok, n_in), "d": table(lay.d)}
     if a == REALM_ACT_Q8:
         res["s"] = table(lay.s)
+        res["o"] = b[lay.o:lay.o + n_tok * n_in].view(np.int32).reshape(n_tok, n_in // 4)
     else:
         res["bsums"] = b[lay.bsums:lay.bsums + n_tok * (n_in // 16) * 2].view(np.int16).reshape(n_tok, n_in // 16)
     return res

@@ -119,7 +119,8 @@ def np_quantize_act(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
     (NaNs skipped), q = rint(x * (127 / amax)) clamped to [-127, 127], NaN -> -127; blocks of
     32: d = f16(amax / 127), s = f16(amax / 127 * sum q); blocks of 256: d = 1 / (127 / amax);
     blocks with amax < 2^-100 all zero.  Returns qs int8 [n_tok, n_in], d (and s) float32
-    [n_tok, blocks], bsums int16 [n_tok, n_in / 16]."""
+    [n_tok, blocks], o int32 [n_tok, n_in / 4] (blocks of 32: -128 times each 4 values' sum),
+    bsums int16 [n_tok, n_in / 16]."""
     n_tok, n_in = x.shape
     xb = x.reshape(n_tok, n_in // k, k).astype(np.float32)
     with np.errstate(all="ignore"):
@@ -139,6 +140,7 @@ def np_quantize_act(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
     out = {"qs": q.reshape(n_tok, n_in), "d": d}
     if k == 32:
         out["s"] = s
+        out["o"] = -128 * q.astype(np.int32).reshape(n_tok, -1, 4).sum(axis=-1)
     else:
         out["bsums"] = q.astype(np.int32).reshape(n_tok, -1, 16).sum(axis=-1).astype(np.int16)
     return out
@@ -252,6 +254,7 @@ def test_quantize_act_matches_numpy_model(act, k, isa):
     assert_same_bits(parts["d"], want["d"])
     if act == "q8":
         assert_same_bits(parts["s"], want["s"])
+        np.testing.assert_array_equal(parts["o"], want["o"])
     else:
         np.testing.assert_array_equal(parts["bsums"], want["bsums"])
 
@@ -504,9 +507,9 @@ def test_products_equal_llama_cpp_kernels(ggml_cpu, qtype, n_out):
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0], ids=lambda t: t.name)
 def test_vec_dot_every_token_count_equals_llama_cpp(ggml_cpu, qtype):
-    """The 32-value formats in the vec_dot order (with AVX-512 VNNI several rows per call: 8 a
-    step up to 4 tokens, 4 beyond) for every token count of a group, 21 rows (rows left over
-    after the steps), 1 and 2 threads: llama.cpp's bits, for the quantizer's blocks and for
+    """The 32-value formats in the vec_dot order (with AVX-512 VNNI several rows per call, in
+    passes of up to 4 tokens: 8 rows a step at 1 or 2 tokens, 4 beyond, Q8_0's 2 at one) for
+    every token count of a group, 21 rows (rows left over after the steps), 1 and 2 threads: llama.cpp's bits, for the quantizer's blocks and for
     random bytes as blocks (Q8_0's -128 included) with finite scales and minimums."""
     rng = np.random.default_rng(int(qtype) + 300)
     n_out, n_in = 21, 37 * 32
