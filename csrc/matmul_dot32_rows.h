@@ -82,7 +82,7 @@ DOT32_ATTR INLINE void rows_dtab(float *dst, const uint8_t *blk, int64_t rb, con
 /* R rows, tokens [t0, t0 + T) (T <= 4, R T <= 16).  Within a block token after token: a
  * token's values and offset sums (from the buffer, q8.c) sit in two registers while they meet
  * the R rows' bytes, read once a block, so the R T accumulators and all else stay in the 32
- * registers (with all 8 tokens at once they spilled: 1.15x slower).  The products dw dx are
+ * registers (with all 8 tokens at once they spilled: 1.1-1.2x slower).  The products dw dx are
  * broadcast from a table filled ROWS_LEAD blocks ahead, so those loads never wait on store
  * forwarding; at one token and two rows a permute of them costs less.  Software prefetch
  * (matmul_avx2.h's pf_lead): a call's rows are read as R streams, which the hardware
@@ -93,6 +93,8 @@ DOT32_ATTR INLINE void DOT32_NAME(dot32_rows_k)(int64_t nb, const uint8_t *w, in
                                                 const int T, const int type) {
     const int with_min = type == REALM_TYPE_Q4_1 || type == REALM_TYPE_Q5_1, off = rows_offset(type);
     const int bs = rows_block_size(type);
+    /* acc[T i + t]; the loops over it unrolled before gcc's scalar replacement (else acc
+     * lives in memory) */
     __m256 acc[16], sm[4];
 #pragma GCC unroll 16
     for (int t = 0; t < T; t++) {

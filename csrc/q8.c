@@ -9,10 +9,10 @@
  *     q    = round-to-nearest-even(x * id), clamped to [-127, 127]; NaN -> -127
  * (d, s, id all 0 when amax < 2^-100).  Blocks of 32 also keep o, -128 times
  * each 4 values' sum: the lanes' starting point when a kernel takes a weight's
- * bytes as unsigned w + 128 (matmul_dot32_rows.h).  The scalar and AVX2 rows perform the
- * same float operations, and the scalar code spells out what cvtps2dq + packs
- * do at the edges, so the two are bit-identical on every input, NaN and
- * infinity included.  The float weights' activations are the rows rounded to
+ * bytes as unsigned w + 128 (matmul_dot32_rows.h).  The scalar and AVX2 rows
+ * perform the same float operations, and the scalar code spells out what
+ * cvtps2dq + packs do at the edges, so the two are bit-identical on every
+ * input, NaN and infinity included.  The float weights' activations are the rows rounded to
  * f16 / bf16 (realm_round_rows_*), as llama.cpp's from_float does. */
 #include "matmul.h"
 #include "fp16.h"
