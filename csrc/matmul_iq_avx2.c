@@ -215,7 +215,8 @@ AVX2 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group
  * their 16 index bytes in its two halves, the low nibbles through the code book in one
  * shuffle, the high ones in another.  The book's values are biased by +128 to be unsigned
  * for dpbusd; the bias, 128 * (the sum of the block's activations), is taken back exactly
- * in the integer sums (the accumulators start from its negation). */
+ * in the integer sums (the accumulators start from its negation, the activations' offset
+ * sums). */
 VNNI INLINE __m256i vnni_dot(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
 /* The scales (as scale32 gives them) of the blocks at blk, blk + rb, ... blk + 7 rb, in lane order. */
@@ -250,7 +251,7 @@ VNNI INLINE void lut32_rows8_k(const int kind, int64_t nb, const uint8_t *w, int
     const int bs = mxfp4 ? (int)sizeof(block_mxfp4) : (int)sizeof(block_iq4_nl);
     const int qoff = mxfp4 ? (int)offsetof(block_mxfp4, qs) : (int)offsetof(block_iq4_nl, qs);
     const __m256i ubook = _mm256_xor_si256(book16(lut_book(kind)), _mm256_set1_epi8(-128));
-    const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(-128);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
     __m256 acc[G];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     /* The 8 rows' blocks sit in 8 streams the hardware prefetchers follow poorly: each block
@@ -275,8 +276,10 @@ VNNI INLINE void lut32_rows8_k(const int kind, int64_t nb, const uint8_t *w, int
             const int8_t *xt = TOKEN_ROW(a, t) + 32 * b;
             const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xt));
             const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xt + 16)));
-            const __m256i nbias = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                                   vnni_dot(vnni_dot(_mm256_setzero_si256(), bias, xl), bias, xh));
+            /* lane k of each half: -128 times the sums of values 4k..4k+3 and 16+4k..16+4k+3,
+             * from the buffer's offset sums (q8.c) */
+            const __m256i o = load32(a->o + (int64_t)t * (a->n_in / 4) + 8 * b);
+            const __m256i nbias = _mm256_add_epi32(o, _mm256_permute2x128_si256(o, o, 1));
             __m256i s[4];
             for (int i = 0; i < 4; i++) s[i] = vnni_dot(vnni_dot(nbias, lo[i], xl), hi[i], xh);
             const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(dx[t]));
