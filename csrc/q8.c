@@ -12,8 +12,9 @@
  * bytes as unsigned w + 128 (matmul_dot32_rows.h).  The scalar and AVX2 rows
  * perform the same float operations, and the scalar code spells out what
  * cvtps2dq + packs do at the edges, so the two are bit-identical on every
- * input, NaN and infinity included.  The float weights' activations are the rows rounded to
- * f16 / bf16 (realm_round_rows_*), as llama.cpp's from_float does. */
+ * input, NaN and infinity included.  The float weights' activations are the
+ * rows rounded to f16 / bf16 (realm_round_rows_*), as llama.cpp's from_float
+ * does. */
 #include "matmul.h"
 #include "fp16.h"
 
