@@ -228,8 +228,12 @@ AVX2 static inline float hmax(__m256 m) {
     return _mm_cvtss_f32(s);
 }
 
-AVX2 static inline int32_t hsum_i8(__m256i q) {
-    const __m256i w = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+/* 8 int32 sums of 4 adjacent int8 values, in order. */
+AVX2 static inline __m256i sums4_i8(__m256i q) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+}
+
+AVX2 static inline int32_t hsum_i32(__m256i w) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
@@ -248,13 +252,12 @@ AVX2 static void q8_row_avx2(int act, const float *x, int64_t n_in, row_out r) {
         for (int j = 0; j < k; j += 32) {
             const __m256i v = q8_32(x + j, _mm256_set1_ps(id));
             _mm256_storeu_si256((__m256i *)(q + j), v);
+            const __m256i w = sums4_i8(v);
             if (act == REALM_ACT_Q8) {
-                r.s[realm_act_slot(r.tg, b)] = _cvtsh_ss(_cvtss_sh(dq * (float)hsum_i8(v), 0));
-                const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), v);
-                _mm256_storeu_si256((__m256i *)(r.o + b * (k / 4)), _mm256_madd_epi16(pairs, _mm256_set1_epi16(-128)));
+                r.s[realm_act_slot(r.tg, b)] = _cvtsh_ss(_cvtss_sh(dq * (float)hsum_i32(w), 0));
+                _mm256_storeu_si256((__m256i *)(r.o + b * (k / 4)), _mm256_mullo_epi32(w, _mm256_set1_epi32(-128)));
             } else {
-                /* two sums of 16: madd pairs -> 8 int32 sums of 4; add within each half */
-                const __m256i w = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
+                /* two sums of 16: add the sums of 4 within each half */
                 __m256i h = _mm256_hadd_epi32(w, w);
                 h = _mm256_hadd_epi32(h, h);
                 r.bsums[b * (k / 16) + j / 16] = (int16_t)_mm256_extract_epi32(h, 0);
