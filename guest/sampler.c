@@ -1,6 +1,8 @@
 /* sampler.c -- the sampling chain of sampler.h. */
 #include "sampler.h"
 
+#include "softmax.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +85,7 @@ void sampler_free(sampler *s)
     free(s->recent);
     free(s->scratch);
     free(s->cand);
+    free(s->w);
     memset(s, 0, sizeof *s);
 }
 
@@ -154,21 +157,20 @@ static void heap_to_sorted(sampler_candidate *c, uint32_t k)
     }
 }
 
-/* The k best of n logits into c[0..k), sorted. */
+/* The k best of n logits into c[0..k), sorted.  A later logit is better than the heap's
+ * worst only when higher (its id is higher than every id in the heap), so the scan
+ * skips to the next logit above the worst. */
 static void select_from_logits(sampler_candidate *c, uint32_t k, const float *logits, uint32_t n)
 {
     for (uint32_t i = 0; i < k; i++) c[i] = (sampler_candidate){(int32_t)i, logits[i]};
     for (uint32_t i = k / 2; i-- > 0; ) sift_down(c, i, k);
-    for (uint32_t i = k; i < n; i++) {
-        sampler_candidate x = {(int32_t)i, logits[i]};
-        if (better(x, c[0])) {
-            c[0] = x;
-            sift_down(c, 0, k);
-        }
+    for (uint32_t i = softmax_next_above(logits, k, n, c[0].logit); i < n;
+         i = softmax_next_above(logits, i + 1, n, c[0].logit)) {
+        c[0] = (sampler_candidate){(int32_t)i, logits[i]};
+        sift_down(c, 0, k);
     }
     heap_to_sorted(c, k);
 }
-
 static int reserve(sampler *s, uint32_t n)
 {
     if (n <= s->cand_cap) return 0;
@@ -178,6 +180,18 @@ static int reserve(sampler *s, uint32_t n)
     s->cand_cap = n;
     return 0;
 }
+
+/* s->w with room for a weight per token. */
+static int reserve_weights(sampler *s, uint32_t n)
+{
+    if (n <= s->w_cap) return 0;
+    float *w = realloc(s->w, (size_t)n * sizeof *w);
+    if (!w) return SAMPLER_ERR_NO_MEMORY;
+    s->w = w;
+    s->w_cap = n;
+    return 0;
+}
+
 
 /* The first highest logit (a NaN first logit wins, as in llama.cpp's greedy). */
 static uint32_t argmax_ref(const float *logits, uint32_t n)
@@ -233,35 +247,38 @@ static uint32_t argmax(const float *logits, uint32_t n)
 #define argmax argmax_ref
 #endif
 
+
 /* top-p over the sorted candidates c[0..k): how many to keep. */
 static uint32_t top_p_sorted(const sampler_candidate *c, uint32_t k, float top_p)
 {
     float max = c[0].logit, sum = 0.0f, cum = 0.0f;
-    for (uint32_t i = 0; i < k; i++) sum += expf(c[i].logit - max);
+    for (uint32_t i = 0; i < k; i++) sum += softmax_exp(c[i].logit - max);
     for (uint32_t i = 0; i < k; i++) {
-        cum += expf(c[i].logit - max) / sum;
+        cum += softmax_exp(c[i].logit - max) / sum;
         if (cum >= top_p) return i + 1;
     }
     return k;
 }
 
 /* top-p over all n logits (no top-k): the softmax runs over the vocabulary in
- * id order, as llama.cpp's, but candidates are selected only as deep as the
- * cumulative sum needs (256, then 8x more each time). */
+ * id order, as llama.cpp's (its weights kept in s->w; NaN logits weigh
+ * nothing), but candidates are selected only as deep as the cumulative sum
+ * needs (256, then 8x more each time). */
 static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p, uint32_t *kept)
 {
-    float max = logits[0], sum = 0.0f, cum = 0.0f;
-    for (uint32_t i = 1; i < n; i++) max = fmaxf(max, logits[i]);
-    for (uint32_t i = 0; i < n; i++) sum += expf(logits[i] - max);
+    int rc = reserve_weights(s, n);
+    if (rc) return rc;
+    float max = softmax_max(logits, n), sum = 0.0f, cum = 0.0f;
+    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY);
+    for (uint32_t i = 0; i < n; i++) sum += s->w[i];
     uint32_t depth = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i == depth) {
             depth = depth == 0 ? (n < 256 ? n : 256) : (depth > n / 8 ? n : depth * 8);
-            int rc = reserve(s, depth);
-            if (rc) return rc;
+            if ((rc = reserve(s, depth))) return rc;
             select_from_logits(s->cand, depth, logits, n);
         }
-        cum += expf(s->cand[i].logit - max) / sum;
+        cum += s->w[s->cand[i].id] / sum;
         if (cum >= top_p) {
             *kept = i + 1;
             return 0;
@@ -271,37 +288,50 @@ static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p
     return 0;
 }
 
-/* The candidates of one step: either s->cand[0..n) (sorted by top-k or top-p;
- * logits already divided by the temperature), or, when nothing asked for a
- * sort, every token whose logit reaches `threshold` (min-p), in id order,
- * read from the logits in place: the full vocabulary is never copied. */
+/* The candidates of one step, each with its weight e^(logit - top), where top is
+ * the highest candidate logit (logits divided by the temperature): either
+ * s->cand[0..n) (sorted by top-k or top-p), or, when nothing asked for a sort,
+ * the n tokens whose logit reaches `threshold` (min-p), in id order, with their
+ * weights in s->w (+0 for the others): the vocabulary is never copied or sorted. */
 typedef struct {
     int32_t greedy;     /* >= 0: temperature <= 0 chose this token */
     int direct;
-    uint32_t n;         /* materialized count */
+    uint32_t n;         /* candidates */
     const float *logits;
     uint32_t n_vocab;
     float threshold;
-    float temperature;
+    float top;
 } step;
 
-static int step_next(const step *st, const sampler *s, uint32_t *i, int32_t *id, float *logit)
+static int step_next(const step *st, const sampler *s, uint32_t *i, int32_t *id, float *weight)
 {
     if (!st->direct) {
         if (*i >= st->n) return 0;
         *id = s->cand[*i].id;
-        *logit = s->cand[*i].logit;
+        *weight = softmax_exp(s->cand[*i].logit - st->top);
         ++*i;
         return 1;
     }
     for (; *i < st->n_vocab; ++*i)
         if (st->logits[*i] >= st->threshold) {
             *id = (int32_t)*i;
-            *logit = st->logits[*i] / st->temperature;
+            *weight = s->w[*i];
             ++*i;
             return 1;
         }
     return 0;
+}
+
+/* The highest of the sorted path's candidate logits (NaN ones skipped, unless all are). */
+static float top_candidate(const sampler_candidate *c, uint32_t k)
+{
+    float m = -INFINITY;
+    int seen = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        if (c[i].logit > m) m = c[i].logit;
+        seen |= c[i].logit == c[i].logit;
+    }
+    return seen ? m : NAN;
 }
 
 static int build(sampler *s, float *logits, uint32_t n, step *st)
@@ -314,26 +344,25 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
         st->greedy = (int32_t)argmax(logits, n);
         return 0;
     }
+    int rc;
     if (p->top_k <= 0 && !(p->top_p < 1.0f)) {
         st->direct = 1;
         st->logits = logits;
         st->n_vocab = n;
-        st->temperature = p->temperature;
         st->threshold = -INFINITY;
+        /* the highest candidate is the highest logit (NaN ones are never candidates), and
+         * dividing by the temperature keeps the order */
+        float max = softmax_max(logits, n);
         if (p->min_p > 0.0f) {
-            float max = logits[0];
-            for (uint32_t i = 1; i < n; i++) max = fmaxf(max, logits[i]);
             float min_logit = max + logf(p->min_p);
-            for (uint32_t i = 0; i < n; i++)
-                if (logits[i] >= min_logit) {  /* none pass only for NaN logits: keep them all */
-                    st->threshold = min_logit;
-                    break;
-                }
+            if (max >= min_logit) st->threshold = min_logit;  /* none pass (NaN logits): keep them all */
         }
+        st->top = max / p->temperature;
+        if ((rc = reserve_weights(s, n))) return rc;
+        st->n = softmax_weights(s->w, logits, n, p->temperature, st->top, st->threshold);
         return 0;
     }
     /* top-k, then top-p: the candidates come out sorted */
-    int rc;
     uint32_t k;
     if (p->top_k > 0) {
         k = (uint32_t)p->top_k < n ? (uint32_t)p->top_k : n;
@@ -352,26 +381,41 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
     }
     for (uint32_t i = 0; i < k; i++) c[i].logit /= p->temperature;
     st->n = k;
+    st->top = top_candidate(c, k);
     return 0;
 }
 
-/* The highest candidate logit and the sum of exp(logit - highest) (float terms, double sum). */
-static double softmax_sum(const step *st, const sampler *s, float *top, uint32_t *count)
+/* The sum of the candidates' weights in draw order (float terms, double sum). */
+static double weight_sum(const step *st, const sampler *s)
 {
-    uint32_t i = 0, m = 0;
-    int32_t id;
-    float l, max = -INFINITY;
-    int any = 0;
-    while (step_next(st, s, &i, &id, &l)) {
-        max = any ? fmaxf(max, l) : l;
-        any = 1;
-        m++;
-    }
     double sum = 0.0;
-    for (i = 0; step_next(st, s, &i, &id, &l); ) sum += expf(l - max);
-    *top = max;
-    *count = m;
+    if (st->direct) { /* the others weigh +0, which leaves the sum as it is */
+        for (uint32_t i = 0; i < st->n_vocab; i++) sum += s->w[i];
+        return sum;
+    }
+    for (uint32_t i = 0; i < st->n; i++) sum += softmax_exp(s->cand[i].logit - st->top);
     return sum;
+}
+
+/* The first candidate at which the running sum of weights reaches target, else the
+ * last candidate (0 when there is none). */
+static int32_t draw(const step *st, const sampler *s, double target)
+{
+    double run = 0.0;
+    if (st->direct) { /* the running sum at a token is the sum through the candidates up to it */
+        for (uint32_t i = 0; i < st->n_vocab; i++) {
+            run += s->w[i];
+            if (run >= target && st->logits[i] >= st->threshold) return (int32_t)i;
+        }
+        for (uint32_t i = st->n_vocab; i-- > 0; )
+            if (st->logits[i] >= st->threshold) return (int32_t)i;
+        return 0;
+    }
+    for (uint32_t i = 0; i < st->n; i++) {
+        run += softmax_exp(s->cand[i].logit - st->top);
+        if (run >= target) return s->cand[i].id;
+    }
+    return st->n ? s->cand[st->n - 1].id : 0;
 }
 
 int32_t sampler_candidates(sampler *s, float *logits, uint32_t n_vocab,
@@ -388,16 +432,15 @@ int32_t sampler_candidates(sampler *s, float *logits, uint32_t n_vocab,
         }
         return 1;
     }
-    float top;
-    uint32_t m, i = 0, k = 0;
-    double sum = softmax_sum(&st, s, &top, &m);
+    uint32_t i = 0, k = 0;
+    double sum = weight_sum(&st, s);
     int32_t id;
-    float l;
-    while (k < max && step_next(&st, s, &i, &id, &l)) {
+    float w;
+    while (k < max && step_next(&st, s, &i, &id, &w)) {
         ids[k] = id;
-        probs[k++] = (float)(expf(l - top) / sum);
+        probs[k++] = (float)(w / sum);
     }
-    return (int32_t)m;
+    return (int32_t)st.n;
 }
 
 int32_t sampler_sample(sampler *s, float *logits, uint32_t n_vocab)
@@ -407,20 +450,13 @@ int32_t sampler_sample(sampler *s, float *logits, uint32_t n_vocab)
     int rc = build(s, logits, n_vocab, &st);
     if (rc) return rc;
     if (st.greedy >= 0) return st.greedy;
-    float top, l;
-    uint32_t m, i = 0;
-    int32_t id, last = 0;
-    double sum = softmax_sum(&st, s, &top, &m);
-    if (m == 1) {
-        step_next(&st, s, &i, &id, &l);
+    if (st.n == 1) { /* a lone candidate: no draw */
+        float w;
+        uint32_t i = 0;
+        int32_t id;
+        step_next(&st, s, &i, &id, &w);
         return id;
     }
     /* llama_sampler_dist: float probabilities, double sums, one draw */
-    double target = sum * sampler_uniform(s), run = 0.0;
-    while (step_next(&st, s, &i, &id, &l)) {
-        run += expf(l - top);
-        if (run >= target) return id;
-        last = id;
-    }
-    return last;
+    return draw(&st, s, weight_sum(&st, s) * sampler_uniform(s));
 }

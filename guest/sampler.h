@@ -21,7 +21,9 @@
  * min_keep is 1 throughout.  Memory and time stay small on a 262,144-token
  * vocabulary: top-k keeps a k-entry heap over one pass of the logits (no
  * sort of the vocabulary); top-p without top-k selects only as deep as its
- * cumulative sum needs; with neither, nothing is copied.
+ * cumulative sum needs; with neither, nothing is copied but one float weight
+ * per token.  The softmax's e^x is softmax.h's (within 1 ulp of the exact
+ * value, the same bits in every build), not libm's expf.
  *
  * Randomness: xoshiro256** (Blackman & Vigna) seeded by expanding `seed`
  * with splitmix64; u = (next() >> 11) * 2^-53.  The same seed and the same
@@ -65,6 +67,8 @@ typedef struct {
     int32_t *scratch;            /* sorted copy of `recent` for counting */
     sampler_candidate *cand;     /* candidates of the current step */
     uint32_t cand_cap;
+    float *w;                    /* softmax weights of the whole vocabulary (no sort) */
+    uint32_t w_cap;
 } sampler;
 
 /* llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,

@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST = ROOT / "guest"
-SOURCES = ["unicode.c", "tokenizer.c", "tokenizer_bpe.c", "tokenizer_spm.c", "tokenizer_merge.c", "sampler.c"]
+SOURCES = ["unicode.c", "tokenizer.c", "tokenizer_bpe.c", "tokenizer_spm.c", "tokenizer_merge.c", "sampler.c", "softmax.c"]
 
 TOK_KIND_BPE, TOK_KIND_SPM = 1, 2
 TOK_GGUF_I32, TOK_GGUF_F32 = 5, 6

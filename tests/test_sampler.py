@@ -269,6 +269,41 @@ def test_non_finite_logits_do_not_crash(native):
         assert 0 <= token < len(x)
 
 
+def softmax_weights(native, x: np.ndarray, div: float = 1.0, sub: float = 0.0,
+                    threshold: float = float("-inf")) -> tuple[np.ndarray, int]:
+    """guest/softmax.c's scalar reference: e^(x / div - sub) where x >= threshold, else 0."""
+    f = native.lib.softmax_weights_ref
+    f.restype, f.argtypes = C.c_uint32, [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float]
+    x = np.ascontiguousarray(x, dtype=F32)
+    w = np.empty_like(x)
+    count = f(w.ctypes.data, x.ctypes.data, len(x), div, sub, threshold)
+    return w, count
+
+
+def test_softmax_exp_is_within_an_ulp(native):
+    """The softmax's e^x (guest/softmax.c, in place of libm's expf) against float64's exp at
+    every 997th float of [ln FLT_MIN, 0], the domain the sampler uses: within 1 ulp."""
+    top = int(F32(-87.33654475).view(np.uint32))
+    x = np.arange(0x80000000, top + 1, 997, dtype=np.uint64).astype(np.uint32).view(F32)
+    w, _ = softmax_weights(native, x)
+    exact = np.exp(x.astype(np.float64))
+    ulps = np.abs(w - exact) / np.spacing(exact.astype(F32))
+    assert ulps.max() < 1.0
+    assert np.mean(w == exact.astype(F32)) > 0.98  # correctly rounded, mostly
+
+
+def test_softmax_exp_edges(native):
+    x = np.array([0.0, -0.0, 1.0, 100.0, np.inf, -87.3365, -87.34, -100.0, -np.inf, np.nan], dtype=F32)
+    w, count = softmax_weights(native, x)
+    assert w[:4].tolist() == [1.0, 1.0, 1.0, 1.0]  # a positive x counts as 0 (callers subtract the max)
+    assert w[4] == 1.0
+    assert 0 < w[5] and w[6:9].tolist() == [0.0, 0.0, 0.0]  # below FLT_MIN: 0
+    assert w[9] == 0.0 and count == 9  # NaN is below every threshold: weight 0, not counted
+    w, count = softmax_weights(native, np.array([-1.0, 0.5, 2.0, -3.0], dtype=F32), div=2.0, sub=1.0, threshold=0.0)
+    assert count == 2 and w[0] == 0.0 and w[3] == 0.0
+    np.testing.assert_allclose(w[1:3], np.exp([0.25 - 1.0, 1.0 - 1.0]), rtol=1.2e-7)
+
+
 # ---- llama.cpp's own samplers -------------------------------------------------------------
 
 

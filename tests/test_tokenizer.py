@@ -714,6 +714,43 @@ def test_wasm_greedy_is_the_first_argmax(wasm, logits):
     wasm.call("shim_free", out)
 
 
+_lane_float = st.one_of(st.floats(width=32), st.floats(-100, 1, width=32),
+                        st.sampled_from([0.0, -0.0, -87.33654, -87.33655, -88.0, float("nan")]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(_lane_float, min_size=1, max_size=70), div=st.sampled_from([1.0, 0.7, 2.0, 1e-3]),
+       sub=st.floats(-10, 10, width=32), threshold=st.sampled_from([float("-inf"), -1.0, 0.5]),
+       start=st.integers(0, 69))
+def test_wasm_softmax_lanes_equal_the_scalar_reference(wasm, native, values, div, sub, threshold, start):
+    """guest/softmax.c in wasm SIMD lanes gives its scalar reference's bits, in wasm and
+    natively, for any values (NaN, infinities, zeros, around FLT_MIN) and lengths around
+    every step of 4 and 16: the weights and their count, the maximum, the next value above
+    a bound."""
+    x = np.array(values, dtype=np.float32)
+    n = len(x)
+    src, out = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n)
+    weights, counts = [], []
+    for simd in (1, 0):
+        counts.append(wasm.call("shim_softmax_weights", simd, out, src, n, div, sub, threshold))
+        weights.append(wasm.get(out, 4 * n))
+    f = native.lib.softmax_weights_ref
+    f.restype, f.argtypes = C.c_uint32, [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float]
+    w = np.empty_like(x)
+    counts.append(f(w.ctypes.data, x.ctypes.data, n, div, sub, threshold))
+    weights.append(w.tobytes())
+    assert weights[0] == weights[1] == weights[2] and counts[0] == counts[1] == counts[2]
+    maxima = [np.float32(wasm.call("shim_softmax_max", simd, src, n)).tobytes() for simd in (1, 0)]
+    assert maxima[0] == maxima[1]
+    ordered = np.unique(x[~np.isnan(x)])  # a bound with just one value above it, too
+    for bound in {float(x[start % n]), *ordered[-2:-1].tolist()}:
+        for from_ in range(n + 1):
+            assert (wasm.call("shim_softmax_next_above", 1, src, from_, n, bound)
+                    == wasm.call("shim_softmax_next_above", 0, src, from_, n, bound))
+    wasm.call("shim_free", src)
+    wasm.call("shim_free", out)
+
+
 def test_repeated_merge_keeps_its_first_rank(native):
     """A merge listed twice keeps its first rank, as llama.cpp's bpe_ranks.emplace does: with
     "b c" ranked before "a b", "abc" becomes a + bc (with "b c" ranked last it would be ab + c)."""

@@ -1,9 +1,10 @@
-/* tokenizer_wasm_shim.c -- exports for running the tokenizer and sampler built
+/* tokenizer_wasm_shim.c -- exports for running the tokenizer, sampler and softmax built
  * for wasm32 (as in the guest) under Wasmtime in the tests.  Flat arguments
  * only, so the test needs no knowledge of the structs' wasm32 layout. */
 #include <stdlib.h>
 
 #include "sampler.h"
+#include "softmax.h"
 #include "tokenizer.h"
 
 #define EXPORT(name) __attribute__((export_name(#name)))
@@ -96,4 +97,23 @@ int shim_sample(float temperature, int32_t top_k, float top_p, float min_p, uint
     free(work);
     sampler_free(&s);
     return 0;
+}
+
+/* softmax.h's functions, the wasm SIMD ones (simd != 0) or their scalar references. */
+EXPORT(shim_softmax_weights)
+uint32_t shim_softmax_weights(int simd, float *w, const float *x, uint32_t n, float div, float sub, float threshold)
+{
+    return (simd ? softmax_weights : softmax_weights_ref)(w, x, n, div, sub, threshold);
+}
+
+EXPORT(shim_softmax_max)
+float shim_softmax_max(int simd, const float *x, uint32_t n)
+{
+    return (simd ? softmax_max : softmax_max_ref)(x, n);
+}
+
+EXPORT(shim_softmax_next_above)
+uint32_t shim_softmax_next_above(int simd, const float *x, uint32_t from, uint32_t n, float bound)
+{
+    return (simd ? softmax_next_above : softmax_next_above_ref)(x, from, n, bound);
 }
