@@ -1,16 +1,21 @@
 """End-to-end generation through the guest vs llama.cpp: prefill and decode tok/s.
 
     python benchmarks/generate.py [--threads 2] [--tokens 64] [--repeat 5] [--models smollm2 gemma3]
+                                  [--sampling greedy|llama|full]
 
-For each model, the same ~100-token prompt, greedy, the logits of the last token only:
+For each model, the same ~100-token prompt, the logits of the last token only, and greedy
+decoding, or with --sampling a seeded draw: `llama` is llama.cpp's default chain (top-k 40,
+top-p 0.95, min-p 0.05, temperature 0.8), `full` the whole distribution at temperature 1
+(OpenAI's defaults, and `realm serve`'s):
   * realm: `Realm.complete` -- a fresh guest per generation that tokenizes, prefills the
     prompt through realm_forward (one call per 512 tokens), then samples and decodes a token at
     a time (one realm_forward call a token, and realm_emit_text for its text: 2 import calls);
     prefill is the guest_generate_prefill call, decode the guest_generate_run call;
   * host only: realm's forward pass driven from Python without a guest (HostModel.forward),
-    to show what the guest adds;
+    to show what the guest adds (its sampling included);
   * llama.cpp (llama-cpp-python, same threads, n_batch 512): eval of the prompt, then eval
-    of one token at a time with an argmax over the last logits.
+    of one token at a time with an argmax over the last logits, or with llama.cpp's own
+    sampler chain (llama_sampler_sample) for --sampling.
 Medians of --repeat runs after one warm-up.  The last table is the guest's cost per decoded
 token: measured (guest - host only) and estimated as 2 import calls at the cost of
 one realm import call, measured from a wasm loop.
@@ -61,11 +66,17 @@ CALL_WAT = """
 """
 
 
-def bench_realm(rt: Realm, model, tokens: int, repeat: int) -> dict:
+#: --sampling: (temperature, top_k, top_p, min_p)
+SAMPLING = {"greedy": (0.0, 0, 1.0, 0.0), "llama": (0.8, 40, 0.95, 0.05), "full": (1.0, 0, 1.0, 0.0)}
+
+
+def bench_realm(rt: Realm, model, tokens: int, repeat: int, sampling: str) -> dict:
+    temperature, top_k, top_p, min_p = SAMPLING[sampling]
     runs = []
     for i in range(repeat + 1):
         t0 = time.perf_counter()
-        c = rt.complete(PROMPT, model, max_tokens=tokens, temperature=0, ignore_eos=True)
+        c = rt.complete(PROMPT, model, max_tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, seed=i, ignore_eos=True)
         wall = time.perf_counter() - t0
         if i:  # the first run warms the page cache and the kernels
             u = c.usage
@@ -92,7 +103,19 @@ def bench_host(rt: Realm, model, prompt_tokens: list[int], tokens: int, repeat: 
     return {"prefill": median([r[0] for r in runs]), "decode": median([r[1] for r in runs])}
 
 
-def bench_llama(path: Path, prompt_tokens: list[int], tokens: int, repeat: int, threads: int) -> dict | None:
+def llama_chain(llama_cpp, sampling: str, seed: int):
+    """llama.cpp's sampler chain for a --sampling preset (not greedy)."""
+    temperature, top_k, top_p, min_p = SAMPLING[sampling]
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for sampler in (llama_cpp.llama_sampler_init_top_k(top_k), llama_cpp.llama_sampler_init_top_p(top_p, 1),
+                    llama_cpp.llama_sampler_init_min_p(min_p, 1), llama_cpp.llama_sampler_init_temp(temperature),
+                    llama_cpp.llama_sampler_init_dist(seed)):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+    return chain
+
+
+def bench_llama(path: Path, prompt_tokens: list[int], tokens: int, repeat: int, threads: int,
+                sampling: str) -> dict | None:
     try:
         import llama_cpp
     except ImportError:
@@ -102,14 +125,20 @@ def bench_llama(path: Path, prompt_tokens: list[int], tokens: int, repeat: int, 
     n_vocab = llm.n_vocab()
     runs = []
     for i in range(repeat + 1):
+        chain = llama_chain(llama_cpp, sampling, i) if sampling != "greedy" else None
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(prompt_tokens)
         t1 = time.perf_counter()
         for _ in range(tokens - 1):
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-            llm.eval([int(logits.argmax())])
+            if chain is None:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+                llm.eval([int(logits.argmax())])
+            else:
+                llm.eval([llama_cpp.llama_sampler_sample(chain, llm.ctx, -1)])
         t2 = time.perf_counter()
+        if chain is not None:
+            llama_cpp.llama_sampler_free(chain)
         if i:
             runs.append((len(prompt_tokens) / (t1 - t0), (tokens - 1) / (t2 - t1)))
     llm.close()
@@ -136,17 +165,20 @@ def worker(args: argparse.Namespace) -> dict:
     """One engine's figures for one model, in this (fresh) process."""
     path = Path(args.model_path)
     if args.worker == "llama":
-        return bench_llama(path, json.loads(args.prompt_tokens), args.tokens, args.repeat, args.threads) or {}
+        return bench_llama(path, json.loads(args.prompt_tokens), args.tokens, args.repeat, args.threads,
+                           args.sampling) or {}
     with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
         model = rt.load_model(path)
         if args.worker == "host":
             return bench_host(rt, model, json.loads(args.prompt_tokens), args.tokens, args.repeat, args.threads)
-        return {**bench_realm(rt, model, args.tokens, args.repeat), "per_call_us": import_call_us(rt, model)}
+        return {**bench_realm(rt, model, args.tokens, args.repeat, args.sampling),
+                "per_call_us": import_call_us(rt, model)}
 
 
 def run_worker(engine: str, path: Path, args: argparse.Namespace, prompt_tokens: list[int] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", engine, "--model-path", str(path), "--threads", str(args.threads),
-           "--tokens", str(args.tokens), "--repeat", str(args.repeat), "--prompt-tokens", json.dumps(prompt_tokens)]
+           "--tokens", str(args.tokens), "--repeat", str(args.repeat), "--prompt-tokens", json.dumps(prompt_tokens),
+           "--sampling", args.sampling]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"the {engine} worker failed:\n{res.stderr[-3000:]}")
@@ -159,6 +191,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens to generate per run")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--sampling", choices=sorted(SAMPLING), default="greedy",
+                    help="greedy, llama.cpp's default chain, or the full distribution at temperature 1")
     ap.add_argument("--worker", choices=("realm", "host", "llama"), help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-tokens", help=argparse.SUPPRESS)
@@ -180,7 +214,8 @@ def main() -> None:
                          1e3 / r["decode"]))
 
     nan = float("nan")
-    print(f"\ngeneration, {args.threads} threads, greedy, {args.tokens} tokens, median of {args.repeat}, "
+    print(f"\ngeneration, {args.threads} threads, {args.sampling} sampling, {args.tokens} tokens, "
+          f"median of {args.repeat}, "
           f"each engine in a process of its own (tok/s; ratio = realm / llama.cpp)")
     head = ("model", "prompt", "prefill realm", "host only", "llama.cpp", "ratio",
             "decode realm", "host only", "llama.cpp", "ratio", "setup ms", "guest MiB")
