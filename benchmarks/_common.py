@@ -99,11 +99,17 @@ async def _body(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[by
         await reader.readexactly(2)  # the chunk's CRLF
 
 
-async def _stream_completion(url: str, prompt: str, model: str, tokens: int) -> tuple[float, int, float]:
-    """(time to the first text, completion tokens, end) of one streamed greedy /v1/completions."""
+#: Sampling fields of a request: greedy, or the whole distribution at temperature 1 (each field
+#: given, since llama-server's defaults for the ones left out are top-k 40, top-p 0.95, min-p 0.05).
+SAMPLING = {"greedy": {"temperature": 0}, "full": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}}
+
+
+async def _stream_completion(url: str, prompt: str, model: str, tokens: int,
+                             sampling: str = "greedy") -> tuple[float, int, float]:
+    """(time to the first text, completion tokens, end) of one streamed /v1/completions."""
     u = urlsplit(url)
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
-                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": tokens, **SAMPLING[sampling],
+                       "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}).encode()
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection(u.hostname, u.port)
     try:
@@ -137,10 +143,11 @@ async def _stream_completion(url: str, prompt: str, model: str, tokens: int) -> 
         writer.close()
 
 
-def stream_round(url: str, jobs: Sequence[tuple[str, str]], tokens: int) -> tuple[float, list[tuple[float, int, float]]]:
+def stream_round(url: str, jobs: Sequence[tuple[str, str]], tokens: int,
+                 sampling: str = "greedy") -> tuple[float, list[tuple[float, int, float]]]:
     """The (prompt, model) jobs streamed all at once; (their start, each one's (time to first
     text, completion tokens, end)) -- perf_counter times."""
     async def run() -> tuple[float, list]:
         start = time.perf_counter()
-        return start, await asyncio.gather(*(_stream_completion(url, p, m, tokens) for p, m in jobs))
+        return start, await asyncio.gather(*(_stream_completion(url, p, m, tokens, sampling) for p, m in jobs))
     return asyncio.run(run())

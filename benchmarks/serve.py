@@ -1,12 +1,13 @@
 """`realm serve` vs llama.cpp's llama-server: N concurrent streaming clients over HTTP.
 
     python benchmarks/serve.py [--models smollm2 gemma3] [--n 1 4 16] [--tokens 48] [--threads 2]
-                               [--repeat 3] [--llama-server PATH] [--markdown]
+                               [--repeat 3] [--llama-server PATH] [--sampling greedy|full] [--markdown]
 
 Each server runs alone on the machine (one after the other), on 127.0.0.1, with the same model
 and threads: realm with --max-concurrent 16, llama-server with -np 16 (16 slots, continuous
 batching).  N clients at once each stream a /v1/completions request (an 8-token prompt of its
-own, greedy, --tokens tokens, ignore_eos) and time its chunks.  Printed per N: aggregate
+own, greedy -- or with `--sampling full` drawn from the whole distribution at temperature 1 --
+--tokens tokens, ignore_eos) and time its chunks.  Printed per N: aggregate
 completion tok/s (all tokens over the wall time of the round) and the realm / llama-server
 ratio, time to first token p50/p99 (from sending the request to its first chunk), and each
 server's peak RSS (VmHWM).  Medians of --repeat rounds after a warm-up round.
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import LLAMA_BIN, add_load_args, percentile, print_table, stream_round
+from _common import LLAMA_BIN, SAMPLING, add_load_args, percentile, print_table, stream_round
 
 from realm.models import resolve
 
@@ -61,31 +62,32 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def round_of(url: str, n: int, tokens: int, model: str, tag: int) -> dict:
+def round_of(url: str, n: int, tokens: int, model: str, tag: int, sampling: str) -> dict:
     """n clients at once; prompts new to the server in each round (tag), so that neither
     server's prompt cache answers them."""
     jobs = [(f"Client {i} asks in round {tag} about the weather in", model) for i in range(n)]
-    start, results = stream_round(url, jobs, tokens)
+    start, results = stream_round(url, jobs, tokens, sampling)
     wall = max(r[2] for r in results) - start
     return {"tps": sum(r[1] for r in results) / wall, "ttft": [r[0] for r in results]}
 
 
-def measure(url: str, ns: list[int], tokens: int, repeat: int, model: str) -> dict[int, dict]:
+def measure(url: str, ns: list[int], tokens: int, repeat: int, model: str, sampling: str) -> dict[int, dict]:
     out = {}
     for n in ns:
-        round_of(url, n, 4, model, 0)  # warm-up
-        rounds = [round_of(url, n, tokens, model, 1 + r) for r in range(repeat)]
+        round_of(url, n, 4, model, 0, sampling)  # warm-up
+        rounds = [round_of(url, n, tokens, model, 1 + r, sampling) for r in range(repeat)]
         ttft = [t for r in rounds for t in r["ttft"]]
         out[n] = {"tps": statistics.median(r["tps"] for r in rounds), "p50": percentile(ttft, 0.5),
                   "p99": percentile(ttft, 0.99)}
     return out
 
 
-def run_server(cmd: list[str], url: str, ns: list[int], tokens: int, repeat: int, model: str) -> tuple[dict, int]:
+def run_server(cmd: list[str], url: str, ns: list[int], tokens: int, repeat: int, model: str,
+               sampling: str) -> tuple[dict, int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_up(url, proc)
-        figures = measure(url, ns, tokens, repeat, model)
+        figures = measure(url, ns, tokens, repeat, model, sampling)
         return figures, peak_rss(proc.pid)
     finally:
         proc.terminate()
@@ -99,6 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_args(ap)
     ap.add_argument("--llama-server", type=Path, default=Path(os.environ.get("LLAMA_SERVER", SERVER)))
+    ap.add_argument("--sampling", choices=sorted(SAMPLING), default="greedy",
+                    help="greedy, or the whole distribution at temperature 1 (OpenAI's defaults)")
     args = ap.parse_args()
     slots = max(args.n)
 
@@ -109,7 +113,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         realm_cmd = [sys.executable, "-m", "realm", "serve", "--model", str(path), "--port", str(port),
                      "--threads", str(args.threads), "--max-concurrent", str(slots), "--tenant-concurrent", str(slots)]
-        mine, my_rss = run_server(realm_cmd, url, args.n, args.tokens, args.repeat, path.stem)
+        mine, my_rss = run_server(realm_cmd, url, args.n, args.tokens, args.repeat, path.stem, args.sampling)
         theirs, their_rss = {}, 0
         if args.llama_server.is_file():
             port = free_port()
@@ -117,7 +121,7 @@ def main() -> None:
             ctx = slots * (16 + args.tokens + 16)
             cmd = [str(args.llama_server), "-m", str(path), "--host", "127.0.0.1", "--port", str(port), "-np",
                    str(slots), "-c", str(ctx), "-t", str(args.threads), "-tb", str(args.threads), "--no-webui"]
-            theirs, their_rss = run_server(cmd, url, args.n, args.tokens, args.repeat, path.stem)
+            theirs, their_rss = run_server(cmd, url, args.n, args.tokens, args.repeat, path.stem, args.sampling)
         else:
             print(f"(llama-server not found at {args.llama_server}: skipped)")
         for n in args.n:
@@ -127,7 +131,7 @@ def main() -> None:
                          f"{1000 * m['p50']:.0f}", f"{1000 * m['p99']:.0f}",
                          f"{1000 * t['p50']:.0f}" if t else "-", f"{1000 * t['p99']:.0f}" if t else "-",
                          f"{my_rss / 2**20:.0f}", f"{their_rss / 2**20:.0f}" if t else "-"])
-    print(f"\nstreaming /v1/completions, {args.threads} threads, {args.tokens} tokens each, greedy; "
+    print(f"\nstreaming /v1/completions, {args.threads} threads, {args.tokens} tokens each, {args.sampling}; "
           f"medians of {args.repeat}")
     print_table(["model", "N", "realm tok/s", "llama-server tok/s", "ratio", "realm TTFT p50 ms", "p99",
                  "llama-server TTFT p50 ms", "p99", "realm RSS MiB", "llama-server RSS MiB"], rows, args.markdown)
