@@ -494,13 +494,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     batch = BatchSettings(max_batch_tokens=args.max_batch_tokens, prefix_cache_bytes=args.prefix_cache_mib << 20)
     if args.ray:
+        if args.read_timeout is not None:
+            print("realm: error: --read-timeout goes without --ray (Serve's proxy reads the requests)",
+                  file=sys.stderr)
+            return 2
         return _serve_on_ray(args, limits, batch)
     if args.address or args.replicas or args.max_models_per_replica or args.cpus_per_replica or args.proxy_routing:
         print("realm: error: --address, --proxy-routing, --replicas, --max-models-per-replica and "
               "--cpus-per-replica go with --ray", file=sys.stderr)
         return 2
+    read = {} if args.read_timeout is None else {"read_timeout_s": args.read_timeout}
     serve(args.model or [DEFAULT_MODEL], host=args.host, port=args.port, threads=args.threads,
-          api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout, batch=batch)
+          api_keys=args.api_key, limits=limits, shutdown_timeout_s=args.shutdown_timeout, batch=batch, **read)
     return 0
 
 
@@ -556,6 +561,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_finite, default=300.0, help="a request's deadline in seconds (default 300)")
     p.add_argument("--shutdown-timeout", type=_finite, default=30.0,
                    help="seconds a shutdown lets requests in flight finish (default 30)")
+    p.add_argument("--read-timeout", type=_finite, default=None, metavar="S",
+                   help="seconds a request may take to arrive, headers and body; a slower client gets 408 "
+                        "or is disconnected (default 60; not with --ray, where Serve's proxy reads requests)")
     p.add_argument("--max-batch-tokens", type=_positive, default=DEFAULT_MAX_BATCH_TOKENS, metavar="N",
                    help="tokens of one forward pass that concurrent generations share: a longer prompt is "
                         f"prefilled a chunk a pass beside the others' decoding (default {DEFAULT_MAX_BATCH_TOKENS})")

@@ -357,6 +357,20 @@ def test_server_arguments_are_checked():
         ServerLimits(max_queue=-1)
     with pytest.raises(realm.InvalidArgumentError, match="timeout_s"):
         ServerLimits(timeout_s=float("nan"))
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(realm.InvalidArgumentError, match="read_timeout_s"):
+            serve([], read_timeout_s=bad)
+    with pytest.raises(realm.ArgumentTypeError, match="read_timeout_s"):
+        serve([], read_timeout_s="60")
+
+
+def test_read_timeout_goes_without_ray(capsys):
+    from realm.cli import main
+
+    assert main(["serve", "--ray", "--read-timeout", "5"]) == 2
+    assert "--read-timeout goes without --ray" in capsys.readouterr().err
+    assert main(["serve", "--read-timeout", "0"]) == 1  # before any model loads
+    assert "read_timeout_s must be a positive number" in capsys.readouterr().err
 
 
 def test_a_full_server_answers_at_once(small):
@@ -378,6 +392,53 @@ def test_a_request_past_its_deadline(small):
                                        "temperature": 0}, key=KEYS[1])
     _error(r, 408, "timeout")
     assert small.health()["status"] == "ok"
+
+
+def _until_closed(conn: socket.socket, limit_s: float = 15) -> tuple[bytes, float]:
+    """What the server sends on conn until it closes it, and when it did (seconds from now)."""
+    t0, data = time.monotonic(), b""
+    conn.settimeout(limit_s)
+    try:
+        while chunk := conn.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        conn.close()
+    return data, time.monotonic() - t0
+
+
+def test_a_request_that_does_not_arrive_in_time(smollm2_path):
+    """--read-timeout: a connection silent from the start, one sending its headers a byte at a
+    time, and one whose body stops halfway are cut off once the request has taken that long
+    (408 in OpenAI's shape where the headers never completed; the stalled body's connection is
+    closed), while the server goes on answering others."""
+    s = Server([smollm2_path], "--read-timeout", "1")
+    try:
+        addr = ("127.0.0.1", s.port)
+        silent = socket.create_connection(addr)
+        partial = socket.create_connection(addr)
+        partial.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        stalled = socket.create_connection(addr)
+        stalled.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 100\r\n\r\n{\"model\": ")
+        trickle = socket.create_connection(addr)
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n":  # 40 bytes, 0.1 s apart: 4 s
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:  # closed under it
+                break
+            time.sleep(0.1)
+        assert s.health()["status"] == "ok"  # a whole request in time is answered meanwhile
+        for conn in (silent, partial, trickle):
+            data, _ = _until_closed(conn)
+            assert data.startswith(b"HTTP/1.1 408 "), data[:200]
+            assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+        data, seconds = _until_closed(stalled)
+        assert seconds < 5 and b"200 OK" not in data
+        assert s.health()["status"] == "ok"
+    finally:
+        assert s.stop() == 0
 
 
 def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):

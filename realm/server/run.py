@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import uvicorn
 
 from ..batching import BatchSettings
-from ..errors import ListenError, check_int
+from ..errors import ArgumentTypeError, InvalidArgumentError, ListenError, check_int
 from ..limits import Limits
 from ..runtime import Realm
 from .admission import ServerLimits
 from .app import DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_BODY_BYTES, check_api_keys, create_app
+from .protocol import DEFAULT_READ_TIMEOUT_S, protocol_with_read_timeout
 
 log = logging.getLogger("realm.server")
 
@@ -71,31 +72,36 @@ def build_realm(models: Sequence[str], *, threads: int | None, limits: ServerLim
 def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
           api_keys: Sequence[str] = (), limits: ServerLimits | None = None,
           shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
-          batch: BatchSettings | None = None) -> None:
+          batch: BatchSettings | None = None, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> None:
     """Serve the models over HTTP until SIGINT/SIGTERM, then stop accepting, let the requests in
-    flight finish (up to shutdown_timeout_s) and exit.  An address it cannot listen on (see `bind`)
-    is a ListenError, raised before the models load."""
+    flight finish (up to shutdown_timeout_s) and exit; a request must arrive whole (headers and
+    body) within read_timeout_s (see realm/server/protocol.py).  An address it cannot listen on
+    (see `bind`) is a ListenError, raised before the models load."""
     limits = limits or ServerLimits()
+    if isinstance(read_timeout_s, bool) or not isinstance(read_timeout_s, (int, float)):
+        raise ArgumentTypeError(f"read_timeout_s must be a number, not {type(read_timeout_s).__name__}")
+    if not 0 < read_timeout_s < float("inf"):
+        raise InvalidArgumentError(f"read_timeout_s must be a positive number of seconds, not {read_timeout_s}")
     api_keys = check_api_keys(api_keys)  # like the address, before the models load
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     with bind(host, port) as sock:  # a wrong address fails before the models load
         realm = build_realm(models, threads=threads, limits=limits, batch=batch)
         try:
-            _run(realm, sock, api_keys, limits, shutdown_timeout_s, max_body_bytes)
+            _run(realm, sock, api_keys, limits, shutdown_timeout_s, max_body_bytes, read_timeout_s)
         finally:
             realm.close()
     log.info("realm stopped")
 
 
 def _run(realm: Realm, sock: socket.socket, api_keys: tuple[str, ...], limits: ServerLimits,
-         shutdown_timeout_s: float, max_body_bytes: int) -> None:
+         shutdown_timeout_s: float, max_body_bytes: int, read_timeout_s: float) -> None:
     """The app of realm's models under uvicorn, on sock, until SIGINT/SIGTERM."""
     drain_s = int(max(1, shutdown_timeout_s))  # uvicorn takes whole seconds
     app = create_app(realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
                      shutdown_grace_s=drain_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=drain_s,
-                            lifespan="off")
+                            lifespan="off", http=protocol_with_read_timeout(read_timeout_s))
     names = ", ".join(m.path.stem for m in realm.models)
     host, port = sock.getsockname()[:2]  # the port the OS picked, for port 0
     url = f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"

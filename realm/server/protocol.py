@@ -1,0 +1,82 @@
+"""The HTTP/1.1 protocol `realm serve` runs under uvicorn: h11's, with a deadline for each request.
+
+uvicorn waits for a request as long as its client takes: a connection that never sends a byte,
+or sends its headers a byte a minute, or stops halfway through its body, stays open for good,
+holding a file descriptor (and, once its headers are in, a request task). Enough of them starve
+the server of both. Here each request must arrive whole -- from its first byte (or the
+connection's opening) to the end of its body -- within `read_timeout_s`. Past it a request whose
+headers never completed is answered 408 in OpenAI's error shape, and the connection closes; one
+whose body stalled is disconnected (its handler, reading the body, sees the client leave).
+Waiting between requests on a kept-alive connection is uvicorn's `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["DEFAULT_READ_TIMEOUT_S", "protocol_with_read_timeout"]
+
+#: Seconds a request may take to arrive whole, headers and body (`realm serve --read-timeout`).
+DEFAULT_READ_TIMEOUT_S = 60.0
+
+#: Client states in which a request is still arriving.
+_READING = (h11.IDLE, h11.SEND_BODY)
+
+
+def _timeout_response() -> bytes:
+    body = json.dumps({"error": {"message": "the request did not arrive in time", "type": "invalid_request_error",
+                                 "param": None, "code": "request_timeout"}}).encode()
+    head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode()
+    return head + body
+
+
+class _ReadDeadline(H11Protocol):
+    """H11Protocol with a deadline for each request to arrive (`read_timeout_s`, set by
+    `protocol_with_read_timeout`)."""
+
+    read_timeout_s = DEFAULT_READ_TIMEOUT_S
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._read_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:  # a request begins (a kept-alive connection's wait ends)
+            self._arm()
+        super().data_received(data)
+        if self._read_timer is not None and self.conn.their_state not in _READING:  # it is all in
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _expired(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing() or self.conn.their_state not in _READING:
+            return
+        if self.conn.their_state is h11.IDLE:  # no request yet to answer through h11
+            self.transport.write(_timeout_response())
+        self.transport.close()
+
+
+def protocol_with_read_timeout(read_timeout_s: float) -> type[Any]:
+    """uvicorn's `http` protocol class for `realm serve`: h11's, with read_timeout_s seconds for
+    each request to arrive whole."""
+    return type("RealmHTTPProtocol", (_ReadDeadline,), {"read_timeout_s": float(read_timeout_s)})
