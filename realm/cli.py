@@ -283,11 +283,18 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return n
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an int >= low."""
+    def parse(text: str) -> int:
+        n = int(text)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}")
+        return n
+    parse.__name__ = "int"  # argparse's "invalid int value" for what int() refuses
+    return parse
+
+
+_positive, _count = _int_at_least(1), _int_at_least(0)
 
 
 def _threads(text: str) -> int:
@@ -426,13 +433,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if args.stats and stream.completion:
                 _print_stats(stream.completion)
     return 1 if failed else 0
-
-
-def _count(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return n
 
 
 def _finite(text: str) -> float:
