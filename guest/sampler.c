@@ -269,8 +269,9 @@ static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p
     int rc = reserve_weights(s, n);
     if (rc) return rc;
     float max = softmax_max(logits, n), sum = 0.0f, cum = 0.0f;
-    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY);
-    for (uint32_t i = 0; i < n; i++) sum += s->w[i];
+    double unused = 0.0;
+    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY, &unused);
+    for (uint32_t i = 0; i < n; i++) sum += s->w[i]; /* llama.cpp's float sum */
     uint32_t depth = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i == depth) {
@@ -301,6 +302,7 @@ typedef struct {
     uint32_t n_vocab;
     float threshold;
     float top;
+    double sum;         /* direct: the weights' sum, in id order */
 } step;
 
 static int step_next(const step *st, const sampler *s, uint32_t *i, int32_t *id, float *weight)
@@ -359,7 +361,7 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
         }
         st->top = max / p->temperature;
         if ((rc = reserve_weights(s, n))) return rc;
-        st->n = softmax_weights(s->w, logits, n, p->temperature, st->top, st->threshold);
+        st->n = softmax_weights(s->w, logits, n, p->temperature, st->top, st->threshold, &st->sum);
         return 0;
     }
     /* top-k, then top-p: the candidates come out sorted */
@@ -389,10 +391,7 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
 static double weight_sum(const step *st, const sampler *s)
 {
     double sum = 0.0;
-    if (st->direct) { /* the others weigh +0, which leaves the sum as it is */
-        for (uint32_t i = 0; i < st->n_vocab; i++) sum += s->w[i];
-        return sum;
-    }
+    if (st->direct) return st->sum; /* summed with the weights; the others' +0 leaves it as it is */
     for (uint32_t i = 0; i < st->n; i++) sum += softmax_exp(s->cand[i].logit - st->top);
     return sum;
 }

@@ -50,14 +50,18 @@ float softmax_exp(float x)
     return y * scale;
 }
 
-uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, float sub, float threshold)
+uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
+                             double *sum)
 {
     uint32_t count = 0;
+    double s = *sum;
     for (uint32_t i = 0; i < n; i++) {
         int in = x[i] >= threshold;
         w[i] = in ? softmax_exp(x[i] / div - sub) : 0.0f;
+        s += w[i];
         count += (uint32_t)in;
     }
+    *sum = s;
     return count;
 }
 
@@ -105,19 +109,28 @@ static inline v128_t exp_lanes(v128_t x)
     return wasm_v128_bitselect(x, y, nan);
 }
 
-uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold)
+uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
+                         double *sum)
 {
     const v128_t d = wasm_f32x4_splat(div), s = wasm_f32x4_splat(sub), t = wasm_f32x4_splat(threshold);
     v128_t counts = wasm_i32x4_splat(0);
+    double total = *sum;
     uint32_t i = 0;
     for (; i + 4 <= n; i += 4) {
         v128_t v = wasm_v128_load(x + i), in = wasm_f32x4_ge(v, t);
-        wasm_v128_store(w + i, wasm_v128_and(exp_lanes(wasm_f32x4_sub(wasm_f32x4_div(v, d), s)), in));
+        v128_t e = wasm_v128_and(exp_lanes(wasm_f32x4_sub(wasm_f32x4_div(v, d), s)), in);
+        wasm_v128_store(w + i, e);
+        /* the sum in order, lane after lane: its chain of adds overlaps the next lanes' e^x */
+        total += wasm_f32x4_extract_lane(e, 0);
+        total += wasm_f32x4_extract_lane(e, 1);
+        total += wasm_f32x4_extract_lane(e, 2);
+        total += wasm_f32x4_extract_lane(e, 3);
         counts = wasm_i32x4_sub(counts, in); /* a lane in is -1 */
     }
+    *sum = total;
     uint32_t count = (uint32_t)wasm_i32x4_extract_lane(counts, 0) + (uint32_t)wasm_i32x4_extract_lane(counts, 1) +
                      (uint32_t)wasm_i32x4_extract_lane(counts, 2) + (uint32_t)wasm_i32x4_extract_lane(counts, 3);
-    return count + softmax_weights_ref(w + i, x + i, n - i, div, sub, threshold);
+    return count + softmax_weights_ref(w + i, x + i, n - i, div, sub, threshold, sum);
 }
 
 float softmax_max(const float *x, uint32_t n)
@@ -159,9 +172,10 @@ uint32_t softmax_next_above(const float *x, uint32_t from, uint32_t n, float bou
 
 #else
 
-uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold)
+uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
+                         double *sum)
 {
-    return softmax_weights_ref(w, x, n, div, sub, threshold);
+    return softmax_weights_ref(w, x, n, div, sub, threshold, sum);
 }
 
 float softmax_max(const float *x, uint32_t n)

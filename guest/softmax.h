@@ -16,9 +16,12 @@
 float softmax_exp(float x);
 
 /* w[i] = softmax_exp(x[i] / div - sub) where x[i] >= threshold, else +0 (NaN x[i] too), for
- * i < n; returns how many x[i] reach the threshold. */
-uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold);
-uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, float sub, float threshold);
+ * i < n, each also added to *sum (a double, in order of i); returns how many x[i] reach the
+ * threshold. */
+uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
+                         double *sum);
+uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
+                             double *sum);
 
 /* The highest of x[0..n) that is not NaN, or NaN when all are (fmaxf's fold; n > 0). */
 float softmax_max(const float *x, uint32_t n);

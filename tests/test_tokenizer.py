@@ -598,6 +598,9 @@ class WasmGuestCode:
         self.memory.write(self.store, data, ptr)
         return ptr
 
+    def put_at(self, ptr: int, data: bytes) -> None:
+        self.memory.write(self.store, data, ptr)
+
     def get(self, ptr: int, n: int) -> bytes:
         return bytes(self.memory.read(self.store, ptr, ptr + n))
 
@@ -729,17 +732,22 @@ def test_wasm_softmax_lanes_equal_the_scalar_reference(wasm, native, values, div
     a bound."""
     x = np.array(values, dtype=np.float32)
     n = len(x)
-    src, out = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n)
-    weights, counts = [], []
+    src, out, total = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n), wasm.put(bytes(8))
+    weights, counts, sums = [], [], []
     for simd in (1, 0):
-        counts.append(wasm.call("shim_softmax_weights", simd, out, src, n, div, sub, threshold))
+        wasm.put_at(total, np.float64(0.25).tobytes())  # added to what is there
+        counts.append(wasm.call("shim_softmax_weights", simd, out, src, n, div, sub, threshold, total))
         weights.append(wasm.get(out, 4 * n))
+        sums.append(wasm.get(total, 8))
     f = native.lib.softmax_weights_ref
-    f.restype, f.argtypes = C.c_uint32, [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float]
-    w = np.empty_like(x)
-    counts.append(f(w.ctypes.data, x.ctypes.data, n, div, sub, threshold))
+    f.restype = C.c_uint32
+    f.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float, C.POINTER(C.c_double)]
+    w, native_sum = np.empty_like(x), C.c_double(0.25)
+    counts.append(f(w.ctypes.data, x.ctypes.data, n, div, sub, threshold, C.byref(native_sum)))
     weights.append(w.tobytes())
+    sums.append(np.float64(native_sum.value).tobytes())
     assert weights[0] == weights[1] == weights[2] and counts[0] == counts[1] == counts[2]
+    assert sums[0] == sums[1] == sums[2]
     maxima = [np.float32(wasm.call("shim_softmax_max", simd, src, n)).tobytes() for simd in (1, 0)]
     assert maxima[0] == maxima[1]
     ordered = np.unique(x[~np.isnan(x)])  # a bound with just one value above it, too
@@ -747,8 +755,27 @@ def test_wasm_softmax_lanes_equal_the_scalar_reference(wasm, native, values, div
         for from_ in range(n + 1):
             assert (wasm.call("shim_softmax_next_above", 1, src, from_, n, bound)
                     == wasm.call("shim_softmax_next_above", 0, src, from_, n, bound))
-    wasm.call("shim_free", src)
-    wasm.call("shim_free", out)
+    for ptr in (src, out, total):
+        wasm.call("shim_free", ptr)
+
+
+def test_wasm_softmax_sums_in_order(wasm):
+    """The SIMD weights' sum is the sum in token order, lane after lane (a sum of many
+    different weights, where another order would round differently)."""
+    x = (np.random.default_rng(3).standard_normal(4099) * 5).astype(np.float32)
+    n = len(x)
+    src, out, total = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n), wasm.put(bytes(8))
+    sums = []
+    for simd in (1, 0):
+        wasm.put_at(total, bytes(8))
+        wasm.call("shim_softmax_weights", simd, out, src, n, 1.0, float(x.max()), float("-inf"), total)
+        sums.append(np.frombuffer(wasm.get(total, 8), np.float64)[0])
+    in_order = 0.0
+    for v in np.frombuffer(wasm.get(out, 4 * n), np.float32).tolist():
+        in_order += v
+    assert sums[0] == sums[1] == in_order
+    for ptr in (src, out, total):
+        wasm.call("shim_free", ptr)
 
 
 def test_repeated_merge_keeps_its_first_rank(native):
