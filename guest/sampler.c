@@ -268,10 +268,9 @@ static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p
 {
     int rc = reserve_weights(s, n);
     if (rc) return rc;
-    float max = softmax_max(logits, n), sum = 0.0f, cum = 0.0f;
+    float max = softmax_max(logits, n), sum = 0.0f, cum = 0.0f; /* llama.cpp's float sums */
     double unused = 0.0;
-    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY, &unused);
-    for (uint32_t i = 0; i < n; i++) sum += s->w[i]; /* llama.cpp's float sum */
+    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY, &unused, &sum);
     uint32_t depth = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i == depth) {
@@ -361,7 +360,7 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
         }
         st->top = max / p->temperature;
         if ((rc = reserve_weights(s, n))) return rc;
-        st->n = softmax_weights(s->w, logits, n, p->temperature, st->top, st->threshold, &st->sum);
+        st->n = softmax_weights(s->w, logits, n, p->temperature, st->top, st->threshold, &st->sum, NULL);
         return 0;
     }
     /* top-k, then top-p: the candidates come out sorted */

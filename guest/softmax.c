@@ -51,17 +51,20 @@ float softmax_exp(float x)
 }
 
 uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
-                             double *sum)
+                             double *sum, float *fsum)
 {
     uint32_t count = 0;
     double s = *sum;
+    float f = fsum ? *fsum : 0.0f;
     for (uint32_t i = 0; i < n; i++) {
         int in = x[i] >= threshold;
         w[i] = in ? softmax_exp(x[i] / div - sub) : 0.0f;
         s += w[i];
+        f += w[i];
         count += (uint32_t)in;
     }
     *sum = s;
+    if (fsum) *fsum = f;
     return count;
 }
 
@@ -109,28 +112,47 @@ static inline v128_t exp_lanes(v128_t x)
     return wasm_v128_bitselect(x, y, nan);
 }
 
-uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
-                         double *sum)
+/* softmax_weights' loop, with or without the float sum (a constant where it is inlined). */
+static inline __attribute__((always_inline)) uint32_t weights_lanes(float *w, const float *x, uint32_t n, float div,
+                                                                    float sub, float threshold, double *sum,
+                                                                    float *fsum, const int with_fsum)
 {
     const v128_t d = wasm_f32x4_splat(div), s = wasm_f32x4_splat(sub), t = wasm_f32x4_splat(threshold);
     v128_t counts = wasm_i32x4_splat(0);
     double total = *sum;
+    float ftotal = with_fsum ? *fsum : 0.0f;
     uint32_t i = 0;
     for (; i + 4 <= n; i += 4) {
         v128_t v = wasm_v128_load(x + i), in = wasm_f32x4_ge(v, t);
         v128_t e = wasm_v128_and(exp_lanes(wasm_f32x4_sub(wasm_f32x4_div(v, d), s)), in);
         wasm_v128_store(w + i, e);
-        /* the sum in order, lane after lane: its chain of adds overlaps the next lanes' e^x */
-        total += wasm_f32x4_extract_lane(e, 0);
-        total += wasm_f32x4_extract_lane(e, 1);
-        total += wasm_f32x4_extract_lane(e, 2);
-        total += wasm_f32x4_extract_lane(e, 3);
+        /* the sums in order, lane after lane: their chains of adds overlap the next lanes' e^x */
+        const float e0 = wasm_f32x4_extract_lane(e, 0), e1 = wasm_f32x4_extract_lane(e, 1),
+                    e2 = wasm_f32x4_extract_lane(e, 2), e3 = wasm_f32x4_extract_lane(e, 3);
+        total += e0;
+        total += e1;
+        total += e2;
+        total += e3;
+        if (with_fsum) {
+            ftotal += e0;
+            ftotal += e1;
+            ftotal += e2;
+            ftotal += e3;
+        }
         counts = wasm_i32x4_sub(counts, in); /* a lane in is -1 */
     }
     *sum = total;
+    if (with_fsum) *fsum = ftotal;
     uint32_t count = (uint32_t)wasm_i32x4_extract_lane(counts, 0) + (uint32_t)wasm_i32x4_extract_lane(counts, 1) +
                      (uint32_t)wasm_i32x4_extract_lane(counts, 2) + (uint32_t)wasm_i32x4_extract_lane(counts, 3);
-    return count + softmax_weights_ref(w + i, x + i, n - i, div, sub, threshold, sum);
+    return count + softmax_weights_ref(w + i, x + i, n - i, div, sub, threshold, sum, fsum);
+}
+
+uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
+                         double *sum, float *fsum)
+{
+    return fsum ? weights_lanes(w, x, n, div, sub, threshold, sum, fsum, 1)
+                : weights_lanes(w, x, n, div, sub, threshold, sum, NULL, 0);
 }
 
 float softmax_max(const float *x, uint32_t n)
@@ -173,9 +195,9 @@ uint32_t softmax_next_above(const float *x, uint32_t from, uint32_t n, float bou
 #else
 
 uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
-                         double *sum)
+                         double *sum, float *fsum)
 {
-    return softmax_weights_ref(w, x, n, div, sub, threshold, sum);
+    return softmax_weights_ref(w, x, n, div, sub, threshold, sum, fsum);
 }
 
 float softmax_max(const float *x, uint32_t n)

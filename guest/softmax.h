@@ -16,12 +16,13 @@
 float softmax_exp(float x);
 
 /* w[i] = softmax_exp(x[i] / div - sub) where x[i] >= threshold, else +0 (NaN x[i] too), for
- * i < n, each also added to *sum (a double, in order of i); returns how many x[i] reach the
- * threshold. */
+ * i < n, each also added to *sum in double and, unless fsum is NULL, to *fsum in float, in
+ * order of i (the draw's sum and top-p's, as llama.cpp takes them); returns how many x[i]
+ * reach the threshold. */
 uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
-                         double *sum);
+                         double *sum, float *fsum);
 uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
-                             double *sum);
+                             double *sum, float *fsum);
 
 /* The highest of x[0..n) that is not NaN, or NaN when all are (fmaxf's fold; n > 0). */
 float softmax_max(const float *x, uint32_t n);

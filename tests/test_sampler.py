@@ -272,18 +272,20 @@ def test_non_finite_logits_do_not_crash(native):
 def softmax_weights(native, x: np.ndarray, div: float = 1.0, sub: float = 0.0,
                     threshold: float = float("-inf")) -> tuple[np.ndarray, int]:
     """guest/softmax.c's scalar reference: e^(x / div - sub) where x >= threshold, else 0; and
-    its count of those x.  Its sum is the weights' sum in order, in double."""
+    its count of those x.  Its sums are the weights' sums in order, in double and in float."""
     f = native.lib.softmax_weights_ref
     f.restype = C.c_uint32
-    f.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float, C.POINTER(C.c_double)]
+    f.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float, C.POINTER(C.c_double),
+                  C.POINTER(C.c_float)]
     x = np.ascontiguousarray(x, dtype=F32)
     w = np.empty_like(x)
-    total = C.c_double(0.0)
-    count = f(w.ctypes.data, x.ctypes.data, len(x), div, sub, threshold, C.byref(total))
-    in_order = 0.0
-    for v in w.tolist():
-        in_order += v
-    assert total.value == in_order or (math.isnan(total.value) and math.isnan(in_order))
+    total, ftotal = C.c_double(0.0), C.c_float(0.0)
+    count = f(w.ctypes.data, x.ctypes.data, len(x), div, sub, threshold, C.byref(total), C.byref(ftotal))
+    in_order, f_in_order = 0.0, F32(0.0)
+    for v in w:
+        in_order += float(v)
+        f_in_order = F32(f_in_order + v)
+    assert total.value == in_order and F32(ftotal.value) == f_in_order
     return w, count
 
 

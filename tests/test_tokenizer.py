@@ -732,20 +732,21 @@ def test_wasm_softmax_lanes_equal_the_scalar_reference(wasm, native, values, div
     a bound."""
     x = np.array(values, dtype=np.float32)
     n = len(x)
-    src, out, total = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n), wasm.put(bytes(8))
+    src, out, total = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n), wasm.put(bytes(12))
     weights, counts, sums = [], [], []
     for simd in (1, 0):
-        wasm.put_at(total, np.float64(0.25).tobytes())  # added to what is there
-        counts.append(wasm.call("shim_softmax_weights", simd, out, src, n, div, sub, threshold, total))
+        wasm.put_at(total, np.float64(0.25).tobytes() + np.float32(0.5).tobytes())  # added to what is there
+        counts.append(wasm.call("shim_softmax_weights", simd, out, src, n, div, sub, threshold, total, total + 8))
         weights.append(wasm.get(out, 4 * n))
-        sums.append(wasm.get(total, 8))
+        sums.append(wasm.get(total, 12))
     f = native.lib.softmax_weights_ref
     f.restype = C.c_uint32
-    f.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float, C.POINTER(C.c_double)]
-    w, native_sum = np.empty_like(x), C.c_double(0.25)
-    counts.append(f(w.ctypes.data, x.ctypes.data, n, div, sub, threshold, C.byref(native_sum)))
+    f.argtypes = [C.c_void_p, C.c_void_p, C.c_uint32, C.c_float, C.c_float, C.c_float, C.POINTER(C.c_double),
+                  C.POINTER(C.c_float)]
+    w, native_sum, native_fsum = np.empty_like(x), C.c_double(0.25), C.c_float(0.5)
+    counts.append(f(w.ctypes.data, x.ctypes.data, n, div, sub, threshold, C.byref(native_sum), C.byref(native_fsum)))
     weights.append(w.tobytes())
-    sums.append(np.float64(native_sum.value).tobytes())
+    sums.append(np.float64(native_sum.value).tobytes() + np.float32(native_fsum.value).tobytes())
     assert weights[0] == weights[1] == weights[2] and counts[0] == counts[1] == counts[2]
     assert sums[0] == sums[1] == sums[2]
     maxima = [np.float32(wasm.call("shim_softmax_max", simd, src, n)).tobytes() for simd in (1, 0)]
@@ -760,20 +761,27 @@ def test_wasm_softmax_lanes_equal_the_scalar_reference(wasm, native, values, div
 
 
 def test_wasm_softmax_sums_in_order(wasm):
-    """The SIMD weights' sum is the sum in token order, lane after lane (a sum of many
-    different weights, where another order would round differently)."""
+    """The SIMD weights' sums (double and float) are the sums in token order, lane after lane
+    (of many different weights, where another order would round differently)."""
     x = (np.random.default_rng(3).standard_normal(4099) * 5).astype(np.float32)
     n = len(x)
-    src, out, total = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n), wasm.put(bytes(8))
-    sums = []
+    src, out, total = wasm.put(x.tobytes()), wasm.call("shim_alloc", 4 * n), wasm.put(bytes(12))
+    sums, fsums = [], []
     for simd in (1, 0):
-        wasm.put_at(total, bytes(8))
-        wasm.call("shim_softmax_weights", simd, out, src, n, 1.0, float(x.max()), float("-inf"), total)
+        wasm.put_at(total, bytes(12))
+        wasm.call("shim_softmax_weights", simd, out, src, n, 1.0, float(x.max()), float("-inf"), total, total + 8)
         sums.append(np.frombuffer(wasm.get(total, 8), np.float64)[0])
-    in_order = 0.0
-    for v in np.frombuffer(wasm.get(out, 4 * n), np.float32).tolist():
-        in_order += v
+        fsums.append(np.frombuffer(wasm.get(total + 8, 4), np.float32)[0])
+    in_order, f_in_order = 0.0, np.float32(0.0)
+    for v in np.frombuffer(wasm.get(out, 4 * n), np.float32):
+        in_order += float(v)
+        f_in_order = np.float32(f_in_order + v)
     assert sums[0] == sums[1] == in_order
+    assert fsums[0] == fsums[1] == f_in_order
+    for simd in (1, 0):  # without the float sum (NULL): the same weights and double sum
+        wasm.put_at(total, bytes(12))
+        wasm.call("shim_softmax_weights", simd, out, src, n, 1.0, float(x.max()), float("-inf"), total, 0)
+        assert np.frombuffer(wasm.get(total, 8), np.float64)[0] == in_order
     for ptr in (src, out, total):
         wasm.call("shim_free", ptr)
 

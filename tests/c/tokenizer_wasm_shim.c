@@ -102,9 +102,9 @@ int shim_sample(float temperature, int32_t top_k, float top_p, float min_p, uint
 /* softmax.h's functions, the wasm SIMD ones (simd != 0) or their scalar references. */
 EXPORT(shim_softmax_weights)
 uint32_t shim_softmax_weights(int simd, float *w, const float *x, uint32_t n, float div, float sub, float threshold,
-                              double *sum)
+                              double *sum, float *fsum)
 {
-    return (simd ? softmax_weights : softmax_weights_ref)(w, x, n, div, sub, threshold, sum);
+    return (simd ? softmax_weights : softmax_weights_ref)(w, x, n, div, sub, threshold, sum, fsum);
 }
 
 EXPORT(shim_softmax_max)
