@@ -171,6 +171,7 @@ static void select_from_logits(sampler_candidate *c, uint32_t k, const float *lo
     }
     heap_to_sorted(c, k);
 }
+
 static int reserve(sampler *s, uint32_t n)
 {
     if (n <= s->cand_cap) return 0;
@@ -191,7 +192,6 @@ static int reserve_weights(sampler *s, uint32_t n)
     s->w_cap = n;
     return 0;
 }
-
 
 /* The first highest logit (a NaN first logit wins, as in llama.cpp's greedy). */
 static uint32_t argmax_ref(const float *logits, uint32_t n)
@@ -247,7 +247,6 @@ static uint32_t argmax(const float *logits, uint32_t n)
 #define argmax argmax_ref
 #endif
 
-
 /* top-p over the sorted candidates c[0..k): how many to keep. */
 static uint32_t top_p_sorted(const sampler_candidate *c, uint32_t k, float top_p)
 {
@@ -269,8 +268,7 @@ static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p
     int rc = reserve_weights(s, n);
     if (rc) return rc;
     float max = softmax_max(logits, n), sum = 0.0f, cum = 0.0f; /* llama.cpp's float sums */
-    double unused = 0.0;
-    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY, &unused, &sum);
+    softmax_weights(s->w, logits, n, 1.0f, max, -INFINITY, NULL, &sum);
     uint32_t depth = 0;
     for (uint32_t i = 0; i < n; i++) {
         if (i == depth) {
@@ -389,8 +387,8 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
 /* The sum of the candidates' weights in draw order (float terms, double sum). */
 static double weight_sum(const step *st, const sampler *s)
 {
-    double sum = 0.0;
     if (st->direct) return st->sum; /* summed with the weights; the others' +0 leaves it as it is */
+    double sum = 0.0;
     for (uint32_t i = 0; i < st->n; i++) sum += softmax_exp(s->cand[i].logit - st->top);
     return sum;
 }

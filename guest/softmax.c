@@ -54,7 +54,7 @@ uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, fl
                              double *sum, float *fsum)
 {
     uint32_t count = 0;
-    double s = *sum;
+    double s = sum ? *sum : 0.0;
     float f = fsum ? *fsum : 0.0f;
     for (uint32_t i = 0; i < n; i++) {
         int in = x[i] >= threshold;
@@ -63,7 +63,7 @@ uint32_t softmax_weights_ref(float *w, const float *x, uint32_t n, float div, fl
         f += w[i];
         count += (uint32_t)in;
     }
-    *sum = s;
+    if (sum) *sum = s;
     if (fsum) *fsum = f;
     return count;
 }
@@ -112,14 +112,15 @@ static inline v128_t exp_lanes(v128_t x)
     return wasm_v128_bitselect(x, y, nan);
 }
 
-/* softmax_weights' loop, with or without the float sum (a constant where it is inlined). */
+/* softmax_weights' loop, with or without each sum (constants where it is inlined). */
 static inline __attribute__((always_inline)) uint32_t weights_lanes(float *w, const float *x, uint32_t n, float div,
                                                                     float sub, float threshold, double *sum,
-                                                                    float *fsum, const int with_fsum)
+                                                                    float *fsum, const int with_sum,
+                                                                    const int with_fsum)
 {
     const v128_t d = wasm_f32x4_splat(div), s = wasm_f32x4_splat(sub), t = wasm_f32x4_splat(threshold);
     v128_t counts = wasm_i32x4_splat(0);
-    double total = *sum;
+    double total = with_sum ? *sum : 0.0;
     float ftotal = with_fsum ? *fsum : 0.0f;
     uint32_t i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -129,10 +130,12 @@ static inline __attribute__((always_inline)) uint32_t weights_lanes(float *w, co
         /* the sums in order, lane after lane: their chains of adds overlap the next lanes' e^x */
         const float e0 = wasm_f32x4_extract_lane(e, 0), e1 = wasm_f32x4_extract_lane(e, 1),
                     e2 = wasm_f32x4_extract_lane(e, 2), e3 = wasm_f32x4_extract_lane(e, 3);
-        total += e0;
-        total += e1;
-        total += e2;
-        total += e3;
+        if (with_sum) {
+            total += e0;
+            total += e1;
+            total += e2;
+            total += e3;
+        }
         if (with_fsum) {
             ftotal += e0;
             ftotal += e1;
@@ -141,7 +144,7 @@ static inline __attribute__((always_inline)) uint32_t weights_lanes(float *w, co
         }
         counts = wasm_i32x4_sub(counts, in); /* a lane in is -1 */
     }
-    *sum = total;
+    if (with_sum) *sum = total;
     if (with_fsum) *fsum = ftotal;
     uint32_t count = (uint32_t)wasm_i32x4_extract_lane(counts, 0) + (uint32_t)wasm_i32x4_extract_lane(counts, 1) +
                      (uint32_t)wasm_i32x4_extract_lane(counts, 2) + (uint32_t)wasm_i32x4_extract_lane(counts, 3);
@@ -151,8 +154,10 @@ static inline __attribute__((always_inline)) uint32_t weights_lanes(float *w, co
 uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,
                          double *sum, float *fsum)
 {
-    return fsum ? weights_lanes(w, x, n, div, sub, threshold, sum, fsum, 1)
-                : weights_lanes(w, x, n, div, sub, threshold, sum, NULL, 0);
+    if (sum && fsum) return weights_lanes(w, x, n, div, sub, threshold, sum, fsum, 1, 1);
+    if (sum) return weights_lanes(w, x, n, div, sub, threshold, sum, NULL, 1, 0);
+    if (fsum) return weights_lanes(w, x, n, div, sub, threshold, NULL, fsum, 0, 1);
+    return weights_lanes(w, x, n, div, sub, threshold, NULL, NULL, 0, 0);
 }
 
 float softmax_max(const float *x, uint32_t n)

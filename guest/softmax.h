@@ -16,7 +16,7 @@
 float softmax_exp(float x);
 
 /* w[i] = softmax_exp(x[i] / div - sub) where x[i] >= threshold, else +0 (NaN x[i] too), for
- * i < n, each also added to *sum in double and, unless fsum is NULL, to *fsum in float, in
+ * i < n, each also added to *sum in double and to *fsum in float (either may be NULL), in
  * order of i (the draw's sum and top-p's, as llama.cpp takes them); returns how many x[i]
  * reach the threshold. */
 uint32_t softmax_weights(float *w, const float *x, uint32_t n, float div, float sub, float threshold,

@@ -778,10 +778,12 @@ def test_wasm_softmax_sums_in_order(wasm):
         f_in_order = np.float32(f_in_order + v)
     assert sums[0] == sums[1] == in_order
     assert fsums[0] == fsums[1] == f_in_order
-    for simd in (1, 0):  # without the float sum (NULL): the same weights and double sum
+    for simd in (1, 0):  # with one sum only (the other NULL): the same sums
         wasm.put_at(total, bytes(12))
         wasm.call("shim_softmax_weights", simd, out, src, n, 1.0, float(x.max()), float("-inf"), total, 0)
         assert np.frombuffer(wasm.get(total, 8), np.float64)[0] == in_order
+        wasm.call("shim_softmax_weights", simd, out, src, n, 1.0, float(x.max()), float("-inf"), 0, total + 8)
+        assert np.frombuffer(wasm.get(total + 8, 4), np.float32)[0] == f_in_order
     for ptr in (src, out, total):
         wasm.call("shim_free", ptr)
 
