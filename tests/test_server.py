@@ -410,9 +410,10 @@ def _until_closed(conn: socket.socket, limit_s: float = 15) -> tuple[bytes, floa
 
 def test_a_request_that_does_not_arrive_in_time(smollm2_path):
     """--read-timeout: a connection silent from the start, one sending its headers a byte at a
-    time, and one whose body stops halfway are cut off once the request has taken that long
-    (408 in OpenAI's shape where the headers never completed; the stalled body's connection is
-    closed), while the server goes on answering others."""
+    time, one whose second pipelined request never ends and one whose body stops halfway are
+    cut off once the request has taken that long (408 in OpenAI's shape where the headers never
+    completed; the stalled body's connection is closed), while the server goes on answering
+    others."""
     s = Server([smollm2_path], "--read-timeout", "1")
     try:
         addr = ("127.0.0.1", s.port)
@@ -422,6 +423,8 @@ def test_a_request_that_does_not_arrive_in_time(smollm2_path):
         stalled = socket.create_connection(addr)
         stalled.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Content-Length: 100\r\n\r\n{\"model\": ")
+        pipelined = socket.create_connection(addr)  # a whole request, then the start of another
+        pipelined.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n")
         trickle = socket.create_connection(addr)
         for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n":  # 40 bytes, 0.1 s apart: 4 s
             try:
@@ -434,6 +437,8 @@ def test_a_request_that_does_not_arrive_in_time(smollm2_path):
             data, _ = _until_closed(conn)
             assert data.startswith(b"HTTP/1.1 408 "), data[:200]
             assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+        data, _ = _until_closed(pipelined)
+        assert data.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in data
         data, seconds = _until_closed(stalled)
         assert seconds < 5 and b"200 OK" not in data
         assert s.health()["status"] == "ok"

@@ -54,6 +54,13 @@ class _ReadDeadline(H11Protocol):
         if self._read_timer is not None and self.conn.their_state not in _READING:  # it is all in
             self._disarm()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # a pipelined request that arrived during the response is read now: its clock starts
+        if not self.transport.is_closing() and (self.conn.their_state is h11.SEND_BODY or
+                                                (self.conn.their_state is h11.IDLE and self.conn.trailing_data[0])):
+            self._arm()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
