@@ -12,10 +12,12 @@ off so every prompt is computed), and time each piece of text as it arrives.
   * end-to-end tok/s: all completion tokens over the whole run (guest start, prompts, decode);
   * TTFT: from the start to a request's first token (p50, p99 over all requests of all repeats);
   * tok/s per request: its completion tokens after the first over its own decode time;
-  * peak RSS of this process after the runs of that N (realm) / of the llama.cpp run.
-llama.cpp: `llama-batched-bench -npp 8 -ntg TOKENS -npl 1,4,16 -t THREADS` built from the vendored
+  * peak RSS of this process after the runs of that N (realm) / of the llama.cpp runs.
+llama.cpp: `llama-batched-bench -npp 8 -ntg TOKENS -npl N -t THREADS` built from the vendored
 llama.cpp of llama-cpp-python's sdist (see ../shared/DESIGN.md or the README); skipped when absent.
-Medians over --repeat runs after one warm-up per N.
+Medians over --repeat runs after one warm-up per N; llama.cpp runs after each of realm's runs, so
+the two take turns on the machine, and the ratio is the median of those pairs' ratios (this
+machine's speed drifts by 10-20% over minutes, which a ratio of separate medians would carry).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import re
 import resource
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,19 +77,40 @@ def run_once(rt: Realm, model, texts: list[str], tokens: int) -> dict:
     }
 
 
+def _peak_rss(pid: int) -> int:
+    """A running process's peak RSS (VmHWM) in bytes, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def llama_batched(path: Path, model: Path, ns: list[int], tokens: int, threads: int) -> dict[int, float]:
-    """{N: S_TG} from llama-batched-bench, and its peak RSS (key 'rss', bytes)."""
+    """{N: S_TG} from llama-batched-bench, and its peak RSS (key 'rss', bytes: read from /proc while
+    it runs -- getrusage's figure for children would count this big process's pages at the fork)."""
     ctx = max(ns) * (8 + tokens) + 64
     cmd = [str(path), "-m", str(model), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", "8", "-ntg", str(tokens),
            "-npl", ",".join(map(str, ns)), "-t", str(threads), "-tb", str(threads)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.DEVNULL, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _peak_rss(proc.pid))
+            time.sleep(0.05)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        log.seek(0)
+        out = log.read()
     rates: dict = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 10 and re.fullmatch(r"\d+", cells[2] or ""):
             rates[int(cells[2])] = float(cells[7])
-    rates["rss"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+    rates["rss"] = peak
     return rates
 
 
@@ -97,34 +121,38 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = []
+    peer = args.llama_batched_bench.is_file()
+    if not peer:
+        print(f"(llama-batched-bench not found at {args.llama_batched_bench}: llama.cpp skipped)")
     for name in args.models:
         path = Path(resolve(name))
-        peer = {}
-        if args.llama_batched_bench.is_file():
-            peer = llama_batched(args.llama_batched_bench, path, args.n, args.tokens, args.threads)
-        else:
-            print(f"(llama-batched-bench not found at {args.llama_batched_bench}: llama.cpp skipped)")
-        base = None
+        base, peer_rss = None, 0
         with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
             model = rt.load_model(path)
             for n in args.n:
                 texts = prompts(rt, model, n)
                 run_once(rt, model, texts, 4)  # warm-up
-                runs = [run_once(rt, model, texts, args.tokens) for _ in range(args.repeat)]
+                runs, theirs = [], []
+                for _ in range(args.repeat):
+                    runs.append(run_once(rt, model, texts, args.tokens))
+                    if peer:
+                        rates = llama_batched(args.llama_batched_bench, path, [n], args.tokens, args.threads)
+                        theirs.append(rates[n])
+                        peer_rss = max(peer_rss, rates["rss"])
                 decode = statistics.median(r["decode"] for r in runs)
                 wall = statistics.median(r["wall"] for r in runs)
                 ttft = [t for r in runs for t in r["ttft"]]
                 per = [t for r in runs for t in r["per_request"]]
                 base = base or decode
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-                theirs = peer.get(n)
-                rows.append([name, str(n), f"{decode:.0f}", f"{theirs:.0f}" if theirs else "-",
-                             f"{decode / theirs:.2f}x" if theirs else "-", f"{decode / base:.2f}x", f"{wall:.0f}",
+                ratio = statistics.median(r["decode"] / t for r, t in zip(runs, theirs)) if theirs else None
+                rows.append([name, str(n), f"{decode:.0f}", f"{statistics.median(theirs):.0f}" if theirs else "-",
+                             f"{ratio:.2f}x" if ratio else "-", f"{decode / base:.2f}x", f"{wall:.0f}",
                              f"{1000 * percentile(ttft, 0.5):.0f}", f"{1000 * percentile(ttft, 0.99):.0f}",
                              f"{statistics.median(per):.1f}", f"{rss / 2**20:.0f}",
-                             f"{peer['rss'] / 2**20:.0f}" if peer else "-"])
+                             f"{peer_rss / 2**20:.0f}" if theirs else "-"])
     print(f"\n{args.threads} threads, 8-token prompts, {args.tokens} tokens each, greedy; medians of {args.repeat}")
-    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio", "vs N=1", "end-to-end tok/s", "TTFT p50 ms",
+    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio (pairs)", "vs N=1", "end-to-end tok/s", "TTFT p50 ms",
                  "TTFT p99 ms", "tok/s per request", "realm RSS MiB", "llama.cpp RSS MiB"], rows, args.markdown)
 
 
