@@ -339,6 +339,7 @@ class HostModel:
         check_threads(threads)
         stored = store.retain(model_id, held=held)
         self._release = weakref.finalize(self, _release, store, model_id)
+        self._release.atexit = False  # not at the interpreter's exit: a pass may still read the model
         try:
             self.config: ForwardConfig = forward_config(stored)
             top, layers = _tensor_table(stored, self.config)

@@ -284,6 +284,7 @@ class RealmHost:
         self.threads = threads
         #: time.monotonic() after which every import answers DEADLINE (set by `run`; None: none)
         self.deadline: float | None = None
+        self.expired = False  # set by `expire`: past the deadline for good
         #: the last message the guest logged at REALM_LOG_ERROR, or the reason of the host's
         #: last LIMIT answer (the why behind an error code)
         self.last_error: str | None = None
@@ -334,12 +335,20 @@ class RealmHost:
         LimitExceeded (a module too large for the memory cap)."""
         if deadline is None:
             deadline = self._deadline_from_now()
+        if self.expired:
+            deadline = time.monotonic()
         self.deadline = deadline
         self._logged = 0
         try:
             return run_wasm(wasm_store, deadline, fn, *args, what=what)
         finally:
             self.deadline = None
+
+    def expire(self) -> None:
+        """Put the guest past its deadline for good (from any thread): each import it calls
+        answers DEADLINE, so it traps at its next epoch check, and later calls into it stop at
+        once.  (Wasm that calls no import runs on to its own deadline.)"""
+        self.expired = True
 
     def _deadline_from_now(self) -> float | None:
         d = self.limits.deadline_s
@@ -415,7 +424,7 @@ class RealmHost:
 
         def call(base: int, size: int, *args: int) -> int:
             deadline = self.deadline
-            if deadline is not None and time.monotonic() > deadline:
+            if self.expired or (deadline is not None and time.monotonic() > deadline):
                 return int(Err.DEADLINE)  # the guest traps at its next epoch check, not the ticker's next tick
             try:
                 return method(self, GuestMemory(base, size), *args)

@@ -19,6 +19,7 @@ threads may generate at once on one `Realm`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
@@ -26,6 +27,7 @@ import queue
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -225,6 +227,32 @@ class TextStream:
         self._cancel.set()
 
 
+#: Realms alive in this process, for the interpreter's exit (`_stop_at_exit`).
+_LIVE: "weakref.WeakSet[Realm]" = weakref.WeakSet()
+#: Seconds the interpreter's exit waits for the generations still running to stop.
+EXIT_WAIT_S = 10.0
+
+
+def _stop_at_exit() -> None:
+    """At the interpreter's exit (atexit handlers run before its modules are torn down, while
+    daemon threads still run): generations still running -- on a TextStream's thread, or on a
+    daemon thread of the program's -- are stopped at their next import call (about a forward
+    pass), and the exit waits for them and for snapshots being taken, at most EXIT_WAIT_S.  A
+    guest, pass or compilation left running into the teardown crashed the process."""
+    end = time.monotonic() + EXIT_WAIT_S
+    realms = list(_LIVE)
+    taking = [lock for r in realms for lock in r._stop()]
+    for r in realms:
+        while r._running and time.monotonic() < end:
+            time.sleep(0.005)
+    for lock in taking:
+        if lock.acquire(timeout=max(0.0, end - time.monotonic())):
+            lock.release()
+
+
+atexit.register(_stop_at_exit)
+
+
 class Realm:
     """Models loaded once in the host, shared by guests that generate text.
 
@@ -280,6 +308,7 @@ class Realm:
         self._running: dict[int, tuple[str | None, Any]] = {}  # id(guest) -> (tenant label, its RealmHost)
         self._snapshots: dict[int, GuestSnapshot] = {}  # model id -> a guest to start generations from
         self._snapshotting: dict[int, threading.Lock] = {}  # model id -> held while one is taken
+        _LIVE.add(self)
 
     # -- models ---------------------------------------------------------------------
     def load_model(self, model: str | os.PathLike) -> Model:
@@ -514,6 +543,17 @@ class Realm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _stop(self) -> list[threading.Lock]:
+        """At the interpreter's exit: no new generations, those running stopped at their next
+        import call; returns the locks of the snapshots being taken."""
+        with self._lock:
+            self._closed = True
+            hosts = [host for _, host in self._running.values()]
+            taking = list(self._snapshotting.values())
+        for host in hosts:
+            host.expire()
+        return taking
+
     # -- internals --------------------------------------------------------------------------
     def _guest(self, handle: Model) -> Guest:
         """A fresh guest attached to the model."""
@@ -663,6 +703,9 @@ class Realm:
         snap = self._snapshot(handle)
         g = Guest(self.store, limits=self.limits, threads=self.threads, snapshot=snap)
         with self._lock:
+            if self._closed:  # at the interpreter's exit (_stop_at_exit)
+                g.close()
+                raise ClosedError("this Realm is closed")
             self._running[id(g)] = (request.tenant, g.host)
             g.host.kv_budget = self._tenant_budget(request.tenant, +1)
         try:

@@ -111,6 +111,7 @@ class Tenant:
         self.host = RealmHost(model_store, shared=shared, limits=limits, threads=threads).define(linker)
         self.limits: Limits = self.host.limits
         self._close = weakref.finalize(self, _close, self.host, self.wasm_store)  # a tenant never closed still lets go
+        self._close.atexit = False  # not at the interpreter's exit: its guest may still run
         self._broken: str | None = None
         self._scope: float | None = None  # the deadline of an open `deadline()` block
         try:

@@ -15,6 +15,9 @@ tests/test_forward.py).
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -698,3 +701,36 @@ def test_each_architecture_generates_llama_cpps_greedy_tokens(tmp_path, name):
         llm.eval([want[-1]])
     llm.close()
     assert c.tokens == want
+
+
+def test_a_program_may_exit_with_generations_running(tmp_path, smollm2_path):
+    """A program that ends with generations still running -- streams left open, daemon threads
+    in the middle of `complete` -- exits cleanly: at the interpreter's exit realm stops them and
+    waits for them (a guest or pass left running into the teardown crashed the process)."""
+    script = tmp_path / "leave.py"
+    script.write_text(textwrap.dedent(f"""
+        import threading, time
+        import realm
+        r = realm.Realm(threads=2)
+        m = r.load_model({str(smollm2_path)!r})
+        streams = []
+        for i in range(8):
+            s = r.generate(f"Story {{i}}:", model=m, max_tokens=400, ignore_eos=True, stream=True)
+            next(s)
+            streams.append(s)
+
+        def run():
+            try:
+                r.complete("Tell me a story", model=m, max_tokens=400, ignore_eos=True)
+            except realm.RealmError:
+                pass
+
+        for _ in range(4):
+            threading.Thread(target=run, daemon=True).start()
+        time.sleep(0.3)
+        print("exiting", flush=True)
+    """))
+    for _ in range(2):
+        res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and res.stdout == "exiting\n", res.stderr[-3000:]
+        assert "Segmentation" not in res.stderr and "panicked" not in res.stderr
