@@ -67,7 +67,8 @@ import wasmtime
 
 from . import _native, abi
 from .abi import Err, LogLevel
-from .errors import (ArgumentTypeError, BusyError, ClosedError, GGUFError, InternalError, ModelNotFoundError)
+from .errors import (ArgumentTypeError, BusyError, ClosedError, DeadlineExceeded, GGUFError, InternalError,
+                     ModelNotFoundError)
 from ._native import FORWARD_EINVAL, FORWARD_EKV_FULL
 from .batching import DEADLINE, WITHDRAWN, Engine, engine_for, release_engine
 from .forward import KVCache, UnsupportedModelError
@@ -264,6 +265,25 @@ class _Kv:
     known: int = 0
 
 
+#: Every RealmHost alive, for the interpreter's exit (`stop_all`).
+_HOSTS: "weakref.WeakSet[RealmHost]" = weakref.WeakSet()
+_stopping = False  # set by stop_all: hosts made from then on start expired
+
+
+def stop_all(until: float) -> None:
+    """At the interpreter's exit: every guest of the process past its deadline for good (see
+    `RealmHost.expire`; those of hosts made later too), then wait, until time.monotonic()
+    reaches `until`, for the calls into them still running (`RealmHost.run`'s), so that none
+    runs into the interpreter's teardown."""
+    global _stopping
+    _stopping = True
+    hosts = list(_HOSTS)
+    for host in hosts:
+        host.expire()
+    while any(host.calls for host in hosts) and time.monotonic() < until:
+        time.sleep(0.005)
+
+
 class RealmHost:
     """The `realm_*` imports for one guest (tenant), bound to a `ModelStore`.
 
@@ -284,7 +304,9 @@ class RealmHost:
         self.threads = threads
         #: time.monotonic() after which every import answers DEADLINE (set by `run`; None: none)
         self.deadline: float | None = None
-        self.expired = False  # set by `expire`: past the deadline for good
+        self.expired = _stopping  # set by `expire`: past the deadline for good
+        self.calls = 0  # `run` calls in progress
+        _HOSTS.add(self)
         #: the last message the guest logged at REALM_LOG_ERROR, or the reason of the host's
         #: last LIMIT answer (the why behind an error code)
         self.last_error: str | None = None
@@ -339,15 +361,19 @@ class RealmHost:
             deadline = time.monotonic()
         self.deadline = deadline
         self._logged = 0
+        self.calls += 1
         try:
             return run_wasm(wasm_store, deadline, fn, *args, what=what)
         finally:
             self.deadline = None
+            self.calls -= 1
 
     def expire(self) -> None:
-        """Put the guest past its deadline for good (from any thread): each import it calls
-        answers DEADLINE, so it traps at its next epoch check, and later calls into it stop at
-        once.  (Wasm that calls no import runs on to its own deadline.)"""
+        """Stop the guest for good (from any thread): the next import it calls traps, and later
+        calls into it stop at once, with DeadlineExceeded.  A trap, not a DEADLINE answer: a
+        guest may ignore an answer, and an epoch deadline set during an import takes effect only
+        once the one its code has cached passes.  (Wasm that calls no import runs on to its own
+        deadline.)"""
         self.expired = True
 
     def _deadline_from_now(self) -> float | None:
@@ -423,9 +449,11 @@ class RealmHost:
         the guest's epoch deadline when it is DEADLINE (see realm/_imports.pxi)."""
 
         def call(base: int, size: int, *args: int) -> int:
+            if self.expired:  # a trap: the guest's code never runs on (see `expire`)
+                raise DeadlineExceeded("the guest was stopped (the interpreter is exiting)")
             deadline = self.deadline
-            if self.expired or (deadline is not None and time.monotonic() > deadline):
-                return int(Err.DEADLINE)  # the guest traps at its next epoch check, not the ticker's next tick
+            if deadline is not None and time.monotonic() > deadline:
+                return int(Err.DEADLINE)  # the guest traps once its epoch deadline passes
             try:
                 return method(self, GuestMemory(base, size), *args)
             except _Fail as fail:

@@ -42,7 +42,7 @@ from .chat import compiled, no_template_error, special_token_texts, vocabulary
 from .errors import (ArgumentTypeError, ClosedError, DeadlineExceeded, InvalidArgumentError, LimitExceeded,
                      ModelNotFoundError, RealmError)
 from .guest import Guest, GuestError, GuestSnapshot
-from .host import TOP_LOGPROBS_MAX, TokenLogprob
+from .host import TOP_LOGPROBS_MAX, TokenLogprob, stop_all
 from .limits import HostBudget, Limits
 from .models import MODELS, model_path, resolve
 from .store import ModelStore
@@ -235,16 +235,14 @@ EXIT_WAIT_S = 10.0
 
 def _stop_at_exit() -> None:
     """At the interpreter's exit (atexit handlers run before its modules are torn down, while
-    daemon threads still run): generations still running -- on a TextStream's thread, or on a
-    daemon thread of the program's -- are stopped at their next import call (about a forward
-    pass), and the exit waits for them and for snapshots being taken, at most EXIT_WAIT_S.  A
-    guest, pass or compilation left running into the teardown crashed the process."""
+    daemon threads still run): Realms take no new generations; every guest still running -- a
+    generation on a TextStream's thread or on a daemon thread of the program's, a `Tenant`'s
+    call -- is stopped at its next import call (about a forward pass: `host.stop_all`), and the
+    exit waits for them and for snapshots being taken, at most EXIT_WAIT_S.  A guest, pass or
+    compilation left running into the teardown crashed the process."""
     end = time.monotonic() + EXIT_WAIT_S
-    realms = list(_LIVE)
-    taking = [lock for r in realms for lock in r._stop()]
-    for r in realms:
-        while r._running and time.monotonic() < end:
-            time.sleep(0.005)
+    taking = [lock for r in list(_LIVE) for lock in r._stop()]
+    stop_all(end)
     for lock in taking:
         if lock.acquire(timeout=max(0.0, end - time.monotonic())):
             lock.release()
@@ -544,15 +542,11 @@ class Realm:
         self.close()
 
     def _stop(self) -> list[threading.Lock]:
-        """At the interpreter's exit: no new generations, those running stopped at their next
-        import call; returns the locks of the snapshots being taken."""
+        """At the interpreter's exit: no new generations; returns the locks of the snapshots
+        being taken."""
         with self._lock:
             self._closed = True
-            hosts = [host for _, host in self._running.values()]
-            taking = list(self._snapshotting.values())
-        for host in hosts:
-            host.expire()
-        return taking
+            return list(self._snapshotting.values())
 
     # -- internals --------------------------------------------------------------------------
     def _guest(self, handle: Model) -> Guest:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import wasmtime
@@ -102,6 +103,34 @@ def test_an_import_hammering_tenant_is_stopped(store):
         with pytest.raises(DeadlineExceeded):
             t.call("hammer", store.tiny)
         assert time.monotonic() - t0 < 0.4
+
+
+def test_the_interpreter_exits_with_a_tenant_hammering_imports(store):
+    """A program that ends while a daemon thread's tenant still runs (calling imports in a loop
+    that ignores their answers, with no deadline) exits at once and cleanly: at the
+    interpreter's exit every guest's next import traps, and the exit waits for its call to end."""
+    script = f"""
+import threading, time, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import realm
+from attackers import HAMMER, wat
+store = realm.ModelStore()
+tiny = store.load({str(store.tiny_path)!r})
+t = realm.Tenant(store, wat(HAMMER), limits=realm.Limits(deadline_s=None), shared=[tiny])
+ended = []
+def run():
+    try:
+        t.call("hammer", tiny)
+    except realm.RealmError as exc:
+        ended.append(type(exc).__name__)
+threading.Thread(target=run, daemon=True).start()
+time.sleep(0.3)
+print("exiting", flush=True)
+"""
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == "exiting\n", res.stderr[-3000:]
+    assert time.monotonic() - t0 < 5  # stopped at its next import, not after the exit's 10 s wait
 
 
 def test_a_memory_hog_is_capped(store):
