@@ -99,8 +99,8 @@ cdef void *_dispatch(object env, void *context, uintptr_t base, size_t size, _Ra
             args.append(vals[i].i64 if (<tuple>wide)[i] else vals[i].u32)  # an i32 is read as u32, once
         result = fn(*args)
         code = <int64_t>result  # an import answers with an int that fits its result
-        if code == _api.deadline:  # the guest traps at its next epoch check
-            _api.set_epoch_deadline(context, 0)
+        if code == _api.deadline:  # the store's deadline is now; the guest's code sees it once
+            _api.set_epoch_deadline(context, 0)  # the deadline it cached (the same moment) passes
         if wide_result:
             vals[0].i64 = code
         else:
