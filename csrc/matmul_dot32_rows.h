@@ -32,12 +32,13 @@ DOT32_ATTR INLINE __m256i rows_nibbles(const uint8_t *qs) {
 }
 
 /* The lanes' starting point for block values read as unsigned bytes w + off: -off times each 4
- * activations' sum, from the buffer's -128 times that (q8.c); exact, off being 128 / 2^k. */
-DOT32_ATTR INLINE __m256i rows_nbias(const int32_t *o, const int off) {
+ * activations' sum, from the buffer's -128 times that (q8.c's offset sums o); exact, off being
+ * 128 / 2^k. */
+DOT32_ATTR INLINE __m256i rows_nbias(const realm_act_group *a, int t, int64_t b, const int off) {
     switch (off) {
-    case 128: return load32(o);
-    case 16: return _mm256_srai_epi32(load32(o), 3);
-    case 8: return _mm256_srai_epi32(load32(o), 4);
+    case 128: return OFFSETS(a, t, b);
+    case 16: return _mm256_srai_epi32(OFFSETS(a, t, b), 3);
+    case 8: return _mm256_srai_epi32(OFFSETS(a, t, b), 4);
     default: return _mm256_setzero_si256();
     }
 }
@@ -128,7 +129,7 @@ DOT32_ATTR INLINE void DOT32_NAME(dot32_rows_k)(int64_t nb, const uint8_t *w, in
 #pragma GCC unroll 16
         for (int t = 0; t < T; t++) {
             const __m256i x = load32(TOKEN_ROW(a, t0 + t) + 32 * b);
-            const __m256i nbias = rows_nbias(a->o + (int64_t)(t0 + t) * (a->n_in / 4) + 8 * b, off);
+            const __m256i nbias = rows_nbias(a, t0 + t, b, off);
 #pragma GCC unroll 16
             for (int i = 0; i < R; i++) {
                 const __m256i p = _mm256_dpbusd_epi32(nbias, u[i], x);

@@ -278,7 +278,7 @@ VNNI INLINE void lut32_rows8_k(const int kind, int64_t nb, const uint8_t *w, int
             const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xt + 16)));
             /* lane k of each half: -128 times the sums of values 4k..4k+3 and 16+4k..16+4k+3,
              * from the buffer's offset sums (q8.c) */
-            const __m256i o = load32(a->o + (int64_t)t * (a->n_in / 4) + 8 * b);
+            const __m256i o = OFFSETS(a, t, b);
             const __m256i nbias = _mm256_add_epi32(o, _mm256_permute2x128_si256(o, o, 1));
             __m256i s[4];
             for (int i = 0; i < 4; i++) s[i] = vnni_dot(vnni_dot(nbias, lo[i], xl), hi[i], xh);
