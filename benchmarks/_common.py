@@ -30,6 +30,18 @@ def median_seconds(fn: Callable[[], object], repeat: int, *, warm: bool = True) 
     return statistics.median(times)
 
 
+def peak_rss(pid: int) -> int:
+    """A running process's peak RSS (VmHWM in /proc) in bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def print_table(cols: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> None:
     """rows of cells under cols: a Markdown table, or right-aligned columns."""
     if markdown:

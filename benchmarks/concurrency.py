@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import LLAMA_BIN, add_load_args, percentile, print_table, start_together
+from _common import LLAMA_BIN, add_load_args, peak_rss, percentile, print_table, start_together
 
 from realm import Realm
 from realm.models import resolve
@@ -77,18 +77,6 @@ def run_once(rt: Realm, model, texts: list[str], tokens: int) -> dict:
     }
 
 
-def _peak_rss(pid: int) -> int:
-    """A running process's peak RSS (VmHWM) in bytes, 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def llama_batched(path: Path, model: Path, ns: list[int], tokens: int, threads: int) -> dict[int, float]:
     """{N: S_TG} from llama-batched-bench, and its peak RSS (key 'rss', bytes: read from /proc while
     it runs -- getrusage's figure for children would count this big process's pages at the fork)."""
@@ -99,7 +87,7 @@ def llama_batched(path: Path, model: Path, ns: list[int], tokens: int, threads: 
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.DEVNULL, text=True)
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, _peak_rss(proc.pid))
+            peak = max(peak, peak_rss(proc.pid))
             time.sleep(0.05)
         if proc.returncode:
             raise subprocess.CalledProcessError(proc.returncode, cmd)

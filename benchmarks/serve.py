@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import LLAMA_BIN, SAMPLING, add_load_args, percentile, print_table, stream_round
+from _common import LLAMA_BIN, SAMPLING, add_load_args, peak_rss, percentile, print_table, stream_round
 
 from realm.models import resolve
 
@@ -54,13 +54,6 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.3)
     proc.kill()
     sys.exit(f"{url} did not come up")
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def round_of(url: str, n: int, tokens: int, model: str, tag: int, sampling: str) -> dict:
