@@ -697,9 +697,6 @@ class Realm:
         snap = self._snapshot(handle)
         g = Guest(self.store, limits=self.limits, threads=self.threads, snapshot=snap)
         with self._lock:
-            if self._closed:  # at the interpreter's exit (_stop_at_exit)
-                g.close()
-                raise ClosedError("this Realm is closed")
             self._running[id(g)] = (request.tenant, g.host)
             g.host.kv_budget = self._tenant_budget(request.tenant, +1)
         try:
