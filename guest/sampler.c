@@ -288,9 +288,10 @@ static int top_p_logits(sampler *s, const float *logits, uint32_t n, float top_p
 
 /* The candidates of one step, each with its weight e^(logit - top), where top is
  * the highest candidate logit (logits divided by the temperature): either
- * s->cand[0..n) (sorted by top-k or top-p), or, when nothing asked for a sort,
- * the n tokens whose logit reaches `threshold` (min-p), in id order, with their
- * weights in s->w (+0 for the others): the vocabulary is never copied or sorted. */
+ * s->cand[0..n) (sorted by top-k or top-p) with their weights in s->w[0..n), or,
+ * when nothing asked for a sort, the n tokens whose logit reaches `threshold`
+ * (min-p), in id order, with their weights in s->w by id (+0 for the others): the
+ * vocabulary is never copied or sorted. */
 typedef struct {
     int32_t greedy;     /* >= 0: temperature <= 0 chose this token */
     int direct;
@@ -307,7 +308,7 @@ static int step_next(const step *st, const sampler *s, uint32_t *i, int32_t *id,
     if (!st->direct) {
         if (*i >= st->n) return 0;
         *id = s->cand[*i].id;
-        *weight = softmax_exp(s->cand[*i].logit - st->top);
+        *weight = s->w[*i];
         ++*i;
         return 1;
     }
@@ -381,6 +382,9 @@ static int build(sampler *s, float *logits, uint32_t n, step *st)
     for (uint32_t i = 0; i < k; i++) c[i].logit /= p->temperature;
     st->n = k;
     st->top = top_candidate(c, k);
+    /* each candidate's weight once, for the sum and the draw (in s->w by rank here) */
+    if ((rc = reserve_weights(s, k))) return rc;
+    for (uint32_t i = 0; i < k; i++) s->w[i] = softmax_exp(c[i].logit - st->top);
     return 0;
 }
 
@@ -389,7 +393,7 @@ static double weight_sum(const step *st, const sampler *s)
 {
     if (st->direct) return st->sum; /* summed with the weights; the others' +0 leaves it as it is */
     double sum = 0.0;
-    for (uint32_t i = 0; i < st->n; i++) sum += softmax_exp(s->cand[i].logit - st->top);
+    for (uint32_t i = 0; i < st->n; i++) sum += s->w[i];
     return sum;
 }
 
@@ -408,7 +412,7 @@ static int32_t draw(const step *st, const sampler *s, double target)
         return 0;
     }
     for (uint32_t i = 0; i < st->n; i++) {
-        run += softmax_exp(s->cand[i].logit - st->top);
+        run += s->w[i];
         if (run >= target) return s->cand[i].id;
     }
     return st->n ? s->cand[st->n - 1].id : 0;

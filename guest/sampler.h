@@ -67,7 +67,7 @@ typedef struct {
     int32_t *scratch;            /* sorted copy of `recent` for counting */
     sampler_candidate *cand;     /* candidates of the current step */
     uint32_t cand_cap;
-    float *w;                    /* softmax weights of the whole vocabulary (no sort) */
+    float *w;                    /* the step's weights: by id (no sort), else by rank */
     uint32_t w_cap;
 } sampler;
 
