@@ -120,6 +120,7 @@ REALM_DOT_ROWS(realm_q8_0_rows_vnni);
 
 /* Several rows per call with AVX-512 VNNI (realm_dot_rows_fn; matmul_k_vnni.c): the floats
  * of the rows' AVX2 kernels. */
+REALM_DOT_ROWS(realm_q3_K_rows_vnni);
 REALM_DOT_ROWS(realm_q4_K_rows_whole_vnni);
 REALM_DOT_ROWS(realm_q5_K_rows_vnni);
 REALM_DOT_ROWS(realm_q6_K_rows_vnni);

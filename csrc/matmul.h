@@ -95,7 +95,7 @@
  *   int16 bsums[n_tok][n_in / 16]              (Q8_K) sums of each 16 values
  *   float s[n_groups][blocks][REALM_TOK_GROUP] (Q8) f16(d' * sum of the block's values)
  *   float d[n_groups][blocks][REALM_TOK_GROUP] block scales
- *   int32 o[n_tok][n_in / 4]                   (Q8) -128 * (the sum of each 4 values)
+ *   int32 o[n_tok][n_in / 4]                   -128 * (the sum of each 4 values)
  * with n_groups = ceil(n_tok / REALM_TOK_GROUP): a group's scalars sit token by
  * token for each block (realm_act_slot), the slots of a last, partial group's
  * missing tokens are zero.  Sections start on 64-byte boundaries.  For
@@ -148,7 +148,7 @@ typedef struct realm_act_group {
     const int16_t *bsums; /* Q8_K: row 0; row t at bsums + t * (n_in / 16) */
     const float *s;       /* Q8: the group's block sums (see realm_act_slot) */
     const float *d;       /* the group's block scales */
-    const int32_t *o;     /* Q8: row 0's offset sums; row t at o + t * (n_in / 4) */
+    const int32_t *o;     /* row 0's offset sums; row t at o + t * (n_in / 4) */
     const float *xf;      /* F32, F16: row 0; row t at xf + t * n_in */
     const uint16_t *xh;   /* BF16: row 0; row t at xh + t * n_in */
     const uint8_t *xtiny; /* BF16: row t's tiny flag at xtiny[t] */

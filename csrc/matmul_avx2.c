@@ -169,19 +169,6 @@ AVX2 INLINE void q2_K_whole_k(int64_t nb, const block_q2_K *w, const realm_act_g
     whole_store(y, ys, acc, accm, T);
 }
 
-/* The 16 scales of a Q3_K block as int16 (as realm_q3_K_scales): the low 4
- * bits of scale j are nibble j of bytes 0..7 (low nibbles first), the high 2
- * bits are bits 2(j/4)..+1 of byte 8 + j%4; bias 32. */
-AVX2 INLINE __m256i q3_scales(const uint8_t *packed) {
-    uint32_t u[3];
-    memcpy(u, packed, 12);
-    const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
-    const __m128i v = _mm_setr_epi32((int)((u[0] & m4) | (u[2] & m2) << 4), (int)((u[1] & m4) | ((u[2] >> 2) & m2) << 4),
-                                     (int)(((u[0] >> 4) & m4) | ((u[2] >> 4) & m2) << 4),
-                                     (int)(((u[1] >> 4) & m4) | ((u[2] >> 6) & m2) << 4));
-    return _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)));
-}
-
 /* Q3_K: 16 signed 6-bit scales; value = low 2 bits + 4 * hmask bit - 4, taken
  * signed (each lane carries its own values' offset, as ggml's). */
 AVX2 INLINE void q3_K_k(int64_t nb, const block_q3_K *w, const realm_act_group *a, float *y, int64_t ys, const int T) {

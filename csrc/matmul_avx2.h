@@ -45,7 +45,7 @@ AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
 }
 
 #define TOKEN_ROW(a, t) ((a)->qs + (int64_t)(t) * (a)->n_in)
-/* Token t's offset sums of block b (Q8: -128 times each 4 values' sum, 8 int32; q8.c). */
+/* Token t's offset sums of 32-value block b (-128 times each 4 values' sum, 8 int32; q8.c). */
 #define OFFSETS(a, t, b) load32((a)->o + (int64_t)(t) * ((a)->n_in / 4) + 8 * (b))
 /* Token t's 16 sums of 16 values of block b (Q8_K). */
 #define BSUMS(a, t, b) _mm256_loadu_si256((const __m256i *)((a)->bsums + (int64_t)(t) * ((a)->n_in / 16) + 16 * (b)))
@@ -101,6 +101,19 @@ AVX2 INLINE scales16 split16(__m256i sc) {
     r.lo = _mm256_permute2x128_si256(sc, sc, 0x00);
     r.hi = _mm256_permute2x128_si256(sc, sc, 0x11);
     return r;
+}
+
+/* The 16 scales of a Q3_K block as int16 (as realm_q3_K_scales): the low 4
+ * bits of scale j are nibble j of bytes 0..7 (low nibbles first), the high 2
+ * bits are bits 2(j/4)..+1 of byte 8 + j%4; bias 32. */
+AVX2 INLINE __m256i q3_scales(const uint8_t *packed) {
+    uint32_t u[3];
+    memcpy(u, packed, 12);
+    const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+    const __m128i v = _mm_setr_epi32((int)((u[0] & m4) | (u[2] & m2) << 4), (int)((u[1] & m4) | ((u[2] >> 2) & m2) << 4),
+                                     (int)(((u[0] >> 4) & m4) | ((u[2] >> 4) & m2) << 4),
+                                     (int)(((u[1] >> 4) & m4) | ((u[2] >> 6) & m2) << 4));
+    return _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)));
 }
 
 /* The 8 scales and 8 mins (6 bits each) of a Q4_K / Q5_K block, as int16

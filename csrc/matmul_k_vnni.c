@@ -133,6 +133,59 @@ VNNI INLINE __m256i scale_pair(__m256i s, __m256i l0, __m256i l1, __m256i sp) {
     return _mm256_dpwssd_epi32(s, _mm256_blend_epi16(l0, _mm256_slli_epi32(l1, 16), 0xaa), sp);
 }
 
+/* Dword k of the result: lane k's scales in groups 2p and 2p + 1 (of 32 values each) of a
+ * block with a scale per 16 values (Q3_K, Q6_K): lanes 0..3 take the group's first 16. */
+VNNI INLINE __m256i pair_scales16(const scales16 *sc, const int p) {
+    const int e = 8 * (p & 1);
+    const __m256i ctrl = _mm256_setr_epi8(e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5, e, e + 1,
+                                          e + 4, e + 5, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3,
+                                          e + 6, e + 7, e + 2, e + 3, e + 6, e + 7);
+    return _mm256_shuffle_epi8(p < 2 ? sc->lo : sc->hi, ctrl);
+}
+
+/* Bit i of each byte of bytes, at bit s. */
+VNNI INLINE __m256i bit_at(__m256i bytes, const int i, const int s) {
+    return _mm256_and_si256(i <= s ? _mm256_slli_epi16(bytes, s - i) : _mm256_srli_epi16(bytes, i - s),
+                            _mm256_set1_epi8((char)(1 << s)));
+}
+
+/* Q3_K, one row at a time as Q6_K.  A value is u - 4, u = its 2 low bits + 4 * its hmask bit
+ * (0..7, dpbusd's unsigned side); each lane starts from -4 times its 4 activations' sum (the
+ * buffer's offset sums o, which are -128 times it), so the lanes are q3_K_k's exactly. */
+VNNI INLINE void q3_K_row_k(int64_t nb, const block_q3_K *x, const uint8_t *end, const realm_act_group *a, float *y,
+                            int64_t ys, const int T) {
+    const __m256i m3 = _mm256_set1_epi8(3), zero = _mm256_setzero_si256();
+    const int64_t lead = pf_lead(nb * (int64_t)sizeof(block_q3_K), 1);
+    __m256 acc[G];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
+        if (pf < end)
+            for (int k = 0; k < (int)sizeof(block_q3_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        const scales16 sc = split16(q3_scales(x[b].scales));
+        const __m256i hm = load32(x[b].hmask);
+        __m256i u[8], sp[4];
+        for (int g = 0; g < 8; g++) /* (a & c) | b: the crumb, and the hmask bit as 4 */
+            u[g] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(load32(x[b].qs + 32 * (g / 4)), 2 * (g % 4)),
+                                             bit_at(hm, g, 2), m3, 0xEC);
+        for (int p = 0; p < 4; p++) sp[p] = pair_scales16(&sc, p);
+        const float dw = _cvtsh_ss(x[b].d);
+        const float *dx = a->d + realm_act_slot(0, b);
+        for (int t = 0; t < T; t++) {
+            __m256i s = zero;
+            for (int g = 0; g < 8; g += 2)
+                s = scale_pair(s,
+                               _mm256_dpbusd_epi32(_mm256_srai_epi32(OFFSETS(a, t, 8 * b + g), 5), u[g],
+                                                   XROW(a, t, b, 32 * g)),
+                               _mm256_dpbusd_epi32(_mm256_srai_epi32(OFFSETS(a, t, 8 * b + g + 1), 5), u[g + 1],
+                                                   XROW(a, t, b, 32 * g + 32)),
+                               sp[g / 2]);
+            acc[t] = fold8(acc[t], dx[t] * dw, s);
+        }
+    }
+    store_hsum8(y, ys, acc, T);
+}
+
 /* Q6_K, one row at a time (its block decoded once for the token group), the rows ahead
  * prefetched at their pace. */
 VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end, const realm_act_group *a, float *y,
@@ -160,15 +213,8 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
             u[4 * n + 2] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql0, 4), _mm256_and_si256(qh, m30), m4, 0xEC);
             u[4 * n + 3] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(ql1, 4), h3, m4, 0xEC);
         }
-        /* dword k of sp[p]: lane k's scales in groups 2p and 2p + 1 */
         __m256i sp[4];
-        for (int p = 0; p < 4; p++) {
-            const int e = 8 * (p & 1);
-            const __m256i ctrl = _mm256_setr_epi8(e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5, e, e + 1, e + 4, e + 5,
-                                                  e, e + 1, e + 4, e + 5, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6,
-                                                  e + 7, e + 2, e + 3, e + 6, e + 7, e + 2, e + 3, e + 6, e + 7);
-            sp[p] = _mm256_shuffle_epi8(p < 2 ? sc.lo : sc.hi, ctrl);
-        }
+        for (int p = 0; p < 4; p++) sp[p] = pair_scales16(&sc, p);
         const float dw = _cvtsh_ss(x[b].d);
         const float *dx = a->d + realm_act_slot(0, b);
         for (int t = 0; t < T; t++) {
@@ -181,11 +227,6 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
         }
     }
     store_hsum8(y, ys, acc, T);
-}
-
-/* Bit i of each byte of qh as bit 4. */
-VNNI INLINE __m256i bit4(__m256i qh, const int i) {
-    return _mm256_and_si256(i <= 4 ? _mm256_slli_epi16(qh, 4 - i) : _mm256_srli_epi16(qh, i - 4), _mm256_set1_epi8(0x10));
 }
 
 /* Q5_K, one row at a time as Q6_K: the 8 scales one per 32-value group, the minimums'
@@ -210,8 +251,8 @@ VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end,
         __m256i lo[4], hi[4], sp[4];
         for (int j = 0; j < 4; j++) {
             const __m256i q = load32(x[b].qs + 32 * j);
-            lo[j] = _mm256_ternarylogic_epi32(q, bit4(qh, 2 * j), m4, 0xEC); /* (a & c) | b */
-            hi[j] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(q, 4), bit4(qh, 2 * j + 1), m4, 0xEC);
+            lo[j] = _mm256_ternarylogic_epi32(q, bit_at(qh, 2 * j, 4), m4, 0xEC); /* (a & c) | b */
+            hi[j] = _mm256_ternarylogic_epi32(_mm256_srli_epi16(q, 4), bit_at(qh, 2 * j + 1, 4), m4, 0xEC);
             /* the scales of groups 2j, 2j + 1 in every dword (dword j of sc) */
             sp[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi32(0x03020100 + 0x04040404 * j));
         }
@@ -228,6 +269,14 @@ VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end,
         }
     }
     for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(summs[t]);
+}
+
+VNNI void realm_q3_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
+                               int64_t ys) {
+    const block_q3_K *x = w;
+    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
+    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q3_K), 1));
+    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q3_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
 }
 
 VNNI void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,

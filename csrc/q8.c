@@ -7,9 +7,10 @@
  *                    s = f16(d' * sum(q))
  *     blocks of 256: id = 127 / amax, d = 1 / id
  *     q    = round-to-nearest-even(x * id), clamped to [-127, 127]; NaN -> -127
- * (d, s, id all 0 when amax < 2^-100).  Blocks of 32 also keep o, -128 times
- * each 4 values' sum: the lanes' starting point when a kernel takes a weight's
- * bytes as unsigned w + 128 (matmul_dot32_rows.h).  The scalar and AVX2 rows
+ * (d, s, id all 0 when amax < 2^-100).  Both keep o, -128 times each 4 values'
+ * sum: the lanes' starting point when a kernel takes a weight's values as
+ * unsigned bytes w + 128 / 2^k (matmul_dot32_rows.h; Q3_K's w + 4 in
+ * matmul_k_vnni.c).  The scalar and AVX2 rows
  * perform the same float operations, and the scalar code spells out what
  * cvtps2dq + packs do at the edges, so the two are bit-identical on every
  * input, NaN and infinity included.  The float weights' activations are the
@@ -46,10 +47,8 @@ realm_act_layout realm_act_layout_of(int act, int64_t n_tok, int64_t n_in) {
     }
     l.d = off;
     off = align64(off + table);
-    if (act == REALM_ACT_Q8) {
-        l.o = off;
-        off = align64(off + n_tok * n_in); /* n_in / 4 int32 a row */
-    }
+    l.o = off;
+    off = align64(off + n_tok * n_in); /* n_in / 4 int32 a row */
     l.total = off;
     return l;
 }
@@ -73,10 +72,8 @@ realm_act_group realm_act_view(int act, const void *buf, int64_t n_tok, int64_t 
     const int64_t table = realm_act_blocks(act, n_in) * REALM_TOK_GROUP;
     v.qs = (const int8_t *)p + first * n_in;
     if (act == REALM_ACT_Q8_K) v.bsums = (const int16_t *)(p + l.bsums) + first * (n_in / 16);
-    else {
-        v.s = (const float *)(p + l.s) + g * table;
-        v.o = (const int32_t *)(p + l.o) + first * (n_in / 4);
-    }
+    else v.s = (const float *)(p + l.s) + g * table;
+    v.o = (const int32_t *)(p + l.o) + first * (n_in / 4);
     v.d = (const float *)(p + l.d) + g * table;
     return v;
 }
@@ -100,7 +97,7 @@ static row_out row_at(int act, void *buf, int64_t n_tok, int64_t n_in, int64_t t
     r.bsums = act == REALM_ACT_Q8_K ? (int16_t *)(p + l.bsums) + t * (n_in / 16) : NULL;
     r.s = act == REALM_ACT_Q8 ? (float *)(p + l.s) + table : NULL;
     r.d = (float *)(p + l.d) + table;
-    r.o = act == REALM_ACT_Q8 ? (int32_t *)(p + l.o) + t * (n_in / 4) : NULL;
+    r.o = (int32_t *)(p + l.o) + t * (n_in / 4);
     r.tg = (int)(t % REALM_TOK_GROUP);
     return r;
 }
@@ -163,7 +160,6 @@ static void q8_row_ref(int act, const float *x, int64_t n_in, row_out r) {
             int32_t sum = 0;
             for (int j = 0; j < k; j++) sum += q[j];
             r.s[realm_act_slot(r.tg, b)] = realm_half_to_f32(realm_f32_to_half(dq * (float)sum));
-            for (int l = 0; l < k / 4; l++) r.o[b * (k / 4) + l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
         } else {
             for (int g = 0; g < k / 16; g++) {
                 int sum = 0;
@@ -171,6 +167,7 @@ static void q8_row_ref(int act, const float *x, int64_t n_in, row_out r) {
                 r.bsums[b * (k / 16) + g] = (int16_t)sum;
             }
         }
+        for (int l = 0; l < k / 4; l++) r.o[b * (k / 4) + l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
     }
 }
 
@@ -253,9 +250,9 @@ AVX2 static void q8_row_avx2(int act, const float *x, int64_t n_in, row_out r) {
             const __m256i v = q8_32(x + j, _mm256_set1_ps(id));
             _mm256_storeu_si256((__m256i *)(q + j), v);
             const __m256i w = sums4_i8(v);
+            _mm256_storeu_si256((__m256i *)(r.o + b * (k / 4) + j / 4), _mm256_mullo_epi32(w, _mm256_set1_epi32(-128)));
             if (act == REALM_ACT_Q8) {
                 r.s[realm_act_slot(r.tg, b)] = _cvtsh_ss(_cvtss_sh(dq * (float)hsum_i32(w), 0));
-                _mm256_storeu_si256((__m256i *)(r.o + b * (k / 4)), _mm256_mullo_epi32(w, _mm256_set1_epi32(-128)));
             } else {
                 /* two sums of 16: add the sums of 4 within each half */
                 __m256i h = _mm256_hadd_epi32(w, w);

@@ -114,6 +114,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q3_K_to_float_neon),
         .dot_ref = {realm_q3_K_dot_ref},
         .dot_avx2 = {X86(realm_q3_K_dot_avx2)},
+        .rows_vnni = {X86(realm_q3_K_rows_vnni)},
     },
     [REALM_TYPE_Q4_K] = {
         BLOCK("Q4_K", QK_K, block_q4_K), .act = REALM_ACT_Q8_K, .repacked = 1,

@@ -190,7 +190,7 @@ def _aligned(int64_t size):
 def act_unpack(act: str, buf, n_tok: int, n_in: int):
     """The parts of a quantize_act buffer as arrays (for tests):
     {"qs": int8 [n_tok, n_in], "d": float32 [n_tok, n_blocks],
-     "s": float32 [n_tok, n_blocks] and "o": int32 [n_tok, n_in // 4] (q8), or "bsums": int16
+     "o": int32 [n_tok, n_in // 4], and "s": float32 [n_tok, n_blocks] (q8) or "bsums": int16
      [n_tok, n_in // 16] (q8_k)};
     for f16 {"x": the rounded rows, float32 [n_tok, n_in]}; for bf16 {"x": their bits, uint16
     [n_tok, n_in], "tiny": uint8 [n_tok]}."""
@@ -213,10 +213,10 @@ def act_unpack(act: str, buf, n_tok: int, n_in: int):
     def table(off):  # [group][block][token]
         t = b[off:off + groups * nb * G * 4].view(np.float32).reshape(groups, nb, G).transpose(0, 2, 1)
         return t.reshape(groups * G, nb)[:n_tok]
-    res = {"qs": b[:n_tok * n_in].view(np.int8).reshape(n_tok, n_in), "d": table(lay.d)}
+    res = {"qs": b[:n_tok * n_in].view(np.int8).reshape(n_tok, n_in), "d": table(lay.d),
+           "o": b[lay.o:lay.o + n_tok * n_in].view(np.int32).reshape(n_tok, n_in // 4)}
     if a == REALM_ACT_Q8:
         res["s"] = table(lay.s)
-        res["o"] = b[lay.o:lay.o + n_tok * n_in].view(np.int32).reshape(n_tok, n_in // 4)
     else:
         res["bsums"] = b[lay.bsums:lay.bsums + n_tok * (n_in // 16) * 2].view(np.int16).reshape(n_tok, n_in // 16)
     return res

@@ -88,8 +88,8 @@ def quantize(rng, values: np.ndarray, qtype: GGMLType) -> np.ndarray:
 
 # where the formats with random-block tests keep their f16 block scale (byte offset); IQ1_M
 # keeps its in the top nibbles of its 4 u16 scale words (bytes 49, 51, 53, 55)
-RAW_SCALE = {T.IQ2_XXS: 0, T.IQ2_XS: 0, T.IQ2_S: 0, T.IQ3_XXS: 0, T.IQ3_S: 0, T.IQ1_S: 0, T.IQ1_M: None,
-             T.TQ1_0: 52, T.TQ2_0: 64}
+RAW_SCALE = {T.Q3_K: 108, T.IQ2_XXS: 0, T.IQ2_XS: 0, T.IQ2_S: 0, T.IQ3_XXS: 0, T.IQ3_S: 0, T.IQ1_S: 0,
+             T.IQ1_M: None, T.TQ1_0: 52, T.TQ2_0: 64}
 
 
 def raw_blocks(rng, qtype: GGMLType, n_out: int, n_in: int) -> np.ndarray:
@@ -119,8 +119,8 @@ def np_quantize_act(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
     (NaNs skipped), q = rint(x * (127 / amax)) clamped to [-127, 127], NaN -> -127; blocks of
     32: d = f16(amax / 127), s = f16(amax / 127 * sum q); blocks of 256: d = 1 / (127 / amax);
     blocks with amax < 2^-100 all zero.  Returns qs int8 [n_tok, n_in], d (and s) float32
-    [n_tok, blocks], o int32 [n_tok, n_in / 4] (blocks of 32: -128 times each 4 values' sum),
-    bsums int16 [n_tok, n_in / 16]."""
+    [n_tok, blocks], o int32 [n_tok, n_in / 4] (-128 times each 4 values' sum), bsums int16
+    [n_tok, n_in / 16] (blocks of 256)."""
     n_tok, n_in = x.shape
     xb = x.reshape(n_tok, n_in // k, k).astype(np.float32)
     with np.errstate(all="ignore"):
@@ -137,10 +137,9 @@ def np_quantize_act(x: np.ndarray, k: int) -> dict[str, np.ndarray]:
             s = f16_round(d0 * q.astype(np.int32).sum(axis=-1).astype(np.float32))
         else:
             d = np.where(tiny, np.float32(0), np.float32(1) / inv).astype(np.float32)
-    out = {"qs": q.reshape(n_tok, n_in), "d": d}
+    out = {"qs": q.reshape(n_tok, n_in), "d": d, "o": -128 * q.astype(np.int32).reshape(n_tok, -1, 4).sum(axis=-1)}
     if k == 32:
         out["s"] = s
-        out["o"] = -128 * q.astype(np.int32).reshape(n_tok, -1, 4).sum(axis=-1)
     else:
         out["bsums"] = q.astype(np.int32).reshape(n_tok, -1, 16).sum(axis=-1).astype(np.int16)
     return out
@@ -252,9 +251,9 @@ def test_quantize_act_matches_numpy_model(act, k, isa):
     want = np_quantize_act(x, k)
     np.testing.assert_array_equal(parts["qs"], want["qs"])
     assert_same_bits(parts["d"], want["d"])
+    np.testing.assert_array_equal(parts["o"], want["o"])
     if act == "q8":
         assert_same_bits(parts["s"], want["s"])
-        np.testing.assert_array_equal(parts["o"], want["o"])
     else:
         np.testing.assert_array_equal(parts["bsums"], want["bsums"])
 
