@@ -149,6 +149,14 @@ VNNI INLINE __m256i bit_at(__m256i bytes, const int i, const int s) {
                             _mm256_set1_epi8((char)(1 << s)));
 }
 
+/* The block of `size` bytes at `lead` bytes past blk, unless that is past the matrix's end:
+ * the row kernels below fetch the rows ahead at their pace. */
+VNNI INLINE void prefetch_ahead(const void *blk, int64_t lead, const uint8_t *end, const int size) {
+    const uint8_t *pf = (const uint8_t *)blk + lead;
+    if (pf < end)
+        for (int k = 0; k < size; k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+}
+
 /* Q3_K, one row at a time as Q6_K.  A value is u - 4, u = its 2 low bits + 4 * its hmask bit
  * (0..7, dpbusd's unsigned side); each lane starts from -4 times its 4 activations' sum (the
  * buffer's offset sums o, which are -128 times it), so the lanes are q3_K_k's exactly. */
@@ -159,9 +167,7 @@ VNNI INLINE void q3_K_row_k(int64_t nb, const block_q3_K *x, const uint8_t *end,
     __m256 acc[G];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
-        if (pf < end)
-            for (int k = 0; k < (int)sizeof(block_q3_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        prefetch_ahead(x + b, lead, end, (int)sizeof(block_q3_K));
         const scales16 sc = split16(q3_scales(x[b].scales));
         const __m256i hm = load32(x[b].hmask);
         __m256i u[8], sp[4];
@@ -195,9 +201,7 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
     __m256 acc[G];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
-        if (pf < end)
-            for (int k = 0; k < (int)sizeof(block_q6_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        prefetch_ahead(x + b, lead, end, (int)sizeof(block_q6_K));
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
         const scales16 sc = split16(sc16);
         __m256i u[8];
@@ -242,9 +246,7 @@ VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end,
         summs[t] = _mm_setzero_ps();
     }
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *pf = (const uint8_t *)(x + b) + lead;
-        if (pf < end)
-            for (int k = 0; k < (int)sizeof(block_q5_K); k += 64) _mm_prefetch((const char *)(pf + k), _MM_HINT_T0);
+        prefetch_ahead(x + b, lead, end, (int)sizeof(block_q5_K));
         __m256i sc, mins;
         k4_scales(x[b].scales, &sc, &mins);
         const __m256i qh = load32(x[b].qh);
