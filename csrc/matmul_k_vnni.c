@@ -273,28 +273,19 @@ VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end,
     for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(summs[t]);
 }
 
-VNNI void realm_q3_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
-                               int64_t ys) {
-    const block_q3_K *x = w;
-    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
-    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q3_K), 1));
-    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q3_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
-}
+/* The row kernel BODY over a call's rows, the start of its rows prefetched. */
+#define ROWS_VNNI(NAME, BODY, BLOCK)                                                                              \
+    VNNI void NAME(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,          \
+                   int64_t ys) {                                                                                 \
+        const BLOCK *x = w;                                                                                      \
+        const uint8_t *end = (const uint8_t *)(x + nrows * nb);                                                  \
+        prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(BLOCK), 1));                                        \
+        for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, BODY(nb, x + r * nb, end, a, y + r, ys, T_));       \
+    }
 
-VNNI void realm_q6_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
-                               int64_t ys) {
-    const block_q6_K *x = w;
-    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
-    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q6_K), 1));
-    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q6_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
-}
-
-VNNI void realm_q5_K_rows_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int ntok, float *y,
-                               int64_t ys) {
-    const block_q5_K *x = w;
-    const uint8_t *end = (const uint8_t *)(x + nrows * nb);
-    prefetch_start(w, end, pf_lead(nb * (int64_t)sizeof(block_q5_K), 1));
-    for (int64_t r = 0; r < nrows; r++) DISPATCH_T(ntok, q5_K_row_k(nb, x + r * nb, end, a, y + r, ys, T_));
-}
+ROWS_VNNI(realm_q3_K_rows_vnni, q3_K_row_k, block_q3_K)
+ROWS_VNNI(realm_q5_K_rows_vnni, q5_K_row_k, block_q5_K)
+ROWS_VNNI(realm_q6_K_rows_vnni, q6_K_row_k, block_q6_K)
+#undef ROWS_VNNI
 
 #endif
