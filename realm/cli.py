@@ -494,10 +494,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     batch = BatchSettings(max_batch_tokens=args.max_batch_tokens, prefix_cache_bytes=args.prefix_cache_mib << 20)
     if args.ray:
-        if args.read_timeout is not None:
-            print("realm: error: --read-timeout goes without --ray (Serve's proxy reads the requests)",
-                  file=sys.stderr)
-            return 2
         return _serve_on_ray(args, limits, batch)
     if args.address or args.replicas or args.max_models_per_replica or args.cpus_per_replica or args.proxy_routing:
         print("realm: error: --address, --proxy-routing, --replicas, --max-models-per-replica and "
@@ -523,7 +519,7 @@ def _serve_on_ray(args: argparse.Namespace, limits: Any, batch: BatchSettings) -
                          cpus_per_replica=args.cpus_per_replica or 1.0)
     serve_on_ray(args.model or [DEFAULT_MODEL], address=args.address, host=args.host, port=args.port,
                  options=options, limits=limits, api_keys=args.api_key, shutdown_timeout_s=args.shutdown_timeout,
-                 proxy_routing=args.proxy_routing, batch=batch)
+                 proxy_routing=args.proxy_routing, batch=batch, read_timeout_s=args.read_timeout)
     return 0
 
 
@@ -563,7 +559,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds a shutdown lets requests in flight finish (default 30)")
     p.add_argument("--read-timeout", type=_finite, default=None, metavar="S",
                    help="seconds a request may take to arrive, headers and body; a slower client gets 408 "
-                        "or is disconnected (default 60; not with --ray, where Serve's proxy reads requests)")
+                        "or is disconnected (default 60; with --ray: its body, where realm reads it -- Serve's "
+                        "proxy reads the headers)")
     p.add_argument("--max-batch-tokens", type=_positive, default=DEFAULT_MAX_BATCH_TOKENS, metavar="N",
                    help="tokens of one forward pass that concurrent generations share: a longer prompt is "
                         f"prefilled a chunk a pass beside the others' decoding (default {DEFAULT_MAX_BATCH_TOKENS})")

@@ -45,7 +45,8 @@ from .models import MODELS
 from .runtime import Model, Realm
 from .server.admission import ServerLimits
 from .server.app import MAX_BODY_BYTES, check_api_keys, create_app
-from .server.errors import APIError, from_realm
+from .server.errors import APIError, from_realm, request_timeout
+from .server.protocol import DEFAULT_READ_TIMEOUT_S, check_read_timeout
 from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm, check_port
 
 log = logging.getLogger("realm.serve_ray")
@@ -185,9 +186,10 @@ class RealmReplica:
     requests (http), streaming back the app's ASGI messages."""
 
     def __init__(self, catalog: Catalog, *, max_models: int, limits: ServerLimits, api_keys: tuple[str, ...],
-                 max_body_bytes: int, batch: BatchSettings | None = None):
+                 max_body_bytes: int, batch: BatchSettings | None = None,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S):
         self.replica = serve.get_replica_context().replica_id.to_full_id_str().encode()
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
         self.realm = build_realm((), threads=_replica_threads(), limits=limits, batch=batch)
         self.models = _Models(self.realm, catalog)
         self.realm_app = create_app(self.realm, limits=limits, api_keys=api_keys, max_body_bytes=max_body_bytes,
@@ -258,7 +260,10 @@ class RealmReplica:
                 return await _lifespan(receive, send)
             if scope["type"] != "http":
                 return
-            body = await _read_body(receive, self.max_body_bytes)
+            try:
+                body = await _read_body(receive, self.max_body_bytes, self.read_timeout_s)
+            except _SlowBody:
+                return await request_timeout().response()(scope, receive, send)
             name = self.models.catalog.route(body) if scope.get("path") in _ROUTED else ""
             first = True
 
@@ -356,8 +361,10 @@ class Router:
     multiplexing) and relays the replica's answer.  A replica that dies before answering is a
     503 with Retry-After, which OpenAI's clients retry."""
 
-    def __init__(self, replicas: Any, catalog: Catalog, *, max_body_bytes: int):
+    def __init__(self, replicas: Any, catalog: Catalog, *, max_body_bytes: int,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S):
         self.replicas, self.catalog, self.max_body_bytes = replicas, catalog, max_body_bytes
+        self.read_timeout_s = read_timeout_s
 
     def __serve_build_asgi_app__(self) -> Callable:
         async def app(scope: dict, receive: Callable, send: Callable) -> None:  # a function: uvicorn takes a
@@ -369,7 +376,10 @@ class Router:
             return await _lifespan(receive, send)
         if scope["type"] != "http":
             return
-        body = await _read_body(receive, self.max_body_bytes)
+        try:
+            body = await _read_body(receive, self.max_body_bytes, self.read_timeout_s)
+        except _SlowBody:
+            return await request_timeout().response()(scope, receive, send)
         name = self.catalog.route(body) if scope.get("path") in _ROUTED else ""
         request = {"scope": {k: scope[k] for k in _SCOPE_KEYS if k in scope}, "body": body}
         started = False
@@ -390,17 +400,36 @@ async def _lifespan(receive: Callable, send: Callable) -> None:
     await send({"type": "lifespan.shutdown.complete"})
 
 
-async def _read_body(receive: Callable, limit: int) -> bytes:
-    """A request's body, up to one byte past the limit (the app answers 413 for that)."""
-    chunks, size, more = [], 0, True
+class _SlowBody(Exception):
+    """A request's body did not arrive within the read timeout."""
+
+
+async def _receive_body(receive: Callable, limit: int, timeout_s: float) -> list[dict]:
+    """A request's messages to the end of its body, or until it passes limit bytes (the app
+    answers 413 for those), or a message of another type (the client left); _SlowBody when
+    they take more than timeout_s seconds.  Serve's proxy (uvicorn) waits for a client as long
+    as it takes: a body that stalls halfway would hold its request here for good."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    messages: list[dict] = []
+    size, more = 0, True
     while more and size <= limit:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(end - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise _SlowBody from None
+        messages.append(message)
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
+        size += len(message.get("body", b""))
         more = message.get("more_body", False)
-    return b"".join(chunks)[: limit + 1]
+    return messages
+
+
+async def _read_body(receive: Callable, limit: int, timeout_s: float) -> bytes:
+    """A request's body (see _receive_body), up to one byte past the limit."""
+    messages = await _receive_body(receive, limit, timeout_s)
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")[: limit + 1]
 
 
 # -- routing in Serve's proxies ----------------------------------------------------------------
@@ -441,11 +470,27 @@ def local_environment(max_body_bytes: int = MAX_BODY_BYTES) -> dict[str, str]:
             GRPC_MESSAGE_ENV: str(max(4 << 20, max_body_bytes + (1 << 20))), **THROUGHPUT_ENV}
 
 
+#: Seconds a request's body may take to arrive in Serve's proxies (a proxy's environment, as
+#: PROXY_CALLBACK_ENV; default DEFAULT_READ_TIMEOUT_S).  Its headers are uvicorn's, unbounded.
+READ_TIMEOUT_ENV = "REALM_READ_TIMEOUT_S"
+
+
+def _env_read_timeout() -> float:
+    text = os.environ.get(READ_TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_READ_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{READ_TIMEOUT_ENV} must be a number of seconds, not {text!r}") from None
+    return check_read_timeout(value)
+
+
 def proxy_middlewares() -> list:
     """Serve's HTTP proxy callback: the middleware that routes completions by their model."""
     from starlette.middleware import Middleware
 
-    return [Middleware(ModelHeader)]
+    return [Middleware(ModelHeader, read_timeout_s=_env_read_timeout())]
 
 
 class ModelHeader:
@@ -454,24 +499,22 @@ class ModelHeader:
     A request naming a model otherwise than by its served name (GET /v1/models) still works,
     on whichever replica Serve picks.  A request the proxy drops without an answer (a replica
     died under it; uvicorn would send a bare 500) gets a 503 in OpenAI's shape with
-    Retry-After, as from the Router."""
+    Retry-After, as from the Router.  A completion's body must arrive within read_timeout_s of
+    its headers, else the answer is 408 (`request_timeout`, as from `realm serve`)."""
 
-    def __init__(self, app: Callable):
-        self.app = app
+    def __init__(self, app: Callable, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S):
+        self.app, self.read_timeout_s = app, check_read_timeout(read_timeout_s)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         held: collections.deque = collections.deque()
         if scope.get("method") == "POST" and scope.get("path") in _ROUTED:
-            size, more = 0, True
-            while more and size <= MAX_BODY_BYTES:
-                message = await receive()
-                held.append(message)
-                if message["type"] != "http.request":
-                    break
-                size += len(message.get("body", b""))
-                more = message.get("more_body", False)
+            try:
+                held.extend(await _receive_body(receive, MAX_BODY_BYTES, self.read_timeout_s))
+            except _SlowBody:
+                return await request_timeout().response()(scope, receive, send)
+            more = held[-1].get("more_body", False) if held else True
             if not more and all(m["type"] == "http.request" for m in held):
                 name = _body_model(b"".join(m.get("body", b"") for m in held))
                 # no header for a name no model has -- control characters, lone surrogates (which
@@ -531,11 +574,13 @@ class RayOptions:
 def application(models: Sequence[str], *, options: RayOptions | None = None, limits: ServerLimits | None = None,
                 api_keys: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
                 shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, proxy_routing: bool = False,
-                batch: BatchSettings | None = None) -> Any:
+                batch: BatchSettings | None = None, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> Any:
     """The Serve application (for `serve.run(app, route_prefix="/")`): a Router in front of the
     RealmReplica deployment; with proxy_routing (Serve's proxies started with PROXY_CALLBACK_ENV
     = PROXY_CALLBACK), the replicas alone, Serve's ingress.  batch: each replica's batching
-    settings (default BatchSettings())."""
+    settings (default BatchSettings()).  read_timeout_s: the seconds a request's body may take
+    to reach the Router or a replica (the proxies' own: READ_TIMEOUT_ENV)."""
+    read_timeout_s = check_read_timeout(read_timeout_s)
     options = options or RayOptions()
     limits = limits or ServerLimits()
     catalog = Catalog.of(models)
@@ -550,25 +595,37 @@ def application(models: Sequence[str], *, options: RayOptions | None = None, lim
         ray_actor_options={"num_cpus": options.cpus_per_replica}, max_ongoing_requests=ongoing,
         graceful_shutdown_timeout_s=shutdown_timeout_s, **scaling)
     replicas = replica.bind(catalog, max_models=options.max_models_per_replica, limits=limits,
-                            api_keys=check_api_keys(api_keys), max_body_bytes=max_body_bytes, batch=batch)
+                            api_keys=check_api_keys(api_keys), max_body_bytes=max_body_bytes, batch=batch,
+                            read_timeout_s=read_timeout_s)
     if proxy_routing:
         return replicas
     router = serve.deployment(serve.ingress()(Router), name="Router").options(
         num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=4 * ongoing)
-    return router.bind(replicas, catalog, max_body_bytes=max_body_bytes)
+    return router.bind(replicas, catalog, max_body_bytes=max_body_bytes, read_timeout_s=read_timeout_s)
 
 
 def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  options: RayOptions | None = None, limits: ServerLimits | None = None, api_keys: Sequence[str] = (),
                  shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
                  proxy_routing: bool = False, ready: Callable[[], None] | None = None,
-                 batch: BatchSettings | None = None) -> None:
+                 batch: BatchSettings | None = None, read_timeout_s: float | None = None) -> None:
     """`realm serve --ray`: join the Ray cluster at `address` ("auto", "ray://head:10001"), or
     start a local one without it, deploy, and serve until SIGINT/SIGTERM; then delete the
     application (and, on a local cluster, stop Serve and Ray).  A local instance routes in
     Serve's proxies (see PROXY_CALLBACK_ENV) unless that variable is set to something else; on
-    a cluster, proxy_routing says its nodes were started with it."""
+    a cluster, proxy_routing says its nodes were started with it.  read_timeout_s (default:
+    READ_TIMEOUT_ENV's, else DEFAULT_READ_TIMEOUT_S) bounds the arrival of a request's body
+    where realm reads it: the Router, the replicas and a local instance's proxies; the proxies
+    of a cluster read theirs from READ_TIMEOUT_ENV on their nodes, so read_timeout_s does not
+    go with an address and proxy_routing."""
     api_keys = check_api_keys(api_keys)
+    if read_timeout_s is None:
+        read_timeout_s = _env_read_timeout()
+    else:
+        read_timeout_s = check_read_timeout(read_timeout_s)
+        if address is not None and proxy_routing:
+            raise InvalidArgumentError(f"the proxies of a Ray cluster take their read timeout from {READ_TIMEOUT_ENV} "
+                                       "on each node (set before `ray start`), not from realm")
     if check_port(port) == 0:  # checked before Ray starts: Serve checks no range
         raise InvalidArgumentError("give --ray a port: Serve's proxy on each node listens on it (with port 0 "
                                    "each would pick one of its own, which nothing reports)")
@@ -579,6 +636,7 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
     if local:  # a cluster of this machine alone, without a dashboard
         for name, value in local_environment(max_body_bytes).items():
             os.environ.setdefault(name, value)  # inherited by Serve's proxy and replicas
+        os.environ[READ_TIMEOUT_ENV] = repr(read_timeout_s)  # for the proxies
         proxy_routing = os.environ[PROXY_CALLBACK_ENV] == PROXY_CALLBACK
         ray.init(include_dashboard=False, log_to_driver=False)
     else:
@@ -590,7 +648,8 @@ def serve_on_ray(models: Sequence[str], *, address: str | None = None, host: str
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(models, options=options, limits=limits, api_keys=api_keys,
                               max_body_bytes=max_body_bytes, shutdown_timeout_s=shutdown_timeout_s,
-                              proxy_routing=proxy_routing, batch=batch),
+                              proxy_routing=proxy_routing, batch=batch,
+                              read_timeout_s=read_timeout_s),
                   name=APP_NAME, route_prefix="/", blocking=False)
         log.info("realm on Ray Serve: http://%s:%d (%s; routed by %s)", host, port,
                  ", ".join(Catalog.of(models).names), "Serve's proxies" if proxy_routing else "a router")

@@ -80,6 +80,82 @@ def test_proxy_middleware_routes_by_a_model_name_only(body, header):
     assert seen["headers"].get(b"serve_multiplexed_model_id") == header and seen["body"] == body
 
 
+def _slow_body_answer(app_of, read_timeout_s: float) -> tuple[dict, bool, float]:
+    """Drive an ASGI app (made by app_of(inner app)) with a completion whose body stops halfway:
+    (its answer's start and body, whether the inner app ran, the seconds it took)."""
+    import asyncio
+    import json
+
+    ran, sent = [], []
+
+    async def inner(scope, receive, send):
+        ran.append(True)
+
+    async def receive():
+        if not sent:
+            sent.append(None)
+            return {"type": "http.request", "body": b'{"model": ', "more_body": True}
+        await asyncio.sleep(3600)  # the client stalls
+
+    answer: dict = {}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        else:
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [(b"host", b"x")]}
+    t0 = time.monotonic()
+    asyncio.run(asyncio.wait_for(app_of(inner)(scope, receive, send), 30))
+    answer["body"] = json.loads(answer["body"])
+    return answer, bool(ran), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("where", ["proxy", "router", "replica"])
+def test_a_body_that_stalls_gets_408_where_realm_reads_it(where):
+    """Serve's proxy (uvicorn) waits for a client's body as long as it takes; where realm reads a
+    request's body -- the proxy's middleware, the Router, a replica's ingress -- the body must
+    arrive within the read timeout, else the answer is `realm serve`'s 408 and nothing runs."""
+    from realm.serve_ray import Catalog, ModelHeader, RealmReplica, Router
+
+    def app_of(inner):
+        if where == "proxy":
+            return ModelHeader(inner, read_timeout_s=0.5)
+        if where == "router":
+            return Router.__serve_build_asgi_app__(Router(None, Catalog.of(["a.gguf"]), max_body_bytes=1 << 20,
+                                                          read_timeout_s=0.5))
+        replica = RealmReplica.__new__(RealmReplica)  # its ingress alone: no Serve, no Realm
+        replica.max_body_bytes, replica.read_timeout_s, replica.realm_app = 1 << 20, 0.5, inner
+        return RealmReplica.__serve_build_asgi_app__(replica)
+
+    answer, ran, seconds = _slow_body_answer(app_of, 0.5)
+    assert answer["status"] == 408 and answer["body"]["error"]["code"] == "request_timeout", answer
+    assert not ran and 0.5 <= seconds < 10
+
+
+def test_the_proxies_read_timeout_comes_from_their_environment(monkeypatch):
+    from realm.serve_ray import READ_TIMEOUT_ENV, proxy_middlewares
+
+    monkeypatch.setenv(READ_TIMEOUT_ENV, "2.5")
+    assert proxy_middlewares()[0].kwargs == {"read_timeout_s": 2.5}
+    monkeypatch.delenv(READ_TIMEOUT_ENV)
+    assert proxy_middlewares()[0].kwargs == {"read_timeout_s": 60.0}
+    for bad in ("soon", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv(READ_TIMEOUT_ENV, bad)
+        with pytest.raises(realm.InvalidArgumentError, match="REALM_READ_TIMEOUT_S|read_timeout_s"):
+            proxy_middlewares()
+
+
+def test_a_bad_read_timeout_on_ray_is_refused_before_ray_starts(capsys):
+    from realm.cli import main
+
+    assert main(["serve", "--ray", "--read-timeout", "0"]) == 1
+    assert "read_timeout_s must be a positive number" in capsys.readouterr().err
+    assert main(["serve", "--ray", "--address", "auto", "--proxy-routing", "--read-timeout", "5"]) == 1
+    assert "REALM_READ_TIMEOUT_S on each node" in capsys.readouterr().err
+
+
 def test_evicted_model_unloads_when_its_last_request_ends(smollm2_path, gemma3_path):
     from realm.serve_ray import Catalog, _Models
 
@@ -225,7 +301,7 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
     port = _free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"realm-serve-ray-{port}.log"
     args = [sys.executable, "-m", "realm", "serve", "--ray", "--port", str(port), "--model", str(smollm2_path),
-            "--api-key", KEY, "--replicas", "1", "--cpus-per-replica", "1"]
+            "--api-key", KEY, "--replicas", "1", "--cpus-per-replica", "1", "--read-timeout", "2"]
     env = dict(os.environ, RAY_DISABLE_USAGE_STATS="1")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)
     try:
@@ -238,6 +314,14 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
         assert ok, log.read_text()[-3000:]
         c = Deployment(f"http://127.0.0.1:{port}").complete(SMOL, "Hello", max_tokens=4)[0]
         assert c.usage.completion_tokens == 4
+        # --read-timeout reached the proxy: a body that stalls is answered 408 there
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+            stalled.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 100\r\n\r\n{\"model\": ")
+            t0, data = time.monotonic(), b""
+            while b"\r\n\r\n" not in data and (chunk := stalled.recv(65536)):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 408 ") and 1.5 < time.monotonic() - t0 < 20, data[:300]
         ours = {p for p in _descendants(proc.pid) if p in _ray_pids()}
         assert ours, "found no Ray process under `realm serve --ray`"
         # the local instance's environment reached Serve's processes: routing in the proxy, gRPC

@@ -364,11 +364,9 @@ def test_server_arguments_are_checked():
         serve([], read_timeout_s="60")
 
 
-def test_read_timeout_goes_without_ray(capsys):
+def test_a_bad_read_timeout_is_refused_before_anything_starts(capsys):
     from realm.cli import main
 
-    assert main(["serve", "--ray", "--read-timeout", "5"]) == 2
-    assert "--read-timeout goes without --ray" in capsys.readouterr().err
     assert main(["serve", "--read-timeout", "0"]) == 1  # before any model loads
     assert "read_timeout_s must be a positive number" in capsys.readouterr().err
 

@@ -35,6 +35,11 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
+def request_timeout() -> APIError:
+    """A request that did not arrive whole (headers and body) within the read timeout."""
+    return APIError(408, "the request did not arrive in time", code="request_timeout")
+
+
 def from_realm(exc: RealmError) -> APIError:
     """The API error of a realm error raised while serving a request."""
     if isinstance(exc, ContextWindowError):

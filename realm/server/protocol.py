@@ -19,7 +19,10 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["DEFAULT_READ_TIMEOUT_S", "protocol_with_read_timeout"]
+from ..errors import ArgumentTypeError, InvalidArgumentError
+from .errors import request_timeout
+
+__all__ = ["DEFAULT_READ_TIMEOUT_S", "check_read_timeout", "protocol_with_read_timeout"]
 
 #: Seconds a request may take to arrive whole, headers and body (`realm serve --read-timeout`).
 DEFAULT_READ_TIMEOUT_S = 60.0
@@ -28,9 +31,17 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 _READING = (h11.IDLE, h11.SEND_BODY)
 
 
+def check_read_timeout(read_timeout_s: float) -> float:
+    """read_timeout_s, checked: a positive, finite number of seconds."""
+    if isinstance(read_timeout_s, bool) or not isinstance(read_timeout_s, (int, float)):
+        raise ArgumentTypeError(f"read_timeout_s must be a number, not {type(read_timeout_s).__name__}")
+    if not 0 < read_timeout_s < float("inf"):
+        raise InvalidArgumentError(f"read_timeout_s must be a positive number of seconds, not {read_timeout_s}")
+    return float(read_timeout_s)
+
+
 def _timeout_response() -> bytes:
-    body = json.dumps({"error": {"message": "the request did not arrive in time", "type": "invalid_request_error",
-                                 "param": None, "code": "request_timeout"}}).encode()
+    body = json.dumps(request_timeout().body()).encode()
     head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode()
     return head + body

@@ -12,12 +12,12 @@ from typing import Any, Sequence
 import uvicorn
 
 from ..batching import BatchSettings
-from ..errors import ArgumentTypeError, InvalidArgumentError, ListenError, check_int
+from ..errors import ListenError, check_int
 from ..limits import Limits
 from ..runtime import Realm
 from .admission import ServerLimits
 from .app import DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_BODY_BYTES, check_api_keys, create_app
-from .protocol import DEFAULT_READ_TIMEOUT_S, protocol_with_read_timeout
+from .protocol import DEFAULT_READ_TIMEOUT_S, check_read_timeout, protocol_with_read_timeout
 
 log = logging.getLogger("realm.server")
 
@@ -78,10 +78,7 @@ def serve(models: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, t
     body) within read_timeout_s (see realm/server/protocol.py).  An address it cannot listen on
     (see `bind`) is a ListenError, raised before the models load."""
     limits = limits or ServerLimits()
-    if isinstance(read_timeout_s, bool) or not isinstance(read_timeout_s, (int, float)):
-        raise ArgumentTypeError(f"read_timeout_s must be a number, not {type(read_timeout_s).__name__}")
-    if not 0 < read_timeout_s < float("inf"):
-        raise InvalidArgumentError(f"read_timeout_s must be a positive number of seconds, not {read_timeout_s}")
+    read_timeout_s = check_read_timeout(read_timeout_s)
     api_keys = check_api_keys(api_keys)  # like the address, before the models load
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
