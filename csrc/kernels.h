@@ -117,6 +117,17 @@ REALM_DOT_ROWS(realm_q4_1_rows_vnni);
 REALM_DOT_ROWS(realm_q5_0_rows_vnni);
 REALM_DOT_ROWS(realm_q5_1_rows_vnni);
 REALM_DOT_ROWS(realm_q8_0_rows_vnni);
+/* ... 16 rows in the lanes of 512-bit registers, for many tokens (realm_dot_wide_fn) */
+void realm_q4_0_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,
+                          int64_t ys, void *scratch);
+void realm_q4_1_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,
+                          int64_t ys, void *scratch);
+void realm_q5_0_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,
+                          int64_t ys, void *scratch);
+void realm_q5_1_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,
+                          int64_t ys, void *scratch);
+void realm_q8_0_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,
+                          int64_t ys, void *scratch);
 
 /* Several rows per call with AVX-512 VNNI (realm_dot_rows_fn; matmul_k_vnni.c): the floats
  * of the rows' AVX2 kernels. */

@@ -8,7 +8,10 @@
  * value is computed by one kernel call whatever the split, so results do not
  * depend on the thread count.  Where a format has a several-rows kernel for
  * the path (rows_vnni, traits.h) a tile's rows go to it in one call, tiles
- * then a multiple of 8 rows; it gives each row the row kernel's floats. */
+ * then a multiple of 8 rows; it gives each row the row kernel's floats.  With
+ * REALM_WIDE_MIN_TOKENS tokens or more, a format's wide kernel (wide_vnni) takes
+ * a tile's rows 16 at a time with every token (tiles a multiple of 16 rows),
+ * again the row kernel's floats. */
 #include "matmul.h"
 
 #include <stdlib.h>
@@ -22,6 +25,8 @@
 #define MIN_PARALLEL_MACS (1 << 16)
 /* Weight bytes per tile when token groups reuse it (kept well inside L2). */
 #define TILE_BYTES (64 * 1024)
+/* Tokens from which a wide kernel pays for transposing its rows' blocks. */
+#define REALM_WIDE_MIN_TOKENS 8
 
 int realm_act_type(int wtype) {
     const realm_type_traits *tt = realm_get_traits(wtype);
@@ -96,6 +101,7 @@ int realm_quantize_act(int act, const float *x, int64_t n_tok, int64_t n_in, voi
 typedef struct {
     realm_dot_fn fn;
     realm_dot_rows_fn rows; /* the path's several-rows kernel (same bits as fn), or NULL */
+    realm_dot_wide_fn wide; /* its kernel of 16 rows for many tokens (same bits), or NULL */
     int act;
     int64_t nb;        /* blocks per weight row */
     int64_t row_bytes; /* bytes per weight row */
@@ -115,10 +121,12 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     const int whole = realm_whole_blocks(wtype, n_out);
     p->fn = NULL;
     p->rows = NULL;
+    p->wide = NULL;
     if (isa == REALM_ISA_AVX2 && realm_matmul_avx512(-1)) p->fn = tt->dot_avx512[whole];
     if (isa == REALM_ISA_AVX2 && !p->fn && realm_matmul_vnni(-1)) {
         p->fn = tt->dot_vnni[whole];
         p->rows = tt->rows_vnni[whole];
+        if (!whole && n_tok >= REALM_WIDE_MIN_TOKENS) p->wide = tt->wide_vnni;
     }
     if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
     if (!p->fn) p->fn = tt->dot_ref[whole];
@@ -136,13 +144,29 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
 static int64_t tile_rows(const plan *p, int64_t n_out, int64_t n_tok, int nt) {
     const int per_thread = p->rows && n_tok <= REALM_TOK_GROUP ? 4 : 8;
     int64_t r = (n_out + per_thread * nt - 1) / (per_thread * nt);
-    if (n_tok > REALM_TOK_GROUP) {
+    if (n_tok > REALM_TOK_GROUP && !p->wide) { /* a wide kernel keeps its own copy of 16 rows */
         int64_t cap = TILE_BYTES / p->row_bytes;
         if (cap < 4) cap = 4;
         if (r > cap) r = cap;
     }
-    if (p->rows) r = (r + 7) & ~(int64_t)7;
+    if (p->wide) r = (r + 15) & ~(int64_t)15;
+    else if (p->rows) r = (r + 7) & ~(int64_t)7;
     return r < 1 ? 1 : r;
+}
+
+/* Rows [r0, r1) with every token group, kernel by kernel (no wide kernel). */
+static void tile_rows_by_group(const plan *p, const char *wb, int64_t r0, int64_t r1, int64_t n_out, int64_t n_in,
+                               const void *act_buf, int64_t n_tok, float *y) {
+    const int64_t n_groups = (n_tok + REALM_TOK_GROUP - 1) / REALM_TOK_GROUP;
+    for (int64_t g = 0; g < n_groups; g++) {
+        const realm_act_group view = realm_act_view(p->act, act_buf, n_tok, n_in, g);
+        const int64_t left = n_tok - g * REALM_TOK_GROUP;
+        const int ntok = left < REALM_TOK_GROUP ? (int)left : REALM_TOK_GROUP;
+        float *yg = y + g * REALM_TOK_GROUP * n_out;
+        if (p->rows) p->rows(p->nb, wb + r0 * p->row_bytes, r1 - r0, &view, ntok, yg + r0, n_out);
+        else
+            for (int64_t r = r0; r < r1; r++) p->fn(p->nb, wb + r * p->row_bytes, &view, ntok, yg + r, n_out);
+    }
 }
 
 int realm_matmul_q_ws(int wtype, const void *w, int64_t n_out, int64_t n_in, const void *act_buf, int64_t n_tok,
@@ -160,19 +184,30 @@ int realm_matmul_q_ws(int wtype, const void *w, int64_t n_out, int64_t n_in, con
     const int64_t n_tiles = (n_out + rows - 1) / rows;
     const int64_t n_groups = (n_tok + REALM_TOK_GROUP - 1) / REALM_TOK_GROUP;
     const char *wb = w;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t tile = 0; tile < n_tiles; tile++) {
-        const int64_t r0 = tile * rows, r1 = r0 + rows < n_out ? r0 + rows : n_out;
-        for (int64_t g = 0; g < n_groups; g++) {
-            const realm_act_group view = realm_act_view(p.act, act_buf, n_tok, n_in, g);
-            const int64_t left = n_tok - g * REALM_TOK_GROUP;
-            const int ntok = left < REALM_TOK_GROUP ? (int)left : REALM_TOK_GROUP;
-            float *yg = y + g * REALM_TOK_GROUP * n_out;
-            if (p.rows) p.rows(p.nb, wb + r0 * p.row_bytes, r1 - r0, &view, ntok, yg + r0, n_out);
-            else
-                for (int64_t r = r0; r < r1; r++) p.fn(p.nb, wb + r * p.row_bytes, &view, ntok, yg + r, n_out);
+    /* a wide kernel's scratch and the groups' views, this thread's own; without them (no
+     * memory) the tiles go kernel by kernel, to the same floats */
+    void *scratch = NULL;
+    realm_act_group *views = NULL;
+    if (p.wide) {
+        const size_t bytes = (size_t)REALM_WIDE_BYTES(p.nb), vbytes = (size_t)n_groups * sizeof *views;
+        scratch = aligned_alloc(64, (bytes + vbytes + 63) & ~(size_t)63);
+        if (scratch) {
+            views = (realm_act_group *)((char *)scratch + bytes);
+            for (int64_t g = 0; g < n_groups; g++) views[g] = realm_act_view(p.act, act_buf, n_tok, n_in, g);
         }
     }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < n_tiles; tile++) {
+        int64_t r0 = tile * rows;
+        const int64_t r1 = r0 + rows < n_out ? r0 + rows : n_out;
+        if (scratch && r1 - r0 >= 16) {
+            const int64_t r16 = r0 + ((r1 - r0) & ~(int64_t)15);
+            p.wide(p.nb, wb + r0 * p.row_bytes, r16 - r0, views, n_tok, y + r0, n_out, scratch);
+            r0 = r16;
+        }
+        if (r0 < r1) tile_rows_by_group(&p, wb, r0, r1, n_out, n_in, act_buf, n_tok, y);
+    }
+    free(scratch);
     return 0;
 }
 

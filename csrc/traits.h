@@ -39,6 +39,12 @@ typedef void (*realm_dot_fn)(int64_t nb, const void *w, const struct realm_act_g
 typedef void (*realm_dot_rows_fn)(int64_t nb, const void *w, int64_t nrows, const struct realm_act_group *a, int ntok,
                                   float *y, int64_t ys);
 
+/* The same products for nrows (a multiple of 16) rows and n_tok tokens of every group
+ * (group g at a[g]): y[t * ys + i]; scratch: REALM_WIDE_BYTES(nb) bytes, 64-byte aligned. */
+typedef void (*realm_dot_wide_fn)(int64_t nb, const void *w, int64_t nrows, const struct realm_act_group *a,
+                                  int64_t n_tok, float *y, int64_t ys, void *scratch);
+#define REALM_WIDE_BYTES(nb) ((nb) * 640) /* 16 rows' blocks, transposed (matmul_dot32_rows.h) */
+
 typedef struct {
     const char *name;   /* NULL: realm has no kernels for this type id */
     int block_size;     /* elements per block */
@@ -60,6 +66,9 @@ typedef struct {
     /* Optional kernels of several rows per call, where sharing the activations' loads and
      * reductions across rows pays (NULL: dot_vnni row by row); VNNI path only. */
     realm_dot_rows_fn rows_vnni[2];
+    /* Optional kernel of 16 rows in 512-bit lanes for many tokens (llama.cpp's vec_dot
+     * order; NULL: rows_vnni); VNNI path only. */
+    realm_dot_wide_fn wide_vnni;
 } realm_type_traits;
 
 /* Indexed by enum realm_type; entries realm does not support have name == NULL. */
