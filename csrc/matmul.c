@@ -8,10 +8,10 @@
  * value is computed by one kernel call whatever the split, so results do not
  * depend on the thread count.  Where a format has a several-rows kernel for
  * the path (rows_vnni, traits.h) a tile's rows go to it in one call, tiles
- * then a multiple of 8 rows; it gives each row the row kernel's floats.  With
- * REALM_WIDE_MIN_TOKENS tokens or more, a format's wide kernel (wide_vnni) takes
- * a tile's rows 16 at a time with every token (tiles a multiple of 16 rows),
- * again the row kernel's floats. */
+ * then a multiple of 8 rows; it gives each row the row kernel's floats.  From
+ * its wide_min tokens on, a format's wide kernel (wide_vnni) takes a tile's
+ * rows 16 at a time with every token (tiles a multiple of 16 rows), again the
+ * row kernel's floats. */
 #include "matmul.h"
 
 #include <stdlib.h>
@@ -25,8 +25,6 @@
 #define MIN_PARALLEL_MACS (1 << 16)
 /* Weight bytes per tile when token groups reuse it (kept well inside L2). */
 #define TILE_BYTES (64 * 1024)
-/* Tokens from which a wide kernel pays for transposing its rows' blocks. */
-#define REALM_WIDE_MIN_TOKENS 8
 
 int realm_act_type(int wtype) {
     const realm_type_traits *tt = realm_get_traits(wtype);
@@ -126,7 +124,7 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     if (isa == REALM_ISA_AVX2 && !p->fn && realm_matmul_vnni(-1)) {
         p->fn = tt->dot_vnni[whole];
         p->rows = tt->rows_vnni[whole];
-        if (!whole && n_tok >= REALM_WIDE_MIN_TOKENS) p->wide = tt->wide_vnni;
+        if (!whole && n_tok >= tt->wide_min) p->wide = tt->wide_vnni;
     }
     if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
     if (!p->fn) p->fn = tt->dot_ref[whole];

@@ -190,7 +190,7 @@ DOT32_ROWS(realm_q8_0_rows, REALM_TYPE_Q8_0)
 
 /* ---- Many tokens: 16 rows in the lanes of 512-bit registers ----
  *
- * At n_tok >= REALM_WIDE_MIN_TOKENS (matmul.c) the kernels above spend most of their
+ * From a format's wide_min tokens on (traits.c) the kernels above spend most of their
  * instructions on one row-token at a time: a broadcast of its scale product and an FMA into
  * its own 8 lanes, per block.  Here lane j of a register belongs to row j of 16: lane-group k
  * of every row (its values 4k .. 4k+3, row kernel's lane k) sits in register k of the block,

@@ -67,8 +67,11 @@ typedef struct {
      * reductions across rows pays (NULL: dot_vnni row by row); VNNI path only. */
     realm_dot_rows_fn rows_vnni[2];
     /* Optional kernel of 16 rows in 512-bit lanes for many tokens (llama.cpp's vec_dot
-     * order; NULL: rows_vnni); VNNI path only. */
+     * order; NULL: rows_vnni), from wide_min tokens on (where it beat rows_vnni on two
+     * threads: its transposition of the blocks costs more for the 4-bit formats); VNNI
+     * path only. */
     realm_dot_wide_fn wide_vnni;
+    int wide_min;
 } realm_type_traits;
 
 /* Indexed by enum realm_type; entries realm does not support have name == NULL. */
