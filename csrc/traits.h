@@ -43,7 +43,7 @@ typedef void (*realm_dot_rows_fn)(int64_t nb, const void *w, int64_t nrows, cons
  * (group g at a[g]): y[t * ys + i]; scratch: REALM_WIDE_BYTES(nb) bytes, 64-byte aligned. */
 typedef void (*realm_dot_wide_fn)(int64_t nb, const void *w, int64_t nrows, const struct realm_act_group *a,
                                   int64_t n_tok, float *y, int64_t ys, void *scratch);
-#define REALM_WIDE_BYTES(nb) ((nb) * 640) /* 16 rows' blocks, transposed (matmul_dot32_rows.h) */
+#define REALM_WIDE_BYTES(nb) ((nb) * 640) /* 16 rows' blocks, transposed: matmul_dot32_rows.h's wide_block */
 
 typedef struct {
     const char *name;   /* NULL: realm has no kernels for this type id */
