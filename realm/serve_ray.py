@@ -514,7 +514,7 @@ class ModelHeader:
                 held.extend(await _receive_body(receive, MAX_BODY_BYTES, self.read_timeout_s))
             except _SlowBody:
                 return await request_timeout().response()(scope, receive, send)
-            more = held[-1].get("more_body", False) if held else True
+            more = held[-1].get("more_body", False)  # _receive_body returns one message at least
             if not more and all(m["type"] == "http.request" for m in held):
                 name = _body_model(b"".join(m.get("body", b"") for m in held))
                 # no header for a name no model has -- control characters, lone surrogates (which
