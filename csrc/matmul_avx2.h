@@ -45,8 +45,10 @@ AVX2 INLINE __m256i bitplane(__m256i bytes, int b, int s) {
 }
 
 #define TOKEN_ROW(a, t) ((a)->qs + (int64_t)(t) * (a)->n_in)
-/* Token t's offset sums of 32-value block b (-128 times each 4 values' sum, 8 int32; q8.c). */
-#define OFFSETS(a, t, b) load32((a)->o + (int64_t)(t) * ((a)->n_in / 4) + 8 * (b))
+/* Token t's offset sums of 32-value block b (-128 times each 4 values' sum, 8 int32; q8.c):
+ * where they are, and loaded. */
+#define OFFSET_SUMS(a, t, b) ((a)->o + (int64_t)(t) * ((a)->n_in / 4) + 8 * (b))
+#define OFFSETS(a, t, b) load32(OFFSET_SUMS(a, t, b))
 /* Token t's 16 sums of 16 values of block b (Q8_K). */
 #define BSUMS(a, t, b) _mm256_loadu_si256((const __m256i *)((a)->bsums + (int64_t)(t) * ((a)->n_in / 16) + 16 * (b)))
 

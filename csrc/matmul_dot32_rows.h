@@ -266,7 +266,7 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
             d[i] = _mm512_mul_ps(blk->d, _mm512_set1_ps(a->d[realm_act_slot(tg + i, b)]));
             if (with_min) sm[i] = _mm512_fmadd_ps(blk->m, _mm512_set1_ps(a->s[realm_act_slot(tg + i, b)]), sm[i]);
             x[i] = (const int32_t *)(const void *)(TOKEN_ROW(a, tg + i) + 32 * b);
-            o[i] = a->o + (int64_t)(tg + i) * (a->n_in / 4) + 8 * b;
+            o[i] = OFFSET_SUMS(a, tg + i, b);
         }
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
