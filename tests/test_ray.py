@@ -80,7 +80,7 @@ def test_proxy_middleware_routes_by_a_model_name_only(body, header):
     assert seen["headers"].get(b"serve_multiplexed_model_id") == header and seen["body"] == body
 
 
-def _slow_body_answer(app_of, read_timeout_s: float) -> tuple[dict, bool, float]:
+def _slow_body_answer(app_of) -> tuple[dict, bool, float]:
     """Drive an ASGI app (made by app_of(inner app)) with a completion whose body stops halfway:
     (its answer's start and body, whether the inner app ran, the seconds it took)."""
     import asyncio
@@ -129,7 +129,7 @@ def test_a_body_that_stalls_gets_408_where_realm_reads_it(where):
         replica.max_body_bytes, replica.read_timeout_s, replica.realm_app = 1 << 20, 0.5, inner
         return RealmReplica.__serve_build_asgi_app__(replica)
 
-    answer, ran, seconds = _slow_body_answer(app_of, 0.5)
+    answer, ran, seconds = _slow_body_answer(app_of)
     assert answer["status"] == 408 and answer["body"]["error"]["code"] == "request_timeout", answer
     assert not ran and 0.5 <= seconds < 10
 
