@@ -100,6 +100,7 @@ typedef struct {
     realm_dot_fn fn;
     realm_dot_rows_fn rows; /* the path's several-rows kernel (same bits as fn), or NULL */
     realm_dot_wide_fn wide; /* its kernel of 16 rows for many tokens (same bits), or NULL */
+    int wide_bytes;    /* its buffer's bytes per block of 16 rows */
     int act;
     int64_t nb;        /* blocks per weight row */
     int64_t row_bytes; /* bytes per weight row */
@@ -120,11 +121,12 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     p->fn = NULL;
     p->rows = NULL;
     p->wide = NULL;
+    p->wide_bytes = tt->wide_bytes;
     if (isa == REALM_ISA_AVX2 && realm_matmul_avx512(-1)) p->fn = tt->dot_avx512[whole];
     if (isa == REALM_ISA_AVX2 && !p->fn && realm_matmul_vnni(-1)) {
         p->fn = tt->dot_vnni[whole];
         p->rows = tt->rows_vnni[whole];
-        if (!whole && n_tok >= tt->wide_min) p->wide = tt->wide_vnni;
+        if (n_tok >= tt->wide_min) p->wide = tt->wide_vnni[whole];
     }
     if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
     if (!p->fn) p->fn = tt->dot_ref[whole];
@@ -187,7 +189,7 @@ int realm_matmul_q_ws(int wtype, const void *w, int64_t n_out, int64_t n_in, con
     void *scratch = NULL;
     realm_act_group *views = NULL;
     if (p.wide) {
-        const size_t bytes = (size_t)REALM_WIDE_BYTES(p.nb), vbytes = (size_t)n_groups * sizeof *views;
+        const size_t bytes = (size_t)p.nb * (size_t)p.wide_bytes, vbytes = (size_t)n_groups * sizeof *views;
         scratch = aligned_alloc(64, (bytes + vbytes + 63) & ~(size_t)63);
         if (scratch) {
             views = (realm_act_group *)((char *)scratch + bytes);

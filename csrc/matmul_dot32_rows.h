@@ -198,7 +198,7 @@ DOT32_ROWS(realm_q8_0_rows, REALM_TYPE_Q8_0)
  * one FMA folds them with the rows' 16 scale products: acc_k = fma(dw dx, lane_k, acc_k), row
  * by row the row kernel's chain, the rows' 8 accumulators then summed in hsum8's order.  The
  * same floats, in about 0.7x the cycles at 16 tokens (one thread).  A 16-row group's blocks are
- * transposed once into a buffer (REALM_WIDE_BYTES, traits.h: L1- or L2-resident) that every
+ * transposed once into a buffer (REALM_WIDE_DOT32_BYTES, traits.h: L1- or L2-resident) that every
  * token reads. */
 
 /* The 8 rows r[0..8) of 8 int32 each, transposed: r[k] lane j = row j's lane k. */
@@ -225,7 +225,7 @@ typedef struct {
     __m512i u[8];
     __m512 d, m;
 } wide_block;
-_Static_assert(sizeof(wide_block) == REALM_WIDE_BYTES(1), "REALM_WIDE_BYTES sizes the buffer of wide_block");
+_Static_assert(sizeof(wide_block) == REALM_WIDE_DOT32_BYTES, "REALM_WIDE_DOT32_BYTES sizes the buffer of wide_block");
 
 /* Rows [r, r + 16)'s nb blocks into buf. */
 DOT32_ATTR INLINE void wide_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_block *buf, const int type) {

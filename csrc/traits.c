@@ -56,7 +56,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_vnni = {X86(realm_q4_0_dot_vnni), X86(realm_q4_0_dot_whole_vnni)},
         /* [1]: matmul_iq_avx2.c's IQ4_NL kernel, Q4_0 being IQ4_NL with the code book -8..7 */
         .rows_vnni = {X86(realm_q4_0_rows_vnni), X86(realm_q4_0_rows_whole_vnni)},
-        .wide_vnni = X86(realm_q4_0_wide_vnni), .wide_min = 8,
+        .wide_vnni = {X86(realm_q4_0_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_Q4_1] = {
         BLOCK("Q4_1", QK4_1, block_q4_1), .act = REALM_ACT_Q8,
@@ -67,7 +67,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_q4_1_dot_avx2)},
         .dot_vnni = {X86(realm_q4_1_dot_vnni)},
         .rows_vnni = {X86(realm_q4_1_rows_vnni)},
-        .wide_vnni = X86(realm_q4_1_wide_vnni), .wide_min = 8,
+        .wide_vnni = {X86(realm_q4_1_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_Q5_0] = {
         BLOCK("Q5_0", QK5_0, block_q5_0), .act = REALM_ACT_Q8,
@@ -78,7 +78,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_q5_0_dot_avx2)},
         .dot_vnni = {X86(realm_q5_0_dot_vnni)},
         .rows_vnni = {X86(realm_q5_0_rows_vnni)},
-        .wide_vnni = X86(realm_q5_0_wide_vnni), .wide_min = 8,
+        .wide_vnni = {X86(realm_q5_0_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_Q5_1] = {
         BLOCK("Q5_1", QK5_1, block_q5_1), .act = REALM_ACT_Q8,
@@ -89,7 +89,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_q5_1_dot_avx2)},
         .dot_vnni = {X86(realm_q5_1_dot_vnni)},
         .rows_vnni = {X86(realm_q5_1_rows_vnni)},
-        .wide_vnni = X86(realm_q5_1_wide_vnni), .wide_min = 8,
+        .wide_vnni = {X86(realm_q5_1_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_Q8_0] = {
         BLOCK("Q8_0", QK8_0, block_q8_0), .act = REALM_ACT_Q8,
@@ -100,7 +100,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_avx2 = {X86(realm_q8_0_dot_avx2)},
         .dot_vnni = {X86(realm_q8_0_dot_vnni)},
         .rows_vnni = {X86(realm_q8_0_rows_vnni)},
-        .wide_vnni = X86(realm_q8_0_wide_vnni), .wide_min = 8,
+        .wide_vnni = {X86(realm_q8_0_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
 
     /* ---- K-quants, blocks of 256: Q8_K activations ---- */

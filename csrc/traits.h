@@ -40,10 +40,12 @@ typedef void (*realm_dot_rows_fn)(int64_t nb, const void *w, int64_t nrows, cons
                                   float *y, int64_t ys);
 
 /* The same products for nrows (a multiple of 16) rows and n_tok tokens of every group
- * (group g at a[g]): y[t * ys + i]; scratch: REALM_WIDE_BYTES(nb) bytes, 64-byte aligned. */
+ * (group g at a[g]): y[t * ys + i]; scratch: nb times the format's wide_bytes, 64-byte aligned. */
 typedef void (*realm_dot_wide_fn)(int64_t nb, const void *w, int64_t nrows, const struct realm_act_group *a,
                                   int64_t n_tok, float *y, int64_t ys, void *scratch);
-#define REALM_WIDE_BYTES(nb) ((nb) * 640) /* 16 rows' blocks, transposed: matmul_dot32_rows.h's wide_block */
+/* Bytes of one block of 16 rows in a wide kernel's buffer (the sizes of their structs, asserted
+ * beside them). */
+#define REALM_WIDE_DOT32_BYTES 640 /* matmul_dot32_rows.h's wide_block */
 
 typedef struct {
     const char *name;   /* NULL: realm has no kernels for this type id */
@@ -66,12 +68,14 @@ typedef struct {
     /* Optional kernels of several rows per call, where sharing the activations' loads and
      * reductions across rows pays (NULL: dot_vnni row by row); VNNI path only. */
     realm_dot_rows_fn rows_vnni[2];
-    /* Optional kernel of 16 rows in 512-bit lanes for many tokens (llama.cpp's vec_dot
-     * order; NULL: rows_vnni), from wide_min tokens on: with fewer, its transposition of
+    /* Optional kernels of 16 rows in 512-bit lanes for many tokens, indexed [whole] as the dot
+     * kernels (NULL: rows_vnni), from wide_min tokens on: with fewer, their transposition of
      * each block costs more than it saves (streaming Gemma 3's LM head, 262,144 x 640 Q8_0,
-     * at 4 tokens: 9.7 ms against rows_vnni's 5.9); VNNI path only. */
-    realm_dot_wide_fn wide_vnni;
+     * at 4 tokens: 9.7 ms against rows_vnni's 5.9); VNNI path only.  wide_bytes: their
+     * buffer's bytes per block of 16 rows. */
+    realm_dot_wide_fn wide_vnni[2];
     int wide_min;
+    int wide_bytes;
 } realm_type_traits;
 
 /* Indexed by enum realm_type; entries realm does not support have name == NULL. */
