@@ -161,6 +161,26 @@ AVX2 INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t le
     for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
 }
 
+/* The 8 rows r[0..8) of 8 int32 each, transposed: r[k] lane j = row j's lane k (the wide
+ * kernels' packing: matmul_dot32_rows.h, matmul_k_vnni.c). */
+AVX2 INLINE void wide_transpose8(__m256i r[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+        a[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i] = _mm256_unpacklo_epi64(a[i], a[i + 2]);
+        b[i + 1] = _mm256_unpackhi_epi64(a[i], a[i + 2]);
+        b[i + 2] = _mm256_unpacklo_epi64(a[i + 1], a[i + 3]);
+        b[i + 3] = _mm256_unpackhi_epi64(a[i + 1], a[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x31);
+    }
+}
+
 /* Lane i (row i) = the sum of the lanes of s[i % 4]'s half i / 4 (exact integers). */
 AVX2 INLINE __m256i rows_hsum(const __m256i *s) {
     const __m256i p0 = _mm256_add_epi32(_mm256_unpacklo_epi32(s[0], s[1]), _mm256_unpackhi_epi32(s[0], s[1]));

@@ -201,25 +201,6 @@ DOT32_ROWS(realm_q8_0_rows, REALM_TYPE_Q8_0)
  * transposed once into a buffer (REALM_WIDE_DOT32_BYTES, traits.h: L1- or L2-resident) that every
  * token reads. */
 
-/* The 8 rows r[0..8) of 8 int32 each, transposed: r[k] lane j = row j's lane k. */
-DOT32_ATTR INLINE void wide_transpose8(__m256i r[8]) {
-    __m256i a[8], b[8];
-    for (int i = 0; i < 8; i += 2) {
-        a[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
-        a[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        b[i] = _mm256_unpacklo_epi64(a[i], a[i + 2]);
-        b[i + 1] = _mm256_unpackhi_epi64(a[i], a[i + 2]);
-        b[i + 2] = _mm256_unpacklo_epi64(a[i + 1], a[i + 3]);
-        b[i + 3] = _mm256_unpackhi_epi64(a[i + 1], a[i + 3]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x31);
-    }
-}
-
 /* One block of a 16-row group in the buffer: the values' lane-groups, the scales, the minimums. */
 typedef struct {
     __m512i u[8];
@@ -243,10 +224,12 @@ DOT32_ATTR INLINE void wide_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_
 }
 
 /* Tokens t .. t + T - 1 (T <= 2, in one group: t even) of a packed 16-row group into
- * y[(t + i) * ys + j]; on the way, `lines` lines a block of [*pf, pf_end) fetched ahead. */
+ * y[(t + i) * ys + j]; on the way, `lines` lines a block of [*pf, pf_end) fetched ahead.
+ * whole: the order of llama.cpp's repacked matrices (Q4_0), each block's integer sum whole,
+ * acc = fma(dw dx, isum, acc). */
 DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const realm_act_group *a, int tg, float *y,
                                    int64_t ys, const uint8_t **pf, const uint8_t *pf_end, int lines, const int T,
-                                   const int type) {
+                                   const int type, const int whole) {
     const int with_min = type == REALM_TYPE_Q4_1 || type == REALM_TYPE_Q5_1, off = rows_offset(type);
     const int shift = off == 16 ? 3 : 4; /* -off times the 4-value sums, from -128 times them */
     __m512 acc[2][8], sm[2];
@@ -260,6 +243,7 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
         const wide_block *blk = &buf[b];
         for (int l = 0; l < lines && *pf < pf_end; l++, *pf += 64) _mm_prefetch((const char *)*pf, _MM_HINT_T0);
         __m512 d[2];
+        __m512i isum[2];
         const int32_t *x[2], *o[2];
 #pragma GCC unroll 2
         for (int i = 0; i < T; i++) {
@@ -267,6 +251,11 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
             if (with_min) sm[i] = _mm512_fmadd_ps(blk->m, _mm512_set1_ps(a->s[realm_act_slot(tg + i, b)]), sm[i]);
             x[i] = (const int32_t *)(const void *)(TOKEN_ROW(a, tg + i) + 32 * b);
             o[i] = OFFSET_SUMS(a, tg + i, b);
+            if (whole) { /* the block's -off times its activations' sum: exact, off being 128 / 2^shift */
+                int32_t os = 0;
+                for (int k = 0; k < 8; k++) os += o[i][k];
+                isum[i] = _mm512_set1_epi32(os >> shift);
+            }
         }
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
@@ -275,6 +264,10 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
             for (int i = 0; i < T; i++) {
                 int32_t xk;
                 memcpy(&xk, x[i] + k, 4);
+                if (whole) {
+                    isum[i] = _mm512_dpbusd_epi32(isum[i], u, _mm512_set1_epi32(xk));
+                    continue;
+                }
                 __m512i start = _mm512_setzero_si512();
                 if (off == 128) start = _mm512_set1_epi32(o[i][k]);
                 else if (off) start = _mm512_srai_epi32(_mm512_set1_epi32(o[i][k]), shift);
@@ -282,12 +275,15 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
                 acc[i][k] = _mm512_fmadd_ps(d[i], _mm512_cvtepi32_ps(p), acc[i][k]);
             }
         }
+#pragma GCC unroll 2
+        for (int i = 0; whole && i < T; i++) acc[i][0] = _mm512_fmadd_ps(d[i], _mm512_cvtepi32_ps(isum[i]), acc[i][0]);
     }
 #pragma GCC unroll 2
     for (int i = 0; i < T; i++) {
         const __m512 *v = acc[i]; /* hsum8's order: ((v4 + v0) + (v6 + v2)) + ((v5 + v1) + (v7 + v3)) */
-        __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(v[4], v[0]), _mm512_add_ps(v[6], v[2])),
-                                 _mm512_add_ps(_mm512_add_ps(v[5], v[1]), _mm512_add_ps(v[7], v[3])));
+        __m512 s = whole ? v[0]
+                         : _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(v[4], v[0]), _mm512_add_ps(v[6], v[2])),
+                                         _mm512_add_ps(_mm512_add_ps(v[5], v[1]), _mm512_add_ps(v[7], v[3])));
         if (with_min) s = _mm512_add_ps(s, sm[i]);
         _mm512_storeu_ps(y + i * ys, s);
     }
@@ -295,7 +291,8 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
 
 /* nrows (a multiple of 16) rows with the n_tok tokens of the groups a[0..): y[t * ys + i]. */
 DOT32_ATTR INLINE void DOT32_NAME(dot32_wide)(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,
-                                              int64_t n_tok, float *y, int64_t ys, void *scratch, const int type) {
+                                              int64_t n_tok, float *y, int64_t ys, void *scratch, const int type,
+                                              const int whole) {
     const int64_t rb = nb * rows_block_size(type);
     wide_block *buf = scratch;
     const uint8_t *wb = w;
@@ -309,21 +306,22 @@ DOT32_ATTR INLINE void DOT32_NAME(dot32_wide)(int64_t nb, const void *w, int64_t
         for (int64_t t = 0; t < n_tok; t += 2) {
             const realm_act_group *g = &a[t / REALM_TOK_GROUP];
             const int tg = (int)(t % REALM_TOK_GROUP);
-            if (t + 1 < n_tok) wide_tokens(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 2, type);
-            else wide_tokens(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 1, type);
+            if (t + 1 < n_tok) wide_tokens(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 2, type, whole);
+            else wide_tokens(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 1, type, whole);
         }
     }
 }
 
-#define DOT32_WIDE(NAME, WTYPE)                                                                                     \
+#define DOT32_WIDE(NAME, WTYPE, WHOLE)                                                                              \
     DOT32_ATTR void DOT32_NAME(NAME)(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a,          \
                                      int64_t n_tok, float *y, int64_t ys, void *scratch) {                        \
-        DOT32_NAME(dot32_wide)(nb, w, nrows, a, n_tok, y, ys, scratch, WTYPE);                                     \
+        DOT32_NAME(dot32_wide)(nb, w, nrows, a, n_tok, y, ys, scratch, WTYPE, WHOLE);                              \
     }
 
-DOT32_WIDE(realm_q4_0_wide, REALM_TYPE_Q4_0)
-DOT32_WIDE(realm_q4_1_wide, REALM_TYPE_Q4_1)
-DOT32_WIDE(realm_q5_0_wide, REALM_TYPE_Q5_0)
-DOT32_WIDE(realm_q5_1_wide, REALM_TYPE_Q5_1)
-DOT32_WIDE(realm_q8_0_wide, REALM_TYPE_Q8_0)
+DOT32_WIDE(realm_q4_0_wide, REALM_TYPE_Q4_0, 0)
+DOT32_WIDE(realm_q4_0_wide_whole, REALM_TYPE_Q4_0, 1)
+DOT32_WIDE(realm_q4_1_wide, REALM_TYPE_Q4_1, 0)
+DOT32_WIDE(realm_q5_0_wide, REALM_TYPE_Q5_0, 0)
+DOT32_WIDE(realm_q5_1_wide, REALM_TYPE_Q5_1, 0)
+DOT32_WIDE(realm_q8_0_wide, REALM_TYPE_Q8_0, 0)
 #undef DOT32_WIDE

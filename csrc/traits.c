@@ -56,7 +56,8 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_vnni = {X86(realm_q4_0_dot_vnni), X86(realm_q4_0_dot_whole_vnni)},
         /* [1]: matmul_iq_avx2.c's IQ4_NL kernel, Q4_0 being IQ4_NL with the code book -8..7 */
         .rows_vnni = {X86(realm_q4_0_rows_vnni), X86(realm_q4_0_rows_whole_vnni)},
-        .wide_vnni = {X86(realm_q4_0_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
+        .wide_vnni = {X86(realm_q4_0_wide_vnni), X86(realm_q4_0_wide_whole_vnni)},
+        .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_Q4_1] = {
         BLOCK("Q4_1", QK4_1, block_q4_1), .act = REALM_ACT_Q8,
@@ -129,6 +130,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_q4_K_dot_ref, realm_q4_K_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_K_dot_avx2), X86(realm_q4_K_dot_whole_avx2)},
         .rows_vnni = {NULL, X86(realm_q4_K_rows_whole_vnni)}, /* matmul_k_vnni.c */
+        .wide_vnni = {NULL, X86(realm_q4_K_wide_whole_vnni)}, .wide_min = 6, .wide_bytes = REALM_WIDE_Q4_K_BYTES,
     },
     [REALM_TYPE_Q5_K] = {
         BLOCK("Q5_K", QK_K, block_q5_K), .act = REALM_ACT_Q8_K,

@@ -45,7 +45,8 @@ typedef void (*realm_dot_wide_fn)(int64_t nb, const void *w, int64_t nrows, cons
                                   int64_t n_tok, float *y, int64_t ys, void *scratch);
 /* Bytes of one block of 16 rows in a wide kernel's buffer (the sizes of their structs, asserted
  * beside them). */
-#define REALM_WIDE_DOT32_BYTES 640 /* matmul_dot32_rows.h's wide_block */
+#define REALM_WIDE_DOT32_BYTES 640  /* matmul_dot32_rows.h's wide_block */
+#define REALM_WIDE_Q4_K_BYTES 2944 /* matmul_k_vnni.c's wide_q4_K */
 
 typedef struct {
     const char *name;   /* NULL: realm has no kernels for this type id */

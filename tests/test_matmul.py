@@ -549,6 +549,28 @@ def test_many_tokens_equal_llama_cpp(ggml_cpu, qtype):
                                      want[:n_tok])
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+def test_many_tokens_equal_llama_cpp_repacked(ggml_cpu, qtype):
+    """The wide kernels in the order of llama.cpp's repacked matrices (8k rows, whole-block
+    sums): from 8 tokens on, 16 rows a step and the 8 left to the several-rows kernel, every
+    token llama.cpp's gemv bits, random bytes as blocks and the quantizer's, 1 and 2 threads."""
+    rng = np.random.default_rng(int(qtype) + 500)
+    n_out, n_in = 3 * 16 + 8, 3 * weight_block(qtype) * (3 if qtype == T.Q4_0 else 1)
+    size = _native.type_traits(qtype)[2]
+    raw = rng.integers(0, 256, (n_out * n_in // weight_block(qtype), size), dtype=np.uint8)
+    n_scales = 2 if qtype == T.Q4_K else 1  # d (and dmin): finite, of either sign, wide in range
+    d = rng.choice([-1.0, 1.0], (len(raw), n_scales)) * 2.0 ** rng.uniform(-12, 2, (len(raw), n_scales))
+    raw[:, :2 * n_scales] = d.astype(np.float16).view(np.uint8)
+    for wq in (quantize(rng, gaussian(rng, (n_out, n_in)), qtype), raw.reshape(n_out, -1)):
+        x = gaussian(rng, (33, n_in), 10.0 ** rng.uniform(-2, 2))
+        want = np.stack([ggml_cpu.gemv(qtype, wq, n_out, x[t]) for t in range(x.shape[0])])
+        for n_tok in (7, 8, 9, 16, 17, 33):
+            for threads in (1, 2):
+                for isa in ISAS:
+                    assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], isa=isa, threads=threads),
+                                     want[:n_tok])
+
+
 @pytest.mark.parametrize("qtype", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
 def test_k_quants_equal_llama_cpp_at_every_token_count(ggml_cpu, qtype):
     """Every token count of a group (1..8, and 9: a group and one more), 8k rows and others
