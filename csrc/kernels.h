@@ -122,6 +122,10 @@ void realm_q4_0_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_
                           int64_t ys, void *scratch);
 void realm_q4_0_wide_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok,
                                 float *y, int64_t ys, void *scratch);
+void realm_iq4_nl_wide_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok,
+                                  float *y, int64_t ys, void *scratch);
+void realm_mxfp4_wide_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok,
+                                 float *y, int64_t ys, void *scratch);
 void realm_q4_1_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,
                           int64_t ys, void *scratch);
 void realm_q5_0_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,

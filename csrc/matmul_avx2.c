@@ -20,6 +20,7 @@
 
 #include "avx2_util.h"
 #include "fp16.h"
+#include "iq_tables.h"
 #include "kernels.h"
 #include "matmul_avx2.h"
 #include "matmul_float.h"

@@ -11,7 +11,12 @@
  * (the lanes start from its negation). */
 
 DOT32_ATTR INLINE int rows_offset(const int type) {
-    return type == REALM_TYPE_Q4_0 ? 8 : type == REALM_TYPE_Q5_0 ? 16 : type == REALM_TYPE_Q8_0 ? 128 : 0;
+    switch (type) {
+    case REALM_TYPE_Q4_0: return 8;
+    case REALM_TYPE_Q5_0: return 16;
+    case REALM_TYPE_Q8_0: case REALM_TYPE_IQ4_NL: case REALM_TYPE_MXFP4: return 128;
+    default: return 0;
+    }
 }
 
 DOT32_ATTR INLINE int rows_block_size(const int type) {
@@ -20,6 +25,8 @@ DOT32_ATTR INLINE int rows_block_size(const int type) {
     case REALM_TYPE_Q4_1: return (int)sizeof(block_q4_1);
     case REALM_TYPE_Q5_0: return (int)sizeof(block_q5_0);
     case REALM_TYPE_Q5_1: return (int)sizeof(block_q5_1);
+    case REALM_TYPE_IQ4_NL: return (int)sizeof(block_iq4_nl);
+    case REALM_TYPE_MXFP4: return (int)sizeof(block_mxfp4);
     default: return (int)sizeof(block_q8_0);
     }
 }
@@ -43,8 +50,15 @@ DOT32_ATTR INLINE __m256i rows_nbias(const realm_act_group *a, int t, int64_t b,
     }
 }
 
+/* A code book's 16 levels plus 128 as unsigned bytes, in both 128-bit lanes (for vpshufb). */
+DOT32_ATTR INLINE __m256i rows_book(const int8_t *book) {
+    return _mm256_xor_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)book)),
+                            _mm256_set1_epi8((char)0x80));
+}
+
 /* A block's 32 values plus rows_offset as unsigned bytes: nibbles (Q4), nibbles with the
- * fifth bit (Q5), the bytes with their sign bit flipped (Q8_0). */
+ * fifth bit (Q5), the bytes with their sign bit flipped (Q8_0), the code book's levels at the
+ * nibbles (IQ4_NL, MXFP4). */
 DOT32_ATTR INLINE __m256i rows_ubytes(const uint8_t *blk, const int type) {
     switch (type) {
     case REALM_TYPE_Q4_0: return rows_nibbles(((const block_q4_0 *)blk)->qs);
@@ -57,6 +71,10 @@ DOT32_ATTR INLINE __m256i rows_ubytes(const uint8_t *blk, const int type) {
         const block_q5_1 *x = (const block_q5_1 *)blk;
         return _mm256_or_si256(rows_nibbles(x->qs), _mm256_and_si256(bits32(x->qh), _mm256_set1_epi8(0x10)));
     }
+    case REALM_TYPE_IQ4_NL:
+        return _mm256_shuffle_epi8(rows_book(realm_kvalues_iq4nl), rows_nibbles(((const block_iq4_nl *)blk)->qs));
+    case REALM_TYPE_MXFP4:
+        return _mm256_shuffle_epi8(rows_book(realm_kvalues_mxfp4), rows_nibbles(((const block_mxfp4 *)blk)->qs));
     default: return _mm256_xor_si256(load32(((const block_q8_0 *)blk)->qs), _mm256_set1_epi8((char)0x80));
     }
 }
@@ -72,6 +90,15 @@ DOT32_ATTR INLINE __m256 rows_halves(const uint8_t *blk, int64_t rb, int off, co
         __asm__("" : "+r"(q[i / 4]));
     }
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
+}
+
+/* The block scales of rows blk, blk + rb, ... (8 rows) as floats, row i in lane i: the f16
+ * d at byte 0, or MXFP4's e8m0 exponent (its half, as the code book is doubled). */
+DOT32_ATTR INLINE __m256 rows_scales8(const uint8_t *blk, int64_t rb, const int type) {
+    if (type != REALM_TYPE_MXFP4) return rows_halves(blk, rb, 0, 8);
+    float d[8];
+    for (int i = 0; i < 8; i++) d[i] = realm_e8m0_to_f32_half(((const block_mxfp4 *)(blk + i * rb))->e);
+    return _mm256_loadu_ps(d);
 }
 
 /* Row i's scale times token t's, of one block (dw dx, dot32_k's products), at dst[8 t + i]. */
@@ -218,20 +245,20 @@ DOT32_ATTR INLINE void wide_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_
             for (int j = 0; j < 8; j++) r[j] = rows_ubytes(blk + j * rb, type);
             wide_transpose8(r);
             for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&buf[b].u[k] + h, r[k]);
-            _mm256_store_ps((float *)&buf[b].d + 8 * h, rows_halves(blk, rb, 0, 8));
+            _mm256_store_ps((float *)&buf[b].d + 8 * h, rows_scales8(blk, rb, type));
             if (with_min) _mm256_store_ps((float *)&buf[b].m + 8 * h, rows_halves(blk, rb, 2, 8));
         }
 }
 
 /* Tokens t .. t + T - 1 (T <= 2, in one group: t even) of a packed 16-row group into
  * y[(t + i) * ys + j]; on the way, `lines` lines a block of [*pf, pf_end) fetched ahead.
- * whole: the order of llama.cpp's repacked matrices (Q4_0), each block's integer sum whole,
+ * whole: the order of llama.cpp's repacked matrices (Q4_0, IQ4_NL, MXFP4), each block's integer sum whole,
  * acc = fma(dw dx, isum, acc). */
 DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const realm_act_group *a, int tg, float *y,
                                    int64_t ys, const uint8_t **pf, const uint8_t *pf_end, int lines, const int T,
                                    const int type, const int whole) {
     const int with_min = type == REALM_TYPE_Q4_1 || type == REALM_TYPE_Q5_1, off = rows_offset(type);
-    const int shift = off == 16 ? 3 : 4; /* -off times the 4-value sums, from -128 times them */
+    const int shift = off == 128 ? 0 : off == 16 ? 3 : 4; /* -off times the 4-value sums, from -128 times them */
     __m512 acc[2][8], sm[2];
 #pragma GCC unroll 2
     for (int i = 0; i < T; i++) {
@@ -324,4 +351,6 @@ DOT32_WIDE(realm_q4_1_wide, REALM_TYPE_Q4_1, 0)
 DOT32_WIDE(realm_q5_0_wide, REALM_TYPE_Q5_0, 0)
 DOT32_WIDE(realm_q5_1_wide, REALM_TYPE_Q5_1, 0)
 DOT32_WIDE(realm_q8_0_wide, REALM_TYPE_Q8_0, 0)
+DOT32_WIDE(realm_iq4_nl_wide_whole, REALM_TYPE_IQ4_NL, 1)
+DOT32_WIDE(realm_mxfp4_wide_whole, REALM_TYPE_MXFP4, 1)
 #undef DOT32_WIDE

@@ -169,6 +169,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_iq4_nl_dot_ref, realm_iq4_nl_dot_whole_ref},
         .dot_avx2 = {X86(realm_iq4_nl_dot_avx2), X86(realm_iq4_nl_dot_whole_avx2)},
         .rows_vnni = {NULL, X86(realm_iq4_nl_rows_whole_vnni)},
+        .wide_vnni = {NULL, X86(realm_iq4_nl_wide_whole_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_IQ4_XS] = {
         BLOCK("IQ4_XS", QK_K, block_iq4_xs), .act = REALM_ACT_Q8_K,
@@ -187,6 +188,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .dot_ref = {realm_mxfp4_dot_ref, realm_mxfp4_dot_whole_ref},
         .dot_avx2 = {X86(realm_mxfp4_dot_avx2), X86(realm_mxfp4_dot_whole_avx2)},
         .rows_vnni = {NULL, X86(realm_mxfp4_rows_whole_vnni)},
+        .wide_vnni = {NULL, X86(realm_mxfp4_wide_whole_vnni)}, .wide_min = 16, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
     [REALM_TYPE_TQ1_0] = {
         BLOCK("TQ1_0", QK_K, block_tq1_0), .act = REALM_ACT_Q8_K,

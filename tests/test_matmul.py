@@ -549,18 +549,22 @@ def test_many_tokens_equal_llama_cpp(ggml_cpu, qtype):
                                      want[:n_tok])
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", sorted(GGMLCPU.REPACKED.keys() - {T.Q2_K}), ids=lambda t: t.name)
 def test_many_tokens_equal_llama_cpp_repacked(ggml_cpu, qtype):
     """The wide kernels in the order of llama.cpp's repacked matrices (8k rows, whole-block
-    sums): from 8 tokens on, 16 rows a step and the 8 left to the several-rows kernel, every
-    token llama.cpp's gemv bits, random bytes as blocks and the quantizer's, 1 and 2 threads."""
+    sums; Q4_0 and IQ4_NL from 8 tokens on, Q4_K from 6, MXFP4 from 16): 16 rows a step and the 8 left
+    to the several-rows kernel, every token llama.cpp's gemv bits, random bytes as blocks and
+    the quantizer's, 1 and 2 threads."""
     rng = np.random.default_rng(int(qtype) + 500)
-    n_out, n_in = 3 * 16 + 8, 3 * weight_block(qtype) * (3 if qtype == T.Q4_0 else 1)
+    n_out, n_in = 3 * 16 + 8, 3 * weight_block(qtype) * (1 if qtype == T.Q4_K else 3)
     size = _native.type_traits(qtype)[2]
     raw = rng.integers(0, 256, (n_out * n_in // weight_block(qtype), size), dtype=np.uint8)
-    n_scales = 2 if qtype == T.Q4_K else 1  # d (and dmin): finite, of either sign, wide in range
-    d = rng.choice([-1.0, 1.0], (len(raw), n_scales)) * 2.0 ** rng.uniform(-12, 2, (len(raw), n_scales))
-    raw[:, :2 * n_scales] = d.astype(np.float16).view(np.uint8)
+    if qtype == T.MXFP4:  # e8m0 exponents, 2^-12 .. 2^2
+        raw[:, 0] = rng.integers(115, 130, len(raw))
+    else:  # d (and dmin): finite, of either sign, wide in range
+        n_scales = 2 if qtype == T.Q4_K else 1
+        d = rng.choice([-1.0, 1.0], (len(raw), n_scales)) * 2.0 ** rng.uniform(-12, 2, (len(raw), n_scales))
+        raw[:, :2 * n_scales] = d.astype(np.float16).view(np.uint8)
     for wq in (quantize(rng, gaussian(rng, (n_out, n_in)), qtype), raw.reshape(n_out, -1)):
         x = gaussian(rng, (33, n_in), 10.0 ** rng.uniform(-2, 2))
         want = np.stack([ggml_cpu.gemv(qtype, wq, n_out, x[t]) for t in range(x.shape[0])])
