@@ -49,6 +49,18 @@ VNNI INLINE void q4_K_d8(const __m256i *head, __m256 *d, __m256 *dmin) {
     *dmin = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
+/* The 8 rows at blk, blk + rb, ...: sm[i] the scales and mins of rows i | i + 4 (q4_K_scales2),
+ * d and dmin the rows' block scales in row order. */
+VNNI INLINE void q4_K_heads8(const uint8_t *blk, int64_t rb, __m256i sm[4], __m256 *d, __m256 *dmin) {
+    __m256i head[4];
+    for (int i = 0; i < 4; i++) {
+        head[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb))),
+                                          _mm_loadu_si128((const __m128i *)(blk + (i + 4) * rb)), 1);
+        sm[i] = q4_K_scales2(head[i]);
+    }
+    q4_K_d8(head, d, dmin);
+}
+
 VNNI INLINE void q4_K_rows8_k(int64_t nb, const uint8_t *w, int64_t rb, const realm_act_group *a,
                               float *y, int64_t ys, const int T) {
     const int bs = (int)sizeof(block_q4_K), qoff = (int)offsetof(block_q4_K, qs);
@@ -57,14 +69,9 @@ VNNI INLINE void q4_K_rows8_k(int64_t nb, const uint8_t *w, int64_t rb, const re
     for (int t = 0; t < T; t++) acc[t] = accm[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bs;
-        __m256i head[4], sm[4];
-        for (int i = 0; i < 4; i++) {
-            head[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb))),
-                                              _mm_loadu_si128((const __m128i *)(blk + (i + 4) * rb)), 1);
-            sm[i] = q4_K_scales2(head[i]);
-        }
+        __m256i sm[4];
         __m256 dw, dmw;
-        q4_K_d8(head, &dw, &dmw);
+        q4_K_heads8(blk, rb, sm, &dw, &dmw);
         /* row by row: a row's values and scales decoded once for all the tokens */
         __m256i s[G][8];
         for (int r = 0; r < 8; r++) {
@@ -154,14 +161,9 @@ VNNI INLINE void wide_q4_K_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_q
                 wide_transpose8(r);
                 for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&buf[b].q[8 * i + k] + h, r[k]);
             }
-            __m256i head[4], sm[4], sc[8], mn[8];
-            for (int i = 0; i < 4; i++) {
-                head[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(blk + i * rb))),
-                                                  _mm_loadu_si128((const __m128i *)(blk + (i + 4) * rb)), 1);
-                sm[i] = q4_K_scales2(head[i]);
-            }
+            __m256i sm[4], sc[8], mn[8];
             __m256 d, dmin;
-            q4_K_d8(head, &d, &dmin);
+            q4_K_heads8(blk, rb, sm, &d, &dmin);
             _mm256_store_ps((float *)&buf[b].d + 8 * h, d);
             _mm256_store_ps((float *)&buf[b].dmin + 8 * h, dmin);
             for (int r = 0; r < 8; r++) { /* row r's 8 scales and 8 minimums as int32 */
