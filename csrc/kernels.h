@@ -139,6 +139,8 @@ void realm_q8_0_wide_vnni(int64_t nb, const void *w, int64_t nrows, const realm_
  * of the rows' AVX2 kernels. */
 REALM_DOT_ROWS(realm_q3_K_rows_vnni);
 REALM_DOT_ROWS(realm_q4_K_rows_whole_vnni);
+void realm_q2_K_wide_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok,
+                                float *y, int64_t ys, void *scratch);
 void realm_q4_K_wide_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok,
                                 float *y, int64_t ys, void *scratch);
 REALM_DOT_ROWS(realm_q5_K_rows_vnni);

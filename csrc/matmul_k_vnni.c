@@ -230,26 +230,134 @@ VNNI INLINE void wide_q4_K_tokens(int64_t nb, const wide_q4_K *buf, const realm_
     for (int i = 0; i < T; i++) _mm512_storeu_ps(y + i * ys, _mm512_sub_ps(acc[i], accm[i]));
 }
 
-/* nrows (a multiple of 16) rows with the n_tok tokens of the groups a[0..): y[t * ys + i]
- * (realm_dot_wide_fn; the walk of matmul_dot32_rows.h's dot32_wide). */
-VNNI void realm_q4_K_wide_whole_vnni(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok,
-                                     float *y, int64_t ys, void *scratch) {
-    const int64_t rb = nb * (int64_t)sizeof(block_q4_K);
-    wide_q4_K *buf = scratch;
-    const uint8_t *wb = w;
-    const int64_t passes = (n_tok + 1) / 2; /* the next group's lines spread over every block of every pass */
-    const int lines = (int)((16 * (int64_t)sizeof(block_q4_K) + 64 * passes - 1) / (64 * passes));
-    for (int64_t r = 0; r < nrows; r += 16) {
-        wide_q4_K_pack(nb, wb + r * rb, rb, buf);
-        const uint8_t *pf = wb + (r + 16) * rb, *pf_end = r + 16 < nrows ? wb + (r + 32) * rb : pf;
-        for (int64_t t = 0; t < n_tok; t += 2) {
-            const realm_act_group *g = &a[t / REALM_TOK_GROUP];
-            const int tg = (int)(t % REALM_TOK_GROUP);
-            if (t + 1 < n_tok) wide_q4_K_tokens(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 2);
-            else wide_q4_K_tokens(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 1);
+/* ---- Q2_K, the repacked order, many tokens: as Q4_K's wide kernel ----
+ * Register 8h + k of a block holds each row's bytes 32h + 4k .. +3 of qs: at bits 2s, values
+ * 4k .. 4k+3 of group 4h + s (32 values), which are sub-block 2(4h + s) for k < 4, the next one
+ * for k >= 4.  Chains of 4 dpbusd give a sub-block's sum (of 16), times its 4-bit scale (vpmulld)
+ * into the block's whole sum; dpwssd takes the minimums against the 16-value sums in pairs. */
+typedef struct {
+    __m512i q[16];   /* q[8h + k], lane j: row j's bytes 32h + 4k .. +3 of qs */
+    __m512i sc[16];  /* sub-block j's scale (int32) */
+    __m512i mins[8]; /* the minimums of sub-blocks 2p, 2p + 1: the int16 pair of a dword */
+    __m512 d, dmin;
+} wide_q2_K;
+_Static_assert(sizeof(wide_q2_K) == REALM_WIDE_Q2_K_BYTES, "REALM_WIDE_Q2_K_BYTES sizes the buffer of wide_q2_K");
+
+/* The f16 at byte off of the 8 rows' blocks at blk, blk + rb, ... as floats, row i in lane i. */
+VNNI INLINE __m256 halves8(const uint8_t *blk, int64_t rb, int off) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; i++) memcpy(&h[i], blk + i * rb + off, 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+VNNI INLINE void wide_q2_K_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_q2_K *buf) {
+    const int bs = (int)sizeof(block_q2_K);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; b++)
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *blk = w + 8 * h * rb + b * bs;
+            for (int i = 0; i < 2; i++) {
+                __m256i r[8];
+                for (int j = 0; j < 8; j++) r[j] = load32(blk + j * rb + offsetof(block_q2_K, qs) + 32 * i);
+                wide_transpose8(r);
+                for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&buf[b].q[8 * i + k] + h, r[k]);
+            }
+            _mm256_store_ps((float *)&buf[b].d + 8 * h, halves8(blk, rb, offsetof(block_q2_K, d)));
+            _mm256_store_ps((float *)&buf[b].dmin + 8 * h, halves8(blk, rb, offsetof(block_q2_K, dmin)));
+            /* sc[i][r], mn[i][r]: row r's scales and minimums of sub-blocks 8i .. 8i + 7, as int32 */
+            __m256i sc[2][8], mn[2][8];
+            for (int r = 0; r < 8; r++) {
+                const __m128i v = _mm_loadu_si128((const __m128i *)(blk + r * rb + offsetof(block_q2_K, scales)));
+                const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+                sc[0][r] = _mm256_cvtepu8_epi32(lo);
+                sc[1][r] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
+                mn[0][r] = _mm256_cvtepu8_epi32(hi);
+                mn[1][r] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+            }
+            for (int i = 0; i < 2; i++) {
+                wide_transpose8(sc[i]);
+                wide_transpose8(mn[i]);
+                for (int j = 0; j < 8; j++) _mm256_store_si256((__m256i *)&buf[b].sc[8 * i + j] + h, sc[i][j]);
+                for (int p = 0; p < 4; p++)
+                    _mm256_store_si256((__m256i *)&buf[b].mins[4 * i + p] + h,
+                                       _mm256_or_si256(mn[i][2 * p], _mm256_slli_epi32(mn[i][2 * p + 1], 16)));
+            }
+        }
+}
+
+VNNI INLINE void wide_q2_K_tokens(int64_t nb, const wide_q2_K *buf, const realm_act_group *a, int tg, float *y,
+                                  int64_t ys, const uint8_t **pf, const uint8_t *pf_end, int lines, const int T) {
+    const __m512i m2 = _mm512_set1_epi32(0x03030303), zero = _mm512_setzero_si512();
+    __m512 acc[2], accm[2];
+    for (int i = 0; i < T; i++) acc[i] = accm[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const wide_q2_K *blk = &buf[b];
+        for (int l = 0; l < lines && *pf < pf_end; l++, *pf += 64) _mm_prefetch((const char *)*pf, _MM_HINT_T0);
+        __m512i isum[2], imin[2];
+        const int8_t *x[2];
+        for (int i = 0; i < T; i++) {
+            x[i] = TOKEN_ROW(a, tg + i) + QK_K * b;
+            const int16_t *bsum = a->bsums + (int64_t)(tg + i) * (a->n_in / 16) + 16 * b;
+            imin[i] = zero;
+            for (int p = 0; p < 8; p++) {
+                int32_t pair; /* the 16-value sums of sub-blocks 2p, 2p + 1 */
+                memcpy(&pair, bsum + 2 * p, 4);
+                imin[i] = _mm512_dpwssd_epi32(imin[i], blk->mins[p], _mm512_set1_epi32(pair));
+            }
+            isum[i] = zero;
+        }
+        for (int g = 0; g < 8; g++) { /* sub-blocks 2g, 2g + 1 */
+            __m512i lo[2], hi[2];
+            for (int i = 0; i < T; i++) lo[i] = hi[i] = zero;
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                const __m512i u = _mm512_and_si512(_mm512_srli_epi32(_mm512_load_si512(&blk->q[8 * (g / 4) + k]),
+                                                                     2 * (g % 4)), m2);
+                for (int i = 0; i < T; i++) {
+                    int32_t xk;
+                    memcpy(&xk, x[i] + 32 * g + 4 * k, 4);
+                    if (k < 4) lo[i] = _mm512_dpbusd_epi32(lo[i], u, _mm512_set1_epi32(xk));
+                    else hi[i] = _mm512_dpbusd_epi32(hi[i], u, _mm512_set1_epi32(xk));
+                }
+            }
+            for (int i = 0; i < T; i++)
+                isum[i] = _mm512_add_epi32(isum[i], _mm512_add_epi32(_mm512_mullo_epi32(lo[i], blk->sc[2 * g]),
+                                                                     _mm512_mullo_epi32(hi[i], blk->sc[2 * g + 1])));
+        }
+        for (int i = 0; i < T; i++) {
+            const __m512 dx = _mm512_set1_ps(a->d[realm_act_slot(tg + i, b)]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(blk->d, dx), acc[i]);
+            accm[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin[i]), _mm512_mul_ps(blk->dmin, dx), accm[i]);
         }
     }
+    for (int i = 0; i < T; i++) _mm512_storeu_ps(y + i * ys, _mm512_sub_ps(acc[i], accm[i]));
 }
+
+/* nrows (a multiple of 16) rows with the n_tok tokens of the groups a[0..): y[t * ys + i]
+ * (realm_dot_wide_fn), the walk of matmul_dot32_rows.h's dot32_wide: each 16 rows packed, then
+ * their tokens two at a time, the next 16 rows fetched ahead a line a block on the way. */
+#define WIDE_K(NAME, BLOCK, BUF, PACK, TOKENS)                                                                      \
+    VNNI void NAME(int64_t nb, const void *w, int64_t nrows, const realm_act_group *a, int64_t n_tok, float *y,   \
+                   int64_t ys, void *scratch) {                                                                  \
+        const int64_t rb = nb * (int64_t)sizeof(BLOCK), passes = (n_tok + 1) / 2;                                \
+        const int lines = (int)((16 * (int64_t)sizeof(BLOCK) + 64 * passes - 1) / (64 * passes));                \
+        BUF *buf = scratch;                                                                                      \
+        const uint8_t *wb = w;                                                                                   \
+        for (int64_t r = 0; r < nrows; r += 16) {                                                                \
+            PACK(nb, wb + r * rb, rb, buf);                                                                      \
+            const uint8_t *pf = wb + (r + 16) * rb, *pf_end = r + 16 < nrows ? wb + (r + 32) * rb : pf;          \
+            for (int64_t t = 0; t < n_tok; t += 2) {                                                             \
+                const realm_act_group *g = &a[t / REALM_TOK_GROUP];                                              \
+                const int tg = (int)(t % REALM_TOK_GROUP);                                                       \
+                if (t + 1 < n_tok) TOKENS(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 2);            \
+                else TOKENS(nb, buf, g, tg, y + t * ys + r, ys, &pf, pf_end, lines, 1);                          \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+
+WIDE_K(realm_q2_K_wide_whole_vnni, block_q2_K, wide_q2_K, wide_q2_K_pack, wide_q2_K_tokens)
+WIDE_K(realm_q4_K_wide_whole_vnni, block_q4_K, wide_q4_K, wide_q4_K_pack, wide_q4_K_tokens)
+#undef WIDE_K
 
 /* ---- the vec_dot order: each row its own 8 lanes per token, as its row kernel ----
  * dpbusd gives the 8 lanes of a 32-value group (4 products each, within int16 for these

@@ -112,6 +112,8 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q2_K_to_float_neon),
         .dot_ref = {realm_q2_K_dot_ref, realm_q2_K_dot_whole_ref},
         .dot_avx2 = {X86(realm_q2_K_dot_avx2), X86(realm_q2_K_dot_whole_avx2)},
+        .wide_vnni = {NULL, X86(realm_q2_K_wide_whole_vnni)}, /* matmul_k_vnni.c */
+        .wide_min = 2, .wide_bytes = REALM_WIDE_Q2_K_BYTES,
     },
     [REALM_TYPE_Q3_K] = {
         BLOCK("Q3_K", QK_K, block_q3_K), .act = REALM_ACT_Q8_K,

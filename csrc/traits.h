@@ -47,6 +47,7 @@ typedef void (*realm_dot_wide_fn)(int64_t nb, const void *w, int64_t nrows, cons
  * beside them). */
 #define REALM_WIDE_DOT32_BYTES 640  /* matmul_dot32_rows.h's wide_block */
 #define REALM_WIDE_Q4_K_BYTES 2944 /* matmul_k_vnni.c's wide_q4_K */
+#define REALM_WIDE_Q2_K_BYTES 2688 /* matmul_k_vnni.c's wide_q2_K */
 
 typedef struct {
     const char *name;   /* NULL: realm has no kernels for this type id */

@@ -549,26 +549,27 @@ def test_many_tokens_equal_llama_cpp(ggml_cpu, qtype):
                                      want[:n_tok])
 
 
-@pytest.mark.parametrize("qtype", sorted(GGMLCPU.REPACKED.keys() - {T.Q2_K}), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", sorted(GGMLCPU.REPACKED), ids=lambda t: t.name)
 def test_many_tokens_equal_llama_cpp_repacked(ggml_cpu, qtype):
     """The wide kernels in the order of llama.cpp's repacked matrices (8k rows, whole-block
-    sums; Q4_0 and IQ4_NL from 8 tokens on, Q4_K from 6, MXFP4 from 16): 16 rows a step and the 8 left
-    to the several-rows kernel, every token llama.cpp's gemv bits, random bytes as blocks and
-    the quantizer's, 1 and 2 threads."""
+    sums; Q4_0 and IQ4_NL from 8 tokens on, Q4_K from 6, Q2_K from 2, MXFP4 from 16): 16 rows
+    a step and the 8 left to the other kernels, every token llama.cpp's gemv bits, random bytes
+    as blocks and the quantizer's, 1 and 2 threads."""
     rng = np.random.default_rng(int(qtype) + 500)
-    n_out, n_in = 3 * 16 + 8, 3 * weight_block(qtype) * (1 if qtype == T.Q4_K else 3)
+    n_out, n_in = 3 * 16 + 8, 3 * weight_block(qtype) * (1 if weight_block(qtype) == 256 else 3)
     size = _native.type_traits(qtype)[2]
     raw = rng.integers(0, 256, (n_out * n_in // weight_block(qtype), size), dtype=np.uint8)
     if qtype == T.MXFP4:  # e8m0 exponents, 2^-12 .. 2^2
         raw[:, 0] = rng.integers(115, 130, len(raw))
     else:  # d (and dmin): finite, of either sign, wide in range
-        n_scales = 2 if qtype == T.Q4_K else 1
+        n_scales = 2 if qtype in (T.Q4_K, T.Q2_K) else 1
         d = rng.choice([-1.0, 1.0], (len(raw), n_scales)) * 2.0 ** rng.uniform(-12, 2, (len(raw), n_scales))
-        raw[:, :2 * n_scales] = d.astype(np.float16).view(np.uint8)
+        at = size - 4 if qtype == T.Q2_K else 0  # Q2_K's d and dmin close its block
+        raw[:, at:at + 2 * n_scales] = d.astype(np.float16).view(np.uint8)
     for wq in (quantize(rng, gaussian(rng, (n_out, n_in)), qtype), raw.reshape(n_out, -1)):
         x = gaussian(rng, (33, n_in), 10.0 ** rng.uniform(-2, 2))
         want = np.stack([ggml_cpu.gemv(qtype, wq, n_out, x[t]) for t in range(x.shape[0])])
-        for n_tok in (7, 8, 9, 16, 17, 33):
+        for n_tok in (2, 3, 7, 8, 9, 16, 17, 33):
             for threads in (1, 2):
                 for isa in ISAS:
                     assert_same_bits(_native.matmul(wq, qtype, n_out, x[:n_tok], isa=isa, threads=threads),
