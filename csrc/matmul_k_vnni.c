@@ -180,6 +180,14 @@ VNNI INLINE void wide_q4_K_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_q
         }
 }
 
+/* A block's whole sums into 16 rows' accumulators, q4_K_rows8_k's floats:
+ * acc = fma(isum, dw dx, acc), accm = fma(imin, dmin dx, accm) (Q4_K, Q2_K). */
+VNNI INLINE void wide_fold_k(__m512 *acc, __m512 *accm, __m512i isum, __m512i imin, __m512 d, __m512 dmin, float dx) {
+    const __m512 vdx = _mm512_set1_ps(dx);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, vdx), *acc);
+    *accm = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(dmin, vdx), *accm);
+}
+
 /* Tokens tg .. tg + T - 1 (T <= 2) of group a with a packed 16-row group into y[i * ys + j];
  * on the way, `lines` lines a block of [*pf, pf_end) fetched ahead. */
 VNNI INLINE void wide_q4_K_tokens(int64_t nb, const wide_q4_K *buf, const realm_act_group *a, int tg, float *y,
@@ -221,11 +229,8 @@ VNNI INLINE void wide_q4_K_tokens(int64_t nb, const wide_q4_K *buf, const realm_
                 isum[i] = _mm512_add_epi32(isum[i], _mm512_add_epi32(_mm512_mullo_epi32(lo[i], blk->sc[2 * s]),
                                                                      _mm512_mullo_epi32(hi[i], blk->sc[2 * s + 1])));
         }
-        for (int i = 0; i < T; i++) {
-            const __m512 dx = _mm512_set1_ps(a->d[realm_act_slot(tg + i, b)]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(blk->d, dx), acc[i]);
-            accm[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin[i]), _mm512_mul_ps(blk->dmin, dx), accm[i]);
-        }
+        for (int i = 0; i < T; i++)
+            wide_fold_k(&acc[i], &accm[i], isum[i], imin[i], blk->d, blk->dmin, a->d[realm_act_slot(tg + i, b)]);
     }
     for (int i = 0; i < T; i++) _mm512_storeu_ps(y + i * ys, _mm512_sub_ps(acc[i], accm[i]));
 }
@@ -324,11 +329,8 @@ VNNI INLINE void wide_q2_K_tokens(int64_t nb, const wide_q2_K *buf, const realm_
                 isum[i] = _mm512_add_epi32(isum[i], _mm512_add_epi32(_mm512_mullo_epi32(lo[i], blk->sc[2 * g]),
                                                                      _mm512_mullo_epi32(hi[i], blk->sc[2 * g + 1])));
         }
-        for (int i = 0; i < T; i++) {
-            const __m512 dx = _mm512_set1_ps(a->d[realm_act_slot(tg + i, b)]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(blk->d, dx), acc[i]);
-            accm[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin[i]), _mm512_mul_ps(blk->dmin, dx), accm[i]);
-        }
+        for (int i = 0; i < T; i++)
+            wide_fold_k(&acc[i], &accm[i], isum[i], imin[i], blk->d, blk->dmin, a->d[realm_act_slot(tg + i, b)]);
     }
     for (int i = 0; i < T; i++) _mm512_storeu_ps(y + i * ys, _mm512_sub_ps(acc[i], accm[i]));
 }
