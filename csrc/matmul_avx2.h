@@ -161,6 +161,15 @@ AVX2 INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t le
     for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
 }
 
+/* Dword i of v holds two f16, lo | hi << 16 (row i's block scales): both as floats, lane i. */
+AVX2 INLINE void split_halves8(__m256i v, __m256 *lo, __m256 *hi) {
+    const __m256i split = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0,
+                                                                  1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    const __m256i h = _mm256_permute4x64_epi64(split, _MM_SHUFFLE(3, 1, 2, 0)); /* lo 0..7 | hi 0..7 */
+    *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
 /* The 8 rows r[0..8) of 8 int32 each, transposed: r[k] lane j = row j's lane k (the wide
  * kernels' packing: matmul_dot32_rows.h, matmul_k_vnni.c). */
 AVX2 INLINE void wide_transpose8(__m256i r[8]) {

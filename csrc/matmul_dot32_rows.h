@@ -103,12 +103,7 @@ DOT32_ATTR INLINE void rows_dm8(const uint8_t *blk, int64_t rb, __m256 *d, __m25
         q[i] = lo | (uint64_t)hi << 32;
         __asm__("" : "+r"(q[i]));
     }
-    const __m256i v = _mm256_setr_epi64x((long long)q[0], (long long)q[1], (long long)q[2], (long long)q[3]);
-    const __m256i split = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0,
-                                                                  1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
-    const __m256i h = _mm256_permute4x64_epi64(split, _MM_SHUFFLE(3, 1, 2, 0)); /* d0..7 | m0..7 */
-    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-    *m = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+    split_halves8(_mm256_setr_epi64x((long long)q[0], (long long)q[1], (long long)q[2], (long long)q[3]), d, m);
 }
 
 /* The block scales of rows blk, blk + rb, ... (8 rows) as floats, row i in lane i: the f16

@@ -41,12 +41,7 @@ VNNI INLINE __m256i q4_K_scales2(__m256i head) {
 /* The 8 rows' d and dmin (dword 0 of each half of their heads) as floats, in row order. */
 VNNI INLINE void q4_K_d8(const __m256i *head, __m256 *d, __m256 *dmin) {
     const __m256i p = _mm256_unpacklo_epi32(head[0], head[1]), q = _mm256_unpacklo_epi32(head[2], head[3]);
-    const __m256i r = _mm256_unpacklo_epi64(p, q); /* dword i: row i's d | dmin << 16 */
-    const __m256i split = _mm256_shuffle_epi8(r, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0,
-                                                                  1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
-    const __m256i h = _mm256_permute4x64_epi64(split, _MM_SHUFFLE(3, 1, 2, 0)); /* d0..7 | dmin0..7 */
-    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-    *dmin = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+    split_halves8(_mm256_unpacklo_epi64(p, q), d, dmin); /* dword i: row i's d | dmin << 16 */
 }
 
 /* The 8 rows at blk, blk + rb, ...: sm[i] the scales and mins of rows i | i + 4 (q4_K_scales2),
