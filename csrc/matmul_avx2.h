@@ -170,6 +170,20 @@ AVX2 INLINE void split_halves8(__m256i v, __m256 *lo, __m256 *hi) {
     *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
+/* The two f16 at byte off, off + 2 of 8 rows' blocks (blk, blk + rb, ...) as floats, row i in
+ * lane i: one 32-bit load a row (gathered in general registers), split by one shuffle. */
+AVX2 INLINE void halves_pair8(const uint8_t *blk, int64_t rb, int off, __m256 *lo, __m256 *hi) {
+    uint64_t q[4];
+    for (int i = 0; i < 4; i++) {
+        uint32_t a, b;
+        memcpy(&a, blk + 2 * i * rb + off, 4);
+        memcpy(&b, blk + (2 * i + 1) * rb + off, 4);
+        q[i] = a | (uint64_t)b << 32;
+        __asm__("" : "+r"(q[i]));
+    }
+    split_halves8(_mm256_setr_epi64x((long long)q[0], (long long)q[1], (long long)q[2], (long long)q[3]), lo, hi);
+}
+
 /* The 8 rows r[0..8) of 8 int32 each, transposed: r[k] lane j = row j's lane k (the wide
  * kernels' packing: matmul_dot32_rows.h, matmul_k_vnni.c). */
 AVX2 INLINE void wide_transpose8(__m256i r[8]) {

@@ -92,20 +92,6 @@ DOT32_ATTR INLINE __m256 rows_halves(const uint8_t *blk, int64_t rb, int off, co
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)q[1], (long long)q[0]));
 }
 
-/* The f16 pair d, m at the start of 8 rows' blocks (Q4_1, Q5_1) as floats, row i in lane i:
- * one 32-bit load a row, the pairs split by one shuffle (half the work of two rows_halves). */
-DOT32_ATTR INLINE void rows_dm8(const uint8_t *blk, int64_t rb, __m256 *d, __m256 *m) {
-    uint64_t q[4];
-    for (int i = 0; i < 4; i++) {
-        uint32_t lo, hi;
-        memcpy(&lo, blk + 2 * i * rb, 4);
-        memcpy(&hi, blk + (2 * i + 1) * rb, 4);
-        q[i] = lo | (uint64_t)hi << 32;
-        __asm__("" : "+r"(q[i]));
-    }
-    split_halves8(_mm256_setr_epi64x((long long)q[0], (long long)q[1], (long long)q[2], (long long)q[3]), d, m);
-}
-
 /* The block scales of rows blk, blk + rb, ... (8 rows) as floats, row i in lane i: the f16
  * d at byte 0, or MXFP4's e8m0 exponent (its half, as the code book is doubled). */
 DOT32_ATTR INLINE __m256 rows_scales8(const uint8_t *blk, int64_t rb, const int type) {
@@ -261,7 +247,7 @@ DOT32_ATTR INLINE void wide_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_
             for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&buf[b].u[k] + h, r[k]);
             if (with_min) {
                 __m256 d, m;
-                rows_dm8(blk, rb, &d, &m);
+                halves_pair8(blk, rb, 0, &d, &m); /* one load a row for both */
                 _mm256_store_ps((float *)&buf[b].d + 8 * h, d);
                 _mm256_store_ps((float *)&buf[b].m + 8 * h, m);
             } else {
@@ -272,8 +258,8 @@ DOT32_ATTR INLINE void wide_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_
 
 /* Tokens t .. t + T - 1 (T <= 2, in one group: t even) of a packed 16-row group into
  * y[(t + i) * ys + j]; on the way, `lines` lines a block of [*pf, pf_end) fetched ahead.
- * whole: the order of llama.cpp's repacked matrices (Q4_0, IQ4_NL, MXFP4), each block's integer sum whole,
- * acc = fma(dw dx, isum, acc). */
+ * whole: the order of llama.cpp's repacked matrices (Q4_0, IQ4_NL, MXFP4), each block's
+ * integer sum whole, acc = fma(dw dx, isum, acc). */
 DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const realm_act_group *a, int tg, float *y,
                                    int64_t ys, const uint8_t **pf, const uint8_t *pf_end, int lines, const int T,
                                    const int type, const int whole) {

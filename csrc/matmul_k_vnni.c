@@ -144,18 +144,22 @@ typedef struct {
 } wide_q4_K;
 _Static_assert(sizeof(wide_q4_K) == REALM_WIDE_Q4_K_BYTES, "REALM_WIDE_Q4_K_BYTES sizes the buffer of wide_q4_K");
 
+/* The 32 bytes at src, src + rb, ... (8 rows) transposed by dword into half h of dst[0..8):
+ * lane j of dst[k]'s half is row j's dword k. */
+VNNI INLINE void wide_dwords8(const uint8_t *src, int64_t rb, __m512i *dst, int h) {
+    __m256i r[8];
+    for (int j = 0; j < 8; j++) r[j] = load32(src + j * rb);
+    wide_transpose8(r);
+    for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&dst[k] + h, r[k]);
+}
+
 /* Rows [r, r + 16)'s nb blocks into buf, 8 rows (a half of each register) at a time. */
 VNNI INLINE void wide_q4_K_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_q4_K *buf) {
     const int bs = (int)sizeof(block_q4_K), qoff = (int)offsetof(block_q4_K, qs);
     for (int64_t b = 0; b < nb; b++)
         for (int h = 0; h < 2; h++) {
             const uint8_t *blk = w + 8 * h * rb + b * bs;
-            for (int i = 0; i < 4; i++) {
-                __m256i r[8];
-                for (int j = 0; j < 8; j++) r[j] = load32(blk + j * rb + qoff + 32 * i);
-                wide_transpose8(r);
-                for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&buf[b].q[8 * i + k] + h, r[k]);
-            }
+            for (int i = 0; i < 4; i++) wide_dwords8(blk + qoff + 32 * i, rb, &buf[b].q[8 * i], h);
             __m256i sm[4], sc[8], mn[8];
             __m256 d, dmin;
             q4_K_heads8(blk, rb, sm, &d, &dmin);
@@ -243,27 +247,17 @@ typedef struct {
 } wide_q2_K;
 _Static_assert(sizeof(wide_q2_K) == REALM_WIDE_Q2_K_BYTES, "REALM_WIDE_Q2_K_BYTES sizes the buffer of wide_q2_K");
 
-/* The f16 at byte off of the 8 rows' blocks at blk, blk + rb, ... as floats, row i in lane i. */
-VNNI INLINE __m256 halves8(const uint8_t *blk, int64_t rb, int off) {
-    uint16_t h[8];
-    for (int i = 0; i < 8; i++) memcpy(&h[i], blk + i * rb + off, 2);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
-}
-
 VNNI INLINE void wide_q2_K_pack(int64_t nb, const uint8_t *w, int64_t rb, wide_q2_K *buf) {
     const int bs = (int)sizeof(block_q2_K);
     const __m128i m4 = _mm_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; b++)
         for (int h = 0; h < 2; h++) {
             const uint8_t *blk = w + 8 * h * rb + b * bs;
-            for (int i = 0; i < 2; i++) {
-                __m256i r[8];
-                for (int j = 0; j < 8; j++) r[j] = load32(blk + j * rb + offsetof(block_q2_K, qs) + 32 * i);
-                wide_transpose8(r);
-                for (int k = 0; k < 8; k++) _mm256_store_si256((__m256i *)&buf[b].q[8 * i + k] + h, r[k]);
-            }
-            _mm256_store_ps((float *)&buf[b].d + 8 * h, halves8(blk, rb, offsetof(block_q2_K, d)));
-            _mm256_store_ps((float *)&buf[b].dmin + 8 * h, halves8(blk, rb, offsetof(block_q2_K, dmin)));
+            for (int i = 0; i < 2; i++) wide_dwords8(blk + offsetof(block_q2_K, qs) + 32 * i, rb, &buf[b].q[8 * i], h);
+            __m256 d, dmin;
+            halves_pair8(blk, rb, offsetof(block_q2_K, d), &d, &dmin); /* dmin follows d */
+            _mm256_store_ps((float *)&buf[b].d + 8 * h, d);
+            _mm256_store_ps((float *)&buf[b].dmin + 8 * h, dmin);
             /* sc[i][r], mn[i][r]: row r's scales and minimums of sub-blocks 8i .. 8i + 7, as int32 */
             __m256i sc[2][8], mn[2][8];
             for (int r = 0; r < 8; r++) {
