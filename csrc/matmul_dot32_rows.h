@@ -1,5 +1,7 @@
 /* The 32-value formats in llama.cpp's vec_dot order, several rows per call (rows_vnni[0],
- * traits.h); included by matmul_avx2.c once, with the VNNI DOT32_ATTR / DOT32_NAME.
+ * traits.h), and their wide kernels for many tokens (wide_vnni, below: the vec_dot order, and
+ * the repacked order of Q4_0, IQ4_NL and MXFP4); included by matmul_avx2.c once, with the
+ * VNNI DOT32_ATTR / DOT32_NAME.
  *
  * One row's kernel (dot32_k) folds block after block into one accumulator per token: at one
  * token a chain of FMAs, each waiting for the last.  Here R rows go together, each with its

@@ -4,7 +4,8 @@
  * takes 8 rows at once in the lanes of its accumulators (the rows share the activations'
  * loads and one reduction); the vec_dot kernels take a call's rows one by one, prefetching
  * the rows ahead (4 rows per step sharing the activations' loads measured slower: their
- * accumulators do not fit in the registers). */
+ * accumulators do not fit in the registers).  For many tokens, Q4_K's and Q2_K's repacked
+ * order also has wide kernels (wide_vnni[1]: 16 rows in 512-bit lanes, below). */
 #include "matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)

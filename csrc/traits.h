@@ -71,10 +71,10 @@ typedef struct {
      * reductions across rows pays (NULL: dot_vnni row by row); VNNI path only. */
     realm_dot_rows_fn rows_vnni[2];
     /* Optional kernels of 16 rows in 512-bit lanes for many tokens, indexed [whole] as the dot
-     * kernels (NULL: rows_vnni), from wide_min tokens on: with fewer, their transposition of
-     * each block costs more than it saves (streaming Gemma 3's LM head, 262,144 x 640 Q8_0,
-     * at 4 tokens: 9.7 ms against rows_vnni's 5.9); VNNI path only.  wide_bytes: their
-     * buffer's bytes per block of 16 rows. */
+     * kernels (NULL: rows_vnni, or the dot kernels), from wide_min tokens on: with fewer,
+     * their transposition of each block costs more than it saves (streaming Gemma 3's LM head,
+     * 262,144 x 640 Q8_0, at 4 tokens: 9.7 ms against rows_vnni's 5.9); VNNI path only.
+     * wide_bytes: their buffer's bytes per block of 16 rows. */
     realm_dot_wide_fn wide_vnni[2];
     int wide_min;
     int wide_bytes;
