@@ -144,6 +144,72 @@ def _define_import(linker: wasmtime.Linker, name: str, call: Callable[..., int],
         raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(wasmtime._bindings.wasmtime_error_t)))
 
 
+def _define_imports(linker: wasmtime.Linker, bind: Callable[[str, Callable[..., int]], Callable[..., int]]) -> None:
+    """Define every import of `abi.IMPORTS` in linker, each as bind(name, method) calls it."""
+    missing = set(abi.IMPORTS) - set(_IMPORTS)
+    if missing:
+        raise InternalError(f"realm.host implements no {sorted(missing)}")
+    for name, sig in abi.IMPORTS.items():
+        _define_import(linker, name, bind(name, _IMPORTS[name]), sig)
+
+
+class _Slot:
+    """The host whose calls a pooled linker's imports serve: one tenant's, or None between two."""
+
+    __slots__ = ("host",)
+
+    def __init__(self) -> None:
+        self.host: RealmHost | None = None
+
+    def bind(self, name: str, method: Callable[..., int]) -> Callable[..., int]:
+        def call(base: int, size: int, *args: int) -> int:
+            host = self.host
+            if host is None:  # no instance of a released linker is left to call (see LinkerLease)
+                return int(Err.INTERNAL)
+            return host._serve(name, method, base, size, args)
+        call.__name__ = name
+        return call
+
+
+#: Linkers with the imports defined, free for the next tenant, by engine (see LinkerLease).
+_LINKERS: "weakref.WeakKeyDictionary[wasmtime.Engine, list[tuple[wasmtime.Linker, _Slot]]]" = \
+    weakref.WeakKeyDictionary()
+_LINKERS_LOCK = threading.Lock()
+#: Free linkers kept per engine (one a tenant that runs at once; more are dropped on release).
+_LINKERS_KEPT = 64
+
+
+class LinkerLease:
+    """A linker of `engine` whose imports serve `host` until `release`.  Defining the ~30 imports
+    was most of a tenant's start, and tenants starting together waited on each other in
+    Wasmtime's definitions; so linkers are kept and reused, each serving one tenant at a time:
+    the imports find their host through a slot, set here and cleared by `release`, which the
+    tenant calls once its Wasmtime store (every instance the linker made for it) is gone."""
+
+    def __init__(self, engine: wasmtime.Engine, host: RealmHost):
+        with _LINKERS_LOCK:
+            free = _LINKERS.setdefault(engine, [])
+            entry = free.pop() if free else None
+        if entry is None:
+            slot = _Slot()
+            linker = wasmtime.Linker(engine)
+            _define_imports(linker, slot.bind)
+            entry = (linker, slot)
+        self.linker, self._slot, self._engine = entry[0], entry[1], engine
+        self._slot.host = host
+
+    def release(self) -> None:
+        """The tenant's store is closed: the linker may serve the next tenant."""
+        slot, self._slot = self._slot, None
+        if slot is None:
+            return
+        slot.host = None
+        with _LINKERS_LOCK:
+            free = _LINKERS.setdefault(self._engine, [])
+            if len(free) < _LINKERS_KEPT:
+                free.append((self.linker, slot))
+
+
 #: Most alternatives a token's log probabilities list (OpenAI's top_logprobs bound).
 TOP_LOGPROBS_MAX = 20
 
@@ -334,11 +400,7 @@ class RealmHost:
     # -- the host's API -------------------------------------------------------------
     def define(self, linker: wasmtime.Linker) -> "RealmHost":
         """Define every import of `abi.IMPORTS` in `linker` (module "env"), bound to this host."""
-        missing = set(abi.IMPORTS) - set(_IMPORTS)
-        if missing:
-            raise InternalError(f"realm.host implements no {sorted(missing)}")
-        for name, sig in abi.IMPORTS.items():
-            _define_import(linker, name, self._bind(name, _IMPORTS[name]), sig)
+        _define_imports(linker, self._bind)
         return self
 
     def limit(self, wasm_store: wasmtime.Store) -> None:
@@ -449,20 +511,24 @@ class RealmHost:
         the guest's epoch deadline when it is DEADLINE (see realm/_imports.pxi)."""
 
         def call(base: int, size: int, *args: int) -> int:
-            if self.expired:  # a trap: the guest's code never runs on (see `expire`)
-                raise DeadlineExceeded("the guest was stopped (the interpreter is exiting)")
-            deadline = self.deadline
-            if deadline is not None and time.monotonic() > deadline:
-                return int(Err.DEADLINE)  # the guest traps once its epoch deadline passes
-            try:
-                return method(self, GuestMemory(base, size), *args)
-            except _Fail as fail:
-                return int(fail.code)
-            except Exception:  # a host bug must not trap the guest, nor reach Wasmtime
-                log.exception("realm import %s%r failed", name, args)
-                return int(Err.INTERNAL)
+            return self._serve(name, method, base, size, args)
         call.__name__ = name
         return call
+
+    def _serve(self, name: str, method: Callable[..., int], base: int, size: int, args: tuple[int, ...]) -> int:
+        """One call of an import, for its C trampoline (see `_bind`)."""
+        if self.expired:  # a trap: the guest's code never runs on (see `expire`)
+            raise DeadlineExceeded("the guest was stopped (the interpreter is exiting)")
+        deadline = self.deadline
+        if deadline is not None and time.monotonic() > deadline:
+            return int(Err.DEADLINE)  # the guest traps once its epoch deadline passes
+        try:
+            return method(self, GuestMemory(base, size), *args)
+        except _Fail as fail:
+            return int(fail.code)
+        except Exception:  # a host bug must not trap the guest, nor reach Wasmtime
+            log.exception("realm import %s%r failed", name, args)
+            return int(Err.INTERNAL)
 
     def _refuse(self, reason: str) -> _Fail:
         """LIMIT, with the reason kept for the error the caller of the guest sees."""

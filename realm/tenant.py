@@ -12,7 +12,9 @@
 Each tenant has its own Wasmtime store (its own linear memory) in realm's
 sandbox engine (`realm.sandbox_engine()`), the realm imports bound to its own
 `RealmHost` (its quotas, its models and KV caches), a capped memory, and a
-deadline on every call.  realm's own guest (`realm.Guest`) is one such
+deadline on every call.  The imports come from a linker the tenant holds alone
+while it lives, reused by a later tenant once its store is closed
+(`realm.host.LinkerLease`).  realm's own guest (`realm.Guest`) is one such
 program.  A call that runs past its deadline or traps leaves the instance in
 an unknown state: the tenant refuses further calls (close it and start a new
 one).  Use a tenant from one thread at a time; run several to work in parallel.
@@ -30,7 +32,7 @@ import wasmtime
 
 from . import abi
 from .errors import ArgumentTypeError, ClosedError, DeadlineExceeded, InvalidArgumentError
-from .host import RealmHost
+from .host import LinkerLease, RealmHost
 from .limits import GuestTrapError, Limits, sandbox_engine
 from .store import ModelStore
 
@@ -80,9 +82,10 @@ def _check_imports(module: wasmtime.Module) -> None:
         _CHECKED.add(module)
 
 
-def _close(host: RealmHost, wasm_store: wasmtime.Store) -> None:
+def _close(host: RealmHost, wasm_store: wasmtime.Store, lease: LinkerLease) -> None:
     host.close()
     wasm_store.close()
+    lease.release()  # its instance went with the store
 
 
 class Tenant:
@@ -107,16 +110,17 @@ class Tenant:
         engine = sandbox_engine()
         self.models = model_store
         self.wasm_store = wasmtime.Store(engine)
-        linker = wasmtime.Linker(engine)
-        self.host = RealmHost(model_store, shared=shared, limits=limits, threads=threads).define(linker)
+        self.host = RealmHost(model_store, shared=shared, limits=limits, threads=threads)
+        lease = LinkerLease(engine, self.host)
         self.limits: Limits = self.host.limits
-        self._close = weakref.finalize(self, _close, self.host, self.wasm_store)  # a tenant never closed still lets go
+        # a tenant never closed still lets go
+        self._close = weakref.finalize(self, _close, self.host, self.wasm_store, lease)
         self._close.atexit = False  # not at the interpreter's exit: its guest may still run
         self._broken: str | None = None
         self._scope: float | None = None  # the deadline of an open `deadline()` block
         try:
             self.host.limit(self.wasm_store)
-            instance = self._run(linker.instantiate, self.wasm_store, module, what="instantiating the module")
+            instance = self._run(lease.linker.instantiate, self.wasm_store, module, what="instantiating the module")
             self.exports = instance.exports(self.wasm_store)
             memory = self.exports.get("memory")
             self.memory: wasmtime.Memory | None = memory if isinstance(memory, wasmtime.Memory) else None

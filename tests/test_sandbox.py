@@ -19,6 +19,7 @@ import wasmtime
 import realm
 from attackers import (ATTACKS, HAMMER, HOG, PAGE, SPIN, STORE, TEMPLATE, WALKER, imports, keep_attacking,
                        nested_arrays_header, template_attack, wat)
+from conftest import run_threads
 from realm import abi
 from realm.abi import Err
 from realm.chat import ChatTemplate
@@ -272,6 +273,51 @@ def test_the_host_budget_caps_all_tenants_together(store):
     b.close()
     assert shared.budget.used == 0 and len(shared) == 0
     shared.close()
+
+
+def _stored(t: Tenant, data: bytes) -> int:
+    """The STORE tenant t stores data through its import: the id its host answers."""
+    t.call("grow", len(data) // PAGE + 1)
+    t.memory.write(t.wasm_store, data, 0)
+    return t.call("store", 0, len(data))
+
+
+def test_a_closed_tenants_linker_serves_the_next_tenant_only(store):
+    """Tenants reuse linkers (realm.host.LinkerLease: the imports defined once): a closed
+    tenant's linker goes to the next tenant, whose import calls then reach its own host -- not
+    the closed one's, which would refuse them -- while a tenant that lives keeps its own."""
+    data = store.tiny_path.read_bytes()
+    free = realm.host._LINKERS.setdefault(sandbox_engine(), [])
+    a, b = Tenant(store, wat(STORE)), Tenant(store, wat(STORE))
+    assert _stored(a, data) > 0 and a.host.stored_bytes > 0 and b.host.stored_bytes == 0
+    a.close()
+    kept = free[-1]
+    c = Tenant(store, wat(STORE))
+    assert all(entry is not kept for entry in free)  # c has a's linker
+    assert _stored(c, data) > 0 and c.host.stored_bytes > 0
+    assert _stored(b, data) > 0 and b.host.stored_bytes == c.host.stored_bytes
+    for t in (b, c):
+        t.close()
+    assert len(store) == 1  # the tiny model; the tenants' stored copies went with them
+
+
+def test_tenants_started_together_each_reach_their_own_host(store):
+    """Tenants made and closed on 8 threads at once, 5 times each: every import call lands on
+    the host of the tenant that made it (one stored copy each, none on another)."""
+    data = store.tiny_path.read_bytes()
+
+    def job() -> list[int]:
+        charged = []
+        for _ in range(5):
+            with Tenant(store, wat(STORE)) as t:
+                assert _stored(t, data) > 0
+                charged.append(t.host.stored_bytes)
+        return charged
+
+    got = run_threads([job] * 8)
+    cost = got[0][0]
+    assert cost > 0 and all(c == cost for charged in got for c in charged)
+    assert len(store) == 1
 
 
 def test_add_realm_imports_with_limits(store):
