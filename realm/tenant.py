@@ -22,13 +22,17 @@ one).  Use a tenant from one thread at a time; run several to work in parallel.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 import wasmtime
+from wasmtime import _bindings
+from wasmtime._extern import wrap_extern
 
 from . import abi
 from .errors import ArgumentTypeError, ClosedError, DeadlineExceeded, InvalidArgumentError
@@ -88,6 +92,34 @@ def _close(host: RealmHost, wasm_store: wasmtime.Store, lease: LinkerLease) -> N
     lease.release()  # its instance went with the store
 
 
+class _Exports(Mapping[str, Any]):
+    """An instance's exports, each looked up by name when first asked for: wasmtime-py's
+    `Instance.exports` wraps every one at once (guest.wasm's ~30, a call into Wasmtime each,
+    each letting go of the GIL), about half of a guest's start when 16 start together."""
+
+    def __init__(self, wasm_store: wasmtime.Store, instance: wasmtime.Instance):
+        self._store, self._instance = wasm_store, instance
+        self._found: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        found = self._found.get(name)
+        if found is None:
+            raw = name.encode() if isinstance(name, str) else None
+            item = _bindings.wasmtime_extern_t()
+            if raw is None or not _bindings.wasmtime_instance_export_get(
+                    self._store._context(), ctypes.byref(self._instance._instance),
+                    ctypes.create_string_buffer(raw, len(raw)), len(raw), ctypes.byref(item)):
+                raise KeyError(name)
+            found = self._found[name] = wrap_extern(item)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._instance.exports(self._store))
+
+    def __len__(self) -> int:
+        return len(self._instance.exports(self._store))
+
+
 class Tenant:
     """One WebAssembly program that imports `realm_*` functions, with its limits.
 
@@ -121,7 +153,7 @@ class Tenant:
         try:
             self.host.limit(self.wasm_store)
             instance = self._run(lease.linker.instantiate, self.wasm_store, module, what="instantiating the module")
-            self.exports = instance.exports(self.wasm_store)
+            self.exports: Mapping[str, Any] = _Exports(self.wasm_store, instance)
             memory = self.exports.get("memory")
             self.memory: wasmtime.Memory | None = memory if isinstance(memory, wasmtime.Memory) else None
             if initialize and isinstance(self.exports.get("_initialize"), wasmtime.Func):

@@ -275,6 +275,16 @@ def test_the_host_budget_caps_all_tenants_together(store):
     shared.close()
 
 
+def test_a_tenants_exports_are_found_by_name(store):
+    """Tenant.exports looks each export up when asked (not all at the start), and is still the
+    mapping of all of them."""
+    with Tenant(store, wat(SPIN)) as t:
+        assert isinstance(t.exports["seven"], wasmtime.Func) and isinstance(t.exports["memory"], wasmtime.Memory)
+        assert t.exports.get("nope") is None and "spin" in t.exports and "nope" not in t.exports
+        assert sorted(t.exports) == ["memory", "seven", "spin"] and len(t.exports) == 3
+        assert t.call("seven") == 7
+
+
 def _stored(t: Tenant, data: bytes) -> int:
     """The STORE tenant t stores data through its import: the id its host answers."""
     t.call("grow", len(data) // PAGE + 1)
