@@ -104,11 +104,12 @@ class _Exports(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         found = self._found.get(name)
         if found is None:
-            raw = name.encode() if isinstance(name, str) else None
-            item = _bindings.wasmtime_extern_t()
-            if raw is None or not _bindings.wasmtime_instance_export_get(
-                    self._store._context(), ctypes.byref(self._instance._instance),
-                    ctypes.create_string_buffer(raw, len(raw)), len(raw), ctypes.byref(item)):
+            if not isinstance(name, str):
+                raise KeyError(name)
+            raw, item = name.encode(), _bindings.wasmtime_extern_t()
+            if not _bindings.wasmtime_instance_export_get(self._store._context(), ctypes.byref(self._instance._instance),
+                                                          ctypes.create_string_buffer(raw, len(raw)), len(raw),
+                                                          ctypes.byref(item)):
                 raise KeyError(name)
             found = self._found[name] = wrap_extern(item)
         return found
