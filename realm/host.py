@@ -195,7 +195,7 @@ class LinkerLease:
             linker = wasmtime.Linker(engine)
             _define_imports(linker, slot.bind)
             entry = (linker, slot)
-        self.linker, self._slot, self._engine = entry[0], entry[1], engine
+        self.linker, self._slot, self._free = entry[0], entry[1], free
         self._slot.host = host
 
     def release(self) -> None:
@@ -205,9 +205,8 @@ class LinkerLease:
             return
         slot.host = None
         with _LINKERS_LOCK:
-            free = _LINKERS.setdefault(self._engine, [])
-            if len(free) < _LINKERS_KEPT:
-                free.append((self.linker, slot))
+            if len(self._free) < _LINKERS_KEPT:
+                self._free.append((self.linker, slot))
 
 
 #: Most alternatives a token's log probabilities list (OpenAI's top_logprobs bound).
