@@ -157,6 +157,12 @@ AVX2 INLINE __m256i hsum8x8(const __m256i *v) {
  * (about 6 KiB, and at least the `step` rows they take together), never past their rows. */
 AVX2 INLINE int64_t pf_lead(int64_t rb, int step) { return step * rb > 6144 ? step * rb : 6144; }
 
+/* The wide kernels fetch the next 16 rows while they work on these: `lines` cache lines a
+ * block from *pf, which advances, never past end. */
+AVX2 INLINE void prefetch_lines(const uint8_t **pf, const uint8_t *end, int lines) {
+    for (int l = 0; l < lines && *pf < end; l++, *pf += 64) _mm_prefetch((const char *)*pf, _MM_HINT_T0);
+}
+
 AVX2 INLINE void prefetch_start(const uint8_t *w, const uint8_t *end, int64_t lead) {
     for (const uint8_t *p = w; p < w + lead && p < end; p += 64) _mm_prefetch((const char *)p, _MM_HINT_T0);
 }

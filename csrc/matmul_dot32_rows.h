@@ -276,7 +276,7 @@ DOT32_ATTR INLINE void wide_tokens(int64_t nb, const wide_block *buf, const real
     }
     for (int64_t b = 0; b < nb; b++) {
         const wide_block *blk = &buf[b];
-        for (int l = 0; l < lines && *pf < pf_end; l++, *pf += 64) _mm_prefetch((const char *)*pf, _MM_HINT_T0);
+        prefetch_lines(pf, pf_end, lines);
         __m512 d[2];
         __m512i isum[2];
         const int32_t *x[2], *o[2];

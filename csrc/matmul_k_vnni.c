@@ -197,7 +197,7 @@ VNNI INLINE void wide_q4_K_tokens(int64_t nb, const wide_q4_K *buf, const realm_
     for (int i = 0; i < T; i++) acc[i] = accm[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const wide_q4_K *blk = &buf[b];
-        for (int l = 0; l < lines && *pf < pf_end; l++, *pf += 64) _mm_prefetch((const char *)*pf, _MM_HINT_T0);
+        prefetch_lines(pf, pf_end, lines);
         __m512i isum[2], imin[2];
         const int8_t *x[2];
         for (int i = 0; i < T; i++) {
@@ -287,7 +287,7 @@ VNNI INLINE void wide_q2_K_tokens(int64_t nb, const wide_q2_K *buf, const realm_
     for (int i = 0; i < T; i++) acc[i] = accm[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const wide_q2_K *blk = &buf[b];
-        for (int l = 0; l < lines && *pf < pf_end; l++, *pf += 64) _mm_prefetch((const char *)*pf, _MM_HINT_T0);
+        prefetch_lines(pf, pf_end, lines);
         __m512i isum[2], imin[2];
         const int8_t *x[2];
         for (int i = 0; i < T; i++) {
