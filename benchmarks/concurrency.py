@@ -12,12 +12,15 @@ off so every prompt is computed), and time each piece of text as it arrives.
   * end-to-end tok/s: all completion tokens over the whole run (guest start, prompts, decode);
   * TTFT: from the start to a request's first token (p50, p99 over all requests of all repeats);
   * tok/s per request: its completion tokens after the first over its own decode time;
-  * peak RSS of this process after the runs of that N (realm) / of the llama.cpp runs.
+  * vs N=1: decode tok/s over the first N's (the single stream when --n starts with 1);
+  * peak RSS of this process after a model's runs (realm) / of the llama.cpp runs.
 llama.cpp: `llama-batched-bench -npp 8 -ntg TOKENS -npl N -t THREADS` built from the vendored
 llama.cpp of llama-cpp-python's sdist (see ../shared/DESIGN.md or the README); skipped when absent.
-Medians over --repeat runs after one warm-up per N; llama.cpp runs after each of realm's runs, so
-the two take turns on the machine, and the ratio is the median of those pairs' ratios (this
-machine's speed drifts by 10-20% over minutes, which a ratio of separate medians would carry).
+Medians over --repeat runs after one warm-up per N.  Each repeat runs every N in turn, and llama.cpp
+runs after each of realm's runs, so the runs a ratio compares are seconds apart: the ratio to
+llama.cpp is the median of the (realm, llama.cpp) pairs' ratios, and vs N=1 the median of each
+repeat's ratio to its own first N (this machine's speed drifts by 20-50% over minutes, which a
+ratio of medians taken minutes apart would carry).
 """
 
 from __future__ import annotations
@@ -117,30 +120,35 @@ def main() -> None:
         base, peer_rss = None, 0
         with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
             model = rt.load_model(path)
+            texts = {n: prompts(rt, model, n) for n in args.n}
             for n in args.n:
-                texts = prompts(rt, model, n)
-                run_once(rt, model, texts, 4)  # warm-up
-                runs, theirs = [], []
-                for _ in range(args.repeat):
-                    runs.append(run_once(rt, model, texts, args.tokens))
+                run_once(rt, model, texts[n], 4)  # warm-up
+            # Each repeat runs every N in turn, so the runs a ratio compares are seconds apart
+            runs: dict[int, list[dict]] = {n: [] for n in args.n}
+            theirs: dict[int, list[float]] = {n: [] for n in args.n}
+            for _ in range(args.repeat):
+                for n in args.n:
+                    runs[n].append(run_once(rt, model, texts[n], args.tokens))
                     if peer:
                         rates = llama_batched(args.llama_batched_bench, path, [n], args.tokens, args.threads)
-                        theirs.append(rates[n])
+                        theirs[n].append(rates[n])
                         peer_rss = max(peer_rss, rates["rss"])
-                decode = statistics.median(r["decode"] for r in runs)
-                wall = statistics.median(r["wall"] for r in runs)
-                ttft = [t for r in runs for t in r["ttft"]]
-                per = [t for r in runs for t in r["per_request"]]
-                base = base or decode
-                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-                ratio = statistics.median(r["decode"] / t for r, t in zip(runs, theirs)) if theirs else None
-                rows.append([name, str(n), f"{decode:.0f}", f"{statistics.median(theirs):.0f}" if theirs else "-",
-                             f"{ratio:.2f}x" if ratio else "-", f"{decode / base:.2f}x", f"{wall:.0f}",
-                             f"{1000 * percentile(ttft, 0.5):.0f}", f"{1000 * percentile(ttft, 0.99):.0f}",
-                             f"{statistics.median(per):.1f}", f"{rss / 2**20:.0f}",
-                             f"{peer_rss / 2**20:.0f}" if theirs else "-"])
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        first = args.n[0]
+        for n in args.n:
+            decode = statistics.median(r["decode"] for r in runs[n])
+            wall = statistics.median(r["wall"] for r in runs[n])
+            ttft = [t for r in runs[n] for t in r["ttft"]]
+            per = [t for r in runs[n] for t in r["per_request"]]
+            ratio = statistics.median(r["decode"] / t for r, t in zip(runs[n], theirs[n])) if theirs[n] else None
+            own = statistics.median(r["decode"] / b["decode"] for r, b in zip(runs[n], runs[first]))
+            rows.append([name, str(n), f"{decode:.0f}", f"{statistics.median(theirs[n]):.0f}" if theirs[n] else "-",
+                         f"{ratio:.2f}x" if ratio else "-", f"{own:.2f}x", f"{wall:.0f}",
+                         f"{1000 * percentile(ttft, 0.5):.0f}", f"{1000 * percentile(ttft, 0.99):.0f}",
+                         f"{statistics.median(per):.1f}", f"{rss / 2**20:.0f}",
+                         f"{peer_rss / 2**20:.0f}" if theirs[n] else "-"])
     print(f"\n{args.threads} threads, 8-token prompts, {args.tokens} tokens each, greedy; medians of {args.repeat}")
-    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio (pairs)", "vs N=1", "end-to-end tok/s", "TTFT p50 ms",
+    print_table(["model", "N", "realm decode tok/s", "llama.cpp tok/s", "ratio (pairs)", f"vs N={args.n[0]} (pairs)", "end-to-end tok/s", "TTFT p50 ms",
                  "TTFT p99 ms", "tok/s per request", "realm RSS MiB", "llama.cpp RSS MiB"], rows, args.markdown)
 
 
