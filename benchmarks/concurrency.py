@@ -117,13 +117,13 @@ def main() -> None:
         print(f"(llama-batched-bench not found at {args.llama_batched_bench}: llama.cpp skipped)")
     for name in args.models:
         path = Path(resolve(name))
-        base, peer_rss = None, 0
+        peer_rss = 0
         with Realm(threads=args.threads, prefix_cache_bytes=0) as rt:
             model = rt.load_model(path)
             texts = {n: prompts(rt, model, n) for n in args.n}
             for n in args.n:
                 run_once(rt, model, texts[n], 4)  # warm-up
-            # Each repeat runs every N in turn, so the runs a ratio compares are seconds apart
+            # every N in turn in each repeat: the runs a ratio compares are seconds apart
             runs: dict[int, list[dict]] = {n: [] for n in args.n}
             theirs: dict[int, list[float]] = {n: [] for n in args.n}
             for _ in range(args.repeat):
