@@ -46,7 +46,7 @@ from .runtime import Model, Realm
 from .server.admission import ServerLimits
 from .server.app import MAX_BODY_BYTES, check_api_keys, create_app
 from .server.errors import APIError, from_realm, request_timeout
-from .server.protocol import DEFAULT_READ_TIMEOUT_S, check_read_timeout
+from .server.protocol import DEFAULT_READ_TIMEOUT_S, check_read_timeout, protocol_with_read_timeout
 from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm, check_port
 
 log = logging.getLogger("realm.serve_ray")
@@ -470,9 +470,13 @@ def local_environment(max_body_bytes: int = MAX_BODY_BYTES) -> dict[str, str]:
             GRPC_MESSAGE_ENV: str(max(4 << 20, max_body_bytes + (1 << 20))), **THROUGHPUT_ENV}
 
 
-#: Seconds a request's body may take to arrive in Serve's proxies (a proxy's environment, as
-#: PROXY_CALLBACK_ENV; default DEFAULT_READ_TIMEOUT_S).  Its headers are uvicorn's, unbounded.
+#: Seconds a request may take to arrive whole, headers and body, in Serve's proxies (a proxy's
+#: environment, as PROXY_CALLBACK_ENV; default DEFAULT_READ_TIMEOUT_S).
 READ_TIMEOUT_ENV = "REALM_READ_TIMEOUT_S"
+
+#: The HTTP protocol of a proxy that called proxy_middlewares: `realm serve`'s, with its read
+#: deadline (uvicorn imports a protocol by name, so it is kept here).
+PROXY_PROTOCOL: type | None = None
 
 
 def _env_read_timeout() -> float:
@@ -487,10 +491,19 @@ def _env_read_timeout() -> float:
 
 
 def proxy_middlewares() -> list:
-    """Serve's HTTP proxy callback: the middleware that routes completions by their model."""
+    """Serve's HTTP proxy callback, called as a proxy starts and before its HTTP server does: the
+    middleware that routes completions by their model (and bounds their bodies' arrival), and
+    `realm serve`'s HTTP protocol for the proxy's uvicorn, which bounds the headers' (Serve
+    leaves it at "auto", which waits for headers for good: a client sending a byte a minute
+    holds a connection open) -- each within REALM_READ_TIMEOUT_S, else 408 as from `realm serve`."""
     from starlette.middleware import Middleware
+    from uvicorn.config import HTTP_PROTOCOLS
 
-    return [Middleware(ModelHeader, read_timeout_s=_env_read_timeout())]
+    global PROXY_PROTOCOL
+    read_timeout_s = _env_read_timeout()
+    PROXY_PROTOCOL = protocol_with_read_timeout(read_timeout_s, body=False)
+    HTTP_PROTOCOLS["auto"] = f"{__name__}:PROXY_PROTOCOL"
+    return [Middleware(ModelHeader, read_timeout_s=read_timeout_s)]
 
 
 class ModelHeader:

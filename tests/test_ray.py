@@ -135,12 +135,21 @@ def test_a_body_that_stalls_gets_408_where_realm_reads_it(where):
 
 
 def test_the_proxies_read_timeout_comes_from_their_environment(monkeypatch):
+    import realm.serve_ray
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
     from realm.serve_ray import READ_TIMEOUT_ENV, proxy_middlewares
 
+    # the callback sets the (proxy) process's uvicorn protocol: this process gets its own back
+    monkeypatch.setitem(HTTP_PROTOCOLS, "auto", HTTP_PROTOCOLS["auto"])
+    monkeypatch.setattr(realm.serve_ray, "PROXY_PROTOCOL", None)
     monkeypatch.setenv(READ_TIMEOUT_ENV, "2.5")
     assert proxy_middlewares()[0].kwargs == {"read_timeout_s": 2.5}
+    assert import_from_string(HTTP_PROTOCOLS["auto"]).read_timeout_s == 2.5  # headers too, as uvicorn loads it
     monkeypatch.delenv(READ_TIMEOUT_ENV)
     assert proxy_middlewares()[0].kwargs == {"read_timeout_s": 60.0}
+    assert import_from_string(HTTP_PROTOCOLS["auto"]).read_timeout_s == 60.0
     for bad in ("soon", "0", "-1", "nan", "inf"):
         monkeypatch.setenv(READ_TIMEOUT_ENV, bad)
         with pytest.raises(realm.InvalidArgumentError, match="REALM_READ_TIMEOUT_S|read_timeout_s"):
@@ -297,6 +306,16 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if b"=" in item)
 
 
+def _answer_to_stalled(port: int, sent: bytes) -> tuple[bytes, float]:
+    """The head of the answer to a request that stops after `sent`, and the seconds it took."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
+        stalled.sendall(sent)
+        t0, data = time.monotonic(), b""
+        while b"\r\n\r\n" not in data and (chunk := stalled.recv(65536)):
+            data += chunk
+        return data, time.monotonic() - t0
+
+
 def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
     port = _free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"realm-serve-ray-{port}.log"
@@ -314,14 +333,12 @@ def test_cli_serves_on_a_local_ray_and_stops_on_sigterm(smollm2_path):
         assert ok, log.read_text()[-3000:]
         c = Deployment(f"http://127.0.0.1:{port}").complete(SMOL, "Hello", max_tokens=4)[0]
         assert c.usage.completion_tokens == 4
-        # --read-timeout reached the proxy: a body that stalls is answered 408 there
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
-            stalled.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                            b"Content-Length: 100\r\n\r\n{\"model\": ")
-            t0, data = time.monotonic(), b""
-            while b"\r\n\r\n" not in data and (chunk := stalled.recv(65536)):
-                data += chunk
-        assert data.startswith(b"HTTP/1.1 408 ") and 1.5 < time.monotonic() - t0 < 20, data[:300]
+        # --read-timeout reached the proxy: a body that stalls is answered 408 there, and so are
+        # headers that stall (uvicorn's own protocol would wait for them for good)
+        for sent in (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\": ", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Ty"):
+            data, seconds = _answer_to_stalled(port, sent)
+            assert data.startswith(b"HTTP/1.1 408 ") and 1.5 < seconds < 20, (sent, data[:300])
         ours = {p for p in _descendants(proc.pid) if p in _ray_pids()}
         assert ours, "found no Ray process under `realm serve --ray`"
         # the local instance's environment reached Serve's processes: routing in the proxy, gRPC

@@ -444,6 +444,49 @@ def test_a_request_that_does_not_arrive_in_time(smollm2_path):
         assert s.stop() == 0
 
 
+def test_a_headers_only_deadline_leaves_the_body_to_the_app():
+    """protocol_with_read_timeout(body=False) (Serve's proxies, whose middleware bounds a body
+    itself): headers that stall are answered 408; a body that stalls past the deadline is
+    still read whole, and answered."""
+    import uvicorn
+
+    from realm.server.protocol import protocol_with_read_timeout
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]})
+        await send({"type": "http.response.body", "body": b"%d" % len(body)})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
+                                           http=protocol_with_read_timeout(0.5, body=False)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        addr = sock.getsockname()
+        partial = socket.create_connection(addr)
+        partial.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        slow_body = socket.create_connection(addr)
+        slow_body.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab")
+        time.sleep(1.5)  # three deadlines
+        slow_body.sendall(b"cd")
+        data, _ = _until_closed(slow_body)
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n4"), data
+        data, seconds = _until_closed(partial)
+        assert data.startswith(b"HTTP/1.1 408 ") and seconds < 5, data[:200]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_graceful_shutdown_finishes_requests_in_flight(smollm2_path):
     """A stream in flight at SIGTERM runs to its end (sse-starlette would cut it at the signal:
     the stream is long enough to outlive its 0.5 s poll; the drain's timeout is long enough for a

@@ -8,6 +8,8 @@ connection's opening) to the end of its body -- within `read_timeout_s`. Past it
 headers never completed is answered 408 in OpenAI's error shape, and the connection closes; one
 whose body stalled is disconnected (its handler, reading the body, sees the client leave).
 Waiting between requests on a kept-alive connection is uvicorn's `timeout_keep_alive`.
+Serve's proxies run it too, with the deadline on the headers only (their middleware bounds a
+completion's body): see `realm.serve_ray.proxy_middlewares`.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ def _timeout_response() -> bytes:
 
 
 class _ReadDeadline(H11Protocol):
-    """H11Protocol with a deadline for each request to arrive (`read_timeout_s`, set by
-    `protocol_with_read_timeout`)."""
+    """H11Protocol with a deadline for each request to arrive (`read_timeout_s` and the client
+    states it covers, `reading`, set by `protocol_with_read_timeout`)."""
 
     read_timeout_s = DEFAULT_READ_TIMEOUT_S
+    reading: tuple = _READING
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._read_timer: asyncio.TimerHandle | None = None
@@ -62,14 +65,15 @@ class _ReadDeadline(H11Protocol):
         if self.conn.their_state is h11.IDLE:  # a request begins (a kept-alive connection's wait ends)
             self._arm()
         super().data_received(data)
-        if self._read_timer is not None and self.conn.their_state not in _READING:  # it is all in
+        if self._read_timer is not None and self.conn.their_state not in self.reading:  # it is all in
             self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # a pipelined request that arrived during the response is read now: its clock starts
-        if not self.transport.is_closing() and (self.conn.their_state is h11.SEND_BODY or
-                                                (self.conn.their_state is h11.IDLE and self.conn.trailing_data[0])):
+        state = self.conn.their_state
+        if not self.transport.is_closing() and state in self.reading and (state is not h11.IDLE or
+                                                                          self.conn.trailing_data[0]):
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -87,14 +91,16 @@ class _ReadDeadline(H11Protocol):
 
     def _expired(self) -> None:
         self._read_timer = None
-        if self.transport.is_closing() or self.conn.their_state not in _READING:
+        if self.transport.is_closing() or self.conn.their_state not in self.reading:
             return
         if self.conn.their_state is h11.IDLE:  # no request yet to answer through h11
             self.transport.write(_timeout_response())
         self.transport.close()
 
 
-def protocol_with_read_timeout(read_timeout_s: float) -> type[Any]:
+def protocol_with_read_timeout(read_timeout_s: float, *, body: bool = True) -> type[Any]:
     """uvicorn's `http` protocol class for `realm serve`: h11's, with read_timeout_s seconds for
-    each request to arrive whole."""
-    return type("RealmHTTPProtocol", (_ReadDeadline,), {"read_timeout_s": float(read_timeout_s)})
+    each request to arrive whole -- or only its headers, with body=False (for a server whose
+    app bounds the body's arrival itself)."""
+    return type("RealmHTTPProtocol", (_ReadDeadline,), {"read_timeout_s": float(read_timeout_s),
+                                                        "reading": _READING if body else (h11.IDLE,)})
