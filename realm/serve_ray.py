@@ -46,7 +46,7 @@ from .runtime import Model, Realm
 from .server.admission import ServerLimits
 from .server.app import MAX_BODY_BYTES, check_api_keys, create_app
 from .server.errors import APIError, from_realm, request_timeout
-from .server.protocol import DEFAULT_READ_TIMEOUT_S, check_read_timeout, protocol_with_read_timeout
+from .server.protocol import DEFAULT_READ_TIMEOUT_S, check_read_timeout, headers_deadline_protocol
 from .server.run import DEFAULT_SHUTDOWN_TIMEOUT_S, build_realm, check_port
 
 log = logging.getLogger("realm.serve_ray")
@@ -474,8 +474,8 @@ def local_environment(max_body_bytes: int = MAX_BODY_BYTES) -> dict[str, str]:
 #: environment, as PROXY_CALLBACK_ENV; default DEFAULT_READ_TIMEOUT_S).
 READ_TIMEOUT_ENV = "REALM_READ_TIMEOUT_S"
 
-#: The HTTP protocol of a proxy that called proxy_middlewares: `realm serve`'s, with its read
-#: deadline (uvicorn imports a protocol by name, so it is kept here).
+#: The HTTP protocol of a proxy that called proxy_middlewares: uvicorn's httptools one with a
+#: deadline for the headers (uvicorn imports a protocol by name, so it is kept here).
 PROXY_PROTOCOL: type | None = None
 
 
@@ -493,15 +493,15 @@ def _env_read_timeout() -> float:
 def proxy_middlewares() -> list:
     """Serve's HTTP proxy callback, called as a proxy starts and before its HTTP server does: the
     middleware that routes completions by their model (and bounds their bodies' arrival), and
-    `realm serve`'s HTTP protocol for the proxy's uvicorn, which bounds the headers' (Serve
-    leaves it at "auto", which waits for headers for good: a client sending a byte a minute
-    holds a connection open) -- each within REALM_READ_TIMEOUT_S, else 408 as from `realm serve`."""
+    for the proxy's uvicorn its own httptools protocol with a deadline for the headers (as "auto"
+    it waits for headers for good: a client sending a byte a minute holds a connection open) --
+    each within REALM_READ_TIMEOUT_S, else 408 as from `realm serve`."""
     from starlette.middleware import Middleware
     from uvicorn.config import HTTP_PROTOCOLS
 
     global PROXY_PROTOCOL
     read_timeout_s = _env_read_timeout()
-    PROXY_PROTOCOL = protocol_with_read_timeout(read_timeout_s, body=False)
+    PROXY_PROTOCOL = headers_deadline_protocol(read_timeout_s)
     HTTP_PROTOCOLS["auto"] = f"{__name__}:PROXY_PROTOCOL"
     return [Middleware(ModelHeader, read_timeout_s=read_timeout_s)]
 

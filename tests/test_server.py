@@ -444,13 +444,13 @@ def test_a_request_that_does_not_arrive_in_time(smollm2_path):
         assert s.stop() == 0
 
 
-def test_a_headers_only_deadline_leaves_the_body_to_the_app():
-    """protocol_with_read_timeout(body=False) (Serve's proxies, whose middleware bounds a body
-    itself): headers that stall are answered 408; a body that stalls past the deadline is
-    still read whole, and answered."""
+def test_a_headers_deadline_leaves_the_body_to_the_app():
+    """headers_deadline_protocol (Serve's proxies, whose middleware bounds a body itself):
+    headers that stall are answered 408, also those of a request pipelined behind an answered
+    one; a body that stalls past the deadline is still read whole, and answered."""
     import uvicorn
 
-    from realm.server.protocol import protocol_with_read_timeout
+    from realm.server.protocol import headers_deadline_protocol
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -465,7 +465,7 @@ def test_a_headers_only_deadline_leaves_the_body_to_the_app():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
-                                           http=protocol_with_read_timeout(0.5, body=False)))
+                                           http=headers_deadline_protocol(0.5)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     thread.start()
     try:
@@ -474,6 +474,8 @@ def test_a_headers_only_deadline_leaves_the_body_to_the_app():
         addr = sock.getsockname()
         partial = socket.create_connection(addr)
         partial.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        pipelined = socket.create_connection(addr)  # a whole request, then the start of another
+        pipelined.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
         slow_body = socket.create_connection(addr)
         slow_body.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab")
         time.sleep(1.5)  # three deadlines
@@ -482,6 +484,8 @@ def test_a_headers_only_deadline_leaves_the_body_to_the_app():
         assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n4"), data
         data, seconds = _until_closed(partial)
         assert data.startswith(b"HTTP/1.1 408 ") and seconds < 5, data[:200]
+        data, _ = _until_closed(pipelined)
+        assert data.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\n0HTTP/1.1 408 " in data, data
     finally:
         server.should_exit = True
         thread.join(10)

@@ -8,8 +8,8 @@ connection's opening) to the end of its body -- within `read_timeout_s`. Past it
 headers never completed is answered 408 in OpenAI's error shape, and the connection closes; one
 whose body stalled is disconnected (its handler, reading the body, sees the client leave).
 Waiting between requests on a kept-alive connection is uvicorn's `timeout_keep_alive`.
-Serve's proxies run it too, with the deadline on the headers only (their middleware bounds a
-completion's body): see `realm.serve_ray.proxy_middlewares`.
+Serve's proxies hold only the headers to such a deadline (`headers_deadline_protocol`: their
+middleware bounds a completion's body, see `realm.serve_ray.proxy_middlewares`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..errors import ArgumentTypeError, InvalidArgumentError
 from .errors import request_timeout
 
-__all__ = ["DEFAULT_READ_TIMEOUT_S", "check_read_timeout", "protocol_with_read_timeout"]
+__all__ = ["DEFAULT_READ_TIMEOUT_S", "check_read_timeout", "protocol_with_read_timeout", "headers_deadline_protocol"]
 
 #: Seconds a request may take to arrive whole, headers and body (`realm serve --read-timeout`).
 DEFAULT_READ_TIMEOUT_S = 60.0
@@ -50,11 +50,10 @@ def _timeout_response() -> bytes:
 
 
 class _ReadDeadline(H11Protocol):
-    """H11Protocol with a deadline for each request to arrive (`read_timeout_s` and the client
-    states it covers, `reading`, set by `protocol_with_read_timeout`)."""
+    """H11Protocol with a deadline for each request to arrive (`read_timeout_s`, set by
+    `protocol_with_read_timeout`)."""
 
     read_timeout_s = DEFAULT_READ_TIMEOUT_S
-    reading: tuple = _READING
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._read_timer: asyncio.TimerHandle | None = None
@@ -65,15 +64,14 @@ class _ReadDeadline(H11Protocol):
         if self.conn.their_state is h11.IDLE:  # a request begins (a kept-alive connection's wait ends)
             self._arm()
         super().data_received(data)
-        if self._read_timer is not None and self.conn.their_state not in self.reading:  # it is all in
+        if self._read_timer is not None and self.conn.their_state not in _READING:  # it is all in
             self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # a pipelined request that arrived during the response is read now: its clock starts
-        state = self.conn.their_state
-        if not self.transport.is_closing() and state in self.reading and (state is not h11.IDLE or
-                                                                          self.conn.trailing_data[0]):
+        if not self.transport.is_closing() and (self.conn.their_state is h11.SEND_BODY or
+                                                (self.conn.their_state is h11.IDLE and self.conn.trailing_data[0])):
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,16 +89,64 @@ class _ReadDeadline(H11Protocol):
 
     def _expired(self) -> None:
         self._read_timer = None
-        if self.transport.is_closing() or self.conn.their_state not in self.reading:
+        if self.transport.is_closing() or self.conn.their_state not in _READING:
             return
         if self.conn.their_state is h11.IDLE:  # no request yet to answer through h11
             self.transport.write(_timeout_response())
         self.transport.close()
 
 
-def protocol_with_read_timeout(read_timeout_s: float, *, body: bool = True) -> type[Any]:
+def protocol_with_read_timeout(read_timeout_s: float) -> type[Any]:
     """uvicorn's `http` protocol class for `realm serve`: h11's, with read_timeout_s seconds for
-    each request to arrive whole -- or only its headers, with body=False (for a server whose
-    app bounds the body's arrival itself)."""
-    return type("RealmHTTPProtocol", (_ReadDeadline,), {"read_timeout_s": float(read_timeout_s),
-                                                        "reading": _READING if body else (h11.IDLE,)})
+    each request to arrive whole."""
+    return type("RealmHTTPProtocol", (_ReadDeadline,), {"read_timeout_s": float(read_timeout_s)})
+
+
+def headers_deadline_protocol(read_timeout_s: float) -> type[Any]:
+    """uvicorn's httptools protocol -- what Serve's proxies run ("auto"; httptools comes with
+    ray[serve]'s uvicorn[standard]) -- with read_timeout_s seconds for each request's headers to
+    arrive, from its first byte (or the connection's opening); past it the answer is 408 and the
+    connection closes (only closes, where a response is still under way).  The body is left to
+    the app."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    seconds = float(read_timeout_s)
+
+    class HeadersDeadline(HttpToolsProtocol):
+        read_timeout_s = seconds
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self._head_timer: asyncio.TimerHandle | None = None
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:  # a request's first byte (parsed)
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.read_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _expired(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:  # nothing else on the wire
+                self.transport.write(_timeout_response())
+            self.transport.close()
+
+    return HeadersDeadline
