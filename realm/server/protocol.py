@@ -49,14 +49,28 @@ def _timeout_response() -> bytes:
     return head + body
 
 
-class _ReadDeadline(H11Protocol):
+class _Deadline:
+    """A read deadline's timer, for a uvicorn protocol class (which has `loop`) to mix in:
+    `_arm` starts it unless it runs, `_disarm` stops it; it calls the protocol's `_expired`."""
+
+    read_timeout_s = DEFAULT_READ_TIMEOUT_S
+    _read_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._expired)  # type: ignore[attr-defined]
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+
+class _ReadDeadline(_Deadline, H11Protocol):
     """H11Protocol with a deadline for each request to arrive (`read_timeout_s`, set by
     `protocol_with_read_timeout`)."""
 
-    read_timeout_s = DEFAULT_READ_TIMEOUT_S
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._read_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm()
 
@@ -77,15 +91,6 @@ class _ReadDeadline(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        if self._read_timer is None:
-            self._read_timer = self.loop.call_later(self.read_timeout_s, self._expired)
-
-    def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
 
     def _expired(self) -> None:
         self._read_timer = None
@@ -112,11 +117,10 @@ def headers_deadline_protocol(read_timeout_s: float) -> type[Any]:
 
     seconds = float(read_timeout_s)
 
-    class HeadersDeadline(HttpToolsProtocol):
+    class HeadersDeadline(_Deadline, HttpToolsProtocol):
         read_timeout_s = seconds
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            self._head_timer: asyncio.TimerHandle | None = None
             super().connection_made(transport)
             self._arm()
 
@@ -132,17 +136,8 @@ def headers_deadline_protocol(read_timeout_s: float) -> type[Any]:
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(self.read_timeout_s, self._expired)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
         def _expired(self) -> None:
-            self._head_timer = None
+            self._read_timer = None
             if self.transport.is_closing():
                 return
             if self.cycle is None or self.cycle.response_complete:  # nothing else on the wire
