@@ -466,11 +466,13 @@ def test_a_headers_deadline_leaves_the_body_to_the_app():
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
                                            http=headers_deadline_protocol(0.5)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        while not server.started:
+        end = time.monotonic() + 10
+        while not server.started and thread.is_alive() and time.monotonic() < end:
             time.sleep(0.01)
+        assert server.started, "the test's uvicorn server did not start"
         addr = sock.getsockname()
         partial = socket.create_connection(addr)
         partial.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
