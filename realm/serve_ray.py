@@ -470,8 +470,9 @@ def local_environment(max_body_bytes: int = MAX_BODY_BYTES) -> dict[str, str]:
             GRPC_MESSAGE_ENV: str(max(4 << 20, max_body_bytes + (1 << 20))), **THROUGHPUT_ENV}
 
 
-#: Seconds a request may take to arrive whole, headers and body, in Serve's proxies (a proxy's
-#: environment, as PROXY_CALLBACK_ENV; default DEFAULT_READ_TIMEOUT_S).
+#: Seconds a request's headers may take to arrive in Serve's proxies, from its first byte, and
+#: then a completion's body, from its headers (a proxy's environment, as PROXY_CALLBACK_ENV;
+#: default DEFAULT_READ_TIMEOUT_S).
 READ_TIMEOUT_ENV = "REALM_READ_TIMEOUT_S"
 
 #: The HTTP protocol of a proxy that called proxy_middlewares: uvicorn's httptools one with a
