@@ -80,6 +80,81 @@ def test_proxy_middleware_routes_by_a_model_name_only(body, header):
     assert seen["headers"].get(b"serve_multiplexed_model_id") == header and seen["body"] == body
 
 
+@pytest.mark.parametrize("method, path, body, in_scope", [
+    ("POST", "/v1/completions", b'{"model": "m", "prompt": "x"}', True),
+    ("GET", "/v1/models", b"", True),
+    ("POST", "/v1/completions", b'{"prompt": "' + b"x" * (1 << 20) + b'"}', False),  # past SCOPE_BODY_MAX_BYTES
+    ("POST", "/other/app", b'{"model": "m"}', False),  # not realm's API: not read in the proxy
+])
+def test_proxy_middleware_hands_the_body_to_the_replica_in_the_scope(method, path, body, in_scope):
+    """The body the proxy read rides in the scope Serve sends the replica (a body read through
+    receive() there costs a second Ray call back to the proxy); large ones do not, and every
+    body still goes on through receive() as it came."""
+    import asyncio
+
+    from realm.serve_ray import BODY_SCOPE_KEY, ModelHeader
+
+    seen = {}
+    chunks = [body[:7], body[7:]]
+
+    async def app(scope, receive, send):
+        seen["scope"] = scope.get(BODY_SCOPE_KEY)
+        got = b""
+        while True:
+            message = await receive()
+            got += message["body"]
+            if not message["more_body"]:
+                break
+        seen["body"] = got
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [(b"host", b"x")]}
+    asyncio.run(ModelHeader(app)(scope, receive, send))
+    assert seen["body"] == body and seen["scope"] == (body if in_scope else None)
+
+
+def test_a_replica_takes_the_body_from_the_scope_and_then_the_disconnect():
+    """A replica's ingress with the body in its scope runs the app at once (no receive() for
+    the body), and the app's later receive() gets the client's disconnect, not the copy of the
+    body that Serve's receive() brings from the proxy as well."""
+    import asyncio
+
+    from realm.serve_ray import BODY_SCOPE_KEY, RealmReplica
+
+    body, calls, seen = b'{"stream": true}', [], []
+    from_proxy = [{"type": "http.request", "body": body[:5], "more_body": True},
+                  {"type": "http.request", "body": body[5:], "more_body": False},
+                  {"type": "http.disconnect"}]
+
+    async def receive():
+        calls.append(True)
+        return from_proxy.pop(0)
+
+    async def inner(scope, receive, send):
+        seen.append((await receive(), len(calls)))
+        seen.append(((await receive())["type"], len(calls)))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message):
+        pass
+
+    replica = RealmReplica.__new__(RealmReplica)  # its ingress alone: no Serve, no Realm
+    replica.max_body_bytes, replica.read_timeout_s, replica.realm_app, replica.replica = 1 << 20, 5.0, inner, b"r"
+    scope = {"type": "http", "method": "POST", "path": "/v1/models", "headers": [], BODY_SCOPE_KEY: body}
+    asyncio.run(asyncio.wait_for(RealmReplica.__serve_build_asgi_app__(replica)(scope, receive, send), 30))
+    assert seen[0] == ({"type": "http.request", "body": body, "more_body": False}, 0)
+    assert seen[1] == ("http.disconnect", 3)
+
+
 def _slow_body_answer(app_of) -> tuple[dict, bool, float]:
     """Drive an ASGI app (made by app_of(inner app)) with a completion whose body stops halfway:
     (its answer's start and body, whether the inner app ran, the seconds it took)."""
