@@ -387,16 +387,21 @@ class Router:
             return await request_timeout().response()(scope, receive, send)
         name = self.catalog.route(body) if scope.get("path") in _ROUTED else ""
         request = {"scope": {k: scope[k] for k in _SCOPE_KEYS if k in scope}, "body": body}
-        started = False
+        stream = self.replicas.options(multiplexed_model_id=name, stream=True).http.remote(request)
+        started = finished = False
         try:
-            handle = self.replicas.options(multiplexed_model_id=name, stream=True)
-            async for message in handle.http.remote(request):
+            async for message in stream:
                 started = started or message["type"] == "http.response.start"
                 await send(message)
+            finished = True
         except _GONE as exc:
+            finished = True
             if started:
                 raise  # the answer was cut short: the client sees a broken stream
             await _unavailable(exc).response()(scope, receive, send)
+        finally:
+            if not finished:  # cancelled (the client left, and Serve cancelled this call but not
+                stream.cancel()  # the replica's, whose generation would run to its end), or failed
 
 
 def _past_body(receive: Callable) -> Callable:

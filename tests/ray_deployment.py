@@ -146,6 +146,31 @@ def test_models_listed_and_errors_as_realm_serve(deployment):
     assert "realm_requests_total" in metrics.text and metrics.headers["x-realm-replica"]
 
 
+def test_a_client_that_leaves_a_stream_stops_its_generation(deployment):
+    """A client that closes its stream mid-way ends its generation on the replica at its next
+    token, through Serve's proxy (with the body in the scope, the replica's receive() still
+    brings the disconnect) and through the Router (which cancels its call to the replica: Serve
+    does not pass the disconnect on): the replica's /health shows nothing running long before
+    the 2000 tokens asked for could have been generated."""
+    body = {"model": SMOL, "prompt": "Tell a long story.", "max_tokens": 2000, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", deployment.url + "/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200
+        replica, lines = r.headers["x-realm-replica"], r.iter_lines()
+        assert any(next(lines).startswith("data: ") for _ in range(4))
+        left = time.monotonic()
+    health: dict = {}
+    while time.monotonic() < left + 10:  # 2000 tokens take a replica of 1 CPU about 20 s here
+        answer = httpx.get(deployment.url + "/health", timeout=60)
+        if answer.headers["x-realm-replica"] == replica:
+            health = answer.json()
+            if health["running"] == 0 and health["kv_bytes"] == 0:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"the replica still generates for the client that left: {health}")
+
+
 def test_a_killed_replica_loses_no_retried_request_and_is_replaced(deployment, local):
     from ray import serve
 
