@@ -505,8 +505,8 @@ def local_environment(max_body_bytes: int = MAX_BODY_BYTES) -> dict[str, str]:
 
 
 #: Seconds a request's headers may take to arrive in Serve's proxies, from its first byte, and
-#: then a completion's body, from its headers (a proxy's environment, as PROXY_CALLBACK_ENV;
-#: default DEFAULT_READ_TIMEOUT_S).
+#: then the body of a request to realm's API (/v1/...), from its headers (a proxy's
+#: environment, as PROXY_CALLBACK_ENV; default DEFAULT_READ_TIMEOUT_S).
 READ_TIMEOUT_ENV = "REALM_READ_TIMEOUT_S"
 
 #: The HTTP protocol of a proxy that called proxy_middlewares: uvicorn's httptools one with a
@@ -527,7 +527,8 @@ def _env_read_timeout() -> float:
 
 def proxy_middlewares() -> list:
     """Serve's HTTP proxy callback, called as a proxy starts and before its HTTP server does: the
-    middleware that routes completions by their model (and bounds their bodies' arrival), and
+    middleware that routes completions by their model (and bounds the arrival of the bodies of
+    requests to realm's API), and
     for the proxy's uvicorn its own httptools protocol with a deadline for the headers (as "auto"
     it waits for headers for good: a client sending a byte a minute holds a connection open) --
     each within REALM_READ_TIMEOUT_S, else 408 as from `realm serve`."""

@@ -9,7 +9,8 @@ headers never completed is answered 408 in OpenAI's error shape, and the connect
 whose body stalled is disconnected (its handler, reading the body, sees the client leave).
 Waiting between requests on a kept-alive connection is uvicorn's `timeout_keep_alive`.
 Serve's proxies hold only the headers to such a deadline (`headers_deadline_protocol`: their
-middleware bounds a completion's body, see `realm.serve_ray.proxy_middlewares`).
+middleware bounds the body of a request to realm's API, see
+`realm.serve_ray.proxy_middlewares`).
 """
 
 from __future__ import annotations
