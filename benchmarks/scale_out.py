@@ -2,19 +2,24 @@
 same total threads: N concurrent streaming clients across two models.
 
     python benchmarks/scale_out.py [--models smollm2 gemma3] [--n 16] [--tokens 48] [--threads 2]
-                                   [--repeat 3] [--probes 20] [--markdown]
+                                   [--repeat 3] [--cycles 3] [--probes 20] [--markdown]
 
 Each server runs alone on the machine (one after the other) on 127.0.0.1 with both models:
 `realm serve --threads T`; `realm serve --ray` (a local Ray instance, routed by model in Serve's
 proxy) with 1 replica of T CPUs, and with T replicas of 1 CPU (each replica's Realm gets as many
 threads as Ray gives it CPUs; Serve's multiplexing puts each model on its own replica), and the
-latter again routed by a router deployment (one more Ray call per request).  N clients at once, alternating between the
-models, each stream a /v1/completions request (an 8-token prompt of its own, greedy, --tokens
-tokens, ignore_eos).  Printed: aggregate completion tok/s (median of --repeat rounds after a
-warm-up) and its ratio to the single process, time to first token p50/p99 over all rounds, the
-latency of a one-token completion sent alone (p50 of --probes, both models), and of GET
-/v1/models sent alone (p50 of 5 x --probes): a request without model work, so what Ray adds to
-it over the single process is Ray's cost per request (its proxy, router and replica hops).
+latter again routed by a router deployment (one more Ray call per request).  N clients at once,
+alternating between the models, each stream a /v1/completions request (an 8-token prompt of its
+own, greedy, --tokens tokens, ignore_eos).  Each of --cycles cycles starts every setup once, in
+turn (in reverse order every other cycle), and times --repeat rounds after a warm-up, so that
+each setup is compared with the single process of its own cycle, minutes apart, not with one
+measured at another hour of this machine's drifting speed.  Printed: aggregate completion
+tok/s (median of all rounds), its ratio to the single process (median of the cycles' ratios,
+each cycle's median against the single process's), time to first token p50/p99 over all
+rounds, the latency of a one-token completion sent alone (p50 of --probes a start, both
+models), and of GET /v1/models sent alone (p50 of 5 x --probes a start): a request without
+model work, so what Ray adds to it over the single process (median of the cycles'
+differences) is Ray's cost per request (its proxy, router and replica hops).
 """
 
 from __future__ import annotations
@@ -71,10 +76,8 @@ def measure(cmd: list[str], url: str, args: argparse.Namespace, models: list[str
         rounds = [load_round(url, args.n, args.tokens, models, 1 + r) for r in range(args.repeat)]
         lat = [probe(client, url, models[i % len(models)]) for i in range(args.probes)]
         hops = [hop(client, url) for _ in range(5 * args.probes)]
-        ttft = [t for r in rounds for t in r["ttft"]]
-        return {"tps": statistics.median(r["tps"] for r in rounds), "p50": percentile(ttft, 0.5),
-                "p99": percentile(ttft, 0.99), "lat": statistics.median(lat),
-                "hop": statistics.median(hops)}
+        return {"tps": [r["tps"] for r in rounds], "ttft": [t for r in rounds for t in r["ttft"]],
+                "lat": lat, "hop": statistics.median(hops)}
     finally:
         client.close()
         proc.terminate()
@@ -90,7 +93,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="concurrent clients")
     ap.add_argument("--tokens", type=int, default=48, help="tokens each client generates")
     ap.add_argument("--threads", type=int, default=2, help="total threads (and Ray CPUs) of each setup")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="load rounds timed each time a server starts")
+    ap.add_argument("--cycles", type=int, default=3, help="times each setup is started, in turn with the others")
     ap.add_argument("--probes", type=int, default=20, help="one-token requests sent alone, for the latency")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
@@ -104,21 +108,31 @@ def main() -> None:
     if args.threads > 1:
         setups += [(f"ray, {args.threads} replicas", many, {}),
                    (f"ray, {args.threads} replicas, router", many, {PROXY_CALLBACK_ENV: ""})]
-    rows, base = [], None
-    for label, extra, env in setups:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "realm", "serve", "--port", str(port), *model_args, *limits, *extra]
-        f = measure(cmd, url, args, names, env)
-        base = base or f
-        rows.append([label, f"{f['tps']:.0f}", f"{f['tps'] / base['tps']:.2f}x", f"{1000 * f['p50']:.0f}",
-                     f"{1000 * f['p99']:.0f}", f"{1000 * f['lat']:.1f}", f"{1000 * f['hop']:.1f}",
-                     "-" if f is base else f"{1000 * (f['hop'] - base['hop']):+.1f}"])
+    runs: list[list[dict]] = [[] for _ in setups]  # per setup, one measurement a cycle
+    for cycle in range(args.cycles):
+        order = range(len(setups)) if cycle % 2 == 0 else reversed(range(len(setups)))
+        for i in order:
+            label, extra, env = setups[i]
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "realm", "serve", "--port", str(port), *model_args, *limits, *extra]
+            runs[i].append(measure(cmd, url, args, names, env))
+            print(f"cycle {cycle + 1}, {label}: {statistics.median(runs[i][-1]['tps']):.0f} tok/s", file=sys.stderr)
+    rows, base = [], runs[0]
+    for (label, _, _), ms in zip(setups, runs):
+        ttft = [t for m in ms for t in m["ttft"]]
+        ratios = [statistics.median(m["tps"]) / statistics.median(b["tps"]) for m, b in zip(ms, base)]
+        added = [m["hop"] - b["hop"] for m, b in zip(ms, base)]
+        rows.append([label, f"{statistics.median(t for m in ms for t in m['tps']):.0f}",
+                     f"{statistics.median(ratios):.2f}x", " ".join(f"{r:.2f}" for r in ratios),
+                     f"{1000 * percentile(ttft, 0.5):.0f}", f"{1000 * percentile(ttft, 0.99):.0f}",
+                     f"{1000 * statistics.median(t for m in ms for t in m['lat']):.1f}",
+                     f"{1000 * statistics.median(m['hop'] for m in ms):.1f}",
+                     "-" if ms is base else f"{1000 * statistics.median(added):+.1f}"])
     print(f"\n{args.n} streaming clients across {', '.join(args.models)}; {args.threads} threads in all; "
-          f"{args.tokens} tokens each, greedy; medians of {args.repeat}")
-    print_table(["setup", "tok/s", "vs one process", "TTFT p50 ms", "p99", "1-token request p50 ms",
+          f"{args.tokens} tokens each, greedy; {args.cycles} cycles of {args.repeat} rounds")
+    print_table(["setup", "tok/s", "vs one process", "each cycle", "TTFT p50 ms", "p99", "1-token request p50 ms",
                  "GET /v1/models p50 ms", "Ray's added ms"], rows, args.markdown)
-
 
 if __name__ == "__main__":
     main()
