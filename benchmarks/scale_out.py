@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=20, help="one-token requests sent alone, for the latency")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
+    if args.cycles < 1 or args.repeat < 1:
+        ap.error("--cycles and --repeat must be at least 1")
     paths = [Path(resolve(m)) for m in args.models]
     names = [p.stem for p in paths]
     model_args = [a for p in paths for a in ("--model", str(p))]
@@ -133,6 +135,7 @@ def main() -> None:
           f"{args.tokens} tokens each, greedy; {args.cycles} cycles of {args.repeat} rounds")
     print_table(["setup", "tok/s", "vs one process", "each cycle", "TTFT p50 ms", "p99", "1-token request p50 ms",
                  "GET /v1/models p50 ms", "Ray's added ms"], rows, args.markdown)
+
 
 if __name__ == "__main__":
     main()
