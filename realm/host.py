@@ -158,10 +158,14 @@ class _Slot:
 
     __slots__ = ("host",)
 
-    def __init__(self) -> None:
-        self.host: RealmHost | None = None
+    def __init__(self, host: RealmHost | None = None) -> None:
+        self.host = host
 
     def bind(self, name: str, method: Callable[..., int]) -> Callable[..., int]:
+        """The import as the C trampoline calls it: fn(base, size, *args) with the guest's
+        memory and the arguments as ints (an i32 read as u32, once); its int result expires
+        the guest's epoch deadline when it is DEADLINE (see realm/_imports.pxi)."""
+
         def call(base: int, size: int, *args: int) -> int:
             host = self.host
             if host is None:  # no instance of a released linker is left to call (see LinkerLease)
@@ -399,7 +403,7 @@ class RealmHost:
     # -- the host's API -------------------------------------------------------------
     def define(self, linker: wasmtime.Linker) -> "RealmHost":
         """Define every import of `abi.IMPORTS` in `linker` (module "env"), bound to this host."""
-        _define_imports(linker, self._bind)
+        _define_imports(linker, _Slot(self).bind)
         return self
 
     def limit(self, wasm_store: wasmtime.Store) -> None:
@@ -504,18 +508,8 @@ class RealmHost:
                 pass
 
     # -- plumbing ---------------------------------------------------------------
-    def _bind(self, name: str, method: Callable[..., int]) -> Callable[..., int]:
-        """The import as the C trampoline calls it: fn(base, size, *args) with the guest's
-        memory and the arguments as ints (an i32 read as u32, once); its int result expires
-        the guest's epoch deadline when it is DEADLINE (see realm/_imports.pxi)."""
-
-        def call(base: int, size: int, *args: int) -> int:
-            return self._serve(name, method, base, size, args)
-        call.__name__ = name
-        return call
-
     def _serve(self, name: str, method: Callable[..., int], base: int, size: int, args: tuple[int, ...]) -> int:
-        """One call of an import, for its C trampoline (see `_bind`)."""
+        """One call of an import, for its C trampoline (see `_Slot.bind`)."""
         if self.expired:  # a trap: the guest's code never runs on (see `expire`)
             raise DeadlineExceeded("the guest was stopped (the interpreter is exiting)")
         deadline = self.deadline
