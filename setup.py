@@ -108,6 +108,7 @@ NATIVE_SOURCES = [
     "csrc/matmul_ref.c",
     "csrc/matmul_avx2.c",
     "csrc/matmul_avx512.c",
+    "csrc/matmul_neon.c",
     "csrc/matmul_k_vnni.c",
     "csrc/matmul_iq_ref.c",
     "csrc/matmul_iq_avx2.c",

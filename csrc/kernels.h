@@ -4,7 +4,8 @@
  *             dequant_neon.c (dequant_iq_*.c, declared in kernels_iq.h, for IQ/TQ/MXFP4)
  *   dot       dot product of a weight row with a group of activation rows
  *             (realm_dot_fn): matmul_ref.c, matmul_avx2.c (matmul_dot32.h for
- *             the 32-value formats, once plain AVX2 and once with AVX-512 VNNI)
+ *             the 32-value formats, once plain AVX2 and once with AVX-512 VNNI),
+ *             matmul_neon.c
  *   dot_whole the same as llama.cpp multiplies the matrices it repacks
  *   rows      several weight rows per call (realm_dot_rows_fn), AVX-512 VNNI: the 32-value
  *             formats' in matmul_dot32_rows.h, the K-quants' in matmul_k_vnni.c
@@ -103,6 +104,14 @@ REALM_DOT(realm_q4_K_dot_avx2);
 REALM_DOT(realm_q4_K_dot_whole_avx2);
 REALM_DOT(realm_q5_K_dot_avx2);
 REALM_DOT(realm_q6_K_dot_avx2);
+
+/* NEON (matmul_neon.c): the 32-value formats */
+REALM_DOT(realm_q4_0_dot_neon);
+REALM_DOT(realm_q4_0_dot_whole_neon);
+REALM_DOT(realm_q4_1_dot_neon);
+REALM_DOT(realm_q5_0_dot_neon);
+REALM_DOT(realm_q5_1_dot_neon);
+REALM_DOT(realm_q8_0_dot_neon);
 
 /* AVX-512 VNNI row kernels: the 32-value formats (the K-quants' are rows kernels, below). */
 REALM_DOT(realm_q4_0_dot_vnni);

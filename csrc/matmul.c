@@ -116,7 +116,7 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
     if (n_in % tt->block_size) return REALM_EINVAL;
     if ((isa = realm_resolve_isa(isa)) < 0) return isa;
     /* The row's kernel for the path, else the next one down: avx512 -> vnni ->
-     * avx2 -> ref (the same bits on every path); never another format's. */
+     * avx2 -> ref, neon -> ref (the same bits on every path); never another format's. */
     const int whole = realm_whole_blocks(wtype, n_out);
     p->fn = NULL;
     p->rows = NULL;
@@ -129,6 +129,7 @@ static int make_plan(int wtype, int64_t n_out, int64_t n_in, int64_t n_tok, int 
         if (n_tok >= tt->wide_min) p->wide = tt->wide_vnni[whole];
     }
     if (isa == REALM_ISA_AVX2 && !p->fn) p->fn = tt->dot_avx2[whole];
+    if (isa == REALM_ISA_NEON) p->fn = tt->dot_neon[whole];
     if (!p->fn) p->fn = tt->dot_ref[whole];
     if (!p->fn) return REALM_EUNSUPPORTED;
     p->nb = n_in / tt->block_size;

@@ -11,7 +11,7 @@
 #endif
 
 #if defined(__aarch64__)
-#define ARM(fn) fn /* dequant_neon.c */
+#define ARM(fn) fn /* dequant_neon.c, matmul_neon.c */
 #else
 #define ARM(fn) NULL
 #endif
@@ -53,6 +53,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q4_0_to_float_neon),
         .dot_ref = {realm_q4_0_dot_ref, realm_q4_0_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_0_dot_avx2), X86(realm_q4_0_dot_whole_avx2)},
+        .dot_neon = {ARM(realm_q4_0_dot_neon), ARM(realm_q4_0_dot_whole_neon)},
         .dot_vnni = {X86(realm_q4_0_dot_vnni), X86(realm_q4_0_dot_whole_vnni)},
         /* [1]: matmul_iq_avx2.c's IQ4_NL kernel, Q4_0 being IQ4_NL with the code book -8..7 */
         .rows_vnni = {X86(realm_q4_0_rows_vnni), X86(realm_q4_0_rows_whole_vnni)},
@@ -66,6 +67,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q4_1_to_float_neon),
         .dot_ref = {realm_q4_1_dot_ref},
         .dot_avx2 = {X86(realm_q4_1_dot_avx2)},
+        .dot_neon = {ARM(realm_q4_1_dot_neon)},
         .dot_vnni = {X86(realm_q4_1_dot_vnni)},
         .rows_vnni = {X86(realm_q4_1_rows_vnni)},
         .wide_vnni = {X86(realm_q4_1_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
@@ -77,6 +79,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q5_0_to_float_neon),
         .dot_ref = {realm_q5_0_dot_ref},
         .dot_avx2 = {X86(realm_q5_0_dot_avx2)},
+        .dot_neon = {ARM(realm_q5_0_dot_neon)},
         .dot_vnni = {X86(realm_q5_0_dot_vnni)},
         .rows_vnni = {X86(realm_q5_0_rows_vnni)},
         .wide_vnni = {X86(realm_q5_0_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
@@ -88,6 +91,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q5_1_to_float_neon),
         .dot_ref = {realm_q5_1_dot_ref},
         .dot_avx2 = {X86(realm_q5_1_dot_avx2)},
+        .dot_neon = {ARM(realm_q5_1_dot_neon)},
         .dot_vnni = {X86(realm_q5_1_dot_vnni)},
         .rows_vnni = {X86(realm_q5_1_rows_vnni)},
         .wide_vnni = {X86(realm_q5_1_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
@@ -99,6 +103,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q8_0_to_float_neon),
         .dot_ref = {realm_q8_0_dot_ref},
         .dot_avx2 = {X86(realm_q8_0_dot_avx2)},
+        .dot_neon = {ARM(realm_q8_0_dot_neon)},
         .dot_vnni = {X86(realm_q8_0_dot_vnni)},
         .rows_vnni = {X86(realm_q8_0_rows_vnni)},
         .wide_vnni = {X86(realm_q8_0_wide_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,

@@ -62,9 +62,10 @@ typedef struct {
     realm_to_float_fn to_float_neon;
     /* Dot kernels indexed [whole]: [0] llama.cpp's vec_dot order, [1] the order of
      * its repacked matrices (repacked formats only).  A path without its own
-     * kernel (NULL) takes the next one: avx512 -> vnni -> avx2 -> ref. */
+     * kernel (NULL) takes the next one: avx512 -> vnni -> avx2 -> ref, neon -> ref. */
     realm_dot_fn dot_ref[2];
     realm_dot_fn dot_avx2[2];
+    realm_dot_fn dot_neon[2];
     realm_dot_fn dot_vnni[2];   /* the AVX2 kernels with AVX-512 VNNI's dpbusd (realm_matmul_vnni) */
     realm_dot_fn dot_avx512[2]; /* AVX-512 kernels (F, BW, VL, BF16: realm_matmul_avx512); the same bits */
     /* Optional kernels of several rows per call, where sharing the activations' loads and

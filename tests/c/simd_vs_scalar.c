@@ -1,8 +1,11 @@
 /* Compares the best SIMD path of this CPU with the scalar reference for every
- * format, on pseudo-random blocks.  Built and run by tests/test_simd_cross.py,
- * natively and cross-compiled for aarch64 under qemu, so the NEON kernels are
- * checked on an x86 machine too.  Exit status 0: all identical. */
+ * format, on pseudo-random blocks: the row dequantizers, and the matrix
+ * products (the activations quantized, then the dot kernels) of every format
+ * that has them.  Built and run by tests/test_simd_cross.py, natively and
+ * cross-compiled for aarch64 under qemu, so the NEON kernels are checked on an
+ * x86 machine too.  Exit status 0: all identical. */
 #include "dequant.h"
+#include "matmul.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +29,40 @@ static int same(float a, float b) {
     return x == y;
 }
 
+/* W [n_out][N_IN] of random blocks times x [n_tok][N_IN] (random floats of
+ * many magnitudes) on both paths, at token counts that fill one group, part of
+ * one and part of a second, for n_out = 24 (a repacked format sums whole
+ * blocks, as llama.cpp does with rows by 8) and 20 (it does not); 1 if any
+ * output differs. */
+static int matmul_differs(int type, const realm_type_traits *tt, int best) {
+    enum { N_OUT = 24, N_IN = 512, MAX_TOK = 11 };
+    const size_t nbytes = (size_t)N_OUT * (N_IN / tt->block_size) * tt->type_size;
+    uint8_t *w = aligned_alloc(64, (nbytes + 63) / 64 * 64);
+    float *x = malloc(sizeof(float) * MAX_TOK * N_IN);
+    float *ref = malloc(sizeof(float) * MAX_TOK * N_OUT), *simd = malloc(sizeof(float) * MAX_TOK * N_OUT);
+    if (!w || !x || !ref || !simd) exit(2);
+    for (size_t i = 0; i < nbytes; i++) w[i] = next_byte();
+    for (int i = 0; i < MAX_TOK * N_IN; i++) {
+        const int8_t mant = (int8_t)next_byte();
+        x[i] = ldexpf((float)mant, (int)(next_byte() % 12) - 14);
+    }
+    static const int ntoks[] = {1, 3, 8, 11}, n_outs[] = {N_OUT, N_OUT - 4};
+    int bad = 0;
+    for (size_t k = 0; k < sizeof ntoks / sizeof ntoks[0]; k++)
+        for (size_t r = 0; r < sizeof n_outs / sizeof n_outs[0]; r++) {
+            const int n_tok = ntoks[k], n_out = n_outs[r];
+            if (realm_matmul(type, w, n_out, N_IN, x, n_tok, ref, 1, REALM_ISA_SCALAR) ||
+                realm_matmul(type, w, n_out, N_IN, x, n_tok, simd, 1, best))
+                exit(3);
+            for (int i = 0; i < n_tok * n_out; i++) bad |= !same(ref[i], simd[i]);
+        }
+    free(w);
+    free(x);
+    free(ref);
+    free(simd);
+    return bad;
+}
+
 int main(void) {
     const int best = realm_best_isa();
     printf("best isa: %s\n", realm_isa_name(best));
@@ -47,6 +84,11 @@ int main(void) {
         for (size_t i = 0; i < n; i++) bad += !same(ref[i], simd[i]);
         printf("%-5s %s\n", tt->name, bad ? "DIFFERS" : "ok");
         failures += bad != 0;
+        if (tt->act >= 0) {
+            const int differs = matmul_differs(type, tt, best);
+            printf("%-5s matmul %s\n", tt->name, differs ? "DIFFERS" : "same");
+            failures += differs;
+        }
         free(src);
         free(ref);
         free(simd);
