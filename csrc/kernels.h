@@ -105,13 +105,20 @@ REALM_DOT(realm_q4_K_dot_whole_avx2);
 REALM_DOT(realm_q5_K_dot_avx2);
 REALM_DOT(realm_q6_K_dot_avx2);
 
-/* NEON (matmul_neon.c): the 32-value formats */
+/* NEON (matmul_neon.c) */
 REALM_DOT(realm_q4_0_dot_neon);
 REALM_DOT(realm_q4_0_dot_whole_neon);
 REALM_DOT(realm_q4_1_dot_neon);
 REALM_DOT(realm_q5_0_dot_neon);
 REALM_DOT(realm_q5_1_dot_neon);
 REALM_DOT(realm_q8_0_dot_neon);
+REALM_DOT(realm_q2_K_dot_neon);
+REALM_DOT(realm_q2_K_dot_whole_neon);
+REALM_DOT(realm_q3_K_dot_neon);
+REALM_DOT(realm_q4_K_dot_neon);
+REALM_DOT(realm_q4_K_dot_whole_neon);
+REALM_DOT(realm_q5_K_dot_neon);
+REALM_DOT(realm_q6_K_dot_neon);
 
 /* AVX-512 VNNI row kernels: the 32-value formats (the K-quants' are rows kernels, below). */
 REALM_DOT(realm_q4_0_dot_vnni);

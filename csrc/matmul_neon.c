@@ -8,6 +8,7 @@
 
 #if defined(__aarch64__)
 
+#include "dequant.h"
 #include "fp16.h"
 #include "matmul.h"
 #include <arm_neon.h>
@@ -131,6 +132,271 @@ void realm_q4_0_dot_whole_neon(int64_t nb, const void *w, const realm_act_group 
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = acc[t];
+}
+
+/* ---- K-quants against Q8_K activations (matmul_ref.c: lane k of group g holds values
+ * 32g + 4k .. +3, times the scale of its 16 values) ---- */
+
+/* A block's 256 values as int8, v[2g] values 32g..32g+15 of group g and v[2g + 1] the
+ * next 16, with the scale of each 16 values, s16[j] (sub-block j). */
+typedef struct {
+    int8x16_t v[16];
+    int32_t s16[16];
+} kblock;
+
+/* bytes >> shift (a shift known only at run time) */
+static inline uint8x16_t shr_u8(uint8x16_t x, int shift) { return vshlq_u8(x, vdupq_n_s8((int8_t)-shift)); }
+
+/* 16 bytes: 16 where bit g of h[i] is set (Q5_K's fifth bit). */
+static inline uint8x16_t bit16(uint8x16_t h, int g) {
+    return vandq_u8(vtstq_u8(h, vdupq_n_u8((uint8_t)(1u << g))), vdupq_n_u8(16));
+}
+
+/* Q2_K (2-bit values of qs, see matmul_ref.c's crumb) and Q3_K (minus 4 unless the hmask bit). */
+static inline void crumbs(const uint8_t *qs, const uint8_t *hmask, kblock *k) {
+    for (int g = 0; g < 8; g++)
+        for (int h = 0; h < 2; h++) {
+            uint8x16_t c = vandq_u8(shr_u8(vld1q_u8(qs + 32 * (g / 4) + 16 * h), 2 * (g % 4)), vdupq_n_u8(3));
+            int8x16_t v = vreinterpretq_s8_u8(c);
+            if (hmask) {
+                const uint8x16_t high = vandq_u8(vtstq_u8(vld1q_u8(hmask + 16 * h), vdupq_n_u8((uint8_t)(1u << g))),
+                                                 vdupq_n_u8(4));
+                v = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(c, high)), vdupq_n_s8(4));
+            }
+            k->v[2 * g + h] = v;
+        }
+}
+
+/* Q4_K, Q5_K: group g is the low (g even) or high nibbles of qs[32 (g / 2) ..], with bit g of
+ * qh[0..32) on top for Q5_K; both 16-value halves take the group's scale sc[g]. */
+static inline void nibbles(const uint8_t *qs, const uint8_t *qh, const uint8_t sc[8], kblock *k) {
+    for (int g = 0; g < 8; g++)
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t b = vld1q_u8(qs + 32 * (g / 2) + 16 * h);
+            uint8x16_t v = g & 1 ? vshrq_n_u8(b, 4) : vandq_u8(b, vdupq_n_u8(15));
+            if (qh) v = vorrq_u8(v, bit16(vld1q_u8(qh + 16 * h), g));
+            k->v[2 * g + h] = vreinterpretq_s8_u8(v);
+            k->s16[2 * g + h] = sc[g];
+        }
+}
+
+/* Q6_K: group g = 4n + k: low 4 bits from ql[64n + 32 (k & 1) ..] (high nibble for k >= 2),
+ * top 2 bits at bit 2k of qh[32n ..] (see matmul_ref.c's q6_value). */
+static inline void sixes(const block_q6_K *x, kblock *k) {
+    for (int g = 0; g < 8; g++) {
+        const int n = g / 4, kk = g % 4;
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t lo = vandq_u8(shr_u8(vld1q_u8(x->ql + 64 * n + 32 * (kk & 1) + 16 * h), 4 * (kk / 2)),
+                                           vdupq_n_u8(15));
+            const uint8x16_t hi = vandq_u8(shr_u8(vld1q_u8(x->qh + 32 * n + 16 * h), 2 * kk), vdupq_n_u8(3));
+            k->v[2 * g + h] = vreinterpretq_s8_u8(vorrq_u8(lo, vshlq_n_u8(hi, 4)));
+        }
+    }
+    for (int j = 0; j < 16; j++) k->s16[j] = x->scales[j];
+}
+
+/* One token's lanes 0..3 and 4..7 (exact: integer sums, each times its scale). */
+static inline void k_lanes(const kblock *k, const int8_t *q, int32x4_t *lo, int32x4_t *hi) {
+    int32x4_t l = vdupq_n_s32(0), h = vdupq_n_s32(0);
+    for (int g = 0; g < 8; g++) {
+        l = vmlaq_n_s32(l, lanes16(k->v[2 * g], vld1q_s8(q + 32 * g)), k->s16[2 * g]);
+        h = vmlaq_n_s32(h, lanes16(k->v[2 * g + 1], vld1q_s8(q + 32 * g + 16)), k->s16[2 * g + 1]);
+    }
+    *lo = l;
+    *hi = h;
+}
+
+static inline float32x4_t fma_int(float32x4_t acc, int32x4_t lanes, float d) {
+    return vfmaq_f32(acc, vcvtq_f32_s32(lanes), vdupq_n_f32(d));
+}
+
+/* Token t's activations of block b: its values and its sums of 16. */
+static inline const int8_t *k_values(const realm_act_group *a, int t, int64_t b) { return a->qs + t * a->n_in + QK_K * b; }
+static inline const int16_t *k_bsums(const realm_act_group *a, int t, int64_t b) {
+    return a->bsums + t * (a->n_in / 16) + QK_K / 16 * b;
+}
+
+void realm_q2_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q2_K *x = w;
+    float32x4_t lo[REALM_TOK_GROUP], hi[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) lo[t] = hi[t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        crumbs(x[b].qs, NULL, &k);
+        for (int j = 0; j < 16; j++) k.s16[j] = x[b].scales[j] & 15;
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const int16_t *bs = k_bsums(a, t, b);
+            const float dx = a->d[realm_act_slot(t, b)];
+            const float d = dx * realm_half_to_f32(x[b].d), dmin = -(dx * realm_half_to_f32(x[b].dmin));
+            int32_t m[8];
+            for (int j = 0; j < 8; j++)
+                m[j] = (x[b].scales[2 * j] >> 4) * bs[2 * j] + (x[b].scales[2 * j + 1] >> 4) * bs[2 * j + 1];
+            lo[t] = fma_int(lo[t], vld1q_s32(m), dmin);
+            hi[t] = fma_int(hi[t], vld1q_s32(m + 4), dmin);
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            lo[t] = fma_int(lo[t], l, d);
+            hi[t] = fma_int(hi[t], h, d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
+}
+
+void realm_q2_K_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q2_K *x = w;
+    float acc[REALM_TOK_GROUP], accm[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) acc[t] = accm[t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        crumbs(x[b].qs, NULL, &k);
+        for (int j = 0; j < 16; j++) k.s16[j] = x[b].scales[j] & 15;
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const int16_t *bs = k_bsums(a, t, b);
+            int32_t imin = 0;
+            for (int j = 0; j < 16; j++) imin += (x[b].scales[j] >> 4) * bs[j];
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            const float dx = a->d[realm_act_slot(t, b)];
+            acc[t] = fmaf((float)vaddvq_s32(vaddq_s32(l, h)), realm_half_to_f32(x[b].d) * dx, acc[t]);
+            accm[t] = fmaf((float)imin, realm_half_to_f32(x[b].dmin) * dx, accm[t]);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = acc[t] - accm[t];
+}
+
+void realm_q3_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q3_K *x = w;
+    float32x4_t lo[REALM_TOK_GROUP], hi[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) lo[t] = hi[t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        crumbs(x[b].qs, x[b].hmask, &k);
+        int8_t sc[16];
+        realm_q3_K_scales(x[b].scales, sc);
+        for (int j = 0; j < 16; j++) k.s16[j] = sc[j];
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const float d = a->d[realm_act_slot(t, b)] * realm_half_to_f32(x[b].d);
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            lo[t] = fma_int(lo[t], l, d);
+            hi[t] = fma_int(hi[t], h, d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
+}
+
+/* Q4_K's and Q5_K's scales and minimums. */
+static inline void k4_scales(const uint8_t *scales, uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 8; j++) realm_k4_scale_min(j, scales, &sc[j], &m[j]);
+}
+
+void realm_q4_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q4_K *x = w;
+    float32x4_t lo[REALM_TOK_GROUP], hi[REALM_TOK_GROUP], mins[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) lo[t] = hi[t] = mins[t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        uint8_t sc[8], m[8];
+        k4_scales(x[b].scales, sc, m);
+        nibbles(x[b].qs, NULL, sc, &k);
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const int16_t *bs = k_bsums(a, t, b);
+            const float dx = a->d[realm_act_slot(t, b)];
+            const float d = dx * realm_half_to_f32(x[b].d), dmin = -(dx * realm_half_to_f32(x[b].dmin));
+            int32_t lm[4];
+            for (int i = 0; i < 4; i++)
+                lm[i] = m[2 * i] * (bs[4 * i] + bs[4 * i + 1]) + m[2 * i + 1] * (bs[4 * i + 2] + bs[4 * i + 3]);
+            mins[t] = fma_int(mins[t], vld1q_s32(lm), dmin);
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            lo[t] = fma_int(lo[t], l, d);
+            hi[t] = fma_int(hi[t], h, d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) {
+        float am[4];
+        vst1q_f32(am, mins[t]);
+        y[t * ys] = hsum8(lo[t], hi[t]) + ((am[0] + am[2]) + (am[1] + am[3]));
+    }
+}
+
+void realm_q4_K_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q4_K *x = w;
+    float acc[REALM_TOK_GROUP], accm[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) acc[t] = accm[t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        uint8_t sc[8], m[8];
+        k4_scales(x[b].scales, sc, m);
+        nibbles(x[b].qs, NULL, sc, &k);
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const int16_t *bs = k_bsums(a, t, b);
+            int32_t imin = 0;
+            for (int j = 0; j < 8; j++) imin += m[j] * (bs[2 * j] + bs[2 * j + 1]);
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            const float dx = a->d[realm_act_slot(t, b)];
+            acc[t] = fmaf((float)vaddvq_s32(vaddq_s32(l, h)), realm_half_to_f32(x[b].d) * dx, acc[t]);
+            accm[t] = fmaf((float)imin, realm_half_to_f32(x[b].dmin) * dx, accm[t]);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = acc[t] - accm[t];
+}
+
+void realm_q5_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q5_K *x = w;
+    float32x4_t lo[REALM_TOK_GROUP], hi[REALM_TOK_GROUP];
+    float summs[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) lo[t] = hi[t] = vdupq_n_f32(0.0f), summs[t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        uint8_t sc[8], m[8];
+        k4_scales(x[b].scales, sc, m);
+        nibbles(x[b].qs, x[b].qh, sc, &k);
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const int16_t *bs = k_bsums(a, t, b);
+            const float dx = a->d[realm_act_slot(t, b)];
+            const float d = dx * realm_half_to_f32(x[b].d), dmin = -(dx * realm_half_to_f32(x[b].dmin));
+            int32_t imin = 0;
+            for (int j = 0; j < 8; j++) imin += m[j] * (bs[2 * j] + bs[2 * j + 1]);
+            summs[t] = fmaf(dmin, (float)imin, summs[t]);
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            lo[t] = fma_int(lo[t], l, d);
+            hi[t] = fma_int(hi[t], h, d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]) + summs[t];
+}
+
+/* Q6_K: values 0..63; the -32 offset enters lane k as -32 (sc[2k] bsum[2k] + sc[2k+1] bsum[2k+1]). */
+void realm_q6_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_q6_K *x = w;
+    float32x4_t lo[REALM_TOK_GROUP], hi[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) lo[t] = hi[t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        sixes(&x[b], &k);
+        const int8_t *sc = x[b].scales;
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = k_values(a, t, b);
+            const int16_t *bs = k_bsums(a, t, b);
+            const float d = a->d[realm_act_slot(t, b)] * realm_half_to_f32(x[b].d);
+            int32_t off[8];
+            for (int j = 0; j < 8; j++) off[j] = -32 * (sc[2 * j] * bs[2 * j] + sc[2 * j + 1] * bs[2 * j + 1]);
+            int32x4_t l, h;
+            k_lanes(&k, q, &l, &h);
+            lo[t] = fma_int(lo[t], vaddq_s32(vld1q_s32(off), l), d);
+            hi[t] = fma_int(hi[t], vaddq_s32(vld1q_s32(off + 4), h), d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
 }
 
 #endif

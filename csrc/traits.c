@@ -117,6 +117,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q2_K_to_float_neon),
         .dot_ref = {realm_q2_K_dot_ref, realm_q2_K_dot_whole_ref},
         .dot_avx2 = {X86(realm_q2_K_dot_avx2), X86(realm_q2_K_dot_whole_avx2)},
+        .dot_neon = {ARM(realm_q2_K_dot_neon), ARM(realm_q2_K_dot_whole_neon)},
         .wide_vnni = {NULL, X86(realm_q2_K_wide_whole_vnni)}, /* matmul_k_vnni.c */
         .wide_min = 2, .wide_bytes = REALM_WIDE_Q2_K_BYTES,
     },
@@ -127,6 +128,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q3_K_to_float_neon),
         .dot_ref = {realm_q3_K_dot_ref},
         .dot_avx2 = {X86(realm_q3_K_dot_avx2)},
+        .dot_neon = {ARM(realm_q3_K_dot_neon)},
         .rows_vnni = {X86(realm_q3_K_rows_vnni)},
     },
     [REALM_TYPE_Q4_K] = {
@@ -136,6 +138,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q4_K_to_float_neon),
         .dot_ref = {realm_q4_K_dot_ref, realm_q4_K_dot_whole_ref},
         .dot_avx2 = {X86(realm_q4_K_dot_avx2), X86(realm_q4_K_dot_whole_avx2)},
+        .dot_neon = {ARM(realm_q4_K_dot_neon), ARM(realm_q4_K_dot_whole_neon)},
         .rows_vnni = {NULL, X86(realm_q4_K_rows_whole_vnni)}, /* matmul_k_vnni.c */
         .wide_vnni = {NULL, X86(realm_q4_K_wide_whole_vnni)}, .wide_min = 6, .wide_bytes = REALM_WIDE_Q4_K_BYTES,
     },
@@ -146,6 +149,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q5_K_to_float_neon),
         .dot_ref = {realm_q5_K_dot_ref},
         .dot_avx2 = {X86(realm_q5_K_dot_avx2)},
+        .dot_neon = {ARM(realm_q5_K_dot_neon)},
         .rows_vnni = {X86(realm_q5_K_rows_vnni)},
     },
     [REALM_TYPE_Q6_K] = {
@@ -155,6 +159,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_q6_K_to_float_neon),
         .dot_ref = {realm_q6_K_dot_ref},
         .dot_avx2 = {X86(realm_q6_K_dot_avx2)},
+        .dot_neon = {ARM(realm_q6_K_dot_neon)},
         .rows_vnni = {X86(realm_q6_K_rows_vnni)},
     },
     /* the K-quants' activation format: dequantized, never multiplied as weights */
