@@ -2,8 +2,9 @@
  * references (matmul_iq_ref.c: IQ4_NL, IQ4_XS, MXFP4; matmul_iq2_ref.c: IQ2_XXS,
  * IQ2_XS, IQ2_S; matmul_iq3_ref.c: IQ3_XXS, IQ3_S;
  * matmul_iq1_ref.c: IQ1_S, IQ1_M; matmul_tq_ref.c: TQ1_0, TQ2_0)
- * and AVX2 kernels (the *_avx2.c beside them, defined on x86-64 only) computing the same
- * floats, bit for bit.  The *_whole kernels multiply as llama.cpp multiplies the
+ * and AVX2 kernels (the *_avx2.c beside them, defined on x86-64 only) and NEON ones of
+ * IQ4_NL, IQ4_XS and MXFP4 (matmul_neon.c, aarch64 only) computing the same floats, bit
+ * for bit.  The *_whole kernels multiply as llama.cpp multiplies the
  * matrices it repacks (realm_whole_blocks). */
 #ifndef REALM_KERNELS_IQ_MM_H
 #define REALM_KERNELS_IQ_MM_H
@@ -25,6 +26,13 @@ void realm_iq4_nl_dot_whole_avx2(int64_t nb, const void *w, const realm_act_grou
 void realm_iq4_xs_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_mxfp4_dot_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 void realm_mxfp4_dot_whole_avx2(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+
+/* NEON (matmul_neon.c, aarch64 only) */
+void realm_iq4_nl_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq4_nl_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_iq4_xs_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_mxfp4_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
+void realm_mxfp4_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);
 
 /* The IQ2 formats against Q8_K (matmul_iq2_ref.c, matmul_iq2_avx2.c). */
 void realm_iq2_xxs_dot_ref(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys);

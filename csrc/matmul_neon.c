@@ -10,6 +10,8 @@
 
 #include "dequant.h"
 #include "fp16.h"
+#include "iq_tables.h"
+#include "kernels_iq_mm.h"
 #include "matmul.h"
 #include <arm_neon.h>
 #include <math.h>
@@ -394,6 +396,119 @@ void realm_q6_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, in
             k_lanes(&k, q, &l, &h);
             lo[t] = fma_int(lo[t], vaddq_s32(vld1q_s32(off), l), d);
             hi[t] = fma_int(hi[t], vaddq_s32(vld1q_s32(off + 4), h), d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
+}
+
+/* ---- the code-book formats (matmul_iq_ref.c): 4-bit indices, value j < 16 the low nibble
+ * of qs[j], value j + 16 its high nibble ---- */
+
+static inline void looked_up(const uint8_t *qs, int8x16_t book, int8x16_t v[2]) {
+    const uint8x16_t q = vld1q_u8(qs);
+    v[0] = vqtbl1q_s8(book, vandq_u8(q, vdupq_n_u8(15)));
+    v[1] = vqtbl1q_s8(book, vshrq_n_u8(q, 4));
+}
+
+/* Block b of IQ4_NL (mxfp4 0) or MXFP4: its values and scale. */
+static inline void lut32(int mxfp4, const void *w, int64_t b, int8x16_t v[2], float *d) {
+    if (mxfp4) {
+        const block_mxfp4 *x = (const block_mxfp4 *)w + b;
+        looked_up(x->qs, vld1q_s8(realm_kvalues_mxfp4), v);
+        *d = realm_e8m0_to_f32_half(x->e);
+        return;
+    }
+    const block_iq4_nl *x = (const block_iq4_nl *)w + b;
+    looked_up(x->qs, vld1q_s8(realm_kvalues_iq4nl), v);
+    *d = realm_half_to_f32(x->d);
+}
+
+/* matmul_iq_ref.c's dot_lut32: even blocks into one accumulator, odd ones into another,
+ * summed lane-wise, then hsum8; an unpaired last block summed whole and added unfused. */
+static inline void dot_lut32(int mxfp4, int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y,
+                             int64_t ys) {
+    float32x4_t acc[2][2][REALM_TOK_GROUP]; /* [block parity][lanes 0..3, 4..7][token] */
+    for (int t = 0; t < ntok; t++) acc[0][0][t] = acc[0][1][t] = acc[1][0][t] = acc[1][1][t] = vdupq_n_f32(0.0f);
+    const int64_t pairs = nb & ~(int64_t)1;
+    for (int64_t b = 0; b < pairs; b++) {
+        int8x16_t v[2];
+        float dw;
+        lut32(mxfp4, w, b, v, &dw);
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = a->qs + t * a->n_in + 32 * b;
+            const float d = dw * a->d[realm_act_slot(t, b)];
+            acc[b & 1][0][t] = fma_int(acc[b & 1][0][t], lanes16(v[0], vld1q_s8(q)), d);
+            acc[b & 1][1][t] = fma_int(acc[b & 1][1][t], lanes16(v[1], vld1q_s8(q + 16)), d);
+        }
+    }
+    for (int t = 0; t < ntok; t++) {
+        float s = hsum8(vaddq_f32(acc[0][0][t], acc[1][0][t]), vaddq_f32(acc[0][1][t], acc[1][1][t]));
+        if (pairs < nb) {
+            int8x16_t v[2];
+            float dw;
+            lut32(mxfp4, w, pairs, v, &dw);
+            const int8_t *q = a->qs + t * a->n_in + 32 * pairs;
+            const int32_t isum = vaddvq_s32(vaddq_s32(lanes16(v[0], vld1q_s8(q)), lanes16(v[1], vld1q_s8(q + 16))));
+            s = REALM_IQ_TAIL(dw * a->d[realm_act_slot(t, pairs)], (float)isum, s);
+        }
+        y[t * ys] = s;
+    }
+}
+
+/* Whole-block sums (a repacked matrix): acc = fma(isum, dw * dx, acc). */
+static inline void dot_lut32_whole(int mxfp4, int64_t nb, const void *w, const realm_act_group *a, int ntok,
+                                   float *y, int64_t ys) {
+    float acc[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) acc[t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int8x16_t v[2];
+        float dw;
+        lut32(mxfp4, w, b, v, &dw);
+        for (int t = 0; t < ntok; t++) {
+            const int8_t *q = a->qs + t * a->n_in + 32 * b;
+            const int32_t isum = vaddvq_s32(vaddq_s32(lanes16(v[0], vld1q_s8(q)), lanes16(v[1], vld1q_s8(q + 16))));
+            acc[t] = fmaf((float)isum, dw * a->d[realm_act_slot(t, b)], acc[t]);
+        }
+    }
+    for (int t = 0; t < ntok; t++) y[t * ys] = acc[t];
+}
+
+void realm_iq4_nl_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    dot_lut32(0, nb, w, a, ntok, y, ys);
+}
+
+void realm_iq4_nl_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    dot_lut32_whole(0, nb, w, a, ntok, y, ys);
+}
+
+void realm_mxfp4_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    dot_lut32(1, nb, w, a, ntok, y, ys);
+}
+
+void realm_mxfp4_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    dot_lut32_whole(1, nb, w, a, ntok, y, ys);
+}
+
+/* IQ4_XS: 8 sub-blocks of 32 with 6-bit scales ls - 32, against Q8_K; acc[k] = fma(dw * dx,
+ * lane k, acc[k]), y = hsum8(acc). */
+void realm_iq4_xs_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const block_iq4_xs *x = w;
+    const int8x16_t book = vld1q_s8(realm_kvalues_iq4nl);
+    float32x4_t lo[REALM_TOK_GROUP], hi[REALM_TOK_GROUP];
+    for (int t = 0; t < ntok; t++) lo[t] = hi[t] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        kblock k;
+        for (int i = 0; i < QK_K / 32; i++) {
+            looked_up(x[b].qs + 16 * i, book, &k.v[2 * i]);
+            k.s16[2 * i] = k.s16[2 * i + 1] =
+                (((x[b].scales_l[i / 2] >> 4 * (i % 2)) & 15) | ((x[b].scales_h >> 2 * i) & 3) << 4) - 32;
+        }
+        for (int t = 0; t < ntok; t++) {
+            const float d = realm_half_to_f32(x[b].d) * a->d[realm_act_slot(t, b)];
+            int32x4_t l, h;
+            k_lanes(&k, k_values(a, t, b), &l, &h);
+            lo[t] = fma_int(lo[t], l, d);
+            hi[t] = fma_int(hi[t], h, d);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);

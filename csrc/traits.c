@@ -180,6 +180,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq4_nl_to_float_neon),
         .dot_ref = {realm_iq4_nl_dot_ref, realm_iq4_nl_dot_whole_ref},
         .dot_avx2 = {X86(realm_iq4_nl_dot_avx2), X86(realm_iq4_nl_dot_whole_avx2)},
+        .dot_neon = {ARM(realm_iq4_nl_dot_neon), ARM(realm_iq4_nl_dot_whole_neon)},
         .rows_vnni = {NULL, X86(realm_iq4_nl_rows_whole_vnni)},
         .wide_vnni = {NULL, X86(realm_iq4_nl_wide_whole_vnni)}, .wide_min = 8, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },
@@ -190,6 +191,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_iq4_xs_to_float_neon),
         .dot_ref = {realm_iq4_xs_dot_ref},
         .dot_avx2 = {X86(realm_iq4_xs_dot_avx2)},
+        .dot_neon = {ARM(realm_iq4_xs_dot_neon)},
         .rows_vnni = {X86(realm_iq4_xs_rows_vnni)},
     },
     [REALM_TYPE_MXFP4] = {
@@ -199,6 +201,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_mxfp4_to_float_neon),
         .dot_ref = {realm_mxfp4_dot_ref, realm_mxfp4_dot_whole_ref},
         .dot_avx2 = {X86(realm_mxfp4_dot_avx2), X86(realm_mxfp4_dot_whole_avx2)},
+        .dot_neon = {ARM(realm_mxfp4_dot_neon), ARM(realm_mxfp4_dot_whole_neon)},
         .rows_vnni = {NULL, X86(realm_mxfp4_rows_whole_vnni)},
         .wide_vnni = {NULL, X86(realm_mxfp4_wide_whole_vnni)}, .wide_min = 16, .wide_bytes = REALM_WIDE_DOT32_BYTES,
     },

@@ -29,11 +29,12 @@ static int same(float a, float b) {
     return x == y;
 }
 
-/* W [n_out][N_IN] of random blocks times x [n_tok][N_IN] (random floats of
+/* W [n_out][n_in] of random blocks times x [n_tok][n_in] (random floats of
  * many magnitudes) on both paths, at token counts that fill one group, part of
  * one and part of a second, for n_out = 24 (a repacked format sums whole
- * blocks, as llama.cpp does with rows by 8) and 20 (it does not); 1 if any
- * output differs. */
+ * blocks, as llama.cpp does with rows by 8) and 20 (it does not), n_in = 512
+ * and, for blocks of 32, 480 (an odd number of blocks); 1 if any output
+ * differs. */
 static int matmul_differs(int type, const realm_type_traits *tt, int best) {
     enum { N_OUT = 24, N_IN = 512, MAX_TOK = 11 };
     const size_t nbytes = (size_t)N_OUT * (N_IN / tt->block_size) * tt->type_size;
@@ -46,16 +47,18 @@ static int matmul_differs(int type, const realm_type_traits *tt, int best) {
         const int8_t mant = (int8_t)next_byte();
         x[i] = ldexpf((float)mant, (int)(next_byte() % 12) - 14);
     }
-    static const int ntoks[] = {1, 3, 8, 11}, n_outs[] = {N_OUT, N_OUT - 4};
+    static const int ntoks[] = {1, 3, 8, 11}, n_outs[] = {N_OUT, N_OUT - 4}, n_ins[] = {N_IN, N_IN - 32};
     int bad = 0;
     for (size_t k = 0; k < sizeof ntoks / sizeof ntoks[0]; k++)
-        for (size_t r = 0; r < sizeof n_outs / sizeof n_outs[0]; r++) {
-            const int n_tok = ntoks[k], n_out = n_outs[r];
-            if (realm_matmul(type, w, n_out, N_IN, x, n_tok, ref, 1, REALM_ISA_SCALAR) ||
-                realm_matmul(type, w, n_out, N_IN, x, n_tok, simd, 1, best))
-                exit(3);
-            for (int i = 0; i < n_tok * n_out; i++) bad |= !same(ref[i], simd[i]);
-        }
+        for (size_t r = 0; r < sizeof n_outs / sizeof n_outs[0]; r++)
+            for (size_t c = 0; c < sizeof n_ins / sizeof n_ins[0]; c++) {
+                const int n_tok = ntoks[k], n_out = n_outs[r], n_in = n_ins[c];
+                if (n_in % tt->block_size) continue;
+                if (realm_matmul(type, w, n_out, n_in, x, n_tok, ref, 1, REALM_ISA_SCALAR) ||
+                    realm_matmul(type, w, n_out, n_in, x, n_tok, simd, 1, best))
+                    exit(3);
+                for (int i = 0; i < n_tok * n_out; i++) bad |= !same(ref[i], simd[i]);
+            }
     free(w);
     free(x);
     free(ref);
