@@ -24,6 +24,21 @@ static inline int32x4_t lanes16(int8x16_t v, int8x16_t x) {
     return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
 }
 
+/* The whole sum of a 32-value block's products (v[0], v[1] against q[0..32)). */
+static inline int32_t isum32(const int8x16_t v[2], const int8_t *q) {
+    return vaddvq_s32(vaddq_s32(lanes16(v[0], vld1q_s8(q)), lanes16(v[1], vld1q_s8(q + 16))));
+}
+
+/* acc + lanes * d, rounded once (the reference's fmaf(d, lane, acc) in each lane). */
+static inline float32x4_t fma_int(float32x4_t acc, int32x4_t lanes, float d) {
+    return vfmaq_f32(acc, vcvtq_f32_s32(lanes), vdupq_n_f32(d));
+}
+
+/* 16 bytes: `value` where bit g of the byte of h is set. */
+static inline uint8x16_t flag(uint8x16_t h, int g, uint8_t value) {
+    return vandq_u8(vtstq_u8(h, vdupq_n_u8((uint8_t)(1u << g))), vdupq_n_u8(value));
+}
+
 /* 16 bytes, byte i = 16 where bit i of the two bytes h[0], h[1] is set. */
 static inline int8x16_t high_bits16(const uint8_t *h) {
     static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
@@ -100,9 +115,9 @@ static inline void dot32(int type, int64_t nb, const void *w, const realm_act_gr
         for (int t = 0; t < ntok; t++) {
             const int8_t *q = a->qs + t * a->n_in + 32 * b;
             const int64_t slot = realm_act_slot(t, b);
-            const float32x4_t d = vdupq_n_f32(dw * a->d[slot]);
-            lo[t] = vfmaq_f32(lo[t], vcvtq_f32_s32(lanes16(v[0], vld1q_s8(q))), d);
-            hi[t] = vfmaq_f32(hi[t], vcvtq_f32_s32(lanes16(v[1], vld1q_s8(q + 16))), d);
+            const float d = dw * a->d[slot];
+            lo[t] = fma_int(lo[t], lanes16(v[0], vld1q_s8(q)), d);
+            hi[t] = fma_int(hi[t], lanes16(v[1], vld1q_s8(q + 16)), d);
             if (with_min) summs[t] = fmaf(mw, a->s[slot], summs[t]);
         }
     }
@@ -128,8 +143,7 @@ void realm_q4_0_dot_whole_neon(int64_t nb, const void *w, const realm_act_group 
         float dw, mw;
         decode32(REALM_TYPE_Q4_0, w, b, v, &dw, &mw);
         for (int t = 0; t < ntok; t++) {
-            const int8_t *q = a->qs + t * a->n_in + 32 * b;
-            const int32_t isum = vaddvq_s32(vaddq_s32(lanes16(v[0], vld1q_s8(q)), lanes16(v[1], vld1q_s8(q + 16))));
+            const int32_t isum = isum32(v, a->qs + t * a->n_in + 32 * b);
             acc[t] = fmaf((float)isum, dw * a->d[realm_act_slot(t, b)], acc[t]);
         }
     }
@@ -149,11 +163,6 @@ typedef struct {
 /* bytes >> shift (a shift known only at run time) */
 static inline uint8x16_t shr_u8(uint8x16_t x, int shift) { return vshlq_u8(x, vdupq_n_s8((int8_t)-shift)); }
 
-/* 16 bytes: 16 where bit g of h[i] is set (Q5_K's fifth bit). */
-static inline uint8x16_t bit16(uint8x16_t h, int g) {
-    return vandq_u8(vtstq_u8(h, vdupq_n_u8((uint8_t)(1u << g))), vdupq_n_u8(16));
-}
-
 /* Q2_K (2-bit values of qs, see matmul_ref.c's crumb) and Q3_K (minus 4 unless the hmask bit). */
 static inline void crumbs(const uint8_t *qs, const uint8_t *hmask, kblock *k) {
     for (int g = 0; g < 8; g++)
@@ -161,8 +170,7 @@ static inline void crumbs(const uint8_t *qs, const uint8_t *hmask, kblock *k) {
             uint8x16_t c = vandq_u8(shr_u8(vld1q_u8(qs + 32 * (g / 4) + 16 * h), 2 * (g % 4)), vdupq_n_u8(3));
             int8x16_t v = vreinterpretq_s8_u8(c);
             if (hmask) {
-                const uint8x16_t high = vandq_u8(vtstq_u8(vld1q_u8(hmask + 16 * h), vdupq_n_u8((uint8_t)(1u << g))),
-                                                 vdupq_n_u8(4));
+                const uint8x16_t high = flag(vld1q_u8(hmask + 16 * h), g, 4);
                 v = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(c, high)), vdupq_n_s8(4));
             }
             k->v[2 * g + h] = v;
@@ -176,7 +184,7 @@ static inline void nibbles(const uint8_t *qs, const uint8_t *qh, const uint8_t s
         for (int h = 0; h < 2; h++) {
             const uint8x16_t b = vld1q_u8(qs + 32 * (g / 2) + 16 * h);
             uint8x16_t v = g & 1 ? vshrq_n_u8(b, 4) : vandq_u8(b, vdupq_n_u8(15));
-            if (qh) v = vorrq_u8(v, bit16(vld1q_u8(qh + 16 * h), g));
+            if (qh) v = vorrq_u8(v, flag(vld1q_u8(qh + 16 * h), g, 16));
             k->v[2 * g + h] = vreinterpretq_s8_u8(v);
             k->s16[2 * g + h] = sc[g];
         }
@@ -206,10 +214,6 @@ static inline void k_lanes(const kblock *k, const int8_t *q, int32x4_t *lo, int3
     }
     *lo = l;
     *hi = h;
-}
-
-static inline float32x4_t fma_int(float32x4_t acc, int32x4_t lanes, float d) {
-    return vfmaq_f32(acc, vcvtq_f32_s32(lanes), vdupq_n_f32(d));
 }
 
 /* Token t's activations of block b: its values and its sums of 16. */
@@ -447,8 +451,7 @@ static inline void dot_lut32(int mxfp4, int64_t nb, const void *w, const realm_a
             int8x16_t v[2];
             float dw;
             lut32(mxfp4, w, pairs, v, &dw);
-            const int8_t *q = a->qs + t * a->n_in + 32 * pairs;
-            const int32_t isum = vaddvq_s32(vaddq_s32(lanes16(v[0], vld1q_s8(q)), lanes16(v[1], vld1q_s8(q + 16))));
+            const int32_t isum = isum32(v, a->qs + t * a->n_in + 32 * pairs);
             s = REALM_IQ_TAIL(dw * a->d[realm_act_slot(t, pairs)], (float)isum, s);
         }
         y[t * ys] = s;
@@ -465,8 +468,7 @@ static inline void dot_lut32_whole(int mxfp4, int64_t nb, const void *w, const r
         float dw;
         lut32(mxfp4, w, b, v, &dw);
         for (int t = 0; t < ntok; t++) {
-            const int8_t *q = a->qs + t * a->n_in + 32 * b;
-            const int32_t isum = vaddvq_s32(vaddq_s32(lanes16(v[0], vld1q_s8(q)), lanes16(v[1], vld1q_s8(q + 16))));
+            const int32_t isum = isum32(v, a->qs + t * a->n_in + 32 * b);
             acc[t] = fmaf((float)isum, dw * a->d[realm_act_slot(t, b)], acc[t]);
         }
     }
