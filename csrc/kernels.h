@@ -106,6 +106,8 @@ REALM_DOT(realm_q5_K_dot_avx2);
 REALM_DOT(realm_q6_K_dot_avx2);
 
 /* NEON (matmul_neon.c) */
+REALM_DOT(realm_f32_dot_neon);
+REALM_DOT(realm_f16_dot_neon);
 REALM_DOT(realm_q4_0_dot_neon);
 REALM_DOT(realm_q4_0_dot_whole_neon);
 REALM_DOT(realm_q4_1_dot_neon);

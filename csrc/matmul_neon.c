@@ -13,6 +13,7 @@
 #include "iq_tables.h"
 #include "kernels_iq_mm.h"
 #include "matmul.h"
+#include "matmul_float.h"
 #include <arm_neon.h>
 #include <math.h>
 
@@ -514,6 +515,51 @@ void realm_iq4_xs_dot_neon(int64_t nb, const void *w, const realm_act_group *a, 
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
+}
+
+/* ---- float weights (matmul_float.h): element 64i + 16j + l into sum j, lane l; then
+ * (s0 + s2) + (s1 + s3) lane-wise, reduced as realm_hsum16f; the leftovers as the
+ * reference's tails ---- */
+
+/* Elements k..k+3 of a weight row (F32, or F16 widened: exact), wherever it lies. */
+static inline float32x4_t weights4(const void *w, int f16, int64_t k) {
+    if (f16) return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8((const uint8_t *)w + 2 * k)));
+    return vreinterpretq_f32_u8(vld1q_u8((const uint8_t *)w + 4 * k));
+}
+
+/* The reduced sums of the first np (a multiple of 64) elements: F32 fused, F16's exact
+ * products added. */
+static inline float sums64(const void *w, int f16, const float *x, int64_t np) {
+    float32x4_t acc[4][4]; /* [sum j][lanes 4r..4r+3] */
+    for (int j = 0; j < 4; j++)
+        for (int r = 0; r < 4; r++) acc[j][r] = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < np; i += REALM_FLOAT_STEP)
+        for (int j = 0; j < 4; j++)
+            for (int r = 0; r < 4; r++) {
+                const int64_t k = i + 16 * j + 4 * r;
+                const float32x4_t wv = weights4(w, f16, k), xv = vld1q_f32(x + k);
+                acc[j][r] = f16 ? vaddq_f32(acc[j][r], vmulq_f32(wv, xv)) : vfmaq_f32(acc[j][r], wv, xv);
+            }
+    float v[16];
+    for (int r = 0; r < 4; r++)
+        vst1q_f32(v + 4 * r, vaddq_f32(vaddq_f32(acc[0][r], acc[2][r]), vaddq_f32(acc[1][r], acc[3][r])));
+    return realm_hsum16f(v);
+}
+
+void realm_f32_dot_neon(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
+    for (int t = 0; t < ntok; t++) {
+        const float *x = a->xf + t * a->n_in;
+        y[t * ys] = realm_f32_tail(sums64(w, 0, x, np), w, x, np, n);
+    }
+}
+
+void realm_f16_dot_neon(int64_t n, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    const int64_t np = n & ~(int64_t)(REALM_FLOAT_STEP - 1);
+    for (int t = 0; t < ntok; t++) {
+        const float *x = a->xf + t * a->n_in; /* rounded to f16 (REALM_ACT_F16) */
+        y[t * ys] = realm_f16_tail(sums64(w, 1, x, np), w, x, np, n);
+    }
 }
 
 #endif

@@ -25,6 +25,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_ref = realm_f32_to_float_ref, /* a copy: every path takes it */
         .dot_ref = {realm_f32_dot_ref},
         .dot_avx2 = {X86(realm_f32_dot_avx2)},
+        .dot_neon = {ARM(realm_f32_dot_neon)},
     },
     [REALM_TYPE_F16] = {
         BLOCK("F16", 1, realm_half), .act = REALM_ACT_F16,
@@ -33,6 +34,7 @@ const realm_type_traits realm_traits[REALM_TYPE_COUNT] = {
         .to_float_neon = ARM(realm_f16_to_float_neon),
         .dot_ref = {realm_f16_dot_ref},
         .dot_avx2 = {X86(realm_f16_dot_avx2)},
+        .dot_neon = {ARM(realm_f16_dot_neon)},
         .dot_avx512 = {X86(realm_f16_dot_avx512)},
     },
     [REALM_TYPE_BF16] = {

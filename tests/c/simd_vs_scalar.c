@@ -5,6 +5,7 @@
  * cross-compiled for aarch64 under qemu, so the NEON kernels are checked on an
  * x86 machine too.  Exit status 0: all identical. */
 #include "dequant.h"
+#include "fp16.h"
 #include "matmul.h"
 
 #include <math.h>
@@ -29,9 +30,15 @@ static int same(float a, float b) {
     return x == y;
 }
 
-/* W [n_out][n_in] of random blocks times x [n_tok][n_in] (random floats of
- * many magnitudes) on both paths, at token counts that fill one group, part of
- * one and part of a second, for n_out = 24 (a repacked format sums whole
+/* A float of many magnitudes: 8 random bits times 2^-14 .. 2^-3. */
+static float random_float(void) {
+    const int8_t mant = (int8_t)next_byte();
+    return ldexpf((float)mant, (int)(next_byte() % 12) - 14);
+}
+
+/* W [n_out][n_in] of random blocks (of finite values for the float formats)
+ * times x [n_tok][n_in] (random floats of many magnitudes) on both paths, at
+ * token counts that fill one group, part of one and part of a second, for n_out = 24 (a repacked format sums whole
  * blocks, as llama.cpp does with rows by 8) and 20 (it does not), n_in = 512
  * and, for blocks of 32, 480 (an odd number of blocks); 1 if any output
  * differs. */
@@ -42,11 +49,23 @@ static int matmul_differs(int type, const realm_type_traits *tt, int best) {
     float *x = malloc(sizeof(float) * MAX_TOK * N_IN);
     float *ref = malloc(sizeof(float) * MAX_TOK * N_OUT), *simd = malloc(sizeof(float) * MAX_TOK * N_OUT);
     if (!w || !x || !ref || !simd) exit(2);
-    for (size_t i = 0; i < nbytes; i++) w[i] = next_byte();
-    for (int i = 0; i < MAX_TOK * N_IN; i++) {
-        const int8_t mant = (int8_t)next_byte();
-        x[i] = ldexpf((float)mant, (int)(next_byte() % 12) - 14);
-    }
+    for (int i = 0; i < MAX_TOK * N_IN; i++) x[i] = random_float();
+    if (tt->block_size == 1) /* float weights: finite values (random bytes would be NaN in most rows) */
+        for (size_t i = 0; i < nbytes / tt->type_size; i++) {
+            const float f = random_float();
+            uint32_t bits;
+            memcpy(&bits, &f, 4);
+            if (type == REALM_TYPE_F32) memcpy(w + 4 * i, &f, 4);
+            else if (type == REALM_TYPE_F16) {
+                const uint16_t h = realm_f32_to_half(f);
+                memcpy(w + 2 * i, &h, 2);
+            } else {
+                const uint16_t h = (uint16_t)(bits >> 16);
+                memcpy(w + 2 * i, &h, 2);
+            }
+        }
+    else
+        for (size_t i = 0; i < nbytes; i++) w[i] = next_byte();
     static const int ntoks[] = {1, 3, 8, 11}, n_outs[] = {N_OUT, N_OUT - 4}, n_ins[] = {N_IN, N_IN - 32};
     int bad = 0;
     for (size_t k = 0; k < sizeof ntoks / sizeof ntoks[0]; k++)
