@@ -24,6 +24,7 @@ cdef extern from "dequant.h":
         realm_to_float_fn to_float_ref, to_float_avx2, to_float_neon
         realm_dot_fn dot_ref[2]
         realm_dot_fn dot_avx2[2]
+        realm_dot_fn dot_neon[2]
         realm_dot_fn dot_vnni[2]
         realm_dot_fn dot_avx512[2]
     const realm_type_traits *realm_get_traits(int type)
@@ -67,6 +68,7 @@ def formats():
                          "neon": tt.to_float_neon != NULL},
             "dot": {"ref": (tt.dot_ref[0] != NULL, tt.dot_ref[1] != NULL),
                     "avx2": (tt.dot_avx2[0] != NULL, tt.dot_avx2[1] != NULL),
+                    "neon": (tt.dot_neon[0] != NULL, tt.dot_neon[1] != NULL),
                     "vnni": (tt.dot_vnni[0] != NULL, tt.dot_vnni[1] != NULL),
                     "avx512": (tt.dot_avx512[0] != NULL, tt.dot_avx512[1] != NULL)},
         }
