@@ -217,8 +217,28 @@ static inline void k_lanes(const kblock *k, const int8_t *q, int32x4_t *lo, int3
     *hi = h;
 }
 
+/* A block's step of one token in lanes: acc[k] = fma(d, lane k, acc[k]). */
+static inline void k_step(const kblock *k, const int8_t *q, float d, float32x4_t *lo, float32x4_t *hi) {
+    int32x4_t l, h;
+    k_lanes(k, q, &l, &h);
+    *lo = fma_int(*lo, l, d);
+    *hi = fma_int(*hi, h, d);
+}
+
+/* A block's step of one token in whole sums (a repacked matrix): acc = fma(isum, dw * dx, acc),
+ * accm = fma(imin, dmin * dx, accm); y = acc - accm at the end. */
+static inline void k_whole_step(const kblock *k, const int8_t *q, int32_t imin, float dw, float dmin, float dx,
+                                float *acc, float *accm) {
+    int32x4_t l, h;
+    k_lanes(k, q, &l, &h);
+    *acc = fmaf((float)vaddvq_s32(vaddq_s32(l, h)), dw * dx, *acc);
+    *accm = fmaf((float)imin, dmin * dx, *accm);
+}
+
 /* Token t's activations of block b: its values and its sums of 16. */
-static inline const int8_t *k_values(const realm_act_group *a, int t, int64_t b) { return a->qs + t * a->n_in + QK_K * b; }
+static inline const int8_t *k_values(const realm_act_group *a, int t, int64_t b) {
+    return a->qs + t * a->n_in + QK_K * b;
+}
 static inline const int16_t *k_bsums(const realm_act_group *a, int t, int64_t b) {
     return a->bsums + t * (a->n_in / 16) + QK_K / 16 * b;
 }
@@ -241,10 +261,7 @@ void realm_q2_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, in
                 m[j] = (x[b].scales[2 * j] >> 4) * bs[2 * j] + (x[b].scales[2 * j + 1] >> 4) * bs[2 * j + 1];
             lo[t] = fma_int(lo[t], vld1q_s32(m), dmin);
             hi[t] = fma_int(hi[t], vld1q_s32(m + 4), dmin);
-            int32x4_t l, h;
-            k_lanes(&k, q, &l, &h);
-            lo[t] = fma_int(lo[t], l, d);
-            hi[t] = fma_int(hi[t], h, d);
+            k_step(&k, q, d, &lo[t], &hi[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
@@ -263,11 +280,8 @@ void realm_q2_K_dot_whole_neon(int64_t nb, const void *w, const realm_act_group 
             const int16_t *bs = k_bsums(a, t, b);
             int32_t imin = 0;
             for (int j = 0; j < 16; j++) imin += (x[b].scales[j] >> 4) * bs[j];
-            int32x4_t l, h;
-            k_lanes(&k, q, &l, &h);
-            const float dx = a->d[realm_act_slot(t, b)];
-            acc[t] = fmaf((float)vaddvq_s32(vaddq_s32(l, h)), realm_half_to_f32(x[b].d) * dx, acc[t]);
-            accm[t] = fmaf((float)imin, realm_half_to_f32(x[b].dmin) * dx, accm[t]);
+            k_whole_step(&k, q, imin, realm_half_to_f32(x[b].d), realm_half_to_f32(x[b].dmin),
+                         a->d[realm_act_slot(t, b)], &acc[t], &accm[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = acc[t] - accm[t];
@@ -286,10 +300,7 @@ void realm_q3_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, in
         for (int t = 0; t < ntok; t++) {
             const int8_t *q = k_values(a, t, b);
             const float d = a->d[realm_act_slot(t, b)] * realm_half_to_f32(x[b].d);
-            int32x4_t l, h;
-            k_lanes(&k, q, &l, &h);
-            lo[t] = fma_int(lo[t], l, d);
-            hi[t] = fma_int(hi[t], h, d);
+            k_step(&k, q, d, &lo[t], &hi[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
@@ -318,10 +329,7 @@ void realm_q4_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, in
             for (int i = 0; i < 4; i++)
                 lm[i] = m[2 * i] * (bs[4 * i] + bs[4 * i + 1]) + m[2 * i + 1] * (bs[4 * i + 2] + bs[4 * i + 3]);
             mins[t] = fma_int(mins[t], vld1q_s32(lm), dmin);
-            int32x4_t l, h;
-            k_lanes(&k, q, &l, &h);
-            lo[t] = fma_int(lo[t], l, d);
-            hi[t] = fma_int(hi[t], h, d);
+            k_step(&k, q, d, &lo[t], &hi[t]);
         }
     }
     for (int t = 0; t < ntok; t++) {
@@ -345,11 +353,8 @@ void realm_q4_K_dot_whole_neon(int64_t nb, const void *w, const realm_act_group 
             const int16_t *bs = k_bsums(a, t, b);
             int32_t imin = 0;
             for (int j = 0; j < 8; j++) imin += m[j] * (bs[2 * j] + bs[2 * j + 1]);
-            int32x4_t l, h;
-            k_lanes(&k, q, &l, &h);
-            const float dx = a->d[realm_act_slot(t, b)];
-            acc[t] = fmaf((float)vaddvq_s32(vaddq_s32(l, h)), realm_half_to_f32(x[b].d) * dx, acc[t]);
-            accm[t] = fmaf((float)imin, realm_half_to_f32(x[b].dmin) * dx, accm[t]);
+            k_whole_step(&k, q, imin, realm_half_to_f32(x[b].d), realm_half_to_f32(x[b].dmin),
+                         a->d[realm_act_slot(t, b)], &acc[t], &accm[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = acc[t] - accm[t];
@@ -373,10 +378,7 @@ void realm_q5_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, in
             int32_t imin = 0;
             for (int j = 0; j < 8; j++) imin += m[j] * (bs[2 * j] + bs[2 * j + 1]);
             summs[t] = fmaf(dmin, (float)imin, summs[t]);
-            int32x4_t l, h;
-            k_lanes(&k, q, &l, &h);
-            lo[t] = fma_int(lo[t], l, d);
-            hi[t] = fma_int(hi[t], h, d);
+            k_step(&k, q, d, &lo[t], &hi[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]) + summs[t];
@@ -508,10 +510,7 @@ void realm_iq4_xs_dot_neon(int64_t nb, const void *w, const realm_act_group *a, 
         }
         for (int t = 0; t < ntok; t++) {
             const float d = realm_half_to_f32(x[b].d) * a->d[realm_act_slot(t, b)];
-            int32x4_t l, h;
-            k_lanes(&k, k_values(a, t, b), &l, &h);
-            lo[t] = fma_int(lo[t], l, d);
-            hi[t] = fma_int(hi[t], h, d);
+            k_step(&k, k_values(a, t, b), d, &lo[t], &hi[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
