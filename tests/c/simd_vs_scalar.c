@@ -38,10 +38,10 @@ static float random_float(void) {
 
 /* W [n_out][n_in] of random blocks (of finite values for the float formats)
  * times x [n_tok][n_in] (random floats of many magnitudes) on both paths, at
- * token counts that fill one group, part of one and part of a second, for n_out = 24 (a repacked format sums whole
- * blocks, as llama.cpp does with rows by 8) and 20 (it does not), n_in = 512
- * and, for blocks of 32, 480 (an odd number of blocks); 1 if any output
- * differs. */
+ * token counts that fill one group, part of one and part of a second, for
+ * n_out = 24 (a repacked format sums whole blocks, as llama.cpp does with rows
+ * by 8) and 20 (it does not), n_in = 512 and, for blocks of 32, 480 (an odd
+ * number of blocks); 1 if any output differs. */
 static int matmul_differs(int type, const realm_type_traits *tt, int best) {
     enum { N_OUT = 24, N_IN = 512, MAX_TOK = 11 };
     const size_t nbytes = (size_t)N_OUT * (N_IN / tt->block_size) * tt->type_size;
@@ -53,14 +53,11 @@ static int matmul_differs(int type, const realm_type_traits *tt, int best) {
     if (tt->block_size == 1) /* float weights: finite values (random bytes would be NaN in most rows) */
         for (size_t i = 0; i < nbytes / tt->type_size; i++) {
             const float f = random_float();
-            uint32_t bits;
-            memcpy(&bits, &f, 4);
-            if (type == REALM_TYPE_F32) memcpy(w + 4 * i, &f, 4);
-            else if (type == REALM_TYPE_F16) {
-                const uint16_t h = realm_f32_to_half(f);
-                memcpy(w + 2 * i, &h, 2);
-            } else {
-                const uint16_t h = (uint16_t)(bits >> 16);
+            if (type == REALM_TYPE_F32) {
+                memcpy(w + 4 * i, &f, 4);
+            } else { /* F16, or BF16: f's top half (f has at most 8 significant bits) */
+                const uint16_t h =
+                    type == REALM_TYPE_F16 ? realm_f32_to_half(f) : (uint16_t)(realm_f32_to_bits(f) >> 16);
                 memcpy(w + 2 * i, &h, 2);
             }
         }
