@@ -135,20 +135,54 @@ DOT32(realm_q5_0_dot_neon, REALM_TYPE_Q5_0)
 DOT32(realm_q5_1_dot_neon, REALM_TYPE_Q5_1)
 DOT32(realm_q8_0_dot_neon, REALM_TYPE_Q8_0)
 
-/* Q4_0 whole-block sums (a repacked matrix): acc = fma(isum, dw * dx, acc). */
-void realm_q4_0_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+/* ---- the code-book formats (matmul_iq_ref.c): 4-bit indices, value j < 16 the low nibble
+ * of qs[j], value j + 16 its high nibble ---- */
+
+static inline void looked_up(const uint8_t *qs, int8x16_t book, int8x16_t v[2]) {
+    const uint8x16_t q = vld1q_u8(qs);
+    v[0] = vqtbl1q_s8(book, vandq_u8(q, vdupq_n_u8(15)));
+    v[1] = vqtbl1q_s8(book, vshrq_n_u8(q, 4));
+}
+
+/* Block b of IQ4_NL (mxfp4 0) or MXFP4: its values and scale. */
+static inline void lut32(int mxfp4, const void *w, int64_t b, int8x16_t v[2], float *d) {
+    if (mxfp4) {
+        const block_mxfp4 *x = (const block_mxfp4 *)w + b;
+        looked_up(x->qs, vld1q_s8(realm_kvalues_mxfp4), v);
+        *d = realm_e8m0_to_f32_half(x->e);
+        return;
+    }
+    const block_iq4_nl *x = (const block_iq4_nl *)w + b;
+    looked_up(x->qs, vld1q_s8(realm_kvalues_iq4nl), v);
+    *d = realm_half_to_f32(x->d);
+}
+
+/* A 32-value block of Q4_0, IQ4_NL or MXFP4: its values and scale. */
+static inline void values32(int type, const void *w, int64_t b, int8x16_t v[2], float *d) {
+    float m;
+    if (type == REALM_TYPE_Q4_0) decode32(type, w, b, v, d, &m);
+    else lut32(type == REALM_TYPE_MXFP4, w, b, v, d);
+}
+
+/* Whole-block sums (a repacked matrix of Q4_0, IQ4_NL or MXFP4): acc = fma(isum, dw * dx, acc). */
+static inline void dot32_whole(int type, int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y,
+                               int64_t ys) {
     float acc[REALM_TOK_GROUP];
     for (int t = 0; t < ntok; t++) acc[t] = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         int8x16_t v[2];
-        float dw, mw;
-        decode32(REALM_TYPE_Q4_0, w, b, v, &dw, &mw);
+        float dw;
+        values32(type, w, b, v, &dw);
         for (int t = 0; t < ntok; t++) {
             const int32_t isum = isum32(v, a->qs + t * a->n_in + 32 * b);
             acc[t] = fmaf((float)isum, dw * a->d[realm_act_slot(t, b)], acc[t]);
         }
     }
     for (int t = 0; t < ntok; t++) y[t * ys] = acc[t];
+}
+
+void realm_q4_0_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
+    dot32_whole(REALM_TYPE_Q4_0, nb, w, a, ntok, y, ys);
 }
 
 /* ---- K-quants against Q8_K activations (matmul_ref.c: lane k of group g holds values
@@ -408,27 +442,7 @@ void realm_q6_K_dot_neon(int64_t nb, const void *w, const realm_act_group *a, in
     for (int t = 0; t < ntok; t++) y[t * ys] = hsum8(lo[t], hi[t]);
 }
 
-/* ---- the code-book formats (matmul_iq_ref.c): 4-bit indices, value j < 16 the low nibble
- * of qs[j], value j + 16 its high nibble ---- */
-
-static inline void looked_up(const uint8_t *qs, int8x16_t book, int8x16_t v[2]) {
-    const uint8x16_t q = vld1q_u8(qs);
-    v[0] = vqtbl1q_s8(book, vandq_u8(q, vdupq_n_u8(15)));
-    v[1] = vqtbl1q_s8(book, vshrq_n_u8(q, 4));
-}
-
-/* Block b of IQ4_NL (mxfp4 0) or MXFP4: its values and scale. */
-static inline void lut32(int mxfp4, const void *w, int64_t b, int8x16_t v[2], float *d) {
-    if (mxfp4) {
-        const block_mxfp4 *x = (const block_mxfp4 *)w + b;
-        looked_up(x->qs, vld1q_s8(realm_kvalues_mxfp4), v);
-        *d = realm_e8m0_to_f32_half(x->e);
-        return;
-    }
-    const block_iq4_nl *x = (const block_iq4_nl *)w + b;
-    looked_up(x->qs, vld1q_s8(realm_kvalues_iq4nl), v);
-    *d = realm_half_to_f32(x->d);
-}
+/* ---- the code-book formats in llama.cpp's vec_dot order (the blocks: looked_up, lut32 above) ---- */
 
 /* matmul_iq_ref.c's dot_lut32: even blocks into one accumulator, odd ones into another,
  * summed lane-wise, then hsum8; an unpaired last block summed whole and added unfused. */
@@ -461,29 +475,12 @@ static inline void dot_lut32(int mxfp4, int64_t nb, const void *w, const realm_a
     }
 }
 
-/* Whole-block sums (a repacked matrix): acc = fma(isum, dw * dx, acc). */
-static inline void dot_lut32_whole(int mxfp4, int64_t nb, const void *w, const realm_act_group *a, int ntok,
-                                   float *y, int64_t ys) {
-    float acc[REALM_TOK_GROUP];
-    for (int t = 0; t < ntok; t++) acc[t] = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        int8x16_t v[2];
-        float dw;
-        lut32(mxfp4, w, b, v, &dw);
-        for (int t = 0; t < ntok; t++) {
-            const int32_t isum = isum32(v, a->qs + t * a->n_in + 32 * b);
-            acc[t] = fmaf((float)isum, dw * a->d[realm_act_slot(t, b)], acc[t]);
-        }
-    }
-    for (int t = 0; t < ntok; t++) y[t * ys] = acc[t];
-}
-
 void realm_iq4_nl_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
     dot_lut32(0, nb, w, a, ntok, y, ys);
 }
 
 void realm_iq4_nl_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    dot_lut32_whole(0, nb, w, a, ntok, y, ys);
+    dot32_whole(REALM_TYPE_IQ4_NL, nb, w, a, ntok, y, ys);
 }
 
 void realm_mxfp4_dot_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
@@ -491,7 +488,7 @@ void realm_mxfp4_dot_neon(int64_t nb, const void *w, const realm_act_group *a, i
 }
 
 void realm_mxfp4_dot_whole_neon(int64_t nb, const void *w, const realm_act_group *a, int ntok, float *y, int64_t ys) {
-    dot_lut32_whole(1, nb, w, a, ntok, y, ys);
+    dot32_whole(REALM_TYPE_MXFP4, nb, w, a, ntok, y, ys);
 }
 
 /* IQ4_XS: 8 sub-blocks of 32 with 6-bit scales ls - 32, against Q8_K; acc[k] = fma(dw * dx,
