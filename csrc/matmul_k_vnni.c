@@ -461,18 +461,14 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
     store_hsum8(y, ys, acc, T);
 }
 
-/* Q5_K, one row at a time as Q6_K: the 8 scales one per 32-value group, the minimums'
- * sum into summs as q5_K_k. */
+/* Q5_K, one row at a time as Q6_K: the 8 scales one per 32-value group; the minimums' sums
+ * (q5_K_k's summs) for all the group's tokens at once, token t in lane t. */
 VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end, const realm_act_group *a, float *y,
                             int64_t ys, const int T) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     const int64_t lead = pf_lead(nb * (int64_t)sizeof(block_q5_K), 1);
-    __m256 acc[G];
-    __m128 summs[G];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        summs[t] = _mm_setzero_ps();
-    }
+    __m256 acc[G], summs = _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         prefetch_ahead(x + b, lead, end, (int)sizeof(block_q5_K));
         __m256i sc, mins;
@@ -486,19 +482,25 @@ VNNI INLINE void q5_K_row_k(int64_t nb, const block_q5_K *x, const uint8_t *end,
             /* the scales of groups 2j, 2j + 1 in every dword (dword j of sc) */
             sp[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi32(0x03020100 + 0x04040404 * j));
         }
-        const float dw = _cvtsh_ss(x[b].d), dmw = _cvtsh_ss(x[b].dmin);
+        const float dw = _cvtsh_ss(x[b].d);
         const float *dx = a->d + realm_act_slot(0, b);
+        __m256i mm[G];
+        for (int t = 0; t < G; t++) mm[t] = t < T ? _mm256_madd_epi16(BSUMS(a, t, b), mins) : zero;
         for (int t = 0; t < T; t++) {
             __m256i s = zero;
             for (int j = 0; j < 4; j++)
                 s = scale_pair(s, _mm256_dpbusd_epi32(zero, lo[j], XROW(a, t, b, 64 * j)),
                                _mm256_dpbusd_epi32(zero, hi[j], XROW(a, t, b, 64 * j + 32)), sp[j]);
-            const __m256i mm = _mm256_madd_epi16(BSUMS(a, t, b), mins);
             acc[t] = fold8(acc[t], dx[t] * dw, s);
-            summs[t] = _mm_fmadd_ss(_mm_set_ss(-(dx[t] * dmw)), _mm_cvtepi32_ps(hsum4(&mm, 1)), summs[t]);
         }
+        /* lane t: fma(-(dx_t * dmin), the minimums' sum, summs_t) */
+        const __m256 ndm = _mm256_xor_ps(_mm256_mul_ps(_mm256_loadu_ps(dx), _mm256_set1_ps(_cvtsh_ss(x[b].dmin))),
+                                         _mm256_set1_ps(-0.0f));
+        summs = _mm256_fmadd_ps(ndm, _mm256_cvtepi32_ps(hsum8x8(mm)), summs);
     }
-    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + _mm_cvtss_f32(summs[t]);
+    float sm[G];
+    _mm256_storeu_ps(sm, summs);
+    for (int t = 0; t < T; t++) y[t * ys] = hsum8(acc[t]) + sm[t];
 }
 
 /* The row kernel BODY over a call's rows, the start of its rows prefetched. */
