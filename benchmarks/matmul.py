@@ -9,6 +9,13 @@ for --batch tokens (matmul: prompt prefill), on one thread and on --threads.
 The peer is llama.cpp itself: a ggml graph of mul_mat nodes computed by
 libggml-cpu (ggml_graph_compute_with_ctx), i.e. the kernels llama.cpp runs,
 including its llamafile sgemm where it applies, compiled for this CPU.
+From 8 tokens on, llama.cpp 0.3.36 takes the K-quants (Q2_K..Q6_K), IQ4_XS and
+the IQ2/IQ3/IQ1 types through its tiled matmul (ggml-cpu/tiled), which sums
+whole blocks in another order than its one-token kernels: its results then
+differ from realm's (the "max diff" column), which keeps the one-token
+numerics at every batch size.  GGML_CPU_TILED_MM=0 in the environment turns
+that path off, leaving llama.cpp's vec_dot kernels, the same bits as realm's;
+the header says which is in force.
 Figures are GFLOP/s (2 rows cols tokens / time, medians of --repeat runs);
 "tok/s" is what that rate means for a model of 100M weights in this format.
 
@@ -144,7 +151,8 @@ def main() -> None:
     sep = " | " if args.markdown else "  "
     print(f"# y = x W^T, W {args.rows} x {args.cols}; GFLOP/s (median of {args.repeat}); "
           f"ratio = realm / llama.cpp (ggml mul_mat, same run); tok/s = for {MODEL_WEIGHTS / 1e6:.0f}M weights; "
-          f"load average {os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+          f"load average {os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+          f"GGML_CPU_TILED_MM={os.environ.get('GGML_CPU_TILED_MM', 'unset (on)')}")
     widths = [6, 6] + [12] * len(cols) + [9, 9, 9]
     if args.markdown:
         print("| " + " | ".join(head) + " |")
