@@ -66,38 +66,26 @@ const char *realm_isa_name(int isa) {
     }
 }
 
-/* The row dequantizer of the type's traits for the path, else its scalar
- * reference (formats without a SIMD row: F32, a copy). */
-static realm_to_float_fn pick(const realm_type_traits *tt, int isa) {
+/* The row dequantizer of the type's traits for the path (its streaming one for an output of
+ * REALM_STREAM_MIN_BYTES or more, where it has one), else its scalar reference (formats
+ * without a SIMD row: F32, a copy). */
+static realm_to_float_fn pick(const realm_type_traits *tt, int isa, int64_t out_bytes) {
     realm_to_float_fn fn = NULL;
-    if (isa == REALM_ISA_AVX2) fn = tt->to_float_avx2;
+    if (isa == REALM_ISA_AVX2)
+        fn = out_bytes >= REALM_STREAM_MIN_BYTES && tt->to_float_stream ? tt->to_float_stream : tt->to_float_avx2;
     else if (isa == REALM_ISA_NEON) fn = tt->to_float_neon;
     return fn ? fn : tt->to_float_ref;
-}
-
-/* A chunk of F32 "blocks" (a copy): with streaming stores where the output is large
- * (REALM_STREAM_MIN_BYTES), else fn. */
-static void copy_or_fn(int stream, realm_to_float_fn fn, const char *src, float *dst, int64_t n) {
-#if defined(__x86_64__) || defined(_M_X64)
-    if (stream) {
-        realm_stream_floats_avx2(dst, (const float *)src, n);
-        return;
-    }
-#endif
-    fn(src, dst, n);
 }
 
 int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa) {
     const realm_type_traits *tt = realm_get_traits(type);
     if (!tt) return REALM_EUNSUPPORTED;
     if ((isa = realm_resolve_isa(isa)) < 0) return isa;
-    const realm_to_float_fn fn = pick(tt, isa);
+    const realm_to_float_fn fn = pick(tt, isa, nblocks * tt->block_size * (int64_t)sizeof(float));
     if (!fn) return REALM_EUNSUPPORTED;
     const int nt = nblocks * tt->block_size >= REALM_MIN_PARALLEL_ELEMS ? realm_resolve_threads(nthreads) : 1;
-    const int stream = type == REALM_TYPE_F32 && isa == REALM_ISA_AVX2 &&
-                       nblocks * (int64_t)sizeof(float) >= REALM_STREAM_MIN_BYTES;
     if (nt <= 1) {
-        copy_or_fn(stream, fn, src, dst, nblocks);
+        fn(src, dst, nblocks);
         return 0;
     }
     /* Contiguous chunks, one per thread, cut on 16-block boundaries. */
@@ -108,7 +96,7 @@ int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int
         const int64_t first = (int64_t)t * per;
         if (first < nblocks) {
             const int64_t count = nblocks - first < per ? nblocks - first : per;
-            copy_or_fn(stream, fn, s + first * tt->type_size, dst + first * tt->block_size, count);
+            fn(s + first * tt->type_size, dst + first * tt->block_size, count);
         }
     }
     return 0;

@@ -35,16 +35,14 @@ int realm_resolve_threads(int nthreads);
  * Returns 0, or REALM_EUNSUPPORTED / REALM_ENOISA.  Safe to call without the GIL. */
 int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int nthreads, int isa);
 
-/* F32 outputs of realm_dequantize (a copy) at least this large are written with streaming
- * (non-temporal) stores on the AVX2 path: an output this large does not stay in cache
- * anyway, and plain stores first read each line they write.  Measured at 64 MiB, 2 threads:
- * 4,600 -> 6,700 Melem/s.  (The other types, decoded into an L1 buffer and streamed out from
- * it, were slower than with plain stores: 0.5-0.8x.) */
+/* Outputs of realm_dequantize at least this large are written with streaming (non-temporal)
+ * stores on the AVX2 path where the format has such a row (traits.h: to_float_stream; F32,
+ * F16, BF16): an output this large does not stay in cache anyway, and plain stores first read
+ * each line they write.  Measured at 64 MiB, 2 threads: F32 (a copy) 4,600 -> 6,700 Melem/s;
+ * F16 at 16M elements 1.4-1.6x on one thread and 1.4-1.5x on two.  (The decoded formats,
+ * decoded into an L1 buffer and streamed out from it, were slower than with plain stores:
+ * 0.5-0.8x.) */
 #define REALM_STREAM_MIN_BYTES ((int64_t)32 << 20)
-
-/* dst[0..n) = src[0..n) with streaming stores (then a store fence); dst needs only float
- * alignment (AVX2; the heads and tails are plain stores). */
-void realm_stream_floats_avx2(float *dst, const float *src, int64_t n);
 
 /* Shared scale unpackers of the K-quants (used by the SIMD paths too). */
 void realm_q3_K_scales(const uint8_t packed[12], int8_t out[16]);

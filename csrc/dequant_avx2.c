@@ -50,13 +50,41 @@ AVX2 static inline __m256i bitplane(__m256i bytes, int b, char value) {
     return _mm256_and_si256(set, _mm256_set1_epi8(value));
 }
 
-AVX2 void realm_stream_floats_avx2(float *dst, const float *src, int64_t n) {
+/* The float formats with streaming (non-temporal) stores (to_float_stream, traits.h): one
+ * element at a time up to the first 32-byte boundary of dst, then 32 floats a step, each 8
+ * converted as the plain kernel converts them, then the tail; a store fence at the end. */
+AVX2 static inline __m256 float8(const void *src, int64_t i, const int type) {
+    if (type == REALM_TYPE_F32) return _mm256_loadu_ps((const float *)src + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)src + i));
+    if (type == REALM_TYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
+AVX2 static inline float float1(const void *src, int64_t i, const int type) {
+    if (type == REALM_TYPE_F32) return ((const float *)src)[i];
+    const uint16_t h = ((const uint16_t *)src)[i];
+    return type == REALM_TYPE_F16 ? realm_half_to_f32(h) : realm_bf16_to_f32(h);
+}
+
+AVX2 static inline void stream_floats(const void *src, float *dst, int64_t n, const int type) {
     int64_t i = 0;
-    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = src[i];
+    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = float1(src, i, type);
     for (; i + 32 <= n; i += 32)
-        for (int k = 0; k < 32; k += 8) _mm256_stream_ps(dst + i + k, _mm256_loadu_ps(src + i + k));
-    for (; i < n; i++) dst[i] = src[i];
+        for (int k = 0; k < 32; k += 8) _mm256_stream_ps(dst + i + k, float8(src, i + k, type));
+    for (; i < n; i++) dst[i] = float1(src, i, type);
     _mm_sfence();
+}
+
+AVX2 void realm_f32_to_float_stream_avx2(const void *src, float *dst, int64_t n) {
+    stream_floats(src, dst, n, REALM_TYPE_F32);
+}
+
+AVX2 void realm_f16_to_float_stream_avx2(const void *src, float *dst, int64_t n) {
+    stream_floats(src, dst, n, REALM_TYPE_F16);
+}
+
+AVX2 void realm_bf16_to_float_stream_avx2(const void *src, float *dst, int64_t n) {
+    stream_floats(src, dst, n, REALM_TYPE_BF16);
 }
 
 AVX2 void realm_f16_to_float_avx2(const void *src, float *dst, int64_t n) {

@@ -43,6 +43,9 @@ REALM_TO_FLOAT(realm_q8_K_to_float_ref);
 
 REALM_TO_FLOAT(realm_f16_to_float_avx2);
 REALM_TO_FLOAT(realm_bf16_to_float_avx2);
+REALM_TO_FLOAT(realm_f32_to_float_stream_avx2); /* streaming stores (to_float_stream) */
+REALM_TO_FLOAT(realm_f16_to_float_stream_avx2);
+REALM_TO_FLOAT(realm_bf16_to_float_stream_avx2);
 REALM_TO_FLOAT(realm_q4_0_to_float_avx2);
 REALM_TO_FLOAT(realm_q4_1_to_float_avx2);
 REALM_TO_FLOAT(realm_q5_0_to_float_avx2);

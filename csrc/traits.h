@@ -60,6 +60,9 @@ typedef struct {
     realm_to_float_fn to_float_ref; /* scalar reference */
     realm_to_float_fn to_float_avx2;
     realm_to_float_fn to_float_neon;
+    /* The AVX2 row with streaming (non-temporal) stores, for outputs of REALM_STREAM_MIN_BYTES
+     * or more (dequant.h); NULL: the plain one. */
+    realm_to_float_fn to_float_stream;
     /* Dot kernels indexed [whole]: [0] llama.cpp's vec_dot order, [1] the order of
      * its repacked matrices (repacked formats only).  A path without its own
      * kernel (NULL) takes the next one: avx512 -> vnni -> avx2 -> ref, neon -> ref. */

@@ -192,18 +192,33 @@ def test_thread_count_does_not_change_results(qtype):
     assert_same_floats(realm.dequantize(raw, qtype), one)
 
 
-def test_large_f32_streamed_copy_is_exact():
-    """F32 outputs of 32 MiB or more are copied with streaming stores (csrc/dequant.c): every
-    bit pattern (NaN payloads included) arrives, with heads and tails that are not 32-byte
-    aligned, on one thread and on several."""
+def _float_reference(raw: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    """The bits NumPy gives: F32 as stored, F16 widened (exact; NaNs made quiet, as x86's
+    conversion and so ggml's make them, where NumPy keeps them signalling), BF16 the 16 bits
+    shifted up."""
+    if qtype == GGMLType.F32:
+        return raw.view(np.uint32)
+    if qtype == GGMLType.F16:
+        bits = raw.view(np.float16).astype(np.float32).view(np.uint32)
+        nan = ((bits & 0x7F800000) == 0x7F800000) & ((bits & 0x7FFFFF) != 0)
+        return np.where(nan, bits | 0x400000, bits)
+    return raw.view(np.uint16).astype(np.uint32) << 16
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.F32, GGMLType.F16, GGMLType.BF16])
+def test_large_float_outputs_streamed_are_exact(qtype):
+    """Outputs of 32 MiB or more of the float formats are written with streaming stores
+    (csrc/dequant_avx2.c, traits' to_float_stream): every bit pattern (NaN payloads included)
+    arrives, with heads and tails that are not 32-byte aligned, on one thread and on several."""
+    size = realm.quant_info(qtype).type_size
     n = (32 << 20) // 4 + 13
-    raw = np.random.default_rng(5).integers(0, 256, 4 * n, dtype=np.uint8)
-    expected = raw.view(np.uint32)
+    raw = np.random.default_rng(5).integers(0, 256, size * n, dtype=np.uint8)
+    expected = _float_reference(raw, qtype)
     for threads in (1, 2, 3):
-        assert np.array_equal(realm.dequantize(raw, GGMLType.F32, threads=threads).view(np.uint32), expected)
+        assert np.array_equal(realm.dequantize(raw, qtype, threads=threads).view(np.uint32), expected)
     backing = np.empty(n + 3, dtype=np.float32)
     out = backing[3:]  # 12 bytes in: never 32-byte aligned (NumPy aligns to 16)
-    realm.dequantize(raw, GGMLType.F32, out=out, threads=2)
+    realm.dequantize(raw, qtype, out=out, threads=2)
     assert np.array_equal(out.view(np.uint32), expected)
 
 
