@@ -39,7 +39,7 @@ int realm_dequantize(int type, const void *src, int64_t nblocks, float *dst, int
  * stores on the AVX2 path where the format has such a row (traits.h: to_float_stream; F32,
  * F16, BF16): an output this large does not stay in cache anyway, and plain stores first read
  * each line they write.  Measured at 64 MiB, 2 threads: F32 (a copy) 4,600 -> 6,700 Melem/s;
- * F16 at 16M elements 1.4-1.6x on one thread and 1.4-1.5x on two.  (The decoded formats,
+ * F16 1.2-1.5x on one thread, 1.08-1.15x on two (benchmarks/dequant.py).  (The decoded formats,
  * decoded into an L1 buffer and streamed out from it, were slower than with plain stores:
  * 0.5-0.8x.) */
 #define REALM_STREAM_MIN_BYTES ((int64_t)32 << 20)

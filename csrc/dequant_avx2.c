@@ -50,9 +50,7 @@ AVX2 static inline __m256i bitplane(__m256i bytes, int b, char value) {
     return _mm256_and_si256(set, _mm256_set1_epi8(value));
 }
 
-/* The float formats with streaming (non-temporal) stores (to_float_stream, traits.h): one
- * element at a time up to the first 32-byte boundary of dst, then 32 floats a step, each 8
- * converted as the plain kernel converts them, then the tail; a store fence at the end. */
+/* The float formats, 8 values at a time (float8) and one at a time (float1, the tails). */
 AVX2 static inline __m256 float8(const void *src, int64_t i, const int type) {
     if (type == REALM_TYPE_F32) return _mm256_loadu_ps((const float *)src + i);
     const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)src + i));
@@ -66,47 +64,36 @@ AVX2 static inline float float1(const void *src, int64_t i, const int type) {
     return type == REALM_TYPE_F16 ? realm_half_to_f32(h) : realm_bf16_to_f32(h);
 }
 
-AVX2 static inline void stream_floats(const void *src, float *dst, int64_t n, const int type) {
+/* n values of a float format into dst, 32 a step.  stream: with streaming (non-temporal)
+ * stores (to_float_stream, traits.h), one value at a time up to dst's first 32-byte boundary
+ * and a store fence at the end. */
+AVX2 static inline void float_rows(const void *src, float *dst, int64_t n, const int type, const int stream) {
     int64_t i = 0;
-    for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = float1(src, i, type);
+    if (stream)
+        for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = float1(src, i, type);
     for (; i + 32 <= n; i += 32)
-        for (int k = 0; k < 32; k += 8) _mm256_stream_ps(dst + i + k, float8(src, i + k, type));
+        for (int k = 0; k < 32; k += 8) {
+            if (stream) _mm256_stream_ps(dst + i + k, float8(src, i + k, type));
+            else _mm256_storeu_ps(dst + i + k, float8(src, i + k, type));
+        }
     for (; i < n; i++) dst[i] = float1(src, i, type);
-    _mm_sfence();
+    if (stream) _mm_sfence();
 }
 
+AVX2 void realm_f16_to_float_avx2(const void *src, float *dst, int64_t n) { float_rows(src, dst, n, REALM_TYPE_F16, 0); }
+
+AVX2 void realm_bf16_to_float_avx2(const void *src, float *dst, int64_t n) { float_rows(src, dst, n, REALM_TYPE_BF16, 0); }
+
 AVX2 void realm_f32_to_float_stream_avx2(const void *src, float *dst, int64_t n) {
-    stream_floats(src, dst, n, REALM_TYPE_F32);
+    float_rows(src, dst, n, REALM_TYPE_F32, 1);
 }
 
 AVX2 void realm_f16_to_float_stream_avx2(const void *src, float *dst, int64_t n) {
-    stream_floats(src, dst, n, REALM_TYPE_F16);
+    float_rows(src, dst, n, REALM_TYPE_F16, 1);
 }
 
 AVX2 void realm_bf16_to_float_stream_avx2(const void *src, float *dst, int64_t n) {
-    stream_floats(src, dst, n, REALM_TYPE_BF16);
-}
-
-AVX2 void realm_f16_to_float_avx2(const void *src, float *dst, int64_t n) {
-    const uint16_t *x = src;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
-        _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i + 8))));
-    }
-    for (; i < n; i++) dst[i] = realm_half_to_f32(x[i]);
-}
-
-AVX2 void realm_bf16_to_float_avx2(const void *src, float *dst, int64_t n) {
-    const uint16_t *x = src;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
-        const __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i + 8)));
-        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(a, 16));
-        _mm256_storeu_si256((__m256i *)(dst + i + 8), _mm256_slli_epi32(b, 16));
-    }
-    for (; i < n; i++) dst[i] = realm_bf16_to_f32(x[i]);
+    float_rows(src, dst, n, REALM_TYPE_BF16, 1);
 }
 
 AVX2 void realm_q4_0_to_float_avx2(const void *src, float *dst, int64_t nb) {
