@@ -432,6 +432,7 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
         prefetch_ahead(x + b, lead, end, (int)sizeof(block_q6_K));
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
         const scales16 sc = split16(sc16);
+        const __m256i nsc16 = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32)); /* |sc| <= 128: int16 */
         __m256i u[8];
         for (int n = 0; n < 2; n++) {
             const __m256i ql0 = load32(x[b].ql + 64 * n), ql1 = load32(x[b].ql + 64 * n + 32);
@@ -450,8 +451,8 @@ VNNI INLINE void q6_K_row_k(int64_t nb, const block_q6_K *x, const uint8_t *end,
         const float dw = _cvtsh_ss(x[b].d);
         const float *dx = a->d + realm_act_slot(0, b);
         for (int t = 0; t < T; t++) {
-            /* the values' offset -32 per lane, from the 16-value sums (as q6_K_k) */
-            __m256i s = _mm256_sub_epi32(zero, _mm256_slli_epi32(_mm256_madd_epi16(BSUMS(a, t, b), sc16), 5));
+            /* the values' offset -32 per lane, from the 16-value sums times -32 sc (as q6_K_k) */
+            __m256i s = _mm256_madd_epi16(BSUMS(a, t, b), nsc16);
             for (int g = 0; g < 8; g += 2)
                 s = scale_pair(s, _mm256_dpbusd_epi32(zero, u[g], XROW(a, t, b, 32 * g)),
                                _mm256_dpbusd_epi32(zero, u[g + 1], XROW(a, t, b, 32 * g + 32)), sp[g / 2]);
